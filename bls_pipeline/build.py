@@ -1,0 +1,139 @@
+"""From a ``torch.save`` checkpoint to a ready model repository (``tools/build_repo.py``).
+
+Steps, each reported through ``progress``: load the checkpoint (``weights_only=True``),
+export ONNX with a dynamic batch axis, check it against torch, build a TensorRT engine where
+TensorRT is available, then write the repository for the target.
+
+Example::
+
+    report = build_repository(BuildOptions(output=Path("build/model_repository")))
+    print(report.runtime, report.onnx_max_abs_diff)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bls_pipeline.errors import ConfigError
+from bls_pipeline.repository import (
+    PreprocessingSettings,
+    RepositorySpec,
+    prepare_output,
+    preprocessing_defaults,
+    write_repository,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_ARCH = "efficientnet-lite0"
+
+
+@dataclass
+class BuildOptions:
+    """What ``tools/build_repo.py`` takes; ``None`` means "the default for the architecture"."""
+
+    output: Path
+    checkpoint: Path | None = None
+    arch: str = DEFAULT_ARCH
+    labels: Path | None = None
+    target: str = "local"
+    max_batch_size: int = 64
+    fp16: bool = False
+    force: bool = False
+    preprocessing: PreprocessingSettings | None = None
+    dali_autoconfig: bool = False
+    dali_threads: int = 2
+    network_threads: int = 0
+    max_image_bytes: int | None = None
+    max_image_pixels: int | None = None
+    queue_delay_us: int = 0
+
+
+@dataclass
+class BuildReport:
+    """What was built, for the CLI to print."""
+
+    output: Path
+    checkpoint: Path
+    num_classes: int
+    runtime: str
+    onnx_max_abs_diff: float
+    tensorrt_note: str
+    preprocessing: PreprocessingSettings
+    configs: dict[str, Path] = field(default_factory=dict)
+
+
+def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
+    """Build the repository described by ``options``; see the module docstring."""
+    from bls_pipeline.checkpoints import default_checkpoint_path, load_checkpoint
+    from bls_pipeline.export import build_tensorrt_engine, export_onnx, tensorrt_available, verify_onnx
+    from bls_pipeline.postprocess import load_labels
+
+    checkpoint = Path(options.checkpoint) if options.checkpoint else default_checkpoint_path()
+    preprocessing = options.preprocessing or preprocessing_defaults(options.arch)
+    labels = load_labels(options.labels)
+    progress(f"[1/5] loading {checkpoint} as {options.arch} (weights only)")
+    model = load_checkpoint(checkpoint, options.arch)
+    num_classes = _count_classes(model, preprocessing.crop)
+    if len(labels) != num_classes:
+        raise ConfigError(
+            f"the checkpoint has {num_classes} classes but the labels have {len(labels)}: pass --labels FILE"
+        )
+    prepare_output(options.output, force=options.force)
+
+    with tempfile.TemporaryDirectory(prefix="build-repo-", dir=options.output) as scratch:
+        onnx_path = Path(scratch) / "model.onnx"
+        progress(f"[2/5] exporting ONNX (dynamic batch, {preprocessing.crop}x{preprocessing.crop})")
+        export_onnx(model, onnx_path, image_size=preprocessing.crop)
+        progress("[3/5] checking ONNX Runtime against torch")
+        diff = verify_onnx(model, onnx_path, image_size=preprocessing.crop)
+        progress(f"      max |onnx - torch| = {diff:.2e}")
+        network_files = [onnx_path]
+        reason = tensorrt_available()
+        if reason is None:
+            plan = Path(scratch) / "model.plan"
+            progress(f"[4/5] building a TensorRT engine ({'FP16' if options.fp16 else 'FP32'}, max batch {options.max_batch_size})")
+            build_tensorrt_engine(
+                onnx_path, plan, fp16=options.fp16, max_batch_size=options.max_batch_size, image_size=preprocessing.crop
+            )
+            network_files.append(plan)
+            runtime, tensorrt_note = "tensorrt", f"TensorRT engine built ({'FP16' if options.fp16 else 'FP32'})"
+        else:
+            runtime, tensorrt_note = "onnxruntime", f"no TensorRT engine: {reason}; serving ONNX with ONNX Runtime"
+            progress(f"[4/5] {tensorrt_note}")
+        spec = RepositorySpec(
+            target=options.target,
+            max_batch_size=options.max_batch_size,
+            num_classes=num_classes,
+            runtime=runtime,
+            preprocessing=preprocessing,
+            dali_threads=options.dali_threads,
+            dali_autoconfig=options.dali_autoconfig,
+            network_threads=options.network_threads,
+            max_image_bytes=options.max_image_bytes,
+            max_image_pixels=options.max_image_pixels,
+            queue_delay_us=options.queue_delay_us,
+        )
+        progress(f"[5/5] writing the {options.target} repository to {options.output}")
+        configs = write_repository(options.output, spec, labels=labels, network_files=network_files)
+    return BuildReport(
+        output=options.output,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        runtime=runtime,
+        onnx_max_abs_diff=diff,
+        tensorrt_note=tensorrt_note,
+        preprocessing=preprocessing,
+        configs=configs,
+    )
+
+
+def _count_classes(model, crop: int) -> int:
+    import torch
+
+    with torch.no_grad():
+        return int(model(torch.zeros(1, 3, crop, crop)).shape[-1])

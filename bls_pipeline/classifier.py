@@ -1,0 +1,197 @@
+"""The classifier's logic, free of Triton: validate requests, batch images, classify, answer.
+
+``classifier/1/model.py`` adapts this to the Python backend; the tests and the benchmark
+drive the same code in process with real DALI and a real network.
+
+Example (in process)::
+
+    settings = ClassifierSettings(max_batch_size=64)
+    classify = Orchestrator(preprocess=dali_on_rows, infer=network, max_batch_size=64)
+    request = prepare_request(padded_rows, top_k="3", settings=settings, num_classes=1000)
+    results = classify(request.images)          # per image: logits or an InvalidImageError
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
+from bls_pipeline.image_header import ImageHeaderError, check_image
+from bls_pipeline.padding import pad_batch, trim_padding
+from bls_pipeline.postprocess import map_labels, parse_top_k, softmax, top_k
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 * 1024
+# 40 megapixels: a 7680x5120 photograph decodes to 118 MB of RGB; more is refused unread.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """Limits and defaults of the endpoint, read from the ``classifier`` config parameters."""
+
+    max_batch_size: int
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    default_top_k: int = DEFAULT_TOP_K
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_image_bytes", "max_image_pixels", "default_top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str], *, max_batch_size: int) -> "ClassifierSettings":
+        """Settings from config ``parameters`` (strings); absent keys keep their defaults."""
+        known = ("max_image_bytes", "max_image_pixels", "default_top_k")
+        return cls(
+            max_batch_size=max_batch_size,
+            **{key: int(parameters[key]) for key in known if key in parameters},
+        )
+
+
+@dataclass
+class PreparedRequest:
+    """The trimmed, validated images of one request and its ``top_k``."""
+
+    images: list[bytes]
+    top_k: int
+
+
+def prepare_request(
+    rows: np.ndarray,
+    *,
+    top_k: object,
+    settings: ClassifierSettings,
+    num_classes: int,
+) -> PreparedRequest:
+    """Validate one request's ``IMAGE`` tensor and ``top_k``; trim every row's padding.
+
+    Raises :class:`InvalidRequestError` for the request as a whole and
+    :class:`InvalidImageError` naming the first bad image.
+    """
+    if rows.dtype != np.uint8:
+        raise InvalidRequestError(f"IMAGE must be UINT8, got {rows.dtype}")
+    if rows.ndim != 2:
+        raise InvalidRequestError(f"IMAGE must have shape [batch, bytes], got {list(rows.shape)}")
+    if rows.shape[0] > settings.max_batch_size:
+        raise InvalidRequestError(
+            f"request holds {rows.shape[0]} images, over the max batch size of {settings.max_batch_size}"
+        )
+    k = parse_top_k(top_k, num_classes, default=settings.default_top_k)
+    images = []
+    for index, row in enumerate(rows):
+        image = trim_padding(row)
+        try:
+            check_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        except ImageHeaderError as exc:
+            raise InvalidImageError(index, str(exc)) from None
+        images.append(image)
+    return PreparedRequest(images=images, top_k=k)
+
+
+@dataclass
+class Orchestrator:
+    """Preprocess and infer many images as few large batches, isolating bad images.
+
+    ``preprocess`` takes a zero-padded ``[N, L]`` uint8 batch and returns ``[N, 3, H, W]``;
+    ``infer`` maps that to logits ``[N, C]``. Both raise :class:`SubModelError` on failure.
+    When a preprocessing batch fails (an image that passed header checks but does not
+    decode), its images are preprocessed one by one so that only the bad ones fail.
+    """
+
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    infer: Callable[[np.ndarray], np.ndarray]
+    max_batch_size: int
+
+    def __call__(self, images: Sequence[bytes]) -> list[np.ndarray | BlsPipelineError]:
+        """Logits ``[C]`` for each image, or the error that image caused."""
+        results: list[np.ndarray | BlsPipelineError] = []
+        for start in range(0, len(images), self.max_batch_size):
+            results.extend(self._classify_chunk(images[start : start + self.max_batch_size]))
+        return results
+
+    def _classify_chunk(self, images: Sequence[bytes]) -> list[np.ndarray | BlsPipelineError]:
+        results: list[np.ndarray | BlsPipelineError | None] = [None] * len(images)
+        batch = self._preprocess_isolated(images, results)
+        good = [i for i, result in enumerate(results) if result is None]
+        if not good:
+            return results  # type: ignore[return-value]
+        try:
+            logits = self.infer(batch)
+        except BlsPipelineError as exc:
+            for i in good:
+                results[i] = exc
+            return results  # type: ignore[return-value]
+        for row, i in enumerate(good):
+            results[i] = logits[row]
+        return results  # type: ignore[return-value]
+
+    def _preprocess_isolated(
+        self, images: Sequence[bytes], results: list[np.ndarray | BlsPipelineError | None]
+    ) -> np.ndarray:
+        """The preprocessed batch of the images that decode; errors go into ``results``."""
+        try:
+            return self.preprocess(pad_batch(images))
+        except SubModelError as exc:
+            if len(images) == 1:
+                results[0] = _image_error(exc)
+                return np.empty((0,), np.float32)
+            LOGGER.info("preprocessing a batch of %d failed (%s): retrying image by image", len(images), exc)
+        arrays = []
+        for index, image in enumerate(images):
+            try:
+                arrays.append(self.preprocess(pad_batch([image]))[0])
+            except SubModelError as exc:
+                results[index] = _image_error(exc)
+        return np.stack(arrays) if arrays else np.empty((0,), np.float32)
+
+
+def _image_error(exc: SubModelError) -> InvalidImageError:
+    # Index 0 is a placeholder: request_error() re-indexes errors within each request.
+    return InvalidImageError(0, f"cannot be decoded ({exc.model_name}: {summarize_dali_error(str(exc))})")
+
+
+def summarize_dali_error(message: str) -> str:
+    """One line out of DALI's multi-line error: the failing operator and DALI's reason."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return message
+    operator = next((line for line in lines if line.startswith("Error in")), None)
+    reason = next(
+        (line for line in reversed(lines) if not line.startswith(("File ", "Critical error", "Error in", "which was"))),
+        lines[-1],
+    )
+    return f"{operator.rstrip(',')}: {reason}" if operator else reason
+
+
+@dataclass
+class Classification:
+    """The endpoint's outputs for one request: ``[N, K]`` each."""
+
+    scores: np.ndarray
+    class_ids: np.ndarray
+    labels: np.ndarray
+
+
+def classify_request(logits: np.ndarray, k: int, labels: Sequence[str]) -> Classification:
+    """Softmax, top-k and label names for the ``[N, C]`` logits of one request."""
+    probabilities = softmax(logits)
+    scores, class_ids = top_k(probabilities, k)
+    return Classification(scores=scores, class_ids=class_ids, labels=map_labels(class_ids, labels))
+
+
+def request_error(results: Sequence[np.ndarray | BlsPipelineError]) -> BlsPipelineError | None:
+    """The first failure among one request's image results, re-indexed within the request."""
+    for index, result in enumerate(results):
+        if isinstance(result, InvalidImageError):
+            return InvalidImageError(index, result.reason)
+        if isinstance(result, BlsPipelineError):
+            return result
+    return None

@@ -1,0 +1,158 @@
+"""A client for the ``classifier`` endpoint: pads images into one request, sends, parses.
+
+Example::
+
+    client = ClassifierClient("127.0.0.1:8000")
+    for prediction in client.classify([Path("cat.jpg").read_bytes()], top_k=3):
+        print(prediction.labels[0], prediction.scores[0])
+
+``tritonclient.http`` is built on gevent and a client object must stay on one thread; for
+concurrency this class uses the client's own connection pool (``async_infer``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.padding import pad_batch
+
+MODEL_NAME = "classifier"
+
+
+class ClientError(BlsPipelineError):
+    """The server is unreachable, the model is not ready, or it refused a request."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image, best first."""
+
+    class_ids: list[int]
+    scores: list[float]
+    labels: list[str]
+
+
+def _one_line(exc: Exception) -> str:
+    message = str(getattr(exc, "message", lambda: None)() or exc)
+    return " ".join(message.split())
+
+
+def _normalize_url(url: str) -> str:
+    for scheme in ("http://", "https://"):
+        if url.startswith(scheme):
+            return url[len(scheme) :]
+    return url.rstrip("/")
+
+
+class ClassifierClient:
+    """Classify encoded images through a Triton server's ``classifier`` model over HTTP."""
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8000",
+        *,
+        model_name: str = MODEL_NAME,
+        concurrency: int = 1,
+        timeout_s: float = 120.0,
+    ) -> None:
+        import tritonclient.http as httpclient
+
+        self._http = httpclient
+        self.url = _normalize_url(url)
+        self.model_name = model_name
+        self._client = httpclient.InferenceServerClient(
+            self.url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> "ClassifierClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def check_ready(self) -> None:
+        """Raise :class:`ClientError` unless the server is live and the model is ready."""
+        try:
+            live = self._client.is_server_live()
+        except Exception as exc:  # noqa: BLE001 - gevent/socket errors have no common base
+            raise ClientError(f"cannot reach a Triton server at {self.url}: {_one_line(exc)}") from None
+        if not live:
+            raise ClientError(f"the Triton server at {self.url} is not live")
+        try:
+            ready = self._client.is_model_ready(self.model_name)
+        except Exception as exc:  # noqa: BLE001
+            raise ClientError(f"cannot ask {self.url} about model {self.model_name!r}: {_one_line(exc)}") from None
+        if not ready:
+            raise ClientError(f"model {self.model_name!r} is not ready on {self.url}")
+
+    def max_batch_size(self) -> int:
+        """The endpoint's ``max_batch_size`` (the most images one request may hold)."""
+        try:
+            return int(self._client.get_model_config(self.model_name)["max_batch_size"])
+        except Exception as exc:  # noqa: BLE001
+            raise ClientError(f"cannot read the config of {self.model_name!r} at {self.url}: {_one_line(exc)}") from None
+
+    def _request(self, images: Sequence[bytes]) -> tuple[list, list]:
+        batch = pad_batch(images)
+        image_input = self._http.InferInput("IMAGE", list(batch.shape), "UINT8")
+        image_input.set_data_from_numpy(batch, binary_data=True)
+        outputs = [self._http.InferRequestedOutput(name, binary_data=True) for name in ("SCORES", "CLASS_IDS", "LABELS")]
+        return [image_input], outputs
+
+    @staticmethod
+    def _parse(result) -> list[Prediction]:
+        scores = result.as_numpy("SCORES")
+        class_ids = result.as_numpy("CLASS_IDS")
+        labels = result.as_numpy("LABELS")
+        return [
+            Prediction(
+                class_ids=[int(c) for c in class_ids[i]],
+                scores=[float(s) for s in scores[i]],
+                labels=[label.decode() if isinstance(label, bytes) else str(label) for label in labels[i]],
+            )
+            for i in range(len(scores))
+        ]
+
+    @staticmethod
+    def _parameters(top_k: int | None) -> dict | None:
+        return None if top_k is None else {"top_k": top_k}
+
+    def classify(self, images: Sequence[bytes], *, top_k: int | None = None) -> list[Prediction]:
+        """Classify ``images`` in one request; raises :class:`ClientError` if it fails."""
+        inputs, outputs = self._request(images)
+        try:
+            result = self._client.infer(self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k))
+        except Exception as exc:  # noqa: BLE001
+            raise ClientError(_one_line(exc)) from None
+        return self._parse(result)
+
+    def classify_batches(
+        self, batches: Sequence[Sequence[bytes]], *, top_k: int | None = None
+    ) -> list[list[Prediction] | ClientError]:
+        """Send every batch as its own request, all in flight at once (up to the pool size).
+
+        Returns per batch its predictions or the :class:`ClientError` of that request, so
+        one refused request does not hide the others' results.
+        """
+        pending = []
+        for images in batches:
+            inputs, outputs = self._request(images)
+            pending.append(
+                self._client.async_infer(self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k))
+            )
+        results: list[list[Prediction] | ClientError] = []
+        for handle in pending:
+            try:
+                results.append(self._parse(handle.get_result()))
+            except Exception as exc:  # noqa: BLE001
+                results.append(ClientError(_one_line(exc)))
+        return results
+

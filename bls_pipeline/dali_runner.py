@@ -1,0 +1,124 @@
+"""Run the DALI preprocessing pipeline in this process.
+
+Used by the ``preprocessing`` model of a ``--target local`` repository (a Python-backend model
+hosting the same ``dali.py`` that the DALI backend serves in the NVIDIA Triton container), by
+the in-process reference of the tests and by the benchmark.
+
+Example::
+
+    runner = DaliPreprocessor.from_file(repo / "preprocessing" / "1" / "dali.py", max_batch_size=64)
+    images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Sequence
+
+import numpy as np
+
+LOGGER = logging.getLogger(__name__)
+
+PACKAGED_PIPELINE = Path(__file__).with_name("dali_pipeline.py")
+
+
+def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> ModuleType:
+    """Import a ``dali.py`` file as a module (it reads ``preprocessing.json`` beside itself)."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"dali_pipeline_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the DALI pipeline file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gpu_device_id() -> int | None:
+    """Device 0 when DALI can use a CUDA GPU here, else ``None`` (CPU pipeline)."""
+    try:
+        from nvidia.dali.backend import GetCUDADeviceCount
+
+        return 0 if GetCUDADeviceCount() > 0 else None
+    except (ImportError, RuntimeError):
+        return None
+
+
+class DaliPreprocessor:
+    """A built DALI pipeline that turns encoded images into a float32 ``[N, 3, H, W]`` batch.
+
+    Batches larger than ``max_batch_size`` run in chunks. A decoding error raises
+    ``RuntimeError`` (DALI's) and the pipeline stays usable for the next call.
+    """
+
+    def __init__(
+        self,
+        module: ModuleType,
+        *,
+        max_batch_size: int,
+        num_threads: int | None = None,
+        device_id: int | None = None,
+        settings: dict | None = None,
+    ) -> None:
+        self.settings = dict(module.load_settings(None) if settings is None else settings)
+        self.max_batch_size = max_batch_size
+        self.device_id = device_id
+        decoder_device = "mixed" if device_id is not None else "cpu"
+        self.input_name = module.INPUT_NAME
+        self._pipe = module.preprocessing(
+            batch_size=max_batch_size,
+            num_threads=num_threads or self.settings["num_threads"],
+            device_id=device_id,
+            # One fed batch per run: the pipeline must not wait for a second one.
+            prefetch_queue_depth=1,
+            resize_shorter=self.settings["resize_shorter"],
+            crop=self.settings["crop"],
+            interpolation=self.settings["interpolation"],
+            mean=self.settings["mean"],
+            std=self.settings["std"],
+            decoder_device=decoder_device,
+        )
+        self._pipe.build()
+        LOGGER.info(
+            "DALI preprocessing built: max batch %d, %s decoder, settings %s",
+            max_batch_size,
+            decoder_device,
+            self.settings,
+        )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str] = PACKAGED_PIPELINE,
+        *,
+        max_batch_size: int,
+        num_threads: int | None = None,
+        device_id: int | None = None,
+    ) -> "DaliPreprocessor":
+        """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``."""
+        module = load_pipeline_module(path)
+        return cls(
+            module,
+            max_batch_size=max_batch_size,
+            num_threads=num_threads,
+            device_id=device_id,
+            settings=module.load_settings(Path(path).resolve().parent),
+        )
+
+    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]``."""
+        chunks = [
+            self._run(images[start : start + self.max_batch_size])
+            for start in range(0, len(images), self.max_batch_size)
+        ]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def _run(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        self._pipe.feed_input(self.input_name, list(images))
+        (output,) = self._pipe.run()
+        if self.device_id is not None:
+            output = output.as_cpu()
+        return np.array(output.as_tensor(), copy=False)

