@@ -23,7 +23,8 @@ import numpy as np
 
 LOGGER = logging.getLogger(__name__)
 
-PACKAGED_PIPELINE = Path(__file__).with_name("dali_pipeline.py")
+# The pipeline of the source repository, which build_repo copies into every repository.
+PACKAGED_PIPELINE = Path(__file__).resolve().parent.parent / "model_repository" / "preprocessing" / "1" / "dali.py"
 
 
 def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> ModuleType:
@@ -51,7 +52,7 @@ class DaliPreprocessor:
     """A built DALI pipeline that turns encoded images into a float32 ``[N, 3, H, W]`` batch.
 
     Batches larger than ``max_batch_size`` run in chunks. A decoding error raises
-    ``RuntimeError`` (DALI's) and the pipeline stays usable for the next call.
+    ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
     """
 
     def __init__(
@@ -68,7 +69,7 @@ class DaliPreprocessor:
         self.device_id = device_id
         decoder_device = "mixed" if device_id is not None else "cpu"
         self.input_name = module.INPUT_NAME
-        self._pipe = module.preprocessing(
+        self._make_pipeline = lambda: module.preprocessing(
             batch_size=max_batch_size,
             num_threads=num_threads or self.settings["num_threads"],
             device_id=device_id,
@@ -81,13 +82,18 @@ class DaliPreprocessor:
             std=self.settings["std"],
             decoder_device=decoder_device,
         )
-        self._pipe.build()
+        self._pipe = self._build()
         LOGGER.info(
             "DALI preprocessing built: max batch %d, %s decoder, settings %s",
             max_batch_size,
             decoder_device,
             self.settings,
         )
+
+    def _build(self):
+        pipe = self._make_pipeline()
+        pipe.build()
+        return pipe
 
     @classmethod
     def from_file(
@@ -117,8 +123,13 @@ class DaliPreprocessor:
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _run(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        self._pipe.feed_input(self.input_name, list(images))
-        (output,) = self._pipe.run()
+        try:
+            self._pipe.feed_input(self.input_name, list(images))
+            (output,) = self._pipe.run()
+        except RuntimeError:
+            # Some decoder failures (GIF, for one) leave the pipeline unusable: replace it.
+            self._pipe = self._build()
+            raise
         if self.device_id is not None:
             output = output.as_cpu()
         return np.array(output.as_tensor(), copy=False)

@@ -62,6 +62,8 @@ class ServerOptions:
     startup_timeout_s: float = 300.0
     log_path: Path | None = None
     log_verbose: int = 0
+    # How long tritonserver waits for in-flight requests on SIGTERM (its default is 30 s).
+    exit_timeout_s: int = 10
     # The Python backend's shared memory per stub; DALI batches of 64 images are 38 MB.
     shm_default_byte_size: int = 64 * 1024 * 1024
     shm_growth_byte_size: int = 64 * 1024 * 1024
@@ -156,6 +158,7 @@ class LocalTritonServer:
             "--allow-metrics=true",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={o.shm_default_byte_size}",
             f"--backend-config=python,shm-growth-byte-size={o.shm_growth_byte_size}",
@@ -230,16 +233,17 @@ class LocalTritonServer:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self) -> None:
         """Stop the server and its stubs (SIGTERM, then SIGKILL) and remove their segments."""
         process, self.process = self.process, None
         if process is not None:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+                grace_s = self.options.exit_timeout_s + 10
                 try:
-                    process.wait(timeout_s)
+                    process.wait(grace_s)
                 except subprocess.TimeoutExpired:
-                    LOGGER.warning("tritonserver did not stop in %.0f s: killing it", timeout_s)
+                    LOGGER.warning("tritonserver did not stop in %d s: killing it", grace_s)
             _kill_group(process.pid)
             process.wait()
         if self._log_file is not None:

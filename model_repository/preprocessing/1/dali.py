@@ -28,11 +28,11 @@ INPUT_NAME = "DALI_INPUT"
 SETTINGS_FILE = "preprocessing.json"
 
 # EfficientNet-Lite0 (TF reference preprocessing): resize the shorter side to
-# crop + 32, bicubic, centre crop, then (x - 127) / 128 on 0..255 pixels.
+# crop + 32, bilinear, centre crop, then (x - 127) / 128 on 0..255 pixels.
 DEFAULT_SETTINGS: dict = {
     "resize_shorter": 256,
     "crop": 224,
-    "interpolation": "cubic",
+    "interpolation": "linear",
     "mean": [127.0, 127.0, 127.0],
     "std": [128.0, 128.0, 128.0],
     "decoder_device": "mixed",

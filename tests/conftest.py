@@ -1,0 +1,62 @@
+"""Shared fixtures: real photographs, a built ``--target local`` repository, a real server."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PHOTOS = {"chelsea": 285, "coffee": 967, "rocket": 657}
+
+
+def encode(array: np.ndarray, fmt: str, **options: object) -> bytes:
+    """``array`` encoded as ``fmt`` (a PIL format name) bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """skimage's real photographs (different sizes) by name."""
+    import skimage.data
+
+    return {name: getattr(skimage.data, name)() for name in PHOTOS}
+
+
+@pytest.fixture(scope="session")
+def built_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``--target local`` repository built from the shipped EfficientNet-Lite0 weights."""
+    from bls_pipeline.build import BuildOptions, build_repository
+
+    output = tmp_path_factory.mktemp("repository") / "model_repository"
+    build_repository(BuildOptions(output=output, target="local", max_batch_size=16))
+    return output
+
+
+@pytest.fixture(scope="session")
+def triton_server(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real ``tritonserver`` on 127.0.0.1 (free ports), serving ``built_repository``."""
+    from bls_pipeline.server import LocalTritonServer, ServerOptions
+
+    options = ServerOptions(
+        model_repository=built_repository,
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        log_path=tmp_path_factory.mktemp("server") / "tritonserver.log",
+    )
+    with LocalTritonServer(options) as server:
+        yield server
+
+
+@pytest.fixture()
+def client(triton_server):
+    """A client of the session's server."""
+    from bls_pipeline.client import ClassifierClient
+
+    with ClassifierClient(triton_server.url) as client:
+        yield client

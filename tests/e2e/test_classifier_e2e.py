@@ -1,0 +1,64 @@
+"""The ``classifier`` endpoint through a real ``tritonserver``, with real photographs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bls_pipeline.classifier import classify_request
+from bls_pipeline.dali_runner import DaliPreprocessor
+from bls_pipeline.network_runtime import OnnxRuntimeNetwork
+from bls_pipeline.padding import pad_batch
+from bls_pipeline.postprocess import imagenet_labels
+from tests.conftest import PHOTOS, encode
+
+pytestmark = pytest.mark.e2e
+
+# Different sizes and both formats in one request: 451x300, 600x400, 640x427.
+MIXED_REQUEST = [("chelsea", "JPEG"), ("coffee", "PNG"), ("rocket", "JPEG"), ("chelsea", "PNG"), ("coffee", "JPEG"), ("rocket", "PNG")]
+
+
+@pytest.fixture(scope="module")
+def mixed_images(photos) -> list[bytes]:
+    return [encode(photos[name], fmt, **({"quality": 90} if fmt == "JPEG" else {})) for name, fmt in MIXED_REQUEST]
+
+
+@pytest.fixture(scope="module")
+def in_process_reference(built_repository, mixed_images):
+    """Same dali.py, same ONNX model, same postprocessing, no server."""
+    preprocess = DaliPreprocessor.from_file(built_repository / "preprocessing" / "1" / "dali.py", max_batch_size=16)
+    network = OnnxRuntimeNetwork(built_repository / "efficientnet-b0" / "1" / "model.onnx")
+    logits = network(preprocess(list(pad_batch(mixed_images))))
+    return classify_request(logits, 5, imagenet_labels())
+
+
+def test_one_padded_batch_of_real_photos_is_classified_correctly(client, mixed_images):
+    predictions = client.classify(mixed_images)
+
+    assert [p.class_ids[0] for p in predictions] == [PHOTOS[name] for name, _ in MIXED_REQUEST]
+    assert [p.labels[0] for p in predictions] == ["Egyptian cat", "espresso", "missile"] * 2
+
+
+def test_server_scores_equal_the_in_process_reference(client, mixed_images, in_process_reference):
+    predictions = client.classify(mixed_images)
+
+    scores = np.array([p.scores for p in predictions], np.float32)
+    class_ids = np.array([p.class_ids for p in predictions])
+    np.testing.assert_array_equal(class_ids, in_process_reference.class_ids)
+    np.testing.assert_allclose(scores, in_process_reference.scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 1000])
+def test_top_k_parameter_sets_the_number_of_classes_returned(client, mixed_images, top_k):
+    predictions = client.classify(mixed_images[:2], top_k=top_k)
+
+    assert [len(p.class_ids) for p in predictions] == [top_k, top_k]
+    assert all(p.scores == sorted(p.scores, reverse=True) for p in predictions)
+
+
+def test_default_top_k_is_five_with_probabilities_from_a_softmax(client, mixed_images):
+    (prediction,) = client.classify(mixed_images[1:2])
+    everything = client.classify(mixed_images[1:2], top_k=1000)[0]
+
+    assert len(prediction.class_ids) == 5
+    assert sum(everything.scores) == pytest.approx(1.0, abs=1e-4)
