@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from bls_pipeline.errors import ConfigError
+from bls_pipeline.preprocessing import PreprocessingSettings
 from bls_pipeline.repository import (
-    PreprocessingSettings,
     RepositorySpec,
     prepare_output,
     preprocessing_defaults,

@@ -10,7 +10,7 @@ Example::
     spec = RepositorySpec(target="local", max_batch_size=64, num_classes=1000,
                           preprocessing=preprocessing_defaults("efficientnet-lite0"))
     write_repository(Path("build/model_repository"), spec, labels=imagenet_labels(),
-                     network_files=[onnx_path], runtime="onnxruntime")
+                     network_files=[onnx_path])
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 from bls_pipeline import model_config as mc
-from bls_pipeline.errors import ConfigError
+from bls_pipeline.errors import CheckpointError, ConfigError
+from bls_pipeline.preprocessing import PreprocessingSettings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -35,50 +36,20 @@ MODEL_FILE = "model.py"
 LABELS_FILE = "labels.txt"
 SETTINGS_FILE = "preprocessing.json"
 
-IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
-
-
-@dataclass(frozen=True)
-class PreprocessingSettings:
-    """What the DALI pipeline does; must match the served weights' training validation."""
-
-    resize_shorter: int = 256
-    crop: int = 224
-    interpolation: str = "cubic"
-    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.crop <= self.resize_shorter:
-            raise ConfigError(f"crop ({self.crop}) must be positive and at most resize_shorter ({self.resize_shorter})")
-        if self.interpolation not in ("nearest", "linear", "cubic", "lanczos", "triangular"):
-            raise ConfigError(f"unknown interpolation {self.interpolation!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError("mean and std need three values each, std positive")
-
-
-# Each architecture's own validation transform, as its training code defines it.
-PREPROCESSING_DEFAULTS = {
-    # TF EfficientNet-Lite eval: centre crop of crop/(crop+32), bicubic, (x - 127) / 128.
-    "efficientnet-lite0": PreprocessingSettings(),
-    # NVIDIA DeepLearningExamples ConvNets DALI validation pipe: size / 0.875, triangular.
-    "efficientnet-b0": PreprocessingSettings(
-        interpolation="triangular", mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD)
-    ),
-    # torchvision EfficientNet_B0_Weights.IMAGENET1K_V1: resize 256 bicubic, crop 224.
-    "torchvision-efficientnet_b0": PreprocessingSettings(mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD)),
-}
-
 
 def preprocessing_defaults(arch: str) -> PreprocessingSettings:
-    """The preprocessing that the weights of ``arch`` were validated with."""
-    if arch == "efficientnet_b0":
-        arch = "torchvision-efficientnet_b0"
+    """The preprocessing that the weights of ``arch`` (or an alias) were validated with.
+
+    The one source is :attr:`bls_pipeline.checkpoints.ArchSpec.preprocessing`; an unknown
+    ``arch`` raises :class:`ConfigError`.
+    """
+    # Imported here: checkpoints needs torch, and this module is otherwise torch-free.
+    from bls_pipeline.checkpoints import get_arch
+
     try:
-        return PREPROCESSING_DEFAULTS[arch]
-    except KeyError:
-        raise ConfigError(f"no preprocessing defaults for {arch!r}; known: {', '.join(PREPROCESSING_DEFAULTS)}") from None
+        return get_arch(arch).preprocessing
+    except CheckpointError as exc:
+        raise ConfigError(f"no preprocessing defaults: {exc}") from None
 
 
 @dataclass(frozen=True)

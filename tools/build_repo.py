@@ -9,13 +9,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from bls_pipeline.build import DEFAULT_ARCH, BuildOptions, build_repository
+from bls_pipeline.checkpoints import ARCH_ALIASES, ARCHITECTURES
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.repository import PREPROCESSING_DEFAULTS, PreprocessingSettings, preprocessing_defaults
+from bls_pipeline.preprocessing import INTERPOLATIONS, PreprocessingSettings
+from bls_pipeline.repository import preprocessing_defaults
 
 DEFAULT_OUTPUT = Path("build/model_repository")
 
@@ -37,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--arch",
         default=DEFAULT_ARCH,
-        choices=sorted([*PREPROCESSING_DEFAULTS, "efficientnet_b0"]),
+        choices=sorted([*ARCHITECTURES, *ARCH_ALIASES]),
         help="network architecture of the checkpoint: efficientnet-lite0 (efficientnet-lite-pytorch), "
         "efficientnet-b0 (NVIDIA DeepLearningExamples layout), torchvision-efficientnet_b0 or its alias "
         "efficientnet_b0 (torchvision layout)",
@@ -57,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pre = parser.add_argument_group("preprocessing (defaults: what the --arch weights were validated with)")
     pre.add_argument("--resize-shorter", type=int, help="resize the shorter side to this many pixels")
     pre.add_argument("--crop", type=int, help="centre-crop size (the network's input size)")
-    pre.add_argument("--interpolation", choices=["nearest", "linear", "cubic", "lanczos", "triangular"], help="resize filter")
+    pre.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter")
     pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel mean on 0..255 pixels")
     pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel std on 0..255 pixels")
     pre.add_argument(
@@ -88,7 +91,7 @@ def preprocessing_from_args(args: argparse.Namespace) -> PreprocessingSettings:
         }.items()
         if value is not None
     }
-    return PreprocessingSettings(**{**base.__dict__, **overrides})
+    return dataclasses.replace(base, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,273 @@
+"""Specification of ``bls_pipeline.repository``: the configs and files of a model repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bls_pipeline import model_config as mc
+from bls_pipeline.errors import ConfigError
+from bls_pipeline.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
+from bls_pipeline.repository import (
+    DALI_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    SETTINGS_FILE,
+    RepositorySpec,
+    prepare_output,
+    preprocessing_defaults,
+    write_repository,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+NUM_CLASSES = 5
+LABELS = [f"class {index}" for index in range(NUM_CLASSES)]
+# Not any architecture's defaults, so that a file showing them came from the spec.
+SETTINGS = PreprocessingSettings(
+    resize_shorter=160, crop=128, interpolation="cubic", mean=IMAGENET_MEAN, std=IMAGENET_STD
+)
+MODELS = (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK)
+
+SPECS = [
+    pytest.param(
+        RepositorySpec(
+            target=target,
+            max_batch_size=8,
+            num_classes=NUM_CLASSES,
+            runtime=runtime,
+            preprocessing=SETTINGS,
+            dali_autoconfig=autoconfig,
+            max_image_bytes=1 << 20,
+            queue_delay_us=100,
+        ),
+        id=f"{target}-{runtime}{'-autoconfig' if autoconfig else ''}",
+    )
+    for target, runtime, autoconfig in [
+        ("triton", "tensorrt", False),
+        ("triton", "onnxruntime", False),
+        ("triton", "onnxruntime", True),
+        ("local", "onnxruntime", False),
+        ("local", "onnxruntime", True),  # autoconfig only applies to the DALI backend
+    ]
+]
+
+
+def _spec(target: str, **overrides: object) -> RepositorySpec:
+    values: dict = {"target": target, "max_batch_size": 2, "num_classes": NUM_CLASSES, "preprocessing": SETTINGS}
+    return RepositorySpec(**{**values, **overrides})
+
+
+def _dims(tensors, name: str) -> list[int]:
+    (tensor,) = [tensor for tensor in tensors if tensor.name == name]
+    return list(tensor.dims)
+
+
+# --- configs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_config_round_trips_through_text_format(tmp_path: Path, spec: RepositorySpec) -> None:
+    for name, config in spec.configs().items():
+        path = mc.write_config(tmp_path / f"{name}.pbtxt", config)
+
+        assert mc.read_config(path) == config
+        assert config.name == name
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_the_three_configs_agree_on_names_and_shapes(spec: RepositorySpec) -> None:
+    configs = spec.configs()
+    classifier, preprocessing, network = (configs[name] for name in MODELS)
+    crop = spec.preprocessing.crop
+
+    parameters = mc.parameters_of(classifier)
+    assert parameters["preprocessing_model"] == preprocessing.name == mc.PREPROCESSING
+    assert parameters["network_model"] == network.name == mc.NETWORK
+    assert parameters["labels_file"] == LABELS_FILE
+    assert parameters["max_image_bytes"] == str(1 << 20)
+    assert {config.max_batch_size for config in configs.values()} == {spec.max_batch_size}
+    assert _dims(network.input, mc.NETWORK_INPUT) == [3, crop, crop]
+    assert _dims(network.output, mc.NETWORK_OUTPUT) == [NUM_CLASSES]
+    if preprocessing.output:
+        assert _dims(preprocessing.output, mc.DALI_OUTPUT) == _dims(network.input, mc.NETWORK_INPUT)
+        assert _dims(preprocessing.input, mc.DALI_INPUT) == [-1]
+
+
+@pytest.mark.parametrize("spec", [spec for spec in SPECS if spec.values[0].target == "triton"])
+def test_triton_target_serves_dali_and_the_network_natively(spec: RepositorySpec) -> None:
+    configs = spec.configs()
+
+    assert configs[mc.CLASSIFIER].backend == "python"
+    assert configs[mc.PREPROCESSING].backend == "dali"
+    assert configs[mc.NETWORK].backend == ""
+    platform = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}[spec.runtime]
+    assert configs[mc.NETWORK].platform == platform
+    if spec.dali_autoconfig:
+        # The DALI backend derives them from the autoserialized pipeline.
+        assert not configs[mc.PREPROCESSING].input
+        assert not configs[mc.PREPROCESSING].output
+    else:
+        assert [tensor.name for tensor in configs[mc.PREPROCESSING].input] == [mc.DALI_INPUT]
+        assert [tensor.name for tensor in configs[mc.PREPROCESSING].output] == [mc.DALI_OUTPUT]
+
+
+@pytest.mark.parametrize("spec", [spec for spec in SPECS if spec.values[0].target == "local"])
+def test_local_target_hosts_everything_in_the_python_backend(spec: RepositorySpec) -> None:
+    configs = spec.configs()
+
+    assert {config.backend for config in configs.values()} == {"python"}
+    assert all(config.platform == "" for config in configs.values())
+    assert [tensor.name for tensor in configs[mc.PREPROCESSING].input] == [mc.DALI_INPUT]
+
+
+def test_preprocessing_defaults_come_from_the_architecture() -> None:
+    from bls_pipeline.checkpoints import get_arch
+
+    assert preprocessing_defaults("efficientnet-lite0") is get_arch("efficientnet-lite0").preprocessing
+    assert preprocessing_defaults("efficientnet_b0").interpolation == "cubic"
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        preprocessing_defaults("resnet50")
+
+
+# --- the output directory -------------------------------------------------------------------
+
+
+def test_prepare_output_refuses_a_non_empty_directory_without_force(tmp_path: Path) -> None:
+    output = tmp_path / "repo"
+    output.mkdir()
+    (output / "old.txt").write_text("keep me")
+
+    with pytest.raises(ConfigError, match="not empty"):
+        prepare_output(output, force=False)
+    assert (output / "old.txt").read_text() == "keep me"
+
+    prepare_output(output, force=True)
+    assert output.is_dir() and not any(output.iterdir())
+
+
+def test_prepare_output_creates_a_missing_directory_and_refuses_a_file(tmp_path: Path) -> None:
+    prepare_output(tmp_path / "a" / "b", force=False)
+    assert (tmp_path / "a" / "b").is_dir()
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not a directory"):
+        prepare_output(tmp_path / "file", force=True)
+
+
+# --- the written repository -----------------------------------------------------------------
+
+
+def _write(tmp_path: Path, spec: RepositorySpec) -> Path:
+    network_file = tmp_path / "scratch" / "model.onnx"
+    network_file.parent.mkdir()
+    network_file.write_bytes(b"")  # write_repository only moves it
+    output = tmp_path / "repo"
+    prepare_output(output, force=False)
+    paths = write_repository(output, spec, labels=LABELS, network_files=[network_file])
+    assert paths == {name: output / name / "config.pbtxt" for name in MODELS}
+    assert not network_file.exists()
+    return output
+
+
+def _files(root: Path) -> set[str]:
+    return {
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and "bls_pipeline/" not in path.relative_to(root).as_posix()
+    }
+
+
+@pytest.mark.parametrize("target", mc.TARGETS)
+def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, target: str) -> None:
+    spec = _spec(target)
+    output = _write(tmp_path, spec)
+
+    expected = {
+        f"{mc.CLASSIFIER}/config.pbtxt",
+        f"{mc.CLASSIFIER}/1/{MODEL_FILE}",
+        f"{mc.CLASSIFIER}/1/{LABELS_FILE}",
+        f"{mc.PREPROCESSING}/config.pbtxt",
+        f"{mc.PREPROCESSING}/1/{DALI_FILE}",
+        f"{mc.PREPROCESSING}/1/{SETTINGS_FILE}",
+        f"{mc.NETWORK}/config.pbtxt",
+        f"{mc.NETWORK}/1/model.onnx",
+    }
+    if target == "local":
+        expected |= {f"{mc.PREPROCESSING}/1/{MODEL_FILE}", f"{mc.NETWORK}/1/{MODEL_FILE}"}
+    assert _files(output) == expected
+
+    shipped = output / mc.CLASSIFIER / "1" / "bls_pipeline"
+    if target == "triton":
+        # The container has no bls_pipeline: the classifier's model.py imports this copy.
+        assert (shipped / "__init__.py").is_file()
+        assert (shipped / "preprocessing.py").is_file()
+        assert not list(shipped.rglob("__pycache__"))
+    else:
+        assert not shipped.exists()
+
+    for name, config in spec.configs().items():
+        assert mc.read_config(output / name / "config.pbtxt") == config
+    labels = (output / mc.CLASSIFIER / "1" / LABELS_FILE).read_text().splitlines()
+    assert labels == LABELS
+    settings = json.loads((output / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
+    assert PreprocessingSettings(**{key: settings[key] for key in SETTINGS.__dataclass_fields__}) == SETTINGS
+    assert settings["decoder_device"] == ("mixed" if target == "triton" else "cpu")
+    assert settings["max_batch_size"] == spec.max_batch_size
+
+
+def test_write_repository_refuses_labels_that_do_not_match_the_classes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="4 labels for a network with 5 classes"):
+        write_repository(tmp_path, _spec("local"), labels=LABELS[:4], network_files=[])
+    assert not any(tmp_path.iterdir())
+
+
+# --- the written dali.py --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=mc.TARGETS)
+def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[RepositorySpec, Path]:
+    pytest.importorskip("nvidia.dali")
+    spec = _spec(request.param)
+    return spec, _write(tmp_path_factory.mktemp(request.param), spec)
+
+
+def test_written_dali_file_has_exactly_one_autoserialized_pipeline(written: tuple[RepositorySpec, Path]) -> None:
+    from nvidia.dali._utils.autoserialize import _discover_autoserialize
+
+    from bls_pipeline.dali_runner import load_pipeline_module
+
+    _, output = written
+    module = load_pipeline_module(output / mc.PREPROCESSING / "1" / DALI_FILE)
+
+    assert len(_discover_autoserialize(module, visited=[])) == 1
+
+
+def test_written_dali_file_reads_the_settings_beside_it(written: tuple[RepositorySpec, Path]) -> None:
+    from bls_pipeline.dali_runner import load_pipeline_module
+
+    spec, output = written
+    module = load_pipeline_module(output / mc.PREPROCESSING / "1" / DALI_FILE)
+    config = mc.read_config(output / mc.PREPROCESSING / "config.pbtxt")
+
+    settings = module.load_settings()
+    assert settings == {**module.DEFAULT_SETTINGS, **spec.dali_settings()}
+    assert settings["crop"] == SETTINGS.crop and settings["interpolation"] == SETTINGS.interpolation
+    assert module.INPUT_NAME == "DALI_INPUT" == config.input[0].name
+
+
+def test_written_dali_pipeline_preprocesses_a_photograph(written: tuple[RepositorySpec, Path]) -> None:
+    from bls_pipeline.dali_runner import DaliPreprocessor
+
+    _, output = written
+    config = mc.read_config(output / mc.PREPROCESSING / "config.pbtxt")
+    runner = DaliPreprocessor.from_file(output / mc.PREPROCESSING / "1" / DALI_FILE, max_batch_size=2)
+    image = np.frombuffer((SAMPLES / "chelsea.jpg").read_bytes(), np.uint8)
+
+    images = runner([image])
+
+    assert images.dtype == np.float32
+    assert list(images.shape) == [1, *config.output[0].dims] == [1, 3, SETTINGS.crop, SETTINGS.crop]
+    assert np.isfinite(images).all()
