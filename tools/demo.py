@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""The main job on the embedded default, start to finish (``make demo``).
+
+Builds a ``--target local`` repository from the shipped EfficientNet-Lite0 ImageNet weights
+(skipped when one is already built, unless ``--rebuild``), starts a local Triton on
+127.0.0.1, classifies the bundled sample photos through the ``classifier`` endpoint, and
+stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bls_pipeline.build import BuildOptions, build_repository
+from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.server import LocalTritonServer, ServerOptions
+from tools import classify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=ROOT / "build" / "model_repository", help="where the repository is built")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the repository even if it exists")
+    parser.add_argument("images", nargs="*", default=[str(ROOT / "samples")], help="images or folders to classify (default: samples/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.rebuild or not (args.repository / "classifier" / "config.pbtxt").is_file():
+            build_repository(
+                BuildOptions(output=args.repository, force=True), progress=lambda line: print(line, flush=True)
+            )
+        else:
+            print(f"using the repository in {args.repository} (--rebuild to build it again)")
+        print("starting a local tritonserver on 127.0.0.1 ...", flush=True)
+        with LocalTritonServer(ServerOptions(model_repository=args.repository, http_port=0, grpc_port=0, metrics_port=0)) as server:
+            print(f"ready at {server.url}; classifying {' '.join(args.images)}", flush=True)
+            code = classify.main(["--url", server.url, "--top-k", "3", *args.images])
+        print("server stopped")
+        return code
+    except BlsPipelineError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
