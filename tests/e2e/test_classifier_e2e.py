@@ -15,7 +15,10 @@ from tests.conftest import PHOTOS, encode
 pytestmark = pytest.mark.e2e
 
 # Different sizes and both formats in one request: 451x300, 600x400, 640x427.
-MIXED_REQUEST = [("chelsea", "JPEG"), ("coffee", "PNG"), ("rocket", "JPEG"), ("chelsea", "PNG"), ("coffee", "JPEG"), ("rocket", "PNG")]
+MIXED_REQUEST = [("chelsea", "JPEG"), ("coffee", "PNG"), ("rocket", "JPEG"), ("coffee", "JPEG"), ("rocket", "PNG"), ("chelsea", "PNG")]
+# Lossless chelsea is a near tie for EfficientNet-Lite0: tiger cat (282) 0.364, Egyptian
+# cat (285) 0.360 (the JPEG: 285 at 0.380). Both cats lead; the order is not asserted.
+NEAR_TIE = {5: {282, 285}}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,10 @@ def in_process_reference(built_repository, mixed_images):
 def test_one_padded_batch_of_real_photos_is_classified_correctly(client, mixed_images):
     predictions = client.classify(mixed_images)
 
-    assert [p.class_ids[0] for p in predictions] == [PHOTOS[name] for name, _ in MIXED_REQUEST]
-    assert [p.labels[0] for p in predictions] == ["Egyptian cat", "espresso", "missile"] * 2
+    top1 = [p.class_ids[0] for p in predictions]
+    assert top1[:5] == [PHOTOS[name] for name, _ in MIXED_REQUEST[:5]]
+    assert [p.labels[0] for p in predictions[:3]] == ["Egyptian cat", "espresso", "missile"]
+    assert set(predictions[5].class_ids[:2]) == NEAR_TIE[5]
 
 
 def test_server_scores_equal_the_in_process_reference(client, mixed_images, in_process_reference):
