@@ -5,7 +5,7 @@ The package is the project's logic; Triton's ``model.py`` files only adapt it. M
 - ``padding``, ``image_header``, ``postprocess``, ``classifier``: pure request logic
 - ``triton_adapter``: the Python-backend models and the one BLS call helper
 - ``dali_runner``, ``network_runtime``: DALI and the network in process
-- ``checkpoints``, ``export``, ``model_config``, ``repository``, ``build``: the repository build
+- ``preprocessing``, ``checkpoints``, ``export``, ``model_config``, ``repository``, ``build``: the repository build
 - ``server``, ``client``: the local ``tritonserver`` and a client for the endpoint
 
 Importing the package imports none of them: the classifier must load in the NVIDIA Triton
