@@ -42,7 +42,7 @@ class BuildOptions:
     labels: Path | None = None
     target: str = "local"
     max_batch_size: int = 64
-    fp16: bool = False
+    fp16: bool = True
     force: bool = False
     preprocessing: PreprocessingSettings | None = None
     dali_autoconfig: bool = False

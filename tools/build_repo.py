@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bls_pipeline.cli import HelpFormatter
 from bls_pipeline.build import DEFAULT_ARCH, BuildOptions, build_repository
 from bls_pipeline.checkpoints import ARCH_ALIASES, ARCHITECTURES
 from bls_pipeline.errors import BlsPipelineError
@@ -28,7 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="build_repo",
         description="Turn a torch.save checkpoint into a ready Triton model repository "
         "(classifier BLS model + DALI preprocessing + EfficientNet).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
+        epilog=__doc__,
     )
     parser.add_argument(
         "--checkpoint",
@@ -56,7 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument("--max-batch-size", type=int, default=64, help="max_batch_size of the three models")
-    parser.add_argument("--fp16", action="store_true", help="build the TensorRT engine with FP16 kernels allowed")
+    parser.add_argument(
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="allow FP16 kernels in the TensorRT engine (only where TensorRT is installed, i.e. on a GPU machine)",
+    )
     pre = parser.add_argument_group("preprocessing (defaults: what the --arch weights were validated with)")
     pre.add_argument("--resize-shorter", type=int, help="resize the shorter side to this many pixels")
     pre.add_argument("--crop", type=int, help="centre-crop size (the network's input size)")

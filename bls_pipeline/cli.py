@@ -1,0 +1,16 @@
+"""Helpers shared by the command-line tools in ``tools/``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: ...)`` only where there is a default worth showing, and keeps the
+    description's line breaks (its usage examples)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if hidden or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
