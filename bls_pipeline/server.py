@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -40,11 +41,11 @@ LOG_TAIL_LINES = 25
 
 def pytriton_root() -> Path:
     """The ``tritonserver`` folder of the installed ``nvidia-pytriton`` wheel."""
-    try:
-        import pytriton
-    except ImportError:
-        raise ServerError("nvidia-pytriton is not installed: pip install nvidia-pytriton") from None
-    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    # find_spec, not import: importing pytriton pulls in its whole client stack.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("nvidia-pytriton is not installed: pip install nvidia-pytriton")
+    root = Path(list(spec.submodule_search_locations)[0]).resolve() / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
         raise ServerError(f"no tritonserver binary in {root}: reinstall nvidia-pytriton")
     return root
