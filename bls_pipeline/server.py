@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,8 @@ SHM_DIR = Path("/dev/shm")
 # The Python backend names its segments after this prefix (one per stub).
 SHM_PREFIX = "triton_python_backend_shm_region"
 LOG_TAIL_LINES = 25
+# glog error lines ("E1125 08:52:25.111826 ...") and the server's last words ("error: creating server: ...").
+_LOG_ERROR = re.compile(r"E\d{4} |error: |\[libprotobuf ERROR")
 
 
 def pytriton_root() -> Path:
@@ -210,7 +213,10 @@ class LocalTritonServer:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                raise ServerError(f"tritonserver exited with code {code} while starting; log {self.log_path}:\n{self.log_tail()}")
+                raise ServerError(
+                    f"tritonserver exited with code {code} while starting; errors:\n{self.log_errors()}\n"
+                    f"log {self.log_path} ends:\n{self.log_tail()}"
+                )
             if self.is_ready():
                 LOGGER.info("tritonserver ready at %s (pid %d, log %s)", self.url, self.process.pid, self.log_path)
                 return
@@ -227,6 +233,16 @@ class LocalTritonServer:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def log_errors(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` error lines of the server log.
+
+        The reason a model failed to load is logged early; the tail is then tables of options.
+        """
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log)"
+        errors = [line for line in self.log_path.read_text(errors="replace").splitlines() if _LOG_ERROR.match(line)]
+        return "\n".join(errors[-lines:]) or "(none logged)"
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the server log."""
