@@ -14,6 +14,7 @@ Example (in process)::
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -102,8 +103,10 @@ class Orchestrator:
 
     ``preprocess`` takes a zero-padded ``[N, L]`` uint8 batch and returns ``[N, 3, H, W]``;
     ``infer`` maps that to logits ``[N, C]``. Both raise :class:`SubModelError` on failure.
-    When a preprocessing batch fails (an image that passed header checks but does not
-    decode), its images are preprocessed one by one so that only the bad ones fail.
+    When preprocessing refuses a batch (an image that passed header checks but does not
+    decode), its images are preprocessed one by one so that only the bad ones fail. When the
+    sub-model itself fails (a dead stub), every image of the batch fails with that error:
+    retrying image by image would only blame the images, and slowly.
     """
 
     preprocess: Callable[[np.ndarray], np.ndarray]
@@ -137,38 +140,73 @@ class Orchestrator:
         self, images: Sequence[bytes], results: list[np.ndarray | BlsPipelineError | None]
     ) -> np.ndarray:
         """The preprocessed batch of the images that decode; errors go into ``results``."""
+        empty = np.empty((0,), np.float32)
         try:
             return self.preprocess(pad_batch(images))
         except SubModelError as exc:
+            if not exc.invalid_input:
+                results[:] = [exc] * len(images)
+                return empty
             if len(images) == 1:
                 results[0] = _image_error(exc)
-                return np.empty((0,), np.float32)
+                return empty
             LOGGER.info("preprocessing a batch of %d failed (%s): retrying image by image", len(images), exc)
         arrays = []
         for index, image in enumerate(images):
             try:
                 arrays.append(self.preprocess(pad_batch([image]))[0])
             except SubModelError as exc:
+                if not exc.invalid_input:
+                    results[index:] = [exc] * (len(images) - index)
+                    break
                 results[index] = _image_error(exc)
-        return np.stack(arrays) if arrays else np.empty((0,), np.float32)
+        return np.stack(arrays) if arrays else empty
 
 
 def _image_error(exc: SubModelError) -> InvalidImageError:
     # Index 0 is a placeholder: request_error() re-indexes errors within each request.
-    return InvalidImageError(0, f"cannot be decoded ({exc.model_name}: {summarize_dali_error(str(exc))})")
+    return InvalidImageError(0, f"cannot be decoded ({exc.model_name}: {summarize_dali_error(exc.message)})")
+
+
+# Lines of DALI's error text that carry no reason: headers, the traceback of the pipeline
+# definition, and the note that follows every failure of a pipeline run.
+_DALI_NOISE = ("File ", "Critical error", "Error in", "which was", "encountered:", "Current pipeline object")
+_DALI_SAMPLE = re.compile(r"\s+(?:of )?sample #\d+")
+
+
+# DALI names the operator that failed on the data: "Error in CPU operator `...decoders.image`".
+_DALI_OPERATOR_ERROR = re.compile(r"Error in \w+ operator")
+
+
+def blames_input(message: str) -> bool:
+    """Whether a sub-model's error message is about its input rather than the sub-model.
+
+    Triton 2.51 hands every failed BLS response back as ``INTERNAL`` (the sub-model's
+    ``INVALID_ARG`` is lost), so the code cannot tell an image DALI cannot decode from a dead
+    stub ("Stub process 'preprocessing_0_0' is not healthy."). DALI's operator errors are
+    about the data, whether the DALI backend or this package's DALI model sent them.
+    """
+    return _DALI_OPERATOR_ERROR.search(message) is not None
 
 
 def summarize_dali_error(message: str) -> str:
-    """One line out of DALI's multi-line error: the failing operator and DALI's reason."""
+    """One line out of DALI's multi-line error: the failing operator and DALI's reason.
+
+    DALI numbers samples within its own batch (``Failed to decode sample #0 :``), which
+    means nothing to a client: the number is dropped.
+    """
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if not lines:
         return message
     operator = next((line for line in lines if line.startswith("Error in")), None)
-    reason = next(
-        (line for line in reversed(lines) if not line.startswith(("File ", "Critical error", "Error in", "which was"))),
-        lines[-1],
-    )
-    return f"{operator.rstrip(',')}: {reason}" if operator else reason
+    reason = next((line for line in reversed(lines) if not line.startswith(_DALI_NOISE)), None)
+    if reason is None:
+        reason = "" if operator else lines[-1]
+    reason = re.sub(r"\s+:", ":", _DALI_SAMPLE.sub("", reason)).rstrip(" :")
+    if operator is None:
+        return reason
+    operator = operator.rstrip(",")
+    return f"{operator}: {reason}" if reason else operator
 
 
 @dataclass

@@ -37,11 +37,17 @@ class ConfigError(BlsPipelineError):
 
 
 class SubModelError(BlsPipelineError):
-    """A BLS call to a sub-model failed; the message names the sub-model."""
+    """A BLS call to a sub-model failed; the message names the sub-model.
 
-    def __init__(self, model_name: str, message: str) -> None:
+    ``invalid_input`` is true when the sub-model refused its input (``INVALID_ARG``: an image
+    that does not decode), false when the sub-model itself failed (a dead stub, a crash).
+    """
+
+    def __init__(self, model_name: str, message: str, *, invalid_input: bool = False) -> None:
         super().__init__(f"{model_name}: {message}")
         self.model_name = model_name
+        self.message = message
+        self.invalid_input = invalid_input
 
 
 class ServerError(BlsPipelineError):

@@ -23,6 +23,7 @@ import triton_python_backend_utils as pb_utils
 from bls_pipeline.classifier import (
     ClassifierSettings,
     Orchestrator,
+    blames_input,
     classify_request,
     summarize_dali_error,
     prepare_request,
@@ -49,7 +50,9 @@ def call_model(model_name: str, inputs: dict[str, np.ndarray], output_name: str)
     )
     response = request.exec()
     if response.has_error():
-        raise SubModelError(model_name, response.error().message())
+        error = response.error()
+        invalid = error.code() == pb_utils.TritonError.INVALID_ARG or blames_input(error.message())
+        raise SubModelError(model_name, error.message(), invalid_input=invalid)
     output = pb_utils.get_output_tensor_by_name(response, output_name)
     if output is None:
         raise SubModelError(model_name, f"response has no output {output_name!r}")

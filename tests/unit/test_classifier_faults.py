@@ -1,0 +1,115 @@
+"""How the classifier's orchestration reports bad images versus failing sub-models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bls_pipeline.classifier import Orchestrator, blames_input, request_error, summarize_dali_error
+from bls_pipeline.errors import InvalidImageError, SubModelError
+
+# What DALI 2.4 raises for a JPEG cut in half (the decoder's own reason goes to stderr).
+DALI_DECODE_ERROR = (
+    "Critical error in pipeline:\nCritical error in pipeline:\n"
+    "Error in CPU operator `nvidia.dali.fn.decoders.image`,\n"
+    "which was used in the pipeline definition with the following traceback:\n\n"
+    '  File "/repo/preprocessing/1/dali.py", line 82, in preprocessing\n'
+    "    images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)\n\n"
+    "encountered:\n\nFailed to decode sample #3 : \n"
+    "Current pipeline object is no longer valid.\nCurrent pipeline object is no longer valid."
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "summary"),
+    [
+        (DALI_DECODE_ERROR, "Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode"),
+        (
+            DALI_DECODE_ERROR.replace("#3 : ", "#3 : Unsupported marker"),
+            "Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode: Unsupported marker",
+        ),
+        ("Stub process 'preprocessing_0_0' is not healthy.", "Stub process 'preprocessing_0_0' is not healthy."),
+        ("", ""),
+    ],
+)
+def test_dali_errors_are_summarized_in_one_line_without_dali_sample_numbers(message, summary):
+    assert summarize_dali_error(message) == summary
+
+
+def _network(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1)[:, :3].astype(np.float32)
+
+
+class FakePreprocessing:
+    """Refuses batches that hold a ``b"bad"`` image, like the DALI model does; counts calls."""
+
+    def __init__(self, dead: bool = False) -> None:
+        self.dead = dead
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.dead:
+            raise SubModelError("preprocessing", "Stub process 'preprocessing_0_0' is not healthy.")
+        if any(bytes(row[:3]) == b"bad" for row in batch):
+            raise SubModelError("preprocessing", DALI_DECODE_ERROR, invalid_input=True)
+        return np.repeat(batch[:, :1].astype(np.float32), 3, axis=1)[:, :, None]
+
+
+def test_an_image_that_does_not_decode_fails_alone_and_names_the_decoder():
+    preprocessing = FakePreprocessing()
+    orchestrator = Orchestrator(preprocess=preprocessing, infer=_network, max_batch_size=8)
+
+    results = orchestrator([b"\x01ok", b"bad", b"\x02ok"])
+
+    assert [r[0] for r in (results[0], results[2])] == [1.0, 2.0]
+    error = request_error(results[1:2])
+    assert isinstance(error, InvalidImageError)
+    assert str(error) == (
+        "image 0: cannot be decoded (preprocessing: "
+        "Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode)"
+    )
+
+
+def test_a_failing_sub_model_fails_every_image_once_without_blaming_them():
+    preprocessing = FakePreprocessing(dead=True)
+    orchestrator = Orchestrator(preprocess=preprocessing, infer=_network, max_batch_size=8)
+
+    results = orchestrator([b"\x01ok", b"\x02ok", b"\x03ok"])
+
+    assert preprocessing.calls == 1  # no image-by-image retry against a dead stub
+    assert all(isinstance(r, SubModelError) and not isinstance(r, InvalidImageError) for r in results)
+    assert str(request_error(results)) == "preprocessing: Stub process 'preprocessing_0_0' is not healthy."
+
+
+def test_a_sub_model_that_dies_during_the_retry_fails_the_rest_of_the_batch():
+    preprocessing = FakePreprocessing()
+    original = preprocessing.__call__
+
+    def dies_after_the_first_retry(batch: np.ndarray) -> np.ndarray:
+        if preprocessing.calls >= 2:
+            preprocessing.dead = True
+        return original(batch)
+
+    orchestrator = Orchestrator(preprocess=dies_after_the_first_retry, infer=_network, max_batch_size=8)
+
+    results = orchestrator([b"bad", b"\x01ok", b"\x02ok", b"\x03ok"])
+
+    assert isinstance(results[0], InvalidImageError)
+    assert all(type(r) is SubModelError for r in results[1:])
+    assert preprocessing.calls == 3  # the batch, the bad image, then the failure: no more
+
+
+@pytest.mark.parametrize(
+    ("message", "about_input"),
+    [
+        (DALI_DECODE_ERROR, True),
+        ("DALI Backend error: Critical error in pipeline:\nError in MIXED operator `nvidia.dali.fn.decoders.image`", True),
+        ("Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode", True),
+        ("Stub process 'preprocessing_0_0' is not healthy.", False),
+        ("Request for unknown model: 'preprocessing' is not found", False),
+        ("Failed to process the request(s) for model instance 'efficientnet-b0_0_0'", False),
+    ],
+)
+def test_only_dali_operator_errors_blame_the_input(message, about_input):
+    assert blames_input(message) is about_input
