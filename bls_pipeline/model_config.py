@@ -14,8 +14,9 @@ Example::
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
@@ -176,6 +177,69 @@ def network_config(
         config["backend"] = "python"
         config["instance_group"] = [{"kind": "KIND_CPU", "count": instance_count}]
     return _parse(config)
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble: ``input_map``/``output_map`` go from the step model's tensor
+    names to the ensemble's tensor names."""
+
+    model_name: str
+    input_map: Mapping[str, str]
+    output_map: Mapping[str, str]
+    model_version: int = -1
+
+
+def tensor_spec(name: str, data_type: str, dims: Sequence[int]) -> dict[str, Any]:
+    """An input or output of a config in JSON form: ``tensor_spec("IMAGE", "TYPE_UINT8", [-1])``."""
+    return {"name": name, "data_type": data_type, "dims": list(dims)}
+
+
+def ensemble_config(
+    *,
+    name: str,
+    max_batch_size: int,
+    inputs: Sequence[Mapping[str, Any]],
+    outputs: Sequence[Mapping[str, Any]],
+    steps: Sequence[EnsembleStep],
+) -> ModelConfig:
+    """A ``platform: "ensemble"`` model that chains ``steps`` (see :func:`tensor_spec`).
+
+    Every step input must be an ensemble input or an earlier step's output, and every
+    ensemble output must come from a step: Triton would refuse the model at load time, so
+    a :class:`ConfigError` says it here first.
+    """
+    if not steps:
+        raise ConfigError(f"ensemble {name!r} needs at least one step")
+    available = {spec["name"] for spec in inputs}
+    for step in steps:
+        missing = sorted(set(step.input_map.values()) - available)
+        if missing:
+            raise ConfigError(f"ensemble {name!r}: step {step.model_name!r} reads {missing}, which nothing produces")
+        available |= set(step.output_map.values())
+    unproduced = sorted({spec["name"] for spec in outputs} - available)
+    if unproduced:
+        raise ConfigError(f"ensemble {name!r}: outputs {unproduced} are produced by no step")
+    return _parse(
+        {
+            "name": name,
+            "platform": "ensemble",
+            "max_batch_size": max_batch_size,
+            "input": [dict(spec) for spec in inputs],
+            "output": [dict(spec) for spec in outputs],
+            "ensemble_scheduling": {
+                "step": [
+                    {
+                        "model_name": step.model_name,
+                        "model_version": step.model_version,
+                        "input_map": dict(step.input_map),
+                        "output_map": dict(step.output_map),
+                    }
+                    for step in steps
+                ]
+            },
+        }
+    )
 
 
 def _check_target(target: str) -> None:

@@ -1,0 +1,773 @@
+"""Benchmark: what does the BLS orchestration cost next to the work it orchestrates?
+
+One run measures, on one fixed set of photographs:
+
+1. DALI preprocessing alone, in process (:class:`bls_pipeline.dali_runner.DaliPreprocessor`);
+2. the network alone, in process, on the runtime the server uses (:func:`load_network`);
+3. both in process, no server: the limit the endpoint can approach;
+4. the ``classifier`` BLS endpoint over HTTP at several concurrencies;
+5. the same sub-models as a Triton ensemble (+ the same postprocessing in a Python model);
+6. a naive one-model baseline (PIL + numpy + the same network).
+
+Each number is the median of ``repeats`` measurements, with min and max; the endpoints and
+concurrencies are interleaved within each repeat so that a slow spell of a shared machine
+hits them all alike. ``tools/bench.py`` is the command line.
+
+Example::
+
+    images = benchmark_images()
+    result = run_benchmark(BenchOptions(repository=Path("build/model_repository")), images)
+    print(format_table(result))
+    check_result_schema(result)
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from bls_pipeline.errors import BlsPipelineError
+
+LOGGER = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ENDPOINT_KEYS = ("bls", "ensemble", "naive")
+DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16)
+QUICK_CONCURRENCIES = (1, 4)
+# ImageNet's typical photograph: 500x375, JPEG quality 90.
+IMAGE_SIZE = (500, 375)
+JPEG_QUALITY = 90
+# skimage's real photographs (all in the wheel, no download); rendered landscape 500x375.
+PHOTO_NAMES = (
+    "chelsea",
+    "coffee",
+    "rocket",
+    "astronaut",
+    "stereo_motorcycle",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+)
+# The issue's targets, checked in every result.
+TARGETS = {
+    "bls_vs_inprocess": 0.85,
+    "bls_vs_ensemble": 1.0,
+    "bls_vs_naive": 1.1,
+}
+LATENCY_TARGET_MS = 3.0  # BLS p50 at concurrency 1 <= in-process single image + this
+
+
+class BenchError(BlsPipelineError):
+    """The benchmark cannot run: no images, no repository, a failing endpoint."""
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class BenchImage:
+    """One encoded image of the fixed set."""
+
+    name: str
+    data: bytes
+    width: int
+    height: int
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
+        image = image[0]
+    return image
+
+
+def render_photo(array: np.ndarray, size: tuple[int, int] = IMAGE_SIZE, quality: int = JPEG_QUALITY) -> bytes:
+    """``array`` scaled to cover ``size`` (Lanczos), centre-cropped to it, as a JPEG.
+
+    Deterministic for a given Pillow: the same pixels and encoder settings every run.
+    """
+    from PIL import Image
+
+    image = Image.fromarray(array).convert("RGB")
+    width, height = image.size
+    scale = max(size[0] / width, size[1] / height)
+    scaled = image.resize((max(size[0], round(width * scale)), max(size[1], round(height * scale))), Image.Resampling.LANCZOS)
+    left, top = (scaled.width - size[0]) // 2, (scaled.height - size[1]) // 2
+    buffer = io.BytesIO()
+    scaled.crop((left, top, left + size[0], top + size[1])).save(buffer, "JPEG", quality=quality, optimize=False)
+    return buffer.getvalue()
+
+
+def benchmark_images(names: Sequence[str] = PHOTO_NAMES, size: tuple[int, int] = IMAGE_SIZE) -> list[BenchImage]:
+    """The fixed image set: skimage photographs as ImageNet-sized quality-90 JPEGs."""
+    return [BenchImage(name, render_photo(_photo(name), size), *size) for name in names]
+
+
+def load_images(directory: Path) -> list[BenchImage]:
+    """Every JPEG or PNG file of ``directory``, sorted by name (so the set is fixed)."""
+    from PIL import Image
+
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise BenchError(f"no .jpg, .jpeg or .png files in {directory}")
+    images = []
+    for path in paths:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            images.append(BenchImage(path.name, data, *image.size))
+    return images
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, linear interpolation between ranks."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of repeated measurements and how far they spread."""
+
+    median: float
+    min: float
+    max: float
+    q1: float
+    q3: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        """Summarize ``values`` (at least one)."""
+        if not values:
+            raise ValueError("no values to summarize")
+        return cls(
+            median=statistics.median(values),
+            min=min(values),
+            max=max(values),
+            q1=percentile(values, 25),
+            q3=percentile(values, 75),
+            n=len(values),
+        )
+
+    def relative_range(self) -> float:
+        """(max - min) / median: 0.05 means the repeats fell within 5 % of each other."""
+        return (self.max - self.min) / self.median if self.median else 0.0
+
+    def to_json(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.min, "max": self.max, "q1": self.q1, "q3": self.q3, "n": self.n}
+
+
+def latency_percentiles(latencies_s: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99 of latencies given in seconds, in milliseconds."""
+    return {f"p{q}": percentile(latencies_s, q) * 1e3 for q in (50, 90, 99)}
+
+
+def compute_ratios(images_per_s: Mapping[str, float]) -> dict[str, float]:
+    """The issue's ratios from best throughputs: BLS over the in-process limit, the
+    ensemble and the naive baseline. Keys ``bls``, ``inprocess``, ``ensemble``, ``naive``."""
+    for key in ("bls", "inprocess", "ensemble", "naive"):
+        if images_per_s.get(key, 0) <= 0:
+            raise ValueError(f"no positive throughput for {key!r}")
+    bls = images_per_s["bls"]
+    return {
+        "bls_vs_inprocess": bls / images_per_s["inprocess"],
+        "bls_vs_ensemble": bls / images_per_s["ensemble"],
+        "bls_vs_naive": bls / images_per_s["naive"],
+    }
+
+
+def check_targets(ratios: Mapping[str, float], latency_ms: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """Each target of the issue with its measured value and whether it is met."""
+    checks: dict[str, dict[str, Any]] = {
+        name: {"target": f">= {goal}", "value": ratios[name], "met": ratios[name] >= goal} for name, goal in TARGETS.items()
+    }
+    allowed = latency_ms["inprocess_single"] + LATENCY_TARGET_MS
+    checks["bls_p50_c1"] = {
+        "target": f"<= {allowed:.2f} ms (in-process single + {LATENCY_TARGET_MS} ms)",
+        "value": latency_ms["bls_p50_c1"],
+        "met": latency_ms["bls_p50_c1"] <= allowed,
+    }
+    return checks
+
+
+# --------------------------------------------------------------------------- result schema
+
+REQUIRED_KEYS = {
+    "schema_version": int,
+    "machine": dict,
+    "config": dict,
+    "in_process": dict,
+    "endpoints": dict,
+    "images_per_s": dict,
+    "latency_ms": dict,
+    "ratios": dict,
+    "targets": dict,
+}
+REQUIRED_NUMBERS = {
+    "images_per_s": ("preprocessing", "network", "inprocess", "bls", "ensemble", "naive", "bls_c1"),
+    "latency_ms": ("bls_p50_c1", "inprocess_single", "ensemble_p50_c1", "naive_p50_c1"),
+    "ratios": tuple(TARGETS),
+}
+MACHINE_KEYS = ("cpu_count", "cpu_model", "platform", "python", "versions")
+
+
+def _numbers(value: Any, path: str) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _numbers(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _numbers(item, f"{path}[{index}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
+
+
+def check_result_schema(result: Mapping[str, Any]) -> None:
+    """Raise :class:`BenchError` naming the first missing key or non-positive measurement.
+
+    Every number under ``in_process``, ``endpoints``, ``images_per_s``, ``latency_ms`` and
+    ``ratios`` must be finite and positive.
+    """
+    for key, kind in REQUIRED_KEYS.items():
+        if not isinstance(result.get(key), kind):
+            raise BenchError(f"result has no {kind.__name__} {key!r}")
+    for section, keys in REQUIRED_NUMBERS.items():
+        for key in keys:
+            if not isinstance(result[section].get(key), (int, float)):
+                raise BenchError(f"result has no number {section}.{key}")
+    for key in MACHINE_KEYS:
+        if key not in result["machine"]:
+            raise BenchError(f"result has no machine.{key}")
+    for endpoint in ENDPOINT_KEYS:
+        if not result["endpoints"].get(endpoint):
+            raise BenchError(f"result has no measurements of endpoint {endpoint!r}")
+    for section in ("in_process", "endpoints", "images_per_s", "latency_ms", "ratios"):
+        for path, value in _numbers(result[section], section):
+            if not (math.isfinite(value) and value > 0):
+                raise BenchError(f"{path} is {value}: every measurement must be finite and positive")
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count and model, OS, Python and the versions of the parts being measured."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("nvidia-pytriton", "nvidia-dali-cuda120", "onnxruntime", "tritonclient", "numpy", "pillow"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": versions,
+    }
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def time_calls(function: Callable[[], object], *, duration_s: float, min_calls: int = 3) -> list[float]:
+    """Call ``function`` for about ``duration_s`` (at least ``min_calls`` times); seconds per call."""
+    times = []
+    deadline = time.perf_counter() + duration_s
+    while len(times) < min_calls or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@dataclass
+class LoadSample:
+    """One measurement window of a closed-loop load on an endpoint."""
+
+    images_per_s: float
+    latencies_s: list[float]
+    requests: int
+
+
+def _request_inputs(httpclient, images: Sequence[BenchImage]) -> list[list]:
+    inputs = []
+    for image in images:
+        row = np.frombuffer(image.data, np.uint8)[None, :]
+        tensor = httpclient.InferInput("IMAGE", list(row.shape), "UINT8")
+        tensor.set_data_from_numpy(row, binary_data=True)
+        inputs.append([tensor])
+    return inputs
+
+
+def closed_loop_load(
+    url: str,
+    model: str,
+    images: Sequence[BenchImage],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> LoadSample:
+    """``concurrency`` requests of one image always in flight for ``warmup_s + duration_s``.
+
+    One ``tritonclient.http`` client with a pool of ``concurrency`` connections, driven by
+    ``concurrency`` greenlets on this thread (the client is gevent-based and must not be
+    shared across threads). Requests completed inside the window after the warm-up count;
+    each request's latency is its own, from send to parsed response.
+    """
+    import gevent
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120)
+    requests = _request_inputs(httpclient, images)
+    outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("SCORES", "CLASS_IDS", "LABELS")]
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    window_start, window_end = start + warmup_s, start + warmup_s + duration_s
+
+    def worker(offset: int) -> None:
+        index = offset
+        while not errors:
+            sent = time.perf_counter()
+            if sent >= window_end:
+                return
+            try:
+                result = client.infer(model, requests[index % len(requests)], outputs=outputs)
+                result.as_numpy("CLASS_IDS")
+            except Exception as exc:  # noqa: BLE001 - gevent/HTTP errors have no common base
+                errors.append(" ".join(str(exc).split()))
+                return
+            done = time.perf_counter()
+            if sent >= window_start and done <= window_end:
+                latencies.append(done - sent)
+            index += concurrency
+
+    try:
+        gevent.joinall([gevent.spawn(worker, offset) for offset in range(concurrency)])
+    finally:
+        client.close()
+    if errors:
+        raise BenchError(f"{model}: a request failed: {errors[0]}")
+    if not latencies:
+        raise BenchError(f"{model}: no request completed within {duration_s} s at concurrency {concurrency}")
+    return LoadSample(images_per_s=len(latencies) / duration_s, latencies_s=latencies, requests=len(latencies))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class BenchOptions:
+    """What one benchmark run measures and for how long."""
+
+    repository: Path
+    repeats: int = 3
+    concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES
+    duration_s: float = 5.0
+    warmup_s: float = 1.5
+    inprocess_duration_s: float = 2.0
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    quick: bool = False
+    server_log: Path | None = None
+    endpoints: tuple[str, ...] = ENDPOINT_KEYS
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise BenchError(f"--repeats must be at least 1, got {self.repeats}")
+        if not self.concurrencies or min(self.concurrencies) < 1:
+            raise BenchError("concurrencies must be positive")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise BenchError("durations must be positive")
+
+    @classmethod
+    def quick_options(cls, repository: Path, **overrides: Any) -> "BenchOptions":
+        """CI-sized: one repeat, two concurrencies, one-second windows."""
+        values: dict[str, Any] = dict(
+            repeats=1,
+            concurrencies=QUICK_CONCURRENCIES,
+            duration_s=1.0,
+            warmup_s=0.5,
+            inprocess_duration_s=0.5,
+            batch_sizes=(1, 4),
+            quick=True,
+        )
+        values.update(overrides)
+        return cls(repository=repository, **values)
+
+
+@dataclass
+class _InProcess:
+    """The in-process parts, built like the server builds them from the repository."""
+
+    preprocess: Callable[[Sequence[np.ndarray]], np.ndarray]
+    network: Callable[[np.ndarray], np.ndarray]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_repository(cls, repository: Path, max_batch_size: int) -> "_InProcess":
+        from bls_pipeline import model_config as mc
+        from bls_pipeline.dali_runner import DaliPreprocessor
+        from bls_pipeline.network_runtime import load_network
+
+        dali_threads = int(mc.parameters_of(mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt")).get("num_threads", 0))
+        network_parameters = mc.parameters_of(mc.read_config(repository / mc.NETWORK / "config.pbtxt"))
+        network_threads = int(network_parameters.get("intra_op_threads", 0))
+        preprocess = DaliPreprocessor.from_file(
+            repository / mc.PREPROCESSING / "1" / "dali.py",
+            max_batch_size=max_batch_size,
+            num_threads=dali_threads or None,
+        )
+        network = load_network(repository / mc.NETWORK / "1", intra_op_threads=network_threads)
+        return cls(
+            preprocess=preprocess,
+            network=network,
+            settings={"dali_threads": dali_threads, "network_threads": network_threads, "runtime": network.runtime},
+        )
+
+
+def _batch(images: Sequence[BenchImage], size: int, offset: int = 0) -> list[np.ndarray]:
+    return [np.frombuffer(images[(offset + i) % len(images)].data, np.uint8) for i in range(size)]
+
+
+def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options: BenchOptions) -> dict[str, dict[int, float]]:
+    """One repeat of the in-process measurements: images/s per stage and batch size, and
+    the single-image latency of preprocessing + network (ms)."""
+    out: dict[str, dict[int, float]] = {"preprocessing": {}, "network": {}, "inprocess": {}}
+    single_ms = []
+    for size in options.batch_sizes:
+        batches = [_batch(images, size, offset) for offset in range(len(images))]
+        tensors = [parts.preprocess(batch) for batch in batches]
+        counter = {"pre": 0, "net": 0, "both": 0}
+
+        def pre() -> None:
+            parts.preprocess(batches[counter["pre"] % len(batches)])
+            counter["pre"] += 1
+
+        def net() -> None:
+            parts.network(tensors[counter["net"] % len(tensors)])
+            counter["net"] += 1
+
+        def both() -> None:
+            parts.network(parts.preprocess(batches[counter["both"] % len(batches)]))
+            counter["both"] += 1
+
+        both()  # warm-up: first runs of a batch size allocate
+        for key, function in (("preprocessing", pre), ("network", net), ("inprocess", both)):
+            times = time_calls(function, duration_s=options.inprocess_duration_s, min_calls=len(images) if size == 1 else 3)
+            out[key][size] = size / statistics.median(times)
+            if key == "inprocess" and size == 1:
+                single_ms = [t * 1e3 for t in times]
+    out["single_ms"] = {1: statistics.median(single_ms)} if single_ms else {}
+    return out
+
+
+def _max_batch_size(repository: Path) -> int:
+    from bls_pipeline import model_config as mc
+
+    return mc.read_config(repository / mc.CLASSIFIER / "config.pbtxt").max_batch_size
+
+
+def _repository_settings(repository: Path) -> dict[str, Any]:
+    """The serving knobs of the measured repository, so a result says what it measured."""
+    from bls_pipeline import model_config as mc
+
+    settings: dict[str, Any] = {}
+    for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK):
+        config = mc.read_config(repository / name / "config.pbtxt")
+        settings[name] = {
+            "max_batch_size": config.max_batch_size,
+            "instances": sum(group.count for group in config.instance_group) or 1,
+            "max_queue_delay_us": config.dynamic_batching.max_queue_delay_microseconds,
+            "preferred_batch_size": list(config.dynamic_batching.preferred_batch_size),
+            "parameters": mc.parameters_of(config),
+        }
+    return settings
+
+
+def run_benchmark(
+    options: BenchOptions,
+    images: Sequence[BenchImage],
+    *,
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Measure everything (see the module docstring) and return the JSON-ready result."""
+    from bls_pipeline.bench_repository import write_bench_repository
+    from bls_pipeline.server import LocalTritonServer, ServerOptions
+
+    if not images:
+        raise BenchError("no images to benchmark")
+    repository = Path(options.repository)
+    if not (repository / "classifier" / "config.pbtxt").is_file():
+        raise BenchError(f"{repository} is not a built repository: run tools/build_repo.py first")
+    machine = machine_info()
+    max_batch_size = _max_batch_size(repository)
+    batch_sizes = tuple(size for size in options.batch_sizes if size <= max_batch_size)
+    options = dataclasses.replace(options, batch_sizes=batch_sizes)
+
+    progress("building the in-process DALI pipeline and network")
+    parts = _InProcess.from_repository(repository, max_batch_size)
+    in_process_runs: list[dict[str, dict[int, float]]] = []
+    endpoint_runs: dict[str, dict[int, list[LoadSample]]] = {key: {c: [] for c in options.concurrencies} for key in options.endpoints}
+    with tempfile.TemporaryDirectory(prefix="bls-bench-") as workdir:
+        bench_repo = Path(workdir) / "model_repository"
+        names = write_bench_repository(repository, bench_repo)
+        server_options = ServerOptions(
+            model_repository=bench_repo, http_port=0, grpc_port=0, metrics_port=0, log_path=options.server_log
+        )
+        progress(f"starting tritonserver on {bench_repo}")
+        with LocalTritonServer(server_options) as server:
+            url = server.url.removeprefix("http://")
+            progress("warming up every endpoint")
+            for key in options.endpoints:
+                closed_loop_load(url, names[key], images, concurrency=max(options.concurrencies), duration_s=0.5, warmup_s=1.0)
+            for repeat in range(options.repeats):
+                progress(f"repeat {repeat + 1}/{options.repeats}: in process, batch sizes {list(batch_sizes)}")
+                in_process_runs.append(_measure_in_process(parts, images, options))
+                for concurrency in options.concurrencies:
+                    for key in options.endpoints:
+                        sample = closed_loop_load(
+                            url,
+                            names[key],
+                            images,
+                            concurrency=concurrency,
+                            duration_s=options.duration_s,
+                            warmup_s=options.warmup_s,
+                        )
+                        endpoint_runs[key][concurrency].append(sample)
+                        progress(
+                            f"repeat {repeat + 1}/{options.repeats}: {key:8s} c={concurrency:<2d} "
+                            f"{sample.images_per_s:6.1f} images/s, p50 {percentile(sample.latencies_s, 50) * 1e3:6.1f} ms"
+                        )
+    return assemble_result(options, images, machine, parts.settings, _repository_settings(repository), in_process_runs, endpoint_runs)
+
+
+def assemble_result(
+    options: BenchOptions,
+    images: Sequence[BenchImage],
+    machine: Mapping[str, Any],
+    runtime_settings: Mapping[str, Any],
+    repository_settings: Mapping[str, Any],
+    in_process_runs: Sequence[Mapping[str, Mapping[int, float]]],
+    endpoint_runs: Mapping[str, Mapping[int, Sequence[LoadSample]]],
+) -> dict[str, Any]:
+    """The JSON result from raw repeats: medians with spread, best values, ratios, targets."""
+    in_process: dict[str, Any] = {}
+    for key in ("preprocessing", "network", "inprocess"):
+        in_process[key] = {
+            f"batch_{size}": Spread.of([run[key][size] for run in in_process_runs]).to_json()
+            for size in options.batch_sizes
+        }
+    single = Spread.of([run["single_ms"][1] for run in in_process_runs if run.get("single_ms")]) if 1 in options.batch_sizes else None
+
+    endpoints: dict[str, Any] = {}
+    for key, by_concurrency in endpoint_runs.items():
+        endpoints[key] = {}
+        for concurrency, samples in by_concurrency.items():
+            percentiles = [latency_percentiles(sample.latencies_s) for sample in samples]
+            endpoints[key][f"c{concurrency}"] = {
+                "concurrency": concurrency,
+                "images_per_s": Spread.of([sample.images_per_s for sample in samples]).to_json(),
+                "latency_ms": {q: Spread.of([p[q] for p in percentiles]).to_json() for q in ("p50", "p90", "p99")},
+                "requests": sum(sample.requests for sample in samples),
+            }
+
+    def best(stage: str) -> tuple[float, str]:
+        return max((value["median"], name) for name, value in in_process[stage].items())
+
+    def best_endpoint(key: str) -> tuple[float, str]:
+        return max((value["images_per_s"]["median"], name) for name, value in endpoints[key].items())
+
+    images_per_s: dict[str, Any] = {stage: best(stage)[0] for stage in ("preprocessing", "network", "inprocess")}
+    best_at = {stage: best(stage)[1] for stage in ("preprocessing", "network", "inprocess")}
+    for key in endpoints:
+        images_per_s[key], best_at[key] = best_endpoint(key)
+        if "c1" in endpoints[key]:
+            images_per_s[f"{key}_c1"] = endpoints[key]["c1"]["images_per_s"]["median"]
+    latency_ms: dict[str, float] = {}
+    if single is not None:
+        latency_ms["inprocess_single"] = single.median
+    for key in endpoints:
+        if "c1" in endpoints[key]:
+            latency_ms[f"{key}_p50_c1"] = endpoints[key]["c1"]["latency_ms"]["p50"]["median"]
+    ratios = compute_ratios(images_per_s) if all(k in images_per_s for k in ("bls", "ensemble", "naive")) else {}
+    targets = check_targets(ratios, latency_ms) if ratios and "inprocess_single" in latency_ms and "bls_p50_c1" in latency_ms else {}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "machine": dict(machine),
+        "config": {
+            "repeats": options.repeats,
+            "quick": options.quick,
+            "concurrencies": list(options.concurrencies),
+            "batch_sizes": list(options.batch_sizes),
+            "duration_s": options.duration_s,
+            "warmup_s": options.warmup_s,
+            "inprocess_duration_s": options.inprocess_duration_s,
+            "images_per_request": 1,
+            "images": [{"name": i.name, "bytes": len(i.data), "width": i.width, "height": i.height} for i in images],
+            "runtime": dict(runtime_settings),
+            "repository": dict(repository_settings),
+            "ensemble_postprocessing": "server-side, Python model classifier_postprocess",
+        },
+        "in_process": {**in_process, **({"single_image_ms": single.to_json()} if single else {})},
+        "endpoints": endpoints,
+        "images_per_s": images_per_s,
+        "best_at": best_at,
+        "latency_ms": latency_ms,
+        "ratios": ratios,
+        "targets": targets,
+    }
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _fmt(spread: Mapping[str, float], digits: int = 1) -> str:
+    return f"{spread['median']:.{digits}f} [{spread['min']:.{digits}f}-{spread['max']:.{digits}f}]"
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The human-readable report: in-process stages, endpoints by concurrency, ratios."""
+    lines = []
+    machine = result["machine"]
+    lines.append(
+        f"machine: {machine['cpu_count']} CPUs ({machine['cpu_model']}), python {machine['python']}, "
+        f"repeats {result['config']['repeats']} (median [min-max])"
+    )
+    lines.append("")
+    lines.append(f"{'in process (no server)':34s} {'batch':>5s}  {'images/s':>22s}")
+    for stage, label in (("preprocessing", "1. DALI preprocessing"), ("network", "2. network"), ("inprocess", "3. preprocessing + network")):
+        for name, spread in result["in_process"][stage].items():
+            lines.append(f"{label:34s} {name.removeprefix('batch_'):>5s}  {_fmt(spread):>22s}")
+    if "single_image_ms" in result["in_process"]:
+        lines.append(f"{'   one image, latency (ms)':34s} {'1':>5s}  {_fmt(result['in_process']['single_image_ms'], 2):>22s}")
+    lines.append("")
+    labels = {"bls": "4. classifier (BLS)", "ensemble": "5. ensemble", "naive": "6. naive (PIL)"}
+    lines.append(f"{'endpoint over HTTP':22s} {'conc':>4s}  {'images/s':>22s}  {'p50 ms':>22s}  {'p90 ms':>8s}  {'p99 ms':>8s}")
+    for key, by_concurrency in result["endpoints"].items():
+        for name, row in by_concurrency.items():
+            latency = row["latency_ms"]
+            lines.append(
+                f"{labels.get(key, key):22s} {row['concurrency']:>4d}  {_fmt(row['images_per_s']):>22s}  "
+                f"{_fmt(latency['p50']):>22s}  {latency['p90']['median']:8.1f}  {latency['p99']['median']:8.1f}"
+            )
+    lines.append("")
+    best_at = result.get("best_at", {})
+    for key, value in result["images_per_s"].items():
+        lines.append(f"best images/s {key:14s} {value:8.1f}  {('at ' + best_at[key]) if key in best_at else ''}")
+    for name, check in result.get("targets", {}).items():
+        lines.append(f"{name:18s} {check['value']:8.3f}  target {check['target']:40s} {'met' if check['met'] else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+def plot_result(result: Mapping[str, Any], path: Path) -> Path:
+    """A PNG: throughput and latency (p50, p99) against concurrency, with the in-process limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {"bls": "tab:blue", "ensemble": "tab:orange", "naive": "tab:green"}
+    for key, by_concurrency in result["endpoints"].items():
+        rows = sorted(by_concurrency.values(), key=lambda row: row["concurrency"])
+        x = [row["concurrency"] for row in rows]
+        ips = [row["images_per_s"] for row in rows]
+        throughput.errorbar(
+            x,
+            [s["median"] for s in ips],
+            yerr=[[s["median"] - s["min"] for s in ips], [s["max"] - s["median"] for s in ips]],
+            marker="o",
+            capsize=3,
+            label=key,
+            color=colors.get(key),
+        )
+        latency.plot(x, [row["latency_ms"]["p50"]["median"] for row in rows], marker="o", color=colors.get(key), label=f"{key} p50")
+        latency.plot(x, [row["latency_ms"]["p99"]["median"] for row in rows], linestyle="--", color=colors.get(key), label=f"{key} p99")
+    limit = result["images_per_s"].get("inprocess")
+    if limit:
+        throughput.axhline(limit, color="black", linestyle=":", label="in-process limit")
+    single = result["latency_ms"].get("inprocess_single")
+    if single:
+        latency.axhline(single, color="black", linestyle=":", label="in-process, one image")
+    for axis, title, unit in ((throughput, "throughput", "images/s"), (latency, "latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency (requests in flight, one image each)")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    machine = result["machine"]
+    figure.suptitle(f"classifier benchmark: {machine['cpu_count']} CPUs, {machine['cpu_model']}", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def perf_analyzer_data(images: Sequence[BenchImage]) -> dict[str, Any]:
+    """perf_analyzer ``--input-data`` JSON: each image one request, rows zero-padded to the
+    longest image (the classifier's contract), bytes base64-encoded."""
+    length = max(len(image.data) for image in images)
+    return {
+        "data": [
+            {"IMAGE": {"b64": base64.b64encode(image.data.ljust(length, b"\0")).decode("ascii"), "shape": [length]}}
+            for image in images
+        ]
+    }
+
+
+def perf_analyzer_command(data_file: str, url: str = "127.0.0.1:8000", model: str = "classifier") -> str:
+    """The perf_analyzer command line that loads ``model`` with the padded photographs."""
+    return (
+        f"perf_analyzer -m {model} -u {url} -i http --input-data {data_file} -b 1 "
+        "--concurrency-range 1:16:2 --measurement-interval 5000 --stability-percentage 10 "
+        "--percentile 50 -f perf_classifier.csv"
+    )
+
+
+def write_json(result: Mapping[str, Any], path: Path) -> Path:
+    """Write ``result`` as indented JSON."""
+    path = Path(path)
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    return path

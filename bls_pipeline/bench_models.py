@@ -1,0 +1,124 @@
+"""Python-backend models that exist only for the benchmark's comparisons.
+
+- :class:`PostprocessModel` (``classifier_postprocess``): the last step of the
+  ``classifier_ensemble`` (preprocessing -> network -> this): softmax, top-k, labels, the
+  same functions as the BLS ``classifier``.
+- :class:`NaiveClassifierModel` (``classifier_naive``): the TorchServe-style baseline in one
+  model: PIL decoding and numpy transforms per image (:mod:`bls_pipeline.naive`), then the
+  same network runtime, then the same postprocessing.
+
+Each ``model.py`` that :mod:`bls_pipeline.bench_repository` writes is one import of a class
+here, like the product's models import :mod:`bls_pipeline.triton_adapter`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image
+
+from bls_pipeline.classifier import ClassifierSettings, classify_request, prepare_request
+from bls_pipeline.errors import BlsPipelineError, InvalidImageError
+from bls_pipeline.naive import PilPreprocessor
+from bls_pipeline.postprocess import load_labels, parse_top_k
+from bls_pipeline.triton_adapter import (
+    CLASS_IDS_OUTPUT,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    SCORES_OUTPUT,
+    _input,
+    _parameters,
+    _version_dir,
+    error_response,
+)
+
+LOGITS_INPUT = "LOGITS"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def _top_k_of(request: Any) -> object:
+    return json.loads(request.parameters() or "{}").get("top_k")
+
+
+def _classification_response(logits: np.ndarray, k: int, labels: Sequence[str]) -> Any:
+    outputs = classify_request(logits, k, labels)
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
+            pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
+            pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
+        ]
+    )
+
+
+class PostprocessModel:
+    """Logits ``[N, C]`` -> ``SCORES``/``CLASS_IDS``/``LABELS``: the ensemble's last step."""
+
+    def initialize(self, args: dict) -> None:
+        """Read the labels named by the ``labels_file`` parameter."""
+        parameters = _parameters(json.loads(args["model_config"]))
+        self.labels = load_labels(_version_dir(args) / parameters["labels_file"])
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        """One response per request; ``top_k`` as the ``classifier`` reads it."""
+        responses = []
+        for request in requests:
+            try:
+                k = parse_top_k(_top_k_of(request), len(self.labels))
+                responses.append(_classification_response(_input(request, LOGITS_INPUT), k, self.labels))
+            except BlsPipelineError as exc:
+                responses.append(error_response(exc))
+        return responses
+
+
+class NaiveClassifierModel:
+    """The whole classifier in one model, the naive way: PIL per image, then the network."""
+
+    def initialize(self, args: dict) -> None:
+        """Labels, the PIL preprocessing of ``preprocessing.json`` and the network file."""
+        from bls_pipeline.network_runtime import load_network
+
+        config = json.loads(args["model_config"])
+        parameters = _parameters(config)
+        version_dir = _version_dir(args)
+        self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
+        self.labels = load_labels(version_dir / parameters["labels_file"])
+        self.preprocess = PilPreprocessor.from_file(version_dir / PREPROCESSING_FILE)
+        self.network = load_network(version_dir, intra_op_threads=int(parameters.get("intra_op_threads", 0)))
+
+    def _preprocess_request(self, request: Any) -> tuple[list[np.ndarray], int]:
+        prepared = prepare_request(
+            _input(request, IMAGE_INPUT),
+            top_k=_top_k_of(request),
+            settings=self.settings,
+            num_classes=len(self.labels),
+        )
+        arrays = []
+        for index, image in enumerate(prepared.images):
+            try:
+                arrays.append(self.preprocess(image))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise InvalidImageError(index, f"cannot be decoded ({exc})") from None
+        return arrays, prepared.top_k
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        """Preprocess every image of every request, run them as one batch, answer each."""
+        responses: list[Any] = [None] * len(requests)
+        prepared: dict[int, tuple[list[np.ndarray], int]] = {}
+        for index, request in enumerate(requests):
+            try:
+                prepared[index] = self._preprocess_request(request)
+            except BlsPipelineError as exc:
+                responses[index] = error_response(exc)
+        arrays = [array for images, _ in prepared.values() for array in images]
+        if arrays:
+            logits = self.network(np.stack(arrays))
+            offset = 0
+            for index, (images, k) in prepared.items():
+                own = logits[offset : offset + len(images)]
+                offset += len(images)
+                responses[index] = _classification_response(own, k, self.labels)
+        return responses

@@ -1,0 +1,65 @@
+"""The benchmark end to end: its comparison models answer like the classifier, and a
+``--quick`` run against a real server writes a complete result (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bls_pipeline.bench import check_result_schema
+from bls_pipeline.bench_repository import ENDPOINTS, write_bench_repository
+from tests.conftest import PHOTOS, encode
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def bench_server(built_repository, tmp_path_factory):
+    from bls_pipeline.server import LocalTritonServer, ServerOptions
+
+    repository = tmp_path_factory.mktemp("bench") / "model_repository"
+    write_bench_repository(built_repository, repository)
+    options = ServerOptions(model_repository=repository, http_port=0, grpc_port=0, metrics_port=0)
+    with LocalTritonServer(options) as server:
+        yield server
+
+
+@pytest.mark.parametrize("endpoint", ["ensemble", "naive"])
+def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_server, photos, endpoint):
+    from bls_pipeline.client import ClassifierClient
+
+    images = [encode(photos[name], "JPEG", quality=90) for name in PHOTOS]
+    with ClassifierClient(bench_server.url) as bls, ClassifierClient(bench_server.url, model_name=ENDPOINTS[endpoint]) as other:
+        expected, got = bls.classify(images, top_k=3), other.classify(images, top_k=3)
+
+    assert [p.class_ids[0] for p in got] == list(PHOTOS.values())
+    assert [p.labels[0] for p in got] == [p.labels[0] for p in expected]
+    if endpoint == "ensemble":  # the same models and postprocessing: the same numbers
+        np.testing.assert_allclose([p.scores for p in got], [p.scores for p in expected], atol=1e-5, rtol=0)
+
+
+def test_quick_run_writes_a_complete_result_and_a_plot(built_repository, tmp_path, capsys):
+    from tools.bench import main
+
+    json_out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+
+    assert main(["--repository", str(built_repository), "--quick", "--json-out", str(json_out), "--plot", str(plot)]) == 0
+
+    result = json.loads(json_out.read_text())
+    check_result_schema(result)
+    assert set(result["ratios"]) == {"bls_vs_inprocess", "bls_vs_ensemble", "bls_vs_naive"}
+    assert result["machine"]["cpu_count"] >= 1
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "bls_vs_naive" in capsys.readouterr().out
+
+
+def test_perf_analyzer_data_is_written_without_a_server(tmp_path):
+    from tools.bench import main
+
+    path = tmp_path / "data.json"
+
+    assert main(["--write-perf-analyzer-data", str(path)]) == 0
+    rows = json.loads(path.read_text())["data"]
+    assert len(rows) == 8 and len({tuple(row["IMAGE"]["shape"]) for row in rows}) == 1

@@ -1,0 +1,217 @@
+"""Specification of the benchmark's pure parts: statistics, ratios, targets, result schema."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+
+import pytest
+from PIL import Image
+
+from bls_pipeline import model_config as mc
+from bls_pipeline.bench import (
+    BenchError,
+    BenchImage,
+    BenchOptions,
+    LoadSample,
+    Spread,
+    assemble_result,
+    check_result_schema,
+    check_targets,
+    compute_ratios,
+    latency_percentiles,
+    percentile,
+    perf_analyzer_data,
+    render_photo,
+)
+from bls_pipeline.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([5.0], 50, 5.0),
+        ([1.0, 2.0, 3.0, 4.0], 0, 1.0),
+        ([1.0, 2.0, 3.0, 4.0], 100, 4.0),
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
+        ([4.0, 1.0, 3.0, 2.0], 25, 1.75),
+        (list(range(1, 101)), 99, 99.01),
+    ],
+)
+def test_percentile_interpolates_linearly_between_ranks(values, q, expected):
+    assert percentile(values, q) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("values", "q"), [([], 50), ([1.0], -1), ([1.0], 101)])
+def test_percentile_refuses_no_values_and_out_of_range_q(values, q):
+    with pytest.raises(ValueError):
+        percentile(values, q)
+
+
+def test_spread_reports_median_min_max_and_quartiles():
+    spread = Spread.of([10.0, 30.0, 20.0])
+
+    assert (spread.median, spread.min, spread.max, spread.n) == (20.0, 10.0, 30.0, 3)
+    assert (spread.q1, spread.q3) == (15.0, 25.0)
+    assert spread.relative_range() == pytest.approx(1.0)
+
+
+def test_spread_of_an_even_count_takes_the_mean_of_the_middle_two():
+    assert Spread.of([1.0, 2.0, 3.0, 10.0]).median == 2.5
+
+
+def test_latency_percentiles_are_milliseconds():
+    latencies = [0.001 * i for i in range(1, 101)]
+
+    assert latency_percentiles(latencies) == pytest.approx({"p50": 50.5, "p90": 90.1, "p99": 99.01})
+
+
+def test_ratios_divide_the_bls_throughput_by_each_reference():
+    ratios = compute_ratios({"bls": 90.0, "inprocess": 100.0, "ensemble": 80.0, "naive": 60.0})
+
+    assert ratios == pytest.approx({"bls_vs_inprocess": 0.9, "bls_vs_ensemble": 1.125, "bls_vs_naive": 1.5})
+
+
+@pytest.mark.parametrize("missing", ["bls", "inprocess", "ensemble", "naive"])
+def test_ratios_need_a_positive_throughput_for_every_term(missing):
+    values = {"bls": 90.0, "inprocess": 100.0, "ensemble": 80.0, "naive": 60.0, missing: 0.0}
+
+    with pytest.raises(ValueError, match=missing):
+        compute_ratios(values)
+
+
+def test_targets_compare_ratios_and_the_latency_budget():
+    ratios = {"bls_vs_inprocess": 0.9, "bls_vs_ensemble": 0.99, "bls_vs_naive": 1.1}
+    checks = check_targets(ratios, {"inprocess_single": 5.0, "bls_p50_c1": 8.0})
+
+    assert {name: check["met"] for name, check in checks.items()} == {
+        "bls_vs_inprocess": True,
+        "bls_vs_ensemble": False,
+        "bls_vs_naive": True,
+        "bls_p50_c1": True,
+    }
+    assert not check_targets(ratios, {"inprocess_single": 5.0, "bls_p50_c1": 8.01})["bls_p50_c1"]["met"]
+
+
+MACHINE = {"cpu_count": 2, "cpu_model": "test", "platform": "linux", "python": "3.11", "versions": {}}
+
+
+def _result() -> dict:
+    options = BenchOptions(repository=None, repeats=2, concurrencies=(1, 4), batch_sizes=(1, 4))
+    in_process = [
+        {
+            "preprocessing": {1: 400.0 + r, 4: 500.0},
+            "network": {1: 300.0, 4: 320.0 + r},
+            "inprocess": {1: 150.0, 4: 160.0 + r},
+            "single_ms": {1: 6.0 + r},
+        }
+        for r in range(2)
+    ]
+    throughput = {"bls": 140.0, "ensemble": 130.0, "naive": 120.0}
+    endpoints = {
+        key: {c: [LoadSample(value + c + r, [0.005, 0.006, 0.007 + r * 0.001], 3) for r in range(2)] for c in (1, 4)}
+        for key, value in throughput.items()
+    }
+    images = [BenchImage("a", b"\xff\xd8", 500, 375)]
+    return assemble_result(options, images, MACHINE, {}, {}, in_process, endpoints)
+
+
+def test_assembled_result_passes_its_schema_check():
+    result = _result()
+
+    check_result_schema(result)
+    assert set(result["ratios"]) == {"bls_vs_inprocess", "bls_vs_ensemble", "bls_vs_naive"}
+    assert {"bls_p50_c1", "inprocess_single"} <= set(result["latency_ms"])
+
+
+def test_assembled_result_reports_medians_and_best_values():
+    result = _result()
+
+    assert result["images_per_s"]["inprocess"] == pytest.approx(160.5)  # batch 4, median of 160 and 161
+    assert result["images_per_s"]["bls"] == pytest.approx(144.5)  # c4: 144 and 145
+    assert result["best_at"]["bls"] == "c4"
+    assert result["latency_ms"]["inprocess_single"] == pytest.approx(6.5)
+    assert result["ratios"]["bls_vs_inprocess"] == pytest.approx(144.5 / 160.5)
+    assert result["endpoints"]["bls"]["c1"]["images_per_s"] == pytest.approx(
+        {"median": 141.5, "min": 141.0, "max": 142.0, "q1": 141.25, "q3": 141.75, "n": 2}
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("ratios", "bls_vs_naive"), None, "ratios.bls_vs_naive"),
+        (("latency_ms", "bls_p50_c1"), 0.0, "latency_ms.bls_p50_c1"),
+        (("images_per_s", "bls"), float("nan"), "images_per_s.bls"),
+        (("endpoints", "naive"), {}, "naive"),
+        (("machine", "cpu_model"), None, "machine.cpu_model"),
+    ],
+)
+def test_schema_check_names_what_is_missing_or_not_positive(path, value, message):
+    result = copy.deepcopy(_result())
+    section, key = path
+    if value is None:
+        del result[section][key]
+    else:
+        result[section][key] = value
+
+    with pytest.raises(BenchError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        check_result_schema(result)
+
+
+def test_rendered_photo_is_a_deterministic_500x375_jpeg():
+    import numpy as np
+
+    array = np.random.default_rng(0).integers(0, 255, (300, 451, 3), dtype=np.uint8)
+    first, second = render_photo(array), render_photo(array)
+
+    assert first == second
+    with Image.open(io.BytesIO(first)) as image:
+        assert (image.format, image.size) == ("JPEG", (500, 375))
+
+
+def test_perf_analyzer_data_pads_every_row_to_the_longest_image():
+    images = [BenchImage("a", b"\xff\xd8abc\xff\xd9", 1, 1), BenchImage("b", b"\xff\xd8a\xff\xd9", 1, 1)]
+
+    data = perf_analyzer_data(images)["data"]
+
+    rows = [base64.b64decode(entry["IMAGE"]["b64"]) for entry in data]
+    assert [entry["IMAGE"]["shape"] for entry in data] == [[7], [7]]
+    assert rows == [b"\xff\xd8abc\xff\xd9", b"\xff\xd8a\xff\xd9\0\0"]
+
+
+def test_ensemble_config_round_trips_and_chains_its_steps(tmp_path):
+    config = mc.ensemble_config(
+        name="ens",
+        max_batch_size=8,
+        inputs=[mc.tensor_spec("IMAGE", "TYPE_UINT8", [-1])],
+        outputs=[mc.tensor_spec("OUT", "TYPE_FP32", [10])],
+        steps=[
+            mc.EnsembleStep("pre", {"DALI_INPUT": "IMAGE"}, {"DALI_OUTPUT": "x"}),
+            mc.EnsembleStep("net", {"INPUT": "x"}, {"OUTPUT": "OUT"}),
+        ],
+    )
+
+    assert config.platform == "ensemble"
+    assert [step.model_name for step in config.ensemble_scheduling.step] == ["pre", "net"]
+    assert mc.read_config(mc.write_config(tmp_path / "config.pbtxt", config)) == config
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([], "at least one step"),
+        ([mc.EnsembleStep("net", {"INPUT": "nothing"}, {"OUTPUT": "OUT"})], "nothing produces"),
+        ([mc.EnsembleStep("net", {"INPUT": "IMAGE"}, {"OUTPUT": "other"})], "produced by no step"),
+    ],
+)
+def test_ensemble_config_refuses_broken_chains(steps, message):
+    with pytest.raises(ConfigError, match=message):
+        mc.ensemble_config(
+            name="ens",
+            max_batch_size=8,
+            inputs=[mc.tensor_spec("IMAGE", "TYPE_UINT8", [-1])],
+            outputs=[mc.tensor_spec("OUT", "TYPE_FP32", [10])],
+            steps=steps,
+        )

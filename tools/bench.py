@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Benchmark the ``classifier`` BLS endpoint against its in-process limit, a Triton
+ensemble of the same models and a naive PIL baseline.
+
+    python tools/build_repo.py --output build/model_repository --force
+    python tools/bench.py --json-out bench.json --plot bench.png
+    python tools/bench.py --quick                      # CI-sized
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bls_pipeline.bench import (
+    DEFAULT_CONCURRENCIES,
+    BenchError,
+    BenchOptions,
+    benchmark_images,
+    format_table,
+    load_images,
+    perf_analyzer_command,
+    perf_analyzer_data,
+    plot_result,
+    run_benchmark,
+    write_json,
+)
+from bls_pipeline.errors import BlsPipelineError
+
+DEFAULT_REPOSITORY = Path("build/model_repository")
+
+EPILOG = f"""
+perf_analyzer (needs glibc >= 2.38; PyPI perf-analyzer) against a running server, with the
+same photographs zero-padded into the classifier's IMAGE rows:
+
+  python tools/bench.py --write-perf-analyzer-data classifier_data.json
+  python tools/serve.py --repository build/model_repository &
+  {perf_analyzer_command("classifier_data.json")}
+
+See docs/benchmark.md for what each number means and what was tried to make it fast.
+"""
+
+
+def _concurrencies(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrencies must be positive")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Measure DALI and the network in process, then the classifier (BLS), an ensemble of "
+        "the same models and a naive PIL model over HTTP on a local tritonserver; print a table and "
+        "the ratios BLS/in-process, BLS/ensemble, BLS/naive.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=DEFAULT_REPOSITORY,
+        help=f"a --target local repository built by tools/build_repo.py (default {DEFAULT_REPOSITORY}); "
+        "it is copied, never changed",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="a directory of .jpg/.png files to use instead of the built-in set (8 skimage photographs "
+        "as 500x375 JPEGs, quality 90)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of everything; the median is reported (default 3)")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrencies,
+        default=DEFAULT_CONCURRENCIES,
+        help="comma-separated requests in flight (default %s)" % ",".join(map(str, DEFAULT_CONCURRENCIES)),
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of each measurement window (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.5, help="seconds of load before each window (default 1.5)")
+    parser.add_argument(
+        "--endpoints",
+        default="bls,ensemble,naive",
+        help="comma-separated endpoints to load: bls, ensemble, naive (default all; ratios need all three)",
+    )
+    parser.add_argument("--quick", action="store_true", help="CI-sized run: 1 repeat, concurrency 1 and 4, 1 s windows")
+    parser.add_argument("--json-out", type=Path, help="write the full result as JSON here")
+    parser.add_argument("--plot", type=Path, help="write a PNG of throughput and latency against concurrency here")
+    parser.add_argument("--server-log", type=Path, help="keep the tritonserver log here")
+    parser.add_argument(
+        "--write-perf-analyzer-data",
+        type=Path,
+        metavar="FILE",
+        help="write perf_analyzer --input-data JSON (the padded image rows) to FILE and exit",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the package's INFO messages")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        images = load_images(args.images) if args.images else benchmark_images()
+        if args.write_perf_analyzer_data:
+            args.write_perf_analyzer_data.write_text(json.dumps(perf_analyzer_data(images)) + "\n")
+            print(f"wrote {len(images)} padded images to {args.write_perf_analyzer_data}; run:")
+            print(perf_analyzer_command(str(args.write_perf_analyzer_data)))
+            return 0
+        endpoints = tuple(part.strip() for part in args.endpoints.split(",") if part.strip())
+        unknown = set(endpoints) - {"bls", "ensemble", "naive"}
+        if unknown or not endpoints:
+            raise BenchError(f"unknown endpoints {sorted(unknown)}: choose among bls, ensemble, naive")
+        if args.quick:
+            options = BenchOptions.quick_options(args.repository, server_log=args.server_log, endpoints=endpoints)
+        else:
+            options = BenchOptions(
+                repository=args.repository,
+                repeats=args.repeats,
+                concurrencies=args.concurrency,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                server_log=args.server_log,
+                endpoints=endpoints,
+            )
+        result = run_benchmark(options, images, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except (BlsPipelineError, OSError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json_out:
+        write_json(result, args.json_out)
+        print(f"wrote {args.json_out}")
+    if args.plot:
+        plot_result(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
