@@ -6,6 +6,12 @@ sets ``LD_LIBRARY_PATH`` and ``PATH`` so the stub embeds this environment's Pyth
 127.0.0.1, waits for readiness with a deadline, and on stop leaves no process and no
 ``/dev/shm`` segment behind.
 
+tritonserver 2.51 does not restart a Python-backend stub that died (killed, out of memory):
+the model still reports ready and every request to it fails after a second with "Stub
+process '<model>_0_0' is not healthy." A watchdog thread therefore runs the server in explicit
+model-control mode and reloads (unload, then load) every model whose stub is gone; the
+endpoint recovers in about two seconds without a server restart.
+
 Example::
 
     with LocalTritonServer(ServerOptions(model_repository=Path("build/model_repository"))) as server:
@@ -24,7 +30,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
+from collections import Counter
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -71,6 +79,9 @@ class ServerOptions:
     # The Python backend's shared memory per stub; DALI batches of 64 images are 38 MB.
     shm_default_byte_size: int = 64 * 1024 * 1024
     shm_growth_byte_size: int = 64 * 1024 * 1024
+    # Reload a model whose stub died (see the module docstring); needs explicit model control.
+    restart_dead_stubs: bool = True
+    watchdog_interval_s: float = 1.0
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -97,6 +108,46 @@ def stub_numpy_version(env: dict[str, str]) -> str:
     return result.stdout.strip()
 
 
+@dataclass(frozen=True)
+class StubProcess:
+    """A Python-backend stub process of a server: one per model instance."""
+
+    pid: int
+    model: str
+    shm_region: str
+
+
+def stub_processes(server_pid: int) -> list[StubProcess]:
+    """The live Python-backend stubs that ``server_pid`` started (zombies left out).
+
+    A stub's command line is ``stub <repo>/<model>/<version>/model.py <shm region> ...``.
+    """
+    stubs = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # it exited meanwhile
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("PPid") != str(server_pid) or fields.get("State", "").startswith(("Z", "X")):
+            continue
+        if len(argv) < 3 or not argv[0].endswith(b"triton_python_backend_stub"):
+            continue
+        model_file = Path(os.fsdecode(argv[1]))
+        stubs.append(StubProcess(int(entry.name), model_file.parent.parent.name, os.fsdecode(argv[2])))
+    return stubs
+
+
+def models_with_dead_stubs(before: list[StubProcess], now: list[StubProcess]) -> set[str]:
+    """Models that have fewer live stubs now than ``before`` (a reloaded model has new pids)."""
+    expected = Counter(stub.model for stub in before)
+    alive = Counter(stub.model for stub in now)
+    return {model for model, count in expected.items() if alive[model] < count}
+
+
 def shm_segments() -> set[str]:
     """Names of the Python backend's shared-memory segments now in ``/dev/shm``."""
     if not SHM_DIR.is_dir():
@@ -113,7 +164,12 @@ class LocalTritonServer:
         self._workdir: Path | None = None
         self._log_file = None
         self._shm_before: set[str] = set()
+        self._stub_segments: set[str] = set()
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_stop = threading.Event()
         self.log_path: Path | None = None
+        # Models the watchdog reloaded because their stub died, in order.
+        self.reloaded_models: list[str] = []
 
     @property
     def url(self) -> str:
@@ -166,6 +222,7 @@ class LocalTritonServer:
             f"--log-verbose={o.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={o.shm_default_byte_size}",
             f"--backend-config=python,shm-growth-byte-size={o.shm_growth_byte_size}",
+            *(["--model-control-mode=explicit", "--load-model=*"] if o.restart_dead_stubs else []),
             *o.extra_args,
         ]
 
@@ -206,6 +263,47 @@ class LocalTritonServer:
         except BaseException:
             self.stop()
             raise
+        if o.restart_dead_stubs:
+            self._watchdog_stop.clear()
+            self._watchdog = threading.Thread(target=self._watch_stubs, name="stub-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def stubs(self) -> list[StubProcess]:
+        """The server's live Python-backend stubs; remembers their shared-memory segments."""
+        if self.process is None:
+            return []
+        found = stub_processes(self.process.pid)
+        self._stub_segments.update(stub.shm_region for stub in found)
+        return found
+
+    def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
+        """Unload and load ``model`` (explicit model control): a fresh stub, same files."""
+        for action in ("unload", "load"):
+            request = urllib.request.Request(f"{self.url}/v2/repository/models/{model}/{action}", data=b"", method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout_s):
+                    pass
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")
+                raise ServerError(f"cannot {action} model {model!r}: HTTP {exc.code} {detail}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                raise ServerError(f"cannot {action} model {model!r}: {exc}") from None
+
+    def _watch_stubs(self) -> None:
+        known = self.stubs()
+        while not self._watchdog_stop.wait(self.options.watchdog_interval_s):
+            if self.process is None or self.process.poll() is not None:
+                return
+            for model in sorted(models_with_dead_stubs(known, self.stubs())):
+                LOGGER.warning("the stub process of model %r died: reloading the model", model)
+                try:
+                    self.reload_model(model)
+                except ServerError as exc:
+                    LOGGER.error("%s; log %s", exc, self.log_path)
+                    continue
+                self.reloaded_models.append(model)
+                LOGGER.warning("model %r reloaded", model)
+            known = self.stubs()
 
     def wait_ready(self, timeout_s: float) -> None:
         """Poll ``/v2/health/ready`` until it answers 200, the process dies or time runs out."""
@@ -252,6 +350,11 @@ class LocalTritonServer:
 
     def stop(self) -> None:
         """Stop the server and its stubs (SIGTERM, then SIGKILL) and remove their segments."""
+        self._watchdog_stop.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=30)
+        self._watchdog = None
+        self.stubs()
         process, self.process = self.process, None
         if process is not None:
             if process.poll() is None:
@@ -266,8 +369,11 @@ class LocalTritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        for name in shm_segments() - self._shm_before:
+        # Only this server's segments: other servers on the machine create theirs meanwhile.
+        ours = self._stub_segments or (shm_segments() - self._shm_before)
+        for name in ours:
             (SHM_DIR / name).unlink(missing_ok=True)
+        self._stub_segments = set()
         if self._workdir is not None:
             # The log stays readable when it was written inside the work directory.
             shutil.rmtree(self._workdir / "backends", ignore_errors=True)
