@@ -56,6 +56,7 @@ _ACCEPTED_SIGNATURES = (
 # A JPEG marker: any number of 0xFF fill bytes, then the marker code. A regular expression
 # skips a long run of fill bytes in C, without copying the buffer.
 _JPEG_MARKER = re.compile(rb"\xff+([^\xff])")
+_JPEG_EOI = b"\xff\xd9"
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
 _JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: no length field
 
@@ -84,8 +85,8 @@ def check_image(
     """Return the header of ``data`` if the endpoint may decode it, else raise.
 
     Raises :class:`ImageHeaderError` if ``data`` is empty or longer than ``max_bytes``, is
-    not an image of an accepted format, has a corrupt or truncated header, or declares more
-    than ``max_pixels`` pixels.
+    not an image of an accepted format, has a corrupt or truncated header, declares more
+    than ``max_pixels`` pixels, or visibly ends early (see :func:`check_complete`).
     """
     size = memoryview(data).nbytes
     if size == 0:
@@ -98,7 +99,50 @@ def check_image(
             f"declares {header.width}x{header.height} = {header.pixels} pixels, "
             f"over the limit of {max_pixels} pixels"
         )
+    check_complete(data, header.format)
     return header
+
+
+def check_complete(data: bytes | bytearray | memoryview, fmt: str) -> None:
+    """Raise :class:`ImageHeaderError` if ``data`` (one whole file) visibly ends early.
+
+    A cut file must fail the same way whether or not it is sent alone: in a padded batch
+    the zeros after it read as more data, and decoders then "decode" a truncated JPEG, BMP,
+    TIFF or WebP (gray or black where the data ends), while alone it fails. So a JPEG needs
+    an end-of-image marker after its frame header, a PNG its IEND chunk, and BMP, WebP and
+    TIFF files every byte their headers account for. Bytes after the end are allowed.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    if fmt == "jpeg":
+        if bytes(view[-2:]) == _JPEG_EOI:
+            return
+        whole = data if isinstance(data, bytes) else view.tobytes()
+        if whole.rfind(_JPEG_EOI) < _jpeg_frame_header(view):
+            raise ImageHeaderError("truncated JPEG (no end-of-image marker after the frame header)")
+    elif fmt == "png":
+        whole = data if isinstance(data, bytes) else view.tobytes()
+        if whole.rfind(b"IEND", 33) < 0:
+            raise ImageHeaderError("truncated PNG (no IEND chunk)")
+    elif fmt == "webp":
+        (riff_size,) = struct.unpack_from("<I", view, 4)
+        if riff_size + 8 > size:
+            raise ImageHeaderError(f"truncated WebP (its header declares {riff_size + 8} bytes, got {size})")
+    elif fmt == "bmp":
+        declared, _, offset = struct.unpack_from("<III", view, 2)
+        # Some writers leave the file size 0; the pixel data offset is always set.
+        if declared > size or offset >= size:
+            raise ImageHeaderError(f"truncated BMP (its header declares {max(declared, offset + 1)} bytes, got {size})")
+    elif fmt == "tiff":
+        # padding walks the IFDs to find where a TIFF ends; the same walk says what is missing.
+        from bls_pipeline.padding import _tiff_structure_end
+
+        try:
+            end = _tiff_structure_end(view)
+        except (struct.error, ValueError):  # a corrupt IFD chain: the decoder will say so
+            return
+        if end is not None and end > size:
+            raise ImageHeaderError(f"truncated TIFF (its strips or tiles end at byte {end}, got {size})")
 
 
 def read_header(data: bytes | bytearray | memoryview) -> ImageHeader:
@@ -135,6 +179,17 @@ def _identify(view: memoryview) -> str:
 
 def _jpeg_size(view: memoryview) -> tuple[int, int]:
     """Walk the segments after SOI to the first frame header (SOFn) and return its size."""
+    width, height, _ = _jpeg_frame(view)
+    return width, height
+
+
+def _jpeg_frame_header(view: memoryview) -> int:
+    """Offset of the byte after the first frame header's marker."""
+    return _jpeg_frame(view)[2]
+
+
+def _jpeg_frame(view: memoryview) -> tuple[int, int, int]:
+    """Width, height and position of the first frame header (SOFn)."""
     end = len(view)
     pos = 2
     for _ in range(MAX_JPEG_SEGMENTS):
@@ -168,7 +223,7 @@ def _jpeg_size(view: memoryview) -> tuple[int, int]:
             if length < 8:
                 raise ImageHeaderError(f"corrupt JPEG header (frame header length {length})")
             height, width = struct.unpack_from(">HH", view, pos + 3)
-            return width, height
+            return width, height, pos
         pos += length
     raise ImageHeaderError(
         f"corrupt JPEG header (over {MAX_JPEG_SEGMENTS} segments before the frame header)"
