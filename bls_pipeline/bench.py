@@ -457,11 +457,17 @@ class _InProcess:
             max_batch_size=max_batch_size,
             num_threads=dali_threads or None,
         )
-        network = load_network(repository / mc.NETWORK / "1", intra_op_threads=network_threads)
+        allow_spinning = network_parameters.get("allow_spinning", "1") != "0"
+        network = load_network(repository / mc.NETWORK / "1", intra_op_threads=network_threads, allow_spinning=allow_spinning)
         return cls(
             preprocess=preprocess,
             network=network,
-            settings={"dali_threads": dali_threads, "network_threads": network_threads, "runtime": network.runtime},
+            settings={
+                "dali_threads": dali_threads,
+                "network_threads": network_threads,
+                "network_allow_spinning": allow_spinning,
+                "runtime": network.runtime,
+            },
         )
 
 

@@ -87,7 +87,11 @@ class NaiveClassifierModel:
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
         self.labels = load_labels(version_dir / parameters["labels_file"])
         self.preprocess = PilPreprocessor.from_file(version_dir / PREPROCESSING_FILE)
-        self.network = load_network(version_dir, intra_op_threads=int(parameters.get("intra_op_threads", 0)))
+        self.network = load_network(
+            version_dir,
+            intra_op_threads=int(parameters.get("intra_op_threads", 0)),
+            allow_spinning=parameters.get("allow_spinning", "1") != "0",
+        )
 
     def _preprocess_request(self, request: Any) -> tuple[list[np.ndarray], int]:
         prepared = prepare_request(

@@ -97,8 +97,9 @@ def naive_config(classifier: mc.ModelConfig, network: mc.ModelConfig) -> mc.Mode
     config.name = NAIVE
     config.parameters.clear()
     config.parameters["labels_file"].string_value = LABELS_FILE
-    threads = mc.parameters_of(network).get("intra_op_threads", "0")
-    config.parameters["intra_op_threads"].string_value = threads
+    for key, value in mc.parameters_of(network).items():
+        if key in ("intra_op_threads", "allow_spinning"):
+            config.parameters[key].string_value = value
     return config
 
 

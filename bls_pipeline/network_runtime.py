@@ -37,12 +37,16 @@ class OnnxRuntimeNetwork:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], *, intra_op_threads: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, intra_op_threads: int = 0, allow_spinning: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         # 0 lets ONNX Runtime use one thread per physical core.
         options.intra_op_num_threads = intra_op_threads
+        if not allow_spinning:
+            # Idle pool threads otherwise busy-wait for the next run: in a server that shares
+            # its cores with DALI and the Python stubs, that burns the cores they need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [
             provider
@@ -103,9 +107,12 @@ def tensorrt_importable() -> bool:
     return True
 
 
-def load_network(version_dir: str | os.PathLike[str], *, intra_op_threads: int = 0) -> Network:
+def load_network(
+    version_dir: str | os.PathLike[str], *, intra_op_threads: int = 0, allow_spinning: bool = True
+) -> Network:
     """The network of a model version directory: ``model.plan`` on TensorRT if it exists and
-    TensorRT is importable, else ``model.onnx`` on ONNX Runtime."""
+    TensorRT is importable, else ``model.onnx`` on ONNX Runtime (``intra_op_threads`` and
+    ``allow_spinning`` apply to ONNX Runtime only)."""
     version_dir = Path(version_dir)
     plan, onnx_path = version_dir / PLAN_FILE, version_dir / ONNX_FILE
     if plan.is_file() and tensorrt_importable():
@@ -114,4 +121,4 @@ def load_network(version_dir: str | os.PathLike[str], *, intra_op_threads: int =
         raise FileNotFoundError(f"no network file: expected {onnx_path} (or {plan} with TensorRT installed)")
     if plan.is_file():
         LOGGER.warning("%s exists but TensorRT is not importable: using %s", plan, onnx_path)
-    return OnnxRuntimeNetwork(onnx_path, intra_op_threads=intra_op_threads)
+    return OnnxRuntimeNetwork(onnx_path, intra_op_threads=intra_op_threads, allow_spinning=allow_spinning)

@@ -174,7 +174,9 @@ class NetworkModel:
 
         parameters = _parameters(json.loads(args["model_config"]))
         self.network = load_network(
-            _version_dir(args), intra_op_threads=int(parameters.get("intra_op_threads", 0))
+            _version_dir(args),
+            intra_op_threads=int(parameters.get("intra_op_threads", 0)),
+            allow_spinning=parameters.get("allow_spinning", "1") != "0",
         )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
