@@ -1,0 +1,201 @@
+"""The soak's pure parts: request mix, outcome rules, memory readings, report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bls_pipeline.image_header import ImageHeaderError, check_image
+from bls_pipeline.soak import (
+    EXPECTED,
+    OK,
+    UNEXPECTED,
+    MemorySnapshot,
+    Sample,
+    SoakOptions,
+    SoakReport,
+    Tally,
+    choose,
+    corrupt_png_data,
+    format_report,
+    growth_percent,
+    huge_jpeg_header,
+    judge,
+    read_rss_kib,
+    segment_bytes,
+)
+
+GOOD = Sample("cat.jpg", (b"\xff\xd8",))
+BAD = Sample("empty", (b"",), "image 0: empty image")
+
+
+@pytest.mark.parametrize(
+    ("sample", "status", "message", "outcome"),
+    [
+        (GOOD, None, None, OK),
+        (GOOD, "400", "image 0: empty image", UNEXPECTED),
+        (GOOD, "500", "preprocessing: Stub process 'preprocessing_0_0' is not healthy.", UNEXPECTED),
+        (BAD, "400", "image 0: empty image", EXPECTED),
+        (BAD, None, None, UNEXPECTED),
+        (BAD, "400", "image 1: empty image", UNEXPECTED),
+        (BAD, "500", "image 0: empty image", UNEXPECTED),
+        (BAD, "connection", "ConnectionResetError: ...", UNEXPECTED),
+    ],
+)
+def test_only_the_expected_refusal_of_a_bad_image_and_success_of_a_good_one_pass(sample, status, message, outcome):
+    assert judge(sample, status, message) == outcome
+
+
+def test_tally_counts_outcomes_by_kind_and_keeps_the_first_unexpected_messages():
+    tally = Tally(max_examples=1)
+    tally.record(GOOD, OK, 0.01)
+    tally.record(BAD, EXPECTED, 0.02, "image 0: empty image")
+    tally.record(BAD, EXPECTED, 0.02, "image 0: empty image")
+    tally.record(GOOD, UNEXPECTED, 0.5, "boom")
+    tally.record(BAD, UNEXPECTED, 0.5)
+
+    assert (tally.count(OK), tally.count(EXPECTED), tally.count(UNEXPECTED)) == (1, 2, 2)
+    assert tally.by_kind(EXPECTED) == {"empty": 2}
+    assert tally.by_kind(UNEXPECTED) == {"cat.jpg": 1, "empty": 1}
+    assert tally.unexpected_examples == ["cat.jpg: boom"]
+
+
+def test_the_request_mix_is_seeded_and_has_the_asked_share_of_bad_requests():
+    good = [Sample(f"good{i}", (b"g",)) for i in range(3)]
+    bad = [Sample(f"bad{i}", (b"b",), "x") for i in range(5)]
+
+    plan = choose(good, bad, 10_000, 0.2, seed=7)
+
+    assert plan == choose(good, bad, 10_000, 0.2, seed=7)
+    assert sum(s.bad for s in plan) == pytest.approx(2000, abs=200)
+    assert {s.kind for s in plan} == {s.kind for s in good + bad}
+    assert not any(s.bad for s in choose(good, bad, 100, 0.0, seed=1))
+    assert all(s.bad for s in choose(good, bad, 100, 1.0, seed=1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"requests": 0}, "requests must be at least 1"),
+        ({"concurrency": 0}, "concurrency must be at least 1"),
+        ({"bad_fraction": 1.5}, "bad fraction must be in 0..1"),
+        ({"requests": 10, "warmup": 10}, "warm-up must be in 0..9"),
+    ],
+)
+def test_soak_options_refuse_impossible_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SoakOptions(url="x", **kwargs)
+
+
+@pytest.mark.parametrize(("requests", "warmup"), [(20_000, 1000), (5000, 500), (200, 20), (5, 0)])
+def test_warm_up_is_a_tenth_of_the_requests_up_to_a_thousand(requests, warmup):
+    assert SoakOptions(url="x", requests=requests).warmup_requests == warmup
+
+
+def test_rss_is_read_from_proc_status_in_kib(tmp_path: Path):
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "status").write_text("Name:\ttritonserver\nVmPeak:\t 999 kB\nVmRSS:\t  123456 kB\n")
+    (tmp_path / "43").mkdir()
+    (tmp_path / "43" / "status").write_text("Name:\tzombie\nState:\tZ (zombie)\n")
+
+    assert read_rss_kib(42, proc=tmp_path) == 123456
+    assert read_rss_kib(43, proc=tmp_path) == 0
+    assert read_rss_kib(44, proc=tmp_path) == 0
+    assert read_rss_kib(os.getpid()) > 1000  # this Python, from the real /proc
+
+
+def test_shared_memory_counts_the_blocks_written_not_the_declared_size(tmp_path: Path):
+    with open(tmp_path / "sparse", "wb") as file:
+        file.truncate(64 * 2**20)
+    (tmp_path / "written").write_bytes(b"\x01" * 2**20)
+
+    assert segment_bytes(["sparse"], shm_dir=tmp_path) < 2**16
+    assert segment_bytes(["written", "missing"], shm_dir=tmp_path) >= 2**20
+
+
+@pytest.mark.parametrize(("before", "after", "percent"), [(100, 105, 5.0), (200, 150, -25.0), (0, 10, 0.0)])
+def test_growth_is_relative_to_the_warm_reading(before, after, percent):
+    assert growth_percent(before, after) == pytest.approx(percent)
+
+
+def test_the_crafted_bad_images_fail_where_they_are_meant_to(photos_png: bytes):
+    with pytest.raises(ImageHeaderError, match="declares 65000x65000 = 4225000000 pixels"):
+        check_image(huge_jpeg_header(), max_bytes=10**6, max_pixels=40_000_000)
+    # passes every header check: only the decoder can refuse it
+    header = check_image(corrupt_png_data(photos_png), max_bytes=10**7, max_pixels=10**7)
+    assert header.format == "png"
+
+
+@pytest.fixture()
+def photos_png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def report(**memory: MemorySnapshot) -> SoakReport:
+    return SoakReport(
+        requests=100,
+        concurrency=4,
+        ok=80,
+        expected_errors={"empty": 12, "GIF": 8},
+        unexpected=0,
+        unexpected_by_kind={},
+        unexpected_examples=[],
+        duration_s=10.0,
+        throughput_rps=10.0,
+        latency_p50_ms=50.0,
+        latency_p99_ms=90.0,
+        memory=memory,
+    )
+
+
+def test_the_report_table_lists_errors_by_kind_memory_by_phase_and_growth():
+    text = format_report(
+        report(
+            start=MemorySnapshot(300 * 1024, 2**20, 4),
+            warm=MemorySnapshot(400 * 1024, 2**20, 4),
+            end=MemorySnapshot(410 * 1024, 2**20, 4),
+        )
+    )
+
+    assert "INVALID_ARG: empty" in text and "INVALID_ARG: GIF" in text
+    assert "UNEXPECTED" in text
+    assert "memory at warm" in text and "RSS 400.0 MiB (4 processes)" in text
+    assert "RSS growth after warm-up        +2.50 %" in text
+
+
+def test_the_json_report_has_growth_figures_or_none_without_memory_readings():
+    with_memory = report(warm=MemorySnapshot(1000, 0, 1), end=MemorySnapshot(1100, 0, 1)).to_dict()
+    without = report().to_dict()
+
+    assert with_memory["rss_growth_percent"] == pytest.approx(10.0)
+    assert with_memory["memory"]["end"]["rss_kib"] == 1100
+    assert without["rss_growth_percent"] is None
+
+
+def test_the_cli_documents_every_flag(capsys):
+    from tools.soak import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--url", "--model-repository", "--server-pid", "--requests", "--concurrency", "--bad-fraction",
+                 "--warmup", "--seed", "--max-growth", "--json-out", "--quiet"):
+        assert flag in text
+
+
+def test_the_cli_refuses_impossible_options_with_one_line(capsys):
+    from tools.soak import main
+
+    assert main(["--url", "127.0.0.1:1", "--requests", "0"]) == 2
+    assert capsys.readouterr().err == "soak: error: requests must be at least 1, got 0\n"

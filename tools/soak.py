@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Soak the ``classifier`` endpoint with good and bad images and watch the server's memory.
+
+    python tools/soak.py --model-repository /tmp/repo --requests 20000 --concurrency 4 \\
+        --json-out /tmp/soak20k.json
+    python tools/soak.py --url 127.0.0.1:8000 --server-pid 1234 --requests 500
+
+Exit status: 0 when every good image was classified and every bad one refused with
+INVALID_ARG as expected (and memory grew less than --max-growth, when given); 1 otherwise;
+2 on a usage error or when the server cannot be started or reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.soak import SoakOptions, build_samples, format_report, run_soak
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="soak",
+        description="Send many requests, a mix of real photographs and bad images, to the classifier "
+        "endpoint; report outcomes by kind, throughput and the server's memory growth after warm-up.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running server's HTTP endpoint, host:port")
+    where.add_argument(
+        "--model-repository",
+        type=Path,
+        help="start a local tritonserver on this repository (free ports on 127.0.0.1) and soak it",
+    )
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        help="with --url: the tritonserver's pid, to read its memory (and its stubs') from /proc",
+    )
+    parser.add_argument("--requests", type=int, default=1000, help="requests to send in all")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    parser.add_argument("--bad-fraction", type=float, default=0.2, help="share of requests that carry a bad image")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="requests before the 'warm' memory reading (default: 10%% of --requests, at most 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
+    parser.add_argument(
+        "--max-growth",
+        type=float,
+        help="fail (exit 1) when server RSS grows more than this many percent after warm-up",
+    )
+    parser.add_argument("--json-out", type=Path, help="write the report as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    if args.server_pid is not None and args.url is None:
+        parser.error("--server-pid goes with --url (with --model-repository the pid is known)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        options = SoakOptions(
+            url=args.url or "",
+            requests=args.requests,
+            concurrency=args.concurrency,
+            bad_fraction=args.bad_fraction,
+            warmup=args.warmup,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"soak: error: {exc}", file=sys.stderr)
+        return 2
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    samples = build_samples(args.seed)
+    try:
+        if args.model_repository is not None:
+            from bls_pipeline.server import LocalTritonServer, ServerOptions
+
+            server_options = ServerOptions(args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
+            with LocalTritonServer(server_options) as server:
+                options.url = server.url
+                assert server.process is not None
+                report = run_soak(options, samples, server_pid=server.process.pid, progress=progress)
+        else:
+            report = run_soak(options, samples, server_pid=args.server_pid, progress=progress)
+    except BlsPipelineError as exc:
+        print(f"soak: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    failed = report.unexpected > 0
+    growth = report.rss_growth_percent
+    if args.max_growth is not None and growth is not None and growth > args.max_growth:
+        print(f"soak: server RSS grew {growth:.2f} % after warm-up, over {args.max_growth} %", file=sys.stderr)
+        failed = True
+    if report.unexpected:
+        print(f"soak: {report.unexpected} unexpected outcomes", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
