@@ -41,16 +41,28 @@ class ClassifierSettings:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     default_top_k: int = DEFAULT_TOP_K
+    # The whole padded IMAGE tensor; None: max_batch_size full-size images. Checked before
+    # any row is scanned, so megabytes of padding cost nothing.
+    max_request_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_image_bytes", "max_image_pixels", "default_top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_request_bytes is not None and self.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be at least 1, got {self.max_request_bytes}")
+
+    @property
+    def request_byte_limit(self) -> int:
+        """The most bytes one request's ``IMAGE`` tensor may hold, padding included."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return self.max_batch_size * self.max_image_bytes
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str], *, max_batch_size: int) -> "ClassifierSettings":
         """Settings from config ``parameters`` (strings); absent keys keep their defaults."""
-        known = ("max_image_bytes", "max_image_pixels", "default_top_k")
+        known = ("max_image_bytes", "max_image_pixels", "default_top_k", "max_request_bytes")
         return cls(
             max_batch_size=max_batch_size,
             **{key: int(parameters[key]) for key in known if key in parameters},
@@ -84,6 +96,11 @@ def prepare_request(
     if rows.shape[0] > settings.max_batch_size:
         raise InvalidRequestError(
             f"request holds {rows.shape[0]} images, over the max batch size of {settings.max_batch_size}"
+        )
+    if rows.nbytes > settings.request_byte_limit:
+        raise InvalidRequestError(
+            f"IMAGE is {rows.nbytes} bytes (shape {list(rows.shape)}), "
+            f"over the limit of {settings.request_byte_limit} bytes per request"
         )
     k = parse_top_k(top_k, num_classes, default=settings.default_top_k)
     images = []

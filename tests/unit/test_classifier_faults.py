@@ -113,3 +113,41 @@ def test_a_sub_model_that_dies_during_the_retry_fails_the_rest_of_the_batch():
 )
 def test_only_dali_operator_errors_blame_the_input(message, about_input):
     assert blames_input(message) is about_input
+
+
+def _settings(**kwargs):
+    from bls_pipeline.classifier import ClassifierSettings
+
+    return ClassifierSettings(max_batch_size=4, max_image_bytes=1000, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("settings", "limit"),
+    [
+        ({}, 4000),  # max_batch_size full-size images
+        ({"max_request_bytes": 2500}, 2500),
+    ],
+)
+def test_a_request_over_the_byte_limit_is_refused_before_its_rows_are_read(settings, limit):
+    from bls_pipeline.classifier import prepare_request
+    from bls_pipeline.errors import InvalidRequestError
+
+    at_limit = np.zeros((2, limit // 2), np.uint8)
+    at_limit[:, :3] = [0xFF, 0xD8, 0xFF]  # would be a corrupt JPEG: rows are read
+    over = np.zeros((1, limit + 1), np.uint8)
+
+    with pytest.raises(InvalidImageError):
+        prepare_request(at_limit, top_k=None, settings=_settings(**settings), num_classes=10)
+    with pytest.raises(InvalidRequestError) as raised:
+        prepare_request(over, top_k=None, settings=_settings(**settings), num_classes=10)
+    assert str(raised.value) == (
+        f"IMAGE is {limit + 1} bytes (shape [1, {limit + 1}]), over the limit of {limit} bytes per request"
+    )
+
+
+def test_the_request_byte_limit_is_a_config_parameter():
+    from bls_pipeline.classifier import ClassifierSettings
+
+    settings = ClassifierSettings.from_parameters({"max_request_bytes": "123"}, max_batch_size=2)
+
+    assert settings.request_byte_limit == 123
