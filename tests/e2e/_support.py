@@ -1,0 +1,83 @@
+"""Helpers of the end-to-end tests that need a server of their own or raw requests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from bls_pipeline import model_config as mc
+from bls_pipeline.server import LocalTritonServer, ServerOptions, StubProcess
+
+
+def copy_repository(
+    source: Path,
+    destination: Path,
+    *,
+    classifier_parameters: Mapping[str, object] | None = None,
+    queue_delay_us: int | None = None,
+    models: tuple[str, ...] = (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK),
+) -> Path:
+    """A copy of a built repository (only ``models``), with classifier config changes.
+
+    Cheaper than a build (no ONNX export), and the configs stay protobuf messages.
+    """
+    for model in models:
+        shutil.copytree(source / model, destination / model)
+    path = destination / mc.CLASSIFIER / "config.pbtxt"
+    if mc.CLASSIFIER in models and (classifier_parameters or queue_delay_us is not None):
+        config = mc.read_config(path)
+        for key, value in (classifier_parameters or {}).items():
+            config.parameters[key].string_value = str(value)
+        if queue_delay_us is not None:
+            config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+        mc.write_config(path, config)
+    return destination
+
+
+def start_server(repository: Path, log_path: Path, **options: object) -> LocalTritonServer:
+    """A started :class:`LocalTritonServer` on free ports; the caller stops it."""
+    server = LocalTritonServer(
+        ServerOptions(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=log_path, **options)
+    )
+    server.start()
+    return server
+
+
+def stub_of(server: LocalTritonServer, model: str) -> StubProcess:
+    """The one live stub process of ``model``."""
+    (stub,) = [stub for stub in server.stubs() if stub.model == model]
+    return stub
+
+
+def raw_infer(
+    url: str,
+    array: np.ndarray,
+    datatype: str = "UINT8",
+    parameters: Mapping[str, object] | None = None,
+    shape: list[int] | None = None,
+):
+    """Send ``array`` as ``IMAGE`` with tritonclient; returns (result, None, None) or
+    (None, HTTP status, message)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        image = httpclient.InferInput("IMAGE", shape or list(array.shape), datatype)
+        image.set_data_from_numpy(array, binary_data=True)
+        try:
+            return client.infer(mc.CLASSIFIER, [image], parameters=dict(parameters) if parameters else None), None, None
+        except InferenceServerException as exc:
+            return None, str(exc.status()), exc.message()
+    finally:
+        client.close()
+
+
+def scores_by_class(prediction) -> np.ndarray:
+    """A prediction of ``top_k=1000`` as a ``[1000]`` vector indexed by class id."""
+    vector = np.zeros(1000, np.float64)
+    vector[prediction.class_ids] = prediction.scores
+    return vector
