@@ -1,0 +1,119 @@
+"""A bad image fails only its own request, even when Triton batches it with good ones.
+
+The server here waits 20 ms to fill batches (``max_queue_delay_microseconds``), so that
+concurrent requests reach the classifier in one ``execute`` call; the test checks Triton's
+statistics to be sure they did.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+from bls_pipeline.client import ClassifierClient, ClientError
+from bls_pipeline.soak import corrupt_png_data, huge_jpeg_header
+from tests.conftest import PHOTOS, encode
+from tests.e2e._support import copy_repository, start_server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def batching_server(built_repository, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("batching")
+    repository = copy_repository(built_repository, directory / "repository", queue_delay_us=20_000)
+    server = start_server(repository, directory / "tritonserver.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def good_images(photos) -> dict[str, bytes]:
+    return {f"{name}.{fmt.lower()}": encode(photos[name], fmt) for name in PHOTOS for fmt in ("JPEG", "PNG")}
+
+
+@pytest.fixture(scope="module")
+def bad_images(photos) -> dict[str, tuple[bytes, str]]:
+    jpeg = encode(photos["coffee"], "JPEG")
+    return {
+        "corrupt PNG data": (
+            corrupt_png_data(encode(photos["rocket"], "PNG")),
+            "image 0: cannot be decoded (preprocessing: Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode)",
+        ),
+        "cut JPEG": (jpeg[: len(jpeg) // 2], "image 0: truncated JPEG (no end-of-image marker after the frame header)"),
+        "65000x65000 header": (huge_jpeg_header(), "image 0: declares 65000x65000 = 4225000000 pixels, over the limit of 40000000 pixels"),
+    }
+
+
+@pytest.fixture(scope="module")
+def alone(batching_server, good_images) -> dict[str, np.ndarray]:
+    """The scores of every good image sent alone, one request at a time."""
+    scores = {}
+    with ClassifierClient(batching_server.url) as client:
+        for name, image in good_images.items():
+            (prediction,) = client.classify([image], top_k=1000)
+            scores[name] = _vector(prediction)
+    return scores
+
+
+def _vector(prediction) -> np.ndarray:
+    vector = np.zeros(1000, np.float32)
+    vector[prediction.class_ids] = prediction.scores
+    return vector
+
+
+def _stats(url: str) -> tuple[int, int]:
+    """(inference count, execution count) of the classifier so far."""
+    with urllib.request.urlopen(f"{url}/v2/models/classifier/stats") as response:
+        (stats,) = json.load(response)["model_stats"]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_bad_images_batched_with_good_ones_fail_alone_and_the_good_ones_score_as_when_sent_alone(
+    batching_server, good_images, bad_images, alone
+):
+    names = list(good_images)
+    # good, bad, good, bad, ...: every bad image sits between good ones in the batch
+    requests: list[tuple[str, bytes]] = []
+    for index, name in enumerate(names):
+        requests.append((name, good_images[name]))
+        if index < len(bad_images):
+            bad_name = list(bad_images)[index]
+            requests.append((bad_name, bad_images[bad_name][0]))
+    before = _stats(batching_server.url)
+
+    with ClassifierClient(batching_server.url, concurrency=len(requests)) as client:
+        results = client.classify_batches([[image] for _, image in requests], top_k=1000)
+
+    inferences, executions = (after - start for after, start in zip(_stats(batching_server.url), before))
+    assert executions < inferences, "Triton did not batch the concurrent requests"
+    for (name, _), result in zip(requests, results):
+        if name in bad_images:
+            assert isinstance(result, ClientError), name
+            assert str(result) == bad_images[name][1]
+        else:
+            assert not isinstance(result, ClientError), f"{name}: {result}"
+            np.testing.assert_allclose(_vector(result[0]), alone[name], atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_the_pipeline_recovers_after_a_decoding_failure(batching_server, good_images, bad_images, alone):
+    with ClassifierClient(batching_server.url) as client:
+        with pytest.raises(ClientError, match="cannot be decoded"):
+            client.classify([bad_images["corrupt PNG data"][0]])
+        (prediction,) = client.classify([good_images["chelsea.jpeg"]], top_k=1000)
+
+    np.testing.assert_allclose(_vector(prediction), alone["chelsea.jpeg"], atol=1e-5, rtol=0)
+
+
+def test_a_decoding_failure_names_the_sub_model_and_the_index_in_a_multi_image_request(batching_server, good_images, bad_images):
+    corrupt = bad_images["corrupt PNG data"][0]
+
+    with ClassifierClient(batching_server.url) as client, pytest.raises(ClientError) as raised:
+        client.classify([good_images["coffee.jpeg"], good_images["rocket.png"], corrupt])
+
+    assert str(raised.value).startswith("image 2: cannot be decoded (preprocessing: ")
