@@ -1,0 +1,193 @@
+"""Faults: a sub-model's stub process dies under load, model files are missing or corrupt,
+and the server is reachable only on the loopback interface.
+
+What tritonserver 2.51 itself does when a Python-backend stub dies: nothing. The model keeps
+reporting ready and every request to it fails after about a second with "Stub process
+'preprocessing_0_0' is not healthy." (checked below with the watchdog off).
+:class:`LocalTritonServer`'s watchdog reloads such a model, and the endpoint recovers
+without a server restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bls_pipeline.client import ClassifierClient, ClientError
+from bls_pipeline.errors import ServerError
+from bls_pipeline.server import LocalTritonServer, ServerOptions
+from tests.conftest import encode
+from tests.e2e._support import copy_repository, start_server, stub_of
+
+pytestmark = pytest.mark.e2e
+
+NOT_HEALTHY = "preprocessing: Stub process 'preprocessing_0_0' is not healthy."
+
+
+@pytest.fixture(scope="module")
+def cat_jpeg(photos) -> bytes:
+    return encode(photos["chelsea"], "JPEG", quality=90)
+
+
+def _send_until(url: str, image: bytes, stop: threading.Event, log: list[tuple[float, str | None]]) -> None:
+    with ClassifierClient(url) as client:
+        while not stop.is_set():
+            try:
+                client.classify([image])
+                log.append((time.monotonic(), None))
+            except ClientError as exc:
+                log.append((time.monotonic(), str(exc)))
+
+
+def test_killing_the_preprocessing_stub_fails_requests_in_flight_clearly_and_the_endpoint_recovers(
+    built_repository, tmp_path, cat_jpeg
+):
+    repository = copy_repository(built_repository, tmp_path / "repository")
+    server = start_server(repository, tmp_path / "tritonserver.log")
+    try:
+        assert server.process is not None
+        server_pid = server.process.pid
+        with ClassifierClient(server.url) as client:
+            (before,) = client.classify([cat_jpeg], top_k=1000)
+        stub = stub_of(server, "preprocessing")
+        stop, logs = threading.Event(), [[], []]
+        senders = [threading.Thread(target=_send_until, args=(server.url, cat_jpeg, stop, log)) for log in logs]
+        for sender in senders:
+            sender.start()
+        time.sleep(1.0)
+
+        killed_at = time.monotonic()
+        os.kill(stub.pid, signal.SIGKILL)
+        deadline = killed_at + 60
+        while time.monotonic() < deadline and not any(t > killed_at + 0.5 and e is None for log in logs for t, e in log):
+            time.sleep(0.2)
+        time.sleep(1.0)  # and keep serving a while after the recovery
+        stop.set()
+        for sender in senders:
+            sender.join()
+
+        outcomes = sorted((t, e) for log in logs for t, e in log)
+        errors = [e for t, e in outcomes if e is not None]
+        assert errors, "no request failed: the stub was not killed"
+        last_error = max(t for t, e in outcomes if e is not None)
+        recovered = [t for t, e in outcomes if e is None and t > last_error]
+        assert recovered, f"no request succeeded after the last error; errors: {errors[-3:]}"
+        # Every failure names the sub-model and is the server's (500), not the image's (400).
+        assert all(e.startswith("preprocessing: ") for e in errors), set(errors)
+        assert NOT_HEALTHY in errors
+        assert last_error - killed_at < 20, f"failures went on for {last_error - killed_at:.1f} s"
+        assert server.reloaded_models == ["preprocessing"]
+        assert server.process is not None and server.process.pid == server_pid  # no restart
+        assert stub_of(server, "preprocessing").pid != stub.pid
+        with ClassifierClient(server.url) as client:
+            (after,) = client.classify([cat_jpeg], top_k=1000)
+        np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
+        assert after.class_ids == before.class_ids
+    finally:
+        server.stop()
+
+
+def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_ready(built_repository, tmp_path, cat_jpeg):
+    repository = copy_repository(built_repository, tmp_path / "repository")
+    # A model whose stub is dead cannot unload: do not wait the default 10 s for it on stop.
+    server = start_server(repository, tmp_path / "tritonserver.log", restart_dead_stubs=False, exit_timeout_s=1)
+    try:
+        os.kill(stub_of(server, "preprocessing").pid, signal.SIGKILL)
+        time.sleep(2.0)
+        with ClassifierClient(server.url) as client:
+            for _ in range(2):
+                with pytest.raises(ClientError) as raised:
+                    client.classify([cat_jpeg])
+                assert str(raised.value) == NOT_HEALTHY
+        with urllib.request.urlopen(f"{server.url}/v2/models/preprocessing/ready") as response:
+            assert response.status == 200
+        assert [stub.model for stub in server.stubs()].count("preprocessing") == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("missing", "no network file: expected {path}"),
+        ("corrupt", "Load model from {path} failed:Protobuf parsing failed."),
+    ],
+)
+def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(built_repository, tmp_path, fault, message):
+    repository = copy_repository(built_repository, tmp_path / "repository")
+    onnx = repository / "efficientnet-b0" / "1" / "model.onnx"
+    if fault == "missing":
+        onnx.unlink()
+    else:
+        onnx.write_bytes(b"not an ONNX model\x00\xff" * 1000)
+    started = time.monotonic()
+
+    with pytest.raises(ServerError) as raised:
+        start_server(repository, tmp_path / "tritonserver.log")
+
+    assert time.monotonic() - started < 60
+    assert str(raised.value).startswith("tritonserver exited with code 1 while starting")
+    assert message.format(path=onnx) in str(raised.value)
+
+
+# --- security -----------------------------------------------------------------------------------
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) that listen on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def _other_local_addresses() -> set[str]:
+    """IPv4 addresses of this machine other than loopback ones (none on some machines)."""
+    addresses = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addresses.add(info[4][0])
+    except socket.gaierror:
+        pass
+    try:
+        # Connecting a UDP socket sends nothing; it picks the interface of the default route.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.254.254.254", 9))
+            addresses.add(probe.getsockname()[0])
+    except OSError:
+        pass
+    return {a for a in addresses if not a.startswith(("127.", "0."))}
+
+
+def test_the_local_server_listens_on_loopback_only(triton_server):
+    options = triton_server.options
+    # 127.0.0.1 in /proc/net/tcp, and as the IPv4-mapped ::ffff:127.0.0.1 in tcp6 (gRPC)
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
+
+    for port in (options.http_port, options.grpc_port, options.metrics_port):
+        listening = _listening_addresses(port)
+        assert listening and listening <= loopback, (port, listening)
+    for address in _other_local_addresses():  # e.g. the address of eth0
+        with pytest.raises(OSError):
+            socket.create_connection((address, options.http_port), timeout=2).close()
+
+
+def test_server_options_bind_loopback_by_default(tmp_path):
+    command = LocalTritonServer(ServerOptions(tmp_path)).command(tmp_path, tmp_path / "tritonserver")
+
+    for flag in ("--http-address", "--grpc-address", "--metrics-address"):
+        assert f"{flag}=127.0.0.1" in command
