@@ -37,7 +37,7 @@ perf_analyzer (needs glibc >= 2.38; PyPI perf-analyzer) against a running server
 same photographs zero-padded into the classifier's IMAGE rows:
 
   python tools/bench.py --write-perf-analyzer-data classifier_data.json
-  python tools/serve.py --repository build/model_repository &
+  python tools/serve.py --model-repository build/model_repository &
   {perf_analyzer_command("classifier_data.json")}
 
 See docs/benchmark.md for what each number means and what was tried to make it fast.
