@@ -150,6 +150,8 @@ class MemorySnapshot:
     rss_kib: int
     shm_bytes: int
     processes: int
+    # RSS KiB by process: "tritonserver" and each stub's model name
+    by_process: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_mib(self) -> float:
@@ -162,8 +164,12 @@ def server_memory(server_pid: int) -> MemorySnapshot:
     from bls_pipeline.server import stub_processes
 
     stubs = stub_processes(server_pid)
-    rss = read_rss_kib(server_pid) + sum(read_rss_kib(stub.pid) for stub in stubs)
-    return MemorySnapshot(rss, segment_bytes([stub.shm_region for stub in stubs]), 1 + len(stubs))
+    by_process = {"tritonserver": read_rss_kib(server_pid)}
+    for stub in stubs:
+        name = stub.model if stub.model not in by_process else f"{stub.model} (pid {stub.pid})"
+        by_process[name] = read_rss_kib(stub.pid)
+    shm = segment_bytes([stub.shm_region for stub in stubs])
+    return MemorySnapshot(sum(by_process.values()), shm, 1 + len(stubs), by_process)
 
 
 def growth_percent(before: float, after: float) -> float:
@@ -436,6 +442,13 @@ def format_report(report: SoakReport) -> str:
             rows.append(
                 (f"memory at {phase}", f"RSS {m.rss_kib / 1024:.1f} MiB ({m.processes} processes), /dev/shm {m.shm_bytes / 2**20:.1f} MiB")
             )
+    if "warm" in report.memory and "end" in report.memory:
+        warm, end = report.memory["warm"].by_process, report.memory["end"].by_process
+        for name in warm:
+            if name in end:
+                rows.append(
+                    (f"  RSS {name}", f"{warm[name] / 1024:.1f} -> {end[name] / 1024:.1f} MiB ({growth_percent(warm[name], end[name]):+.1f} %)")
+                )
     if report.rss_growth_percent is not None:
         rows.append(("RSS growth after warm-up", f"{report.rss_growth_percent:+.2f} %"))
         rows.append(("RSS + shm growth after warm-up", f"{report.total_growth_percent:+.2f} %"))

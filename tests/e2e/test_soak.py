@@ -1,0 +1,35 @@
+"""A short soak in CI: good and bad images, concurrent, against the session's server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys):
+    from tools.soak import main
+
+    report_path = tmp_path / "soak.json"
+    code = main(
+        [
+            "--url", triton_server.url,
+            "--server-pid", str(triton_server.process.pid),
+            "--requests", "200",
+            "--concurrency", "4",
+            "--bad-fraction", "0.3",
+            "--json-out", str(report_path),
+            "--quiet",
+        ]
+    )
+
+    report = json.loads(report_path.read_text())
+    assert code == 0, capsys.readouterr().out
+    assert report["unexpected"] == 0
+    assert report["ok"] + sum(report["expected_errors"].values()) == 200
+    assert len(report["expected_errors"]) >= 5  # most bad kinds came up, each refused as expected
+    assert {"start", "warm", "end"} <= set(report["memory"])
+    assert report["memory"]["end"]["processes"] == 4  # tritonserver and three stubs
+    assert "UNEXPECTED" in capsys.readouterr().out
