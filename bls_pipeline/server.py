@@ -10,7 +10,9 @@ tritonserver 2.51 does not restart a Python-backend stub that died (killed, out 
 the model still reports ready and every request to it fails after a second with "Stub
 process '<model>_0_0' is not healthy." A watchdog thread therefore runs the server in explicit
 model-control mode and reloads (unload, then load) every model whose stub is gone; the
-endpoint recovers in about two seconds without a server restart.
+endpoint recovers in about two seconds without a server restart. Explicit mode opens the
+model-repository API (load, unload, and load with uploaded files, which runs their code), so
+it is restricted to requests that carry a random per-server key that only the watchdog has.
 
 Example::
 
@@ -24,6 +26,7 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,6 +49,8 @@ SHM_DIR = Path("/dev/shm")
 # The Python backend names its segments after this prefix (one per stub).
 SHM_PREFIX = "triton_python_backend_shm_region"
 LOG_TAIL_LINES = 25
+# The header that the restricted model-repository API requires (see the module docstring).
+ADMIN_HEADER = "bls-admin-key"
 # glog error lines ("E1125 08:52:25.111826 ...") and the server's last words ("error: creating server: ...").
 _LOG_ERROR = re.compile(r"E\d{4} |error: |\[libprotobuf ERROR")
 
@@ -170,6 +175,7 @@ class LocalTritonServer:
         self.log_path: Path | None = None
         # Models the watchdog reloaded because their stub died, in order.
         self.reloaded_models: list[str] = []
+        self._admin_key = secrets.token_hex(16)
 
     @property
     def url(self) -> str:
@@ -222,8 +228,17 @@ class LocalTritonServer:
             f"--log-verbose={o.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={o.shm_default_byte_size}",
             f"--backend-config=python,shm-growth-byte-size={o.shm_growth_byte_size}",
-            *(["--model-control-mode=explicit", "--load-model=*"] if o.restart_dead_stubs else []),
+            *(self._explicit_mode_args() if o.restart_dead_stubs else []),
             *o.extra_args,
+        ]
+
+    def _explicit_mode_args(self) -> list[str]:
+        restricted = f"model-repository:{ADMIN_HEADER}={self._admin_key}"
+        return [
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
         ]
 
     def start(self) -> None:
@@ -248,7 +263,7 @@ class LocalTritonServer:
         self._log_file = open(self.log_path, "ab")
         self._shm_before = shm_segments()
         command = self.command(backends, root / "bin" / "tritonserver")
-        LOGGER.info("starting %s", " ".join(command))
+        LOGGER.info("starting %s", " ".join(command).replace(self._admin_key, "***"))
         self.process = subprocess.Popen(
             command,
             env=env,
@@ -279,7 +294,12 @@ class LocalTritonServer:
     def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
         """Unload and load ``model`` (explicit model control): a fresh stub, same files."""
         for action in ("unload", "load"):
-            request = urllib.request.Request(f"{self.url}/v2/repository/models/{model}/{action}", data=b"", method="POST")
+            request = urllib.request.Request(
+                f"{self.url}/v2/repository/models/{model}/{action}",
+                data=b"",
+                method="POST",
+                headers={ADMIN_HEADER: self._admin_key},
+            )
             try:
                 with urllib.request.urlopen(request, timeout=timeout_s):
                     pass

@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -191,3 +192,17 @@ def test_server_options_bind_loopback_by_default(tmp_path):
 
     for flag in ("--http-address", "--grpc-address", "--metrics-address"):
         assert f"{flag}=127.0.0.1" in command
+
+
+def test_the_model_repository_api_is_refused_without_the_servers_key(triton_server):
+    request = urllib.request.Request(
+        f"{triton_server.url}/v2/repository/models/preprocessing/unload", data=b"", method="POST"
+    )
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+
+    refused.value.close()
+    assert refused.value.code in (401, 403)
+    with urllib.request.urlopen(f"{triton_server.url}/v2/models/preprocessing/ready", timeout=10) as response:
+        assert response.status == 200

@@ -72,3 +72,17 @@ def test_the_watchdog_needs_explicit_model_control_and_can_be_turned_off(tmp_pat
 
     assert {"--model-control-mode=explicit", "--load-model=*"} <= set(on)
     assert not any(arg.startswith(("--model-control-mode", "--load-model")) for arg in off)
+
+
+def test_the_model_repository_api_of_explicit_mode_needs_a_per_server_key(tmp_path: Path):
+    from bls_pipeline.server import ADMIN_HEADER, LocalTritonServer
+
+    first, second = (LocalTritonServer(ServerOptions(tmp_path)) for _ in range(2))
+    command = first.command(tmp_path, tmp_path / "tritonserver")
+    restricted = [arg for arg in command if "restricted" in arg]
+
+    assert restricted == [
+        f"--http-restricted-api=model-repository:{ADMIN_HEADER}={first._admin_key}",
+        f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={first._admin_key}",
+    ]
+    assert len(first._admin_key) == 32 and first._admin_key != second._admin_key
