@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import os
@@ -25,6 +26,29 @@ LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
 PACKAGED_PIPELINE = Path(__file__).resolve().parent.parent / "model_repository" / "preprocessing" / "1" / "dali.py"
+# Runs between two returns of free heap memory to the OS (see release_free_memory).
+TRIM_EVERY_RUNS = 64
+
+_libc: ctypes.CDLL | None | bool = None
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    DALI's worker threads allocate in many malloc arenas, and glibc keeps what they free: a
+    soak of batches of changing sizes, and every pipeline rebuilt after a decoder failure,
+    raised the preprocessing process's RSS by about 3 MiB per 1000 requests without this.
+    A trim costs under a millisecond.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
 
 
 def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> ModuleType:
@@ -83,6 +107,7 @@ class DaliPreprocessor:
             decoder_device=decoder_device,
         )
         self._pipe = self._build()
+        self._runs = 0
         LOGGER.info(
             "DALI preprocessing built: max batch %d, %s decoder, settings %s",
             max_batch_size,
@@ -123,13 +148,21 @@ class DaliPreprocessor:
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _run(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if self._pipe is None:  # a rebuild failed last time
+            self._pipe = self._build()
         try:
             self._pipe.feed_input(self.input_name, list(images))
             (output,) = self._pipe.run()
         except RuntimeError:
-            # Some decoder failures (GIF, for one) leave the pipeline unusable: replace it.
+            # A decoder failure leaves the pipeline unusable ("Current pipeline object is no
+            # longer valid"): replace it, freeing the old one first.
+            self._pipe = None
             self._pipe = self._build()
+            release_free_memory()
             raise
+        self._runs += 1
+        if self._runs % TRIM_EVERY_RUNS == 0:
+            release_free_memory()
         if self.device_id is not None:
             output = output.as_cpu()
         return np.array(output.as_tensor(), copy=False)
