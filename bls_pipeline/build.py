@@ -50,6 +50,7 @@ class BuildOptions:
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
+    max_request_bytes: int | None = None
     queue_delay_us: int = 0
 
 
@@ -116,6 +117,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,
             max_image_pixels=options.max_image_pixels,
+            max_request_bytes=options.max_request_bytes,
             queue_delay_us=options.queue_delay_us,
         )
         progress(f"[5/5] writing the {options.target} repository to {options.output}")

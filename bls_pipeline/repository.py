@@ -69,6 +69,7 @@ class RepositorySpec:
     network_spinning: bool = False
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
+    max_request_bytes: int | None = None
     queue_delay_us: int = 0
 
     def __post_init__(self) -> None:
@@ -87,7 +88,7 @@ class RepositorySpec:
             "preprocessing_model": mc.PREPROCESSING,
             "network_model": mc.NETWORK,
         }
-        for key in ("max_image_bytes", "max_image_pixels"):
+        for key in ("max_image_bytes", "max_image_pixels", "max_request_bytes"):
             if getattr(self, key) is not None:
                 classifier_parameters[key] = getattr(self, key)
         network_parameters = (

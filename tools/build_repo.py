@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
     tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")
     tuning.add_argument("--max-image-pixels", type=int, help="largest accepted declared width x height (default 40 M)")
+    tuning.add_argument(
+        "--max-request-bytes",
+        type=int,
+        help="largest accepted IMAGE tensor of one request, padding included (default: max batch size x max image bytes)",
+    )
     tuning.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max queue delay of every model")
     return parser.parse_args(argv)
 
@@ -120,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             network_threads=args.network_threads,
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,
+            max_request_bytes=args.max_request_bytes,
             queue_delay_us=args.queue_delay_us,
         )
         report = build_repository(options, progress=lambda line: print(line, flush=True))

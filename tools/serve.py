@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+from bls_pipeline.cli import HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.server import LocalTritonServer, ServerOptions
 
@@ -28,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="serve",
         description="Run a local Triton server (pip-installed, CPU or GPU) on a model repository "
         "built with tools/build_repo.py --target local.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="repository to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")

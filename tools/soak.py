@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bls_pipeline.cli import HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.soak import SoakOptions, build_samples, format_report, run_soak
 
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="soak",
         description="Send many requests, a mix of real photographs and bad images, to the classifier "
         "endpoint; report outcomes by kind, throughput and the server's memory growth after warm-up.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server's HTTP endpoint, host:port")
