@@ -35,9 +35,9 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections import Counter
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bls_pipeline import model_config as mc
+from bls_pipeline.classifier import ClassifierSettings
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
 from bls_pipeline.repository import (
@@ -271,3 +272,19 @@ def test_written_dali_pipeline_preprocesses_a_photograph(written: tuple[Reposito
     assert images.dtype == np.float32
     assert list(images.shape) == [1, *config.output[0].dims] == [1, 3, SETTINGS.crop, SETTINGS.crop]
     assert np.isfinite(images).all()
+
+
+def test_classifier_limits_reach_its_config_and_settings() -> None:
+    spec = RepositorySpec(
+        target="local",
+        max_batch_size=8,
+        num_classes=10,
+        max_image_bytes=1000,
+        max_image_pixels=2000,
+        max_request_bytes=3000,
+    )
+
+    parameters = mc.parameters_of(spec.configs()[mc.CLASSIFIER])
+    settings = ClassifierSettings.from_parameters(parameters, max_batch_size=8)
+
+    assert (settings.max_image_bytes, settings.max_image_pixels, settings.request_byte_limit) == (1000, 2000, 3000)
