@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.padding import pad_batch
 
 LOGGER = logging.getLogger(__name__)
 
@@ -328,12 +329,13 @@ class LoadSample:
     requests: int
 
 
-def _request_inputs(httpclient, images: Sequence[BenchImage]) -> list[list]:
+def _request_inputs(httpclient, images: Sequence[BenchImage], images_per_request: int) -> list[list]:
+    """One request per starting image: it and the next ones, zero-padded rows (the contract)."""
     inputs = []
-    for image in images:
-        row = np.frombuffer(image.data, np.uint8)[None, :]
-        tensor = httpclient.InferInput("IMAGE", list(row.shape), "UINT8")
-        tensor.set_data_from_numpy(row, binary_data=True)
+    for offset in range(len(images)):
+        rows = pad_batch([images[(offset + i) % len(images)].data for i in range(images_per_request)])
+        tensor = httpclient.InferInput("IMAGE", list(rows.shape), "UINT8")
+        tensor.set_data_from_numpy(rows, binary_data=True)
         inputs.append([tensor])
     return inputs
 
@@ -346,8 +348,10 @@ def closed_loop_load(
     concurrency: int,
     duration_s: float,
     warmup_s: float,
+    images_per_request: int = 1,
 ) -> LoadSample:
-    """``concurrency`` requests of one image always in flight for ``warmup_s + duration_s``.
+    """``concurrency`` requests of ``images_per_request`` images always in flight for
+    ``warmup_s + duration_s``.
 
     One ``tritonclient.http`` client with a pool of ``concurrency`` connections, driven by
     ``concurrency`` greenlets on this thread (the client is gevent-based and must not be
@@ -358,7 +362,7 @@ def closed_loop_load(
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120)
-    requests = _request_inputs(httpclient, images)
+    requests = _request_inputs(httpclient, images, images_per_request)
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("SCORES", "CLASS_IDS", "LABELS")]
     latencies: list[float] = []
     errors: list[str] = []
@@ -390,7 +394,9 @@ def closed_loop_load(
         raise BenchError(f"{model}: a request failed: {errors[0]}")
     if not latencies:
         raise BenchError(f"{model}: no request completed within {duration_s} s at concurrency {concurrency}")
-    return LoadSample(images_per_s=len(latencies) / duration_s, latencies_s=latencies, requests=len(latencies))
+    return LoadSample(
+        images_per_s=len(latencies) * images_per_request / duration_s, latencies_s=latencies, requests=len(latencies)
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -410,8 +416,11 @@ class BenchOptions:
     quick: bool = False
     server_log: Path | None = None
     endpoints: tuple[str, ...] = ENDPOINT_KEYS
+    images_per_request: int = 1
 
     def __post_init__(self) -> None:
+        if self.images_per_request < 1:
+            raise BenchError(f"--images-per-request must be at least 1, got {self.images_per_request}")
         if self.repeats < 1:
             raise BenchError(f"--repeats must be at least 1, got {self.repeats}")
         if not self.concurrencies or min(self.concurrencies) < 1:
@@ -578,6 +587,7 @@ def run_benchmark(
                             concurrency=concurrency,
                             duration_s=options.duration_s,
                             warmup_s=options.warmup_s,
+                            images_per_request=options.images_per_request,
                         )
                         endpoint_runs[key][concurrency].append(sample)
                         progress(
@@ -648,7 +658,7 @@ def assemble_result(
             "duration_s": options.duration_s,
             "warmup_s": options.warmup_s,
             "inprocess_duration_s": options.inprocess_duration_s,
-            "images_per_request": 1,
+            "images_per_request": options.images_per_request,
             "images": [{"name": i.name, "bytes": len(i.data), "width": i.width, "height": i.height} for i in images],
             "runtime": dict(runtime_settings),
             "repository": dict(repository_settings),
@@ -688,6 +698,7 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append(f"{'   one image, latency (ms)':34s} {'1':>5s}  {_fmt(result['in_process']['single_image_ms'], 2):>22s}")
     lines.append("")
     labels = {"bls": "4. classifier (BLS)", "ensemble": "5. ensemble", "naive": "6. naive (PIL)"}
+    lines.append(f"endpoints over HTTP, {result['config']['images_per_request']} image(s) per request")
     lines.append(f"{'endpoint over HTTP':22s} {'conc':>4s}  {'images/s':>22s}  {'p50 ms':>22s}  {'p90 ms':>8s}  {'p99 ms':>8s}")
     for key, by_concurrency in result["endpoints"].items():
         for name, row in by_concurrency.items():
@@ -737,7 +748,8 @@ def plot_result(result: Mapping[str, Any], path: Path) -> Path:
         latency.axhline(single, color="black", linestyle=":", label="in-process, one image")
     for axis, title, unit in ((throughput, "throughput", "images/s"), (latency, "latency", "ms")):
         axis.set_xscale("log", base=2)
-        axis.set_xlabel("concurrency (requests in flight, one image each)")
+        per_request = result["config"]["images_per_request"]
+        axis.set_xlabel(f"concurrency (requests in flight, {per_request} image{'s' if per_request > 1 else ''} each)")
         axis.set_ylabel(unit)
         axis.set_title(title)
         axis.grid(True, alpha=0.3)

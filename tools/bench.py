@@ -90,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="bls,ensemble,naive",
         help="comma-separated endpoints to load: bls, ensemble, naive (default all; ratios need all three)",
     )
+    parser.add_argument(
+        "--images-per-request",
+        type=int,
+        default=1,
+        help="images in each request of every endpoint (zero-padded rows); 1 is a client per image, "
+        "more is what tools/classify.py does with a folder",
+    )
     parser.add_argument("--quick", action="store_true", help="CI-sized run: 1 repeat, concurrency 1 and 4, 1 s windows")
     parser.add_argument("--json-out", type=Path, help="write the full result as JSON here")
     parser.add_argument("--plot", type=Path, help="write a PNG of throughput and latency against concurrency here")
@@ -119,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not endpoints:
             raise BenchError(f"unknown endpoints {sorted(unknown)}: choose among bls, ensemble, naive")
         if args.quick:
-            options = BenchOptions.quick_options(args.repository, server_log=args.server_log, endpoints=endpoints)
+            options = BenchOptions.quick_options(
+                args.repository, server_log=args.server_log, endpoints=endpoints, images_per_request=args.images_per_request
+            )
         else:
             options = BenchOptions(
                 repository=args.repository,
@@ -129,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_s=args.warmup,
                 server_log=args.server_log,
                 endpoints=endpoints,
+                images_per_request=args.images_per_request,
             )
         result = run_benchmark(options, images, progress=lambda line: print(line, file=sys.stderr, flush=True))
     except (BlsPipelineError, OSError) as exc:

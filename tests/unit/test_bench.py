@@ -7,6 +7,7 @@ import copy
 import io
 
 import pytest
+import tritonclient.http as httpclient
 from PIL import Image
 
 from bls_pipeline import model_config as mc
@@ -16,7 +17,9 @@ from bls_pipeline.bench import (
     BenchOptions,
     LoadSample,
     Spread,
+    _request_inputs,
     assemble_result,
+    benchmark_images,
     check_result_schema,
     check_targets,
     compute_ratios,
@@ -215,3 +218,19 @@ def test_ensemble_config_refuses_broken_chains(steps, message):
             outputs=[mc.tensor_spec("OUT", "TYPE_FP32", [10])],
             steps=steps,
         )
+
+
+@pytest.mark.parametrize("per_request", [1, 3])
+def test_load_requests_carry_padded_rows_of_consecutive_images(per_request):
+    images = benchmark_images()[:4]
+
+    requests = _request_inputs(httpclient, images, per_request)
+
+    assert len(requests) == len(images)
+    shape = requests[3][0].shape()
+    assert shape == [per_request, max(len(images[(3 + i) % 4].data) for i in range(per_request))]
+
+
+def test_images_per_request_must_be_positive(tmp_path):
+    with pytest.raises(BenchError, match="images-per-request"):
+        BenchOptions(repository=tmp_path, images_per_request=0)
