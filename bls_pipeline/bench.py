@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bls_pipeline.client import image_input, requested_outputs
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.padding import pad_batch
 
@@ -334,9 +335,7 @@ def _request_inputs(httpclient, images: Sequence[BenchImage], images_per_request
     inputs = []
     for offset in range(len(images)):
         rows = pad_batch([images[(offset + i) % len(images)].data for i in range(images_per_request)])
-        tensor = httpclient.InferInput("IMAGE", list(rows.shape), "UINT8")
-        tensor.set_data_from_numpy(rows, binary_data=True)
-        inputs.append([tensor])
+        inputs.append([image_input(httpclient, rows)])
     return inputs
 
 
@@ -363,7 +362,7 @@ def closed_loop_load(
 
     client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120)
     requests = _request_inputs(httpclient, images, images_per_request)
-    outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("SCORES", "CLASS_IDS", "LABELS")]
+    outputs = requested_outputs(httpclient)
     latencies: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()

@@ -21,6 +21,7 @@ from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.padding import pad_batch
 
 MODEL_NAME = "classifier"
+OUTPUT_NAMES = ("SCORES", "CLASS_IDS", "LABELS")
 
 
 class ClientError(BlsPipelineError):
@@ -39,6 +40,19 @@ class Prediction:
 def _one_line(exc: Exception) -> str:
     message = str(getattr(exc, "message", lambda: None)() or exc)
     return " ".join(message.split())
+
+
+def image_input(httpclient, batch: np.ndarray):
+    """The ``IMAGE`` input of a zero-padded ``[N, L]`` uint8 batch, for ``httpclient``
+    (the ``tritonclient.http`` module, imported by the caller)."""
+    tensor = httpclient.InferInput("IMAGE", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch, binary_data=True)
+    return tensor
+
+
+def requested_outputs(httpclient) -> list:
+    """The endpoint's three outputs, requested as binary data."""
+    return [httpclient.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
 
 
 def _normalize_url(url: str) -> str:
@@ -101,11 +115,7 @@ class ClassifierClient:
             raise ClientError(f"cannot read the config of {self.model_name!r} at {self.url}: {_one_line(exc)}") from None
 
     def _request(self, images: Sequence[bytes]) -> tuple[list, list]:
-        batch = pad_batch(images)
-        image_input = self._http.InferInput("IMAGE", list(batch.shape), "UINT8")
-        image_input.set_data_from_numpy(batch, binary_data=True)
-        outputs = [self._http.InferRequestedOutput(name, binary_data=True) for name in ("SCORES", "CLASS_IDS", "LABELS")]
-        return [image_input], outputs
+        return [image_input(self._http, pad_batch(images))], requested_outputs(self._http)
 
     @staticmethod
     def _parse(result) -> list[Prediction]:

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bls_pipeline.client import MODEL_NAME, image_input, requested_outputs
 from bls_pipeline.padding import pad_batch
 
 # skimage photographs that EfficientNet-Lite0 classifies as one clear class.
@@ -313,13 +314,10 @@ def _send(client, httpclient, sample: Sample) -> tuple[str | None, str | None]:
     """Send one request; (``None``, ``None``) on success, else (HTTP status, message)."""
     from tritonclient.utils import InferenceServerException
 
-    batch = pad_batch(list(sample.images))
-    image = httpclient.InferInput("IMAGE", list(batch.shape), "UINT8")
-    image.set_data_from_numpy(batch, binary_data=True)
-    outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("SCORES", "CLASS_IDS", "LABELS")]
+    inputs = [image_input(httpclient, pad_batch(list(sample.images)))]
     parameters = None if sample.top_k is None else {"top_k": sample.top_k}
     try:
-        result = client.infer("classifier", [image], outputs=outputs, parameters=parameters)
+        result = client.infer(MODEL_NAME, inputs, outputs=requested_outputs(httpclient), parameters=parameters)
     except InferenceServerException as exc:
         return str(exc.status()), exc.message()
     except Exception as exc:  # noqa: BLE001 - connection errors of gevent/socket have no common base
