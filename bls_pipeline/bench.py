@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bls_pipeline.client import image_input, requested_outputs
+from bls_pipeline.client import host_port, image_input, requested_outputs
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.padding import pad_batch
 
@@ -570,7 +570,7 @@ def run_benchmark(
         )
         progress(f"starting tritonserver on {bench_repo}")
         with LocalTritonServer(server_options) as server:
-            url = server.url.removeprefix("http://")
+            url = host_port(server.url)
             progress("warming up every endpoint")
             for key in options.endpoints:
                 closed_loop_load(url, names[key], images, concurrency=max(options.concurrencies), duration_s=0.5, warmup_s=1.0)

@@ -55,11 +55,9 @@ def requested_outputs(httpclient) -> list:
     return [httpclient.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
 
 
-def _normalize_url(url: str) -> str:
-    for scheme in ("http://", "https://"):
-        if url.startswith(scheme):
-            return url[len(scheme) :]
-    return url.rstrip("/")
+def host_port(url: str) -> str:
+    """``host:port`` of a server URL, as ``tritonclient.http`` takes it: no scheme, no trailing slash."""
+    return url.removeprefix("http://").removeprefix("https://").rstrip("/")
 
 
 class ClassifierClient:
@@ -76,7 +74,7 @@ class ClassifierClient:
         import tritonclient.http as httpclient
 
         self._http = httpclient
-        self.url = _normalize_url(url)
+        self.url = host_port(url)
         self.model_name = model_name
         self._client = httpclient.InferenceServerClient(
             self.url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s

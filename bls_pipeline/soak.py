@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bls_pipeline.client import MODEL_NAME, image_input, requested_outputs
+from bls_pipeline.client import MODEL_NAME, host_port, image_input, requested_outputs
 from bls_pipeline.padding import pad_batch
 
 # skimage photographs that EfficientNet-Lite0 classifies as one clear class.
@@ -345,7 +345,7 @@ def run_soak(
 
     good, bad = samples
     plan = choose(good, bad, options.requests, options.bad_fraction, options.seed)
-    url = options.url.removeprefix("http://").removeprefix("https://").rstrip("/")
+    url = host_port(options.url)
     tally = Tally()
     memory: dict[str, MemorySnapshot] = {}
     trace: list[tuple[int, MemorySnapshot]] = []

@@ -9,6 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from bls_pipeline import model_config as mc
+from bls_pipeline.client import host_port
 from bls_pipeline.server import LocalTritonServer, ServerOptions, StubProcess
 
 
@@ -64,7 +65,7 @@ def raw_infer(
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    client = httpclient.InferenceServerClient(host_port(url))
     try:
         image = httpclient.InferInput("IMAGE", shape or list(array.shape), datatype)
         image.set_data_from_numpy(array, binary_data=True)
