@@ -455,25 +455,23 @@ class _InProcess:
     def from_repository(cls, repository: Path, max_batch_size: int) -> "_InProcess":
         from bls_pipeline import model_config as mc
         from bls_pipeline.dali_runner import DaliPreprocessor
-        from bls_pipeline.network_runtime import load_network
+        from bls_pipeline.network_runtime import load_network, network_options
 
         dali_threads = int(mc.parameters_of(mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt")).get("num_threads", 0))
-        network_parameters = mc.parameters_of(mc.read_config(repository / mc.NETWORK / "config.pbtxt"))
-        network_threads = int(network_parameters.get("intra_op_threads", 0))
         preprocess = DaliPreprocessor.from_file(
             repository / mc.PREPROCESSING / "1" / "dali.py",
             max_batch_size=max_batch_size,
             num_threads=dali_threads or None,
         )
-        allow_spinning = network_parameters.get("allow_spinning", "1") != "0"
-        network = load_network(repository / mc.NETWORK / "1", intra_op_threads=network_threads, allow_spinning=allow_spinning)
+        options = network_options(mc.parameters_of(mc.read_config(repository / mc.NETWORK / "config.pbtxt")))
+        network = load_network(repository / mc.NETWORK / "1", **options)
         return cls(
             preprocess=preprocess,
             network=network,
             settings={
                 "dali_threads": dali_threads,
-                "network_threads": network_threads,
-                "network_allow_spinning": allow_spinning,
+                "network_threads": options["intra_op_threads"],
+                "network_allow_spinning": options["allow_spinning"],
                 "runtime": network.runtime,
             },
         )

@@ -17,41 +17,24 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 from PIL import Image
 
-from bls_pipeline.classifier import ClassifierSettings, classify_request, prepare_request
+from bls_pipeline.classifier import ClassifierSettings, prepare_request
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError
 from bls_pipeline.naive import PilPreprocessor
 from bls_pipeline.postprocess import load_labels, parse_top_k
 from bls_pipeline.triton_adapter import (
-    CLASS_IDS_OUTPUT,
     IMAGE_INPUT,
-    LABELS_OUTPUT,
-    SCORES_OUTPUT,
     _input,
     _parameters,
     _version_dir,
+    classification_response,
     error_response,
+    request_top_k,
 )
 
 LOGITS_INPUT = "LOGITS"
 PREPROCESSING_FILE = "preprocessing.json"
-
-
-def _top_k_of(request: Any) -> object:
-    return json.loads(request.parameters() or "{}").get("top_k")
-
-
-def _classification_response(logits: np.ndarray, k: int, labels: Sequence[str]) -> Any:
-    outputs = classify_request(logits, k, labels)
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
-            pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
-            pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
-        ]
-    )
 
 
 class PostprocessModel:
@@ -67,8 +50,8 @@ class PostprocessModel:
         responses = []
         for request in requests:
             try:
-                k = parse_top_k(_top_k_of(request), len(self.labels))
-                responses.append(_classification_response(_input(request, LOGITS_INPUT), k, self.labels))
+                k = parse_top_k(request_top_k(request), len(self.labels))
+                responses.append(classification_response(_input(request, LOGITS_INPUT), k, self.labels))
             except BlsPipelineError as exc:
                 responses.append(error_response(exc))
         return responses
@@ -79,7 +62,7 @@ class NaiveClassifierModel:
 
     def initialize(self, args: dict) -> None:
         """Labels, the PIL preprocessing of ``preprocessing.json`` and the network file."""
-        from bls_pipeline.network_runtime import load_network
+        from bls_pipeline.network_runtime import load_network, network_options
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
@@ -87,16 +70,12 @@ class NaiveClassifierModel:
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
         self.labels = load_labels(version_dir / parameters["labels_file"])
         self.preprocess = PilPreprocessor.from_file(version_dir / PREPROCESSING_FILE)
-        self.network = load_network(
-            version_dir,
-            intra_op_threads=int(parameters.get("intra_op_threads", 0)),
-            allow_spinning=parameters.get("allow_spinning", "1") != "0",
-        )
+        self.network = load_network(version_dir, **network_options(parameters))
 
     def _preprocess_request(self, request: Any) -> tuple[list[np.ndarray], int]:
         prepared = prepare_request(
             _input(request, IMAGE_INPUT),
-            top_k=_top_k_of(request),
+            top_k=request_top_k(request),
             settings=self.settings,
             num_classes=len(self.labels),
         )
@@ -124,5 +103,5 @@ class NaiveClassifierModel:
             for index, (images, k) in prepared.items():
                 own = logits[offset : offset + len(images)]
                 offset += len(images)
-                responses[index] = _classification_response(own, k, self.labels)
+                responses[index] = classification_response(own, k, self.labels)
         return responses

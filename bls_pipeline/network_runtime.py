@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -105,6 +105,18 @@ def tensorrt_importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+def network_options(parameters: Mapping[str, str]) -> dict[str, Any]:
+    """The :func:`load_network` keywords that a network model's config ``parameters`` set.
+
+    ``intra_op_threads`` (default 0, one per core) and ``allow_spinning`` (default on, as in
+    ONNX Runtime; ``"0"`` turns it off).
+    """
+    return {
+        "intra_op_threads": int(parameters.get("intra_op_threads", 0)),
+        "allow_spinning": parameters.get("allow_spinning", "1") != "0",
+    }
 
 
 def load_network(

@@ -78,6 +78,23 @@ def _input(request: Any, name: str) -> np.ndarray:
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 
 
+def request_top_k(request: Any) -> object:
+    """The request's ``top_k`` parameter as the client sent it; ``None`` when absent."""
+    return json.loads(request.parameters() or "{}").get("top_k")
+
+
+def classification_response(logits: np.ndarray, k: int, labels: Sequence[str]) -> Any:
+    """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits."""
+    outputs = classify_request(logits, k, labels)
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
+            pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
+            pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
+        ]
+    )
+
+
 class ClassifierModel:
     """The ``classifier`` endpoint: trims, validates, batches, calls the sub-models, answers."""
 
@@ -101,10 +118,9 @@ class ClassifierModel:
         prepared = {}
         for index, request in enumerate(requests):
             try:
-                top_k = json.loads(request.parameters() or "{}").get("top_k")
                 prepared[index] = prepare_request(
                     _input(request, IMAGE_INPUT),
-                    top_k=top_k,
+                    top_k=request_top_k(request),
                     settings=self.settings,
                     num_classes=len(self.labels),
                 )
@@ -120,14 +136,7 @@ class ClassifierModel:
             if error is not None:
                 responses[index] = error_response(error)
                 continue
-            outputs = classify_request(np.stack(own), item.top_k, self.labels)
-            responses[index] = pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
-                    pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
-                    pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
-                ]
-            )
+            responses[index] = classification_response(np.stack(own), item.top_k, self.labels)
         return responses
 
 
@@ -170,14 +179,10 @@ class NetworkModel:
 
     def initialize(self, args: dict) -> None:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
-        from bls_pipeline.network_runtime import load_network
+        from bls_pipeline.network_runtime import load_network, network_options
 
         parameters = _parameters(json.loads(args["model_config"]))
-        self.network = load_network(
-            _version_dir(args),
-            intra_op_threads=int(parameters.get("intra_op_threads", 0)),
-            allow_spinning=parameters.get("allow_spinning", "1") != "0",
-        )
+        self.network = load_network(_version_dir(args), **network_options(parameters))
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """Run every request's images through the network as one batch."""
