@@ -122,6 +122,16 @@ class StubProcess:
     shm_region: str
 
 
+def proc_status(pid: int | str, proc: Path = Path("/proc")) -> dict[str, str]:
+    """The fields of ``/proc/<pid>/status`` by name (``"PPid"``, ``"State"``, ``"VmRSS"``, ...),
+    values as written there; empty when the process is gone."""
+    try:
+        status = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+
+
 def stub_processes(server_pid: int) -> list[StubProcess]:
     """The live Python-backend stubs that ``server_pid`` started (zombies left out).
 
@@ -131,13 +141,12 @@ def stub_processes(server_pid: int) -> list[StubProcess]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        fields = proc_status(entry.name)
+        if fields.get("PPid") != str(server_pid) or fields.get("State", "").startswith(("Z", "X")):
+            continue
         try:
-            status = (entry / "status").read_text()
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # it exited meanwhile
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("PPid") != str(server_pid) or fields.get("State", "").startswith(("Z", "X")):
             continue
         if len(argv) < 3 or not argv[0].endswith(b"triton_python_backend_stub"):
             continue

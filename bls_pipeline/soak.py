@@ -32,6 +32,7 @@ import numpy as np
 
 from bls_pipeline.client import MODEL_NAME, host_port, image_input, requested_outputs
 from bls_pipeline.padding import pad_batch
+from bls_pipeline.server import proc_status, stub_processes
 
 # skimage photographs that EfficientNet-Lite0 classifies as one clear class.
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
@@ -123,14 +124,8 @@ def build_samples(seed: int = 0) -> tuple[list[Sample], list[Sample]]:
 
 def read_rss_kib(pid: int, proc: Path = Path("/proc")) -> int:
     """``VmRSS`` of ``pid`` in KiB, 0 when the process is gone (or a zombie without memory)."""
-    try:
-        status = (proc / str(pid) / "status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    rss = proc_status(pid, proc).get("VmRSS")
+    return int(rss.split()[0]) if rss else 0
 
 
 def segment_bytes(names: Sequence[str], shm_dir: Path = Path("/dev/shm")) -> int:
@@ -162,8 +157,6 @@ class MemorySnapshot:
 
 def server_memory(server_pid: int) -> MemorySnapshot:
     """RSS of ``tritonserver`` (``server_pid``) plus its stubs, and the stubs' segments."""
-    from bls_pipeline.server import stub_processes
-
     stubs = stub_processes(server_pid)
     by_process = {"tritonserver": read_rss_kib(server_pid)}
     for stub in stubs:
