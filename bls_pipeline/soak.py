@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bls_pipeline.bench import percentile
 from bls_pipeline.client import MODEL_NAME, host_port, image_input, requested_outputs
 from bls_pipeline.padding import pad_batch
 from bls_pipeline.server import proc_status, stub_processes
@@ -212,11 +213,6 @@ class Tally:
     def by_kind(self, outcome: str) -> dict[str, int]:
         """Responses with ``outcome`` by request kind."""
         return dict(sorted((kind, n) for (kind, o), n in self.outcomes.items() if o == outcome))
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of ``values``; 0 for none."""
-    return float(np.percentile(values, q)) if len(values) else 0.0
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -403,8 +399,8 @@ def run_soak(
         unexpected_examples=tally.unexpected_examples,
         duration_s=duration,
         throughput_rps=options.requests / duration if duration > 0 else 0.0,
-        latency_p50_ms=percentile(tally.latencies_s, 50) * 1e3,
-        latency_p99_ms=percentile(tally.latencies_s, 99) * 1e3,
+        latency_p50_ms=percentile(tally.latencies_s, 50) * 1e3 if tally.latencies_s else 0.0,
+        latency_p99_ms=percentile(tally.latencies_s, 99) * 1e3 if tally.latencies_s else 0.0,
         memory=memory,
         memory_trace=trace,
     )
