@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -61,17 +61,20 @@ class Sample:
         return self.expected is not None
 
 
-def _encode(array: np.ndarray, fmt: str, **options: object) -> bytes:
+def encode_image(image: Any, fmt: str, **options: object) -> bytes:
+    """``image`` (a PIL image, or an array ``Image.fromarray`` takes) encoded by PIL as ``fmt``."""
     from PIL import Image
 
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, fmt, **options)
+    image.save(buffer, fmt, **options)
     return buffer.getvalue()
 
 
 def huge_jpeg_header(width: int = 65000, height: int = 65000) -> bytes:
     """A small, valid 8x8 JPEG whose frame header declares ``width`` x ``height`` pixels."""
-    data = bytearray(_encode(np.zeros((8, 8, 3), np.uint8), "JPEG"))
+    data = bytearray(encode_image(np.zeros((8, 8, 3), np.uint8), "JPEG"))
     sof = data.find(b"\xff\xc0")
     struct.pack_into(">HH", data, sof + 5, height, width)
     return bytes(data)
@@ -99,8 +102,8 @@ def build_samples(seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     photos = {name: getattr(skimage.data, name)() for name in PHOTOS}
     good = []
     for name, array in photos.items():
-        good.append(Sample(f"{name}.jpg", (_encode(array, "JPEG", quality=90),)))
-        good.append(Sample(f"{name}.png", (_encode(array, "PNG"),)))
+        good.append(Sample(f"{name}.jpg", (encode_image(array, "JPEG", quality=90),)))
+        good.append(Sample(f"{name}.png", (encode_image(array, "PNG"),)))
     jpeg, png = good[0].images[0], good[1].images[0]
     cut = jpeg[: len(jpeg) // 2]
     corrupt = corrupt_png_data(png)
@@ -112,7 +115,7 @@ def build_samples(seed: int = 0) -> tuple[list[Sample], list[Sample]]:
         Sample("cut JPEG", (cut,), "image 0: truncated JPEG"),
         Sample("corrupt PNG data", (corrupt,), "image 0: cannot be decoded"),
         Sample("65000x65000 header", (huge_jpeg_header(),), "image 0: declares 65000x65000"),
-        Sample("GIF", (_encode(photos["chelsea"], "GIF"),), "image 0: GIF images are not accepted"),
+        Sample("GIF", (encode_image(photos["chelsea"], "GIF"),), "image 0: GIF images are not accepted"),
         Sample("top_k 0", (jpeg,), "top_k must be an integer", top_k=0),
         Sample("cut JPEG second", (good[2].images[0], cut), "image 1: truncated JPEG"),
         Sample("corrupt PNG second", (good[2].images[0], corrupt), "image 1: cannot be decoded"),

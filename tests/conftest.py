@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+# The tests' one image encoder: encode(array or PIL image, "PNG", **save_options) -> bytes.
+from bls_pipeline.soak import encode_image as encode  # noqa: F401
 
 PHOTOS = {"chelsea": 285, "coffee": 967, "rocket": 657}
-
-
-def encode(array: np.ndarray, fmt: str, **options: object) -> bytes:
-    """``array`` encoded as ``fmt`` (a PIL format name) bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ The formats and messages are documented in ``docs/inputs.md``; keep the two in s
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
@@ -64,23 +63,17 @@ VALID = {
     "JPEG with garbage after its end marker": lambda cat: encode(cat, "JPEG", quality=90) + b"garbage\x01\x02" * 100,
     "PNG RGB": lambda cat: encode(cat, "PNG"),
     "PNG RGBA": lambda cat: encode(np.dstack([cat, np.full(cat.shape[:2], 255, np.uint8)]), "PNG"),
-    "PNG palette": lambda cat: _pil(Image.fromarray(cat).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
-    "PNG grayscale": lambda cat: _pil(Image.fromarray(cat).convert("L"), "PNG"),
+    "PNG palette": lambda cat: encode(Image.fromarray(cat).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+    "PNG grayscale": lambda cat: encode(Image.fromarray(cat).convert("L"), "PNG"),
     "PNG 16-bit grayscale": lambda cat: encode(np.asarray(Image.fromarray(cat).convert("L")).astype(np.uint16) * 257, "PNG"),
     "PNG 16-bit RGB": png_rgb16,
-    "JPEG grayscale": lambda cat: _pil(Image.fromarray(cat).convert("L"), "JPEG"),
-    "JPEG CMYK": lambda cat: _pil(Image.fromarray(cat).convert("CMYK"), "JPEG"),
+    "JPEG grayscale": lambda cat: encode(Image.fromarray(cat).convert("L"), "JPEG"),
+    "JPEG CMYK": lambda cat: encode(Image.fromarray(cat).convert("CMYK"), "JPEG"),
     "JPEG progressive": lambda cat: encode(cat, "JPEG", progressive=True),
     "BMP": lambda cat: encode(cat, "BMP"),
     "TIFF": lambda cat: encode(cat, "TIFF"),
     "WebP": lambda cat: encode(cat, "WEBP"),
 }
-
-
-def _pil(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 from skimage import data as skdata
 
 from bls_pipeline.dali_runner import DaliPreprocessor, release_free_memory
 from bls_pipeline.soak import corrupt_png_data
+from tests.conftest import encode
 
 
 def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(skdata.chelsea()).save(buffer, "PNG")
-    return buffer.getvalue()
+    return encode(skdata.chelsea(), "PNG")
 
 
 @pytest.fixture(scope="module")

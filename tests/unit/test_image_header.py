@@ -27,16 +27,10 @@ from bls_pipeline.image_header import (
     check_image,
     read_header,
 )
+from tests.conftest import encode
 
 ACCEPTED_LIST = "accepted formats: JPEG, PNG, BMP, TIFF, WebP"
 BOMB_SIDE = 65000
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    """Return ``image`` encoded by PIL as ``fmt``."""
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def photo() -> Image.Image:

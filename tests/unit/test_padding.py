@@ -13,6 +13,7 @@ from skimage import data as skdata
 
 from bls_pipeline.errors import InvalidRequestError
 from bls_pipeline.padding import detect_format, pad_batch, trim_padding
+from tests.conftest import encode
 
 EOI = b"\xff\xd9"
 
@@ -20,14 +21,6 @@ EOI = b"\xff\xd9"
 def _cat(height: int = 64, width: int = 96) -> np.ndarray:
     """A crop of a real photograph, small enough to keep the tests fast."""
     return np.ascontiguousarray(skdata.chelsea()[:height, :width])
-
-
-def _encode(image: Image.Image | np.ndarray, fmt: str, **params: object) -> bytes:
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
 
 
 def _with_black_rows(rows: slice) -> np.ndarray:
@@ -38,7 +31,7 @@ def _with_black_rows(rows: slice) -> np.ndarray:
 
 def _jpeg_with_exif_thumbnail() -> bytes:
     """A JPEG whose APP1 EXIF block embeds a JPEG thumbnail, so the file has two EOIs."""
-    thumbnail = _encode(_cat(16, 24), "JPEG")
+    thumbnail = encode(_cat(16, 24), "JPEG")
     # TIFF header, an empty IFD0, then IFD1 with JPEGInterchangeFormat(Length) = the thumbnail.
     ifd1_offset = 8 + 2 + 4
     thumbnail_offset = ifd1_offset + 2 + 2 * 12 + 4
@@ -51,13 +44,13 @@ def _jpeg_with_exif_thumbnail() -> bytes:
         + struct.pack("<I", 0)
         + thumbnail
     )
-    return _encode(_cat(), "JPEG", exif=b"Exif\x00\x00" + tiff)
+    return encode(_cat(), "JPEG", exif=b"Exif\x00\x00" + tiff)
 
 
 def _webp_ending_in_pad_byte(**params: object) -> bytes:
     """A WebP whose odd-sized chunk is followed by RIFF's zero pad byte."""
     for size in range(8, 64):
-        encoded = _encode(_cat(size, size), "WEBP", **params)
+        encoded = encode(_cat(size, size), "WEBP", **params)
         if encoded[-1] == 0:
             return encoded
     raise AssertionError("no WebP of size 8..63 ends in a pad byte")
@@ -65,59 +58,59 @@ def _webp_ending_in_pad_byte(**params: object) -> bytes:
 
 def _animated_gif() -> bytes:
     frames = [Image.fromarray(_cat()).convert("P"), Image.fromarray(255 - _cat()).convert("P")]
-    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
 
 
 def _multipage_tiff() -> bytes:
     frames = [Image.fromarray(_cat()), Image.fromarray(_with_black_rows(slice(-8, None)))]
-    return _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+    return encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])
 
 
 # (id, format, builder, whether the file itself ends in a zero byte)
 IMAGE_CASES: list[tuple[str, str, Callable[[], bytes], bool]] = [
-    ("jpeg-baseline", "jpeg", lambda: _encode(_cat(), "JPEG", quality=90), False),
-    ("jpeg-progressive", "jpeg", lambda: _encode(_cat(), "JPEG", progressive=True), False),
-    ("jpeg-gray", "jpeg", lambda: _encode(Image.fromarray(_cat()).convert("L"), "JPEG"), False),
+    ("jpeg-baseline", "jpeg", lambda: encode(_cat(), "JPEG", quality=90), False),
+    ("jpeg-progressive", "jpeg", lambda: encode(_cat(), "JPEG", progressive=True), False),
+    ("jpeg-gray", "jpeg", lambda: encode(Image.fromarray(_cat()).convert("L"), "JPEG"), False),
     ("jpeg-exif-thumbnail", "jpeg", _jpeg_with_exif_thumbnail, False),
-    ("png-rgb", "png", lambda: _encode(_cat(), "PNG"), False),
-    ("png-rgba", "png", lambda: _encode(Image.fromarray(_cat()).convert("RGBA"), "PNG"), False),
-    ("png-palette", "png", lambda: _encode(Image.fromarray(_cat()).convert("P"), "PNG"), False),
-    ("png-gray", "png", lambda: _encode(Image.fromarray(_cat()).convert("L"), "PNG"), False),
+    ("png-rgb", "png", lambda: encode(_cat(), "PNG"), False),
+    ("png-rgba", "png", lambda: encode(Image.fromarray(_cat()).convert("RGBA"), "PNG"), False),
+    ("png-palette", "png", lambda: encode(Image.fromarray(_cat()).convert("P"), "PNG"), False),
+    ("png-gray", "png", lambda: encode(Image.fromarray(_cat()).convert("L"), "PNG"), False),
     (
         "png-16bit",
         "png",
-        lambda: _encode(Image.fromarray(_cat()[..., 0].astype(np.uint16) * 257), "PNG"),
+        lambda: encode(Image.fromarray(_cat()[..., 0].astype(np.uint16) * 257), "PNG"),
         False,
     ),
-    ("bmp-rgb", "bmp", lambda: _encode(_cat(), "BMP"), False),
-    ("bmp-palette", "bmp", lambda: _encode(Image.fromarray(_cat()).convert("P"), "BMP"), False),
+    ("bmp-rgb", "bmp", lambda: encode(_cat(), "BMP"), False),
+    ("bmp-palette", "bmp", lambda: encode(Image.fromarray(_cat()).convert("P"), "BMP"), False),
     # BMP stores rows bottom-up, so a black top row is the last thing in the file.
-    ("bmp-black-top-row", "bmp", lambda: _encode(_with_black_rows(slice(0, 1)), "BMP"), True),
-    ("tiff-raw", "tiff", lambda: _encode(_cat(), "TIFF"), False),
+    ("bmp-black-top-row", "bmp", lambda: encode(_with_black_rows(slice(0, 1)), "BMP"), True),
+    ("tiff-raw", "tiff", lambda: encode(_cat(), "TIFF"), False),
     (
         "tiff-raw-black-last-strip",
         "tiff",
-        lambda: _encode(_with_black_rows(slice(-8, None)), "TIFF"),
+        lambda: encode(_with_black_rows(slice(-8, None)), "TIFF"),
         True,
     ),
     # libtiff writes the IFD after the strips; with inline values it ends in next-IFD = 0.
     (
         "tiff-lzw-gray-ifd-last",
         "tiff",
-        lambda: _encode(Image.fromarray(_cat()).convert("L"), "TIFF", compression="tiff_lzw"),
+        lambda: encode(Image.fromarray(_cat()).convert("L"), "TIFF", compression="tiff_lzw"),
         True,
     ),
     (
         "tiff-deflate-rgb",
         "tiff",
-        lambda: _encode(_cat(), "TIFF", compression="tiff_adobe_deflate"),
+        lambda: encode(_cat(), "TIFF", compression="tiff_adobe_deflate"),
         False,
     ),
-    ("webp-lossy", "webp", lambda: _encode(_cat(), "WEBP", quality=80), False),
-    ("webp-lossless", "webp", lambda: _encode(_cat(), "WEBP", lossless=True), False),
+    ("webp-lossy", "webp", lambda: encode(_cat(), "WEBP", quality=80), False),
+    ("webp-lossless", "webp", lambda: encode(_cat(), "WEBP", lossless=True), False),
     ("webp-lossless-pad-byte", "webp", lambda: _webp_ending_in_pad_byte(lossless=True), True),
     ("webp-lossy-pad-byte", "webp", lambda: _webp_ending_in_pad_byte(quality=80), True),
-    ("gif", "gif", lambda: _encode(Image.fromarray(_cat()).convert("P"), "GIF"), False),
+    ("gif", "gif", lambda: encode(Image.fromarray(_cat()).convert("P"), "GIF"), False),
     ("gif-animated", "gif", _animated_gif, False),
 ]
 

@@ -19,6 +19,7 @@ from bls_pipeline.soak import (
     Tally,
     choose,
     corrupt_png_data,
+    encode_image,
     format_report,
     growth_percent,
     huge_jpeg_header,
@@ -130,14 +131,9 @@ def test_the_crafted_bad_images_fail_where_they_are_meant_to(photos_png: bytes):
 
 @pytest.fixture()
 def photos_png() -> bytes:
-    import io
-
     import numpy as np
-    from PIL import Image
 
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+    return encode_image(np.full((32, 48, 3), 90, np.uint8), "PNG")
 
 
 def report(**memory: MemorySnapshot) -> SoakReport:
