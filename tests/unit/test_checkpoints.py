@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from skimage import data as skdata
 from torch import nn
 
@@ -23,7 +22,9 @@ from bls_pipeline.checkpoints import (
     num_classes,
 )
 from bls_pipeline.errors import CheckpointError, ConfigError
+from bls_pipeline.naive import PilPreprocessor
 from bls_pipeline.preprocessing import IMAGENET_MEAN, PreprocessingSettings
+from tests.conftest import encode
 
 ARCH_NAMES = sorted(ARCHITECTURES)
 # Small inputs keep the forward passes cheap on a two-core machine; the layouts do not care.
@@ -246,32 +247,10 @@ def lite0() -> nn.Module:
     return load_checkpoint(default_checkpoint_path(), "efficientnet-lite0")
 
 
-# PIL's filters for DALI's interpolation names; PIL widens them when downscaling, like
-# DALI's antialiased resize (the triangle filter is PIL's antialiased bilinear).
-_PIL_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "linear": Image.Resampling.BILINEAR,
-    "cubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "triangular": Image.Resampling.BILINEAR,
-}
-
-
 def _preprocess(image: np.ndarray, settings: PreprocessingSettings) -> torch.Tensor:
-    """Resize the shorter side, centre-crop and normalize, as the DALI pipeline does."""
-    picture = Image.fromarray(image)
-    scale = settings.resize_shorter / min(picture.size)
-    picture = picture.resize(
-        (round(picture.width * scale), round(picture.height * scale)),
-        _PIL_FILTERS[settings.interpolation],
-    )
-    crop = settings.crop
-    left = (picture.width - crop) // 2
-    top = (picture.height - crop) // 2
-    picture = picture.crop((left, top, left + crop, top + crop))
-    pixels = np.asarray(picture, dtype=np.float32)
-    normalized = (pixels - np.array(settings.mean, np.float32)) / np.array(settings.std, np.float32)
-    return torch.from_numpy(normalized).permute(2, 0, 1).unsqueeze(0)
+    """Resize the shorter side, centre-crop and normalize, as the DALI pipeline does, with
+    PIL (the benchmark's naive preprocessing), from a lossless PNG of ``image``."""
+    return torch.from_numpy(PilPreprocessor(settings)(encode(image, "PNG"))).unsqueeze(0)
 
 
 @pytest.mark.parametrize(
