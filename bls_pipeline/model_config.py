@@ -52,18 +52,14 @@ def _string_parameters(parameters: Mapping[str, object] | None) -> dict[str, dic
     return {key: {"string_value": str(value)} for key, value in (parameters or {}).items()}
 
 
-def _dynamic_batching(max_queue_delay_us: int, preferred: list[int] | None) -> dict[str, Any]:
-    batching: dict[str, Any] = {"max_queue_delay_microseconds": max_queue_delay_us}
-    if preferred:
-        batching["preferred_batch_size"] = preferred
-    return batching
+def _dynamic_batching(max_queue_delay_us: int) -> dict[str, Any]:
+    return {"max_queue_delay_microseconds": max_queue_delay_us}
 
 
 def classifier_config(
     *,
     max_batch_size: int,
     parameters: Mapping[str, object] | None = None,
-    instance_count: int = 1,
     max_queue_delay_us: int = 0,
 ) -> ModelConfig:
     """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
@@ -88,8 +84,8 @@ def classifier_config(
                 {"name": CLASS_IDS_OUTPUT, "data_type": "TYPE_INT64", "dims": [-1]},
                 {"name": LABELS_OUTPUT, "data_type": "TYPE_STRING", "dims": [-1]},
             ],
-            "dynamic_batching": _dynamic_batching(max_queue_delay_us, None),
-            "instance_group": [{"kind": "KIND_CPU", "count": instance_count}],
+            "dynamic_batching": _dynamic_batching(max_queue_delay_us),
+            "instance_group": [{"kind": "KIND_CPU", "count": 1}],
             "parameters": _string_parameters(parameters),
         }
     )
@@ -102,7 +98,6 @@ def preprocessing_config(
     crop: int,
     num_threads: int = 4,
     autoconfig: bool = False,
-    instance_count: int = 1,
     max_queue_delay_us: int = 0,
 ) -> ModelConfig:
     """The DALI preprocessing model: ``DALI_INPUT`` bytes -> ``DALI_OUTPUT`` FP32 ``[3, crop, crop]``.
@@ -116,15 +111,15 @@ def preprocessing_config(
     config: dict[str, Any] = {
         "name": PREPROCESSING,
         "max_batch_size": max_batch_size,
-        "dynamic_batching": _dynamic_batching(max_queue_delay_us, None),
+        "dynamic_batching": _dynamic_batching(max_queue_delay_us),
         "parameters": _string_parameters({"num_threads": num_threads}),
     }
     if target == "triton":
         config["backend"] = "dali"
-        config["instance_group"] = [{"kind": "KIND_GPU", "count": instance_count}]
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": 1}]
     else:
         config["backend"] = "python"
-        config["instance_group"] = [{"kind": "KIND_CPU", "count": instance_count}]
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": 1}]
     if not (autoconfig and target == "triton"):
         config["input"] = [
             {
@@ -145,9 +140,7 @@ def network_config(
     max_batch_size: int,
     crop: int,
     num_classes: int,
-    instance_count: int = 1,
     max_queue_delay_us: int = 0,
-    preferred_batch_sizes: list[int] | None = None,
     parameters: Mapping[str, object] | None = None,
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
@@ -162,7 +155,7 @@ def network_config(
         "max_batch_size": max_batch_size,
         "input": [{"name": NETWORK_INPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}],
         "output": [{"name": NETWORK_OUTPUT, "data_type": "TYPE_FP32", "dims": [num_classes]}],
-        "dynamic_batching": _dynamic_batching(max_queue_delay_us, preferred_batch_sizes),
+        "dynamic_batching": _dynamic_batching(max_queue_delay_us),
         "parameters": _string_parameters(parameters),
     }
     if target == "triton":
@@ -172,10 +165,10 @@ def network_config(
         else:
             config["platform"] = "onnxruntime_onnx"
             config["default_model_filename"] = "model.onnx"
-        config["instance_group"] = [{"kind": "KIND_GPU", "count": instance_count}]
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": 1}]
     else:
         config["backend"] = "python"
-        config["instance_group"] = [{"kind": "KIND_CPU", "count": instance_count}]
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": 1}]
     return _parse(config)
 
 
