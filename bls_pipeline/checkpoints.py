@@ -59,7 +59,6 @@ class ArchSpec:
 
     name: str
     builder: Callable[[int], nn.Module]
-    description: str
     marker_key: str
     classifier_key: str
     preprocessing: PreprocessingSettings
@@ -77,7 +76,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec(
             name="efficientnet-lite0",
             builder=networks.efficientnet_lite0,
-            description="EfficientNet-Lite0, efficientnet-lite-pytorch layout (_conv_stem, _fc)",
             marker_key="_conv_stem.weight",
             classifier_key="_fc.weight",
             # TF-Lite normalization: the shipped weights' stem batch-norm running means match
@@ -98,7 +96,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec(
             name="efficientnet-b0",
             builder=networks.dle_efficientnet_b0,
-            description="EfficientNet-B0, NVIDIA DeepLearningExamples layout (stem, layers)",
             marker_key="stem.conv.weight",
             classifier_key="classifier.fc.weight",
             # NVIDIA DeepLearningExamples ConvNets DALI validation pipeline: resize to
@@ -115,7 +112,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec(
             name="torchvision-efficientnet_b0",
             builder=networks.torchvision_efficientnet_b0,
-            description="EfficientNet-B0, torchvision layout (features.N, classifier.1)",
             marker_key="features.0.0.weight",
             classifier_key="classifier.1.weight",
             # torchvision EfficientNet_B0_Weights.IMAGENET1K_V1: bicubic resize 256, crop 224,

@@ -228,7 +228,7 @@ def test_unusable_files_give_a_clear_error(tmp_path: Path, content: object, matc
 
 def test_arch_spec_validates_its_preprocessing() -> None:
     with pytest.raises(ConfigError, match="at most resize_shorter"):
-        ArchSpec("x", nn.Identity, "x", "a", "b", PreprocessingSettings(resize_shorter=256, crop=300))
+        ArchSpec("x", nn.Identity, "a", "b", PreprocessingSettings(resize_shorter=256, crop=300))
 
 
 @pytest.mark.parametrize("name", ARCH_NAMES)
