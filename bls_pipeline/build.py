@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -59,13 +59,11 @@ class BuildReport:
     """What was built, for the CLI to print."""
 
     output: Path
-    checkpoint: Path
     num_classes: int
     runtime: str
     onnx_max_abs_diff: float
     tensorrt_note: str
     preprocessing: PreprocessingSettings
-    configs: dict[str, Path] = field(default_factory=dict)
 
 
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
@@ -121,16 +119,14 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             queue_delay_us=options.queue_delay_us,
         )
         progress(f"[5/5] writing the {options.target} repository to {options.output}")
-        configs = write_repository(options.output, spec, labels=labels, network_files=network_files)
+        write_repository(options.output, spec, labels=labels, network_files=network_files)
     return BuildReport(
         output=options.output,
-        checkpoint=checkpoint,
         num_classes=num_classes,
         runtime=runtime,
         onnx_max_abs_diff=diff,
         tensorrt_note=tensorrt_note,
         preprocessing=preprocessing,
-        configs=configs,
     )
 
 
