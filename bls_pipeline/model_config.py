@@ -39,6 +39,7 @@ NETWORK_INPUT = "INPUT"
 NETWORK_OUTPUT = "OUTPUT"
 
 TARGETS = ("triton", "local")
+RUNTIMES = ("tensorrt", "onnxruntime")
 
 
 def _parse(config: Mapping[str, Any]) -> ModelConfig:
@@ -107,7 +108,7 @@ def preprocessing_config(
     (``ndim``/``dtype`` of the external source, ``output_ndim``/``output_dtype``).
     ``target="local"`` hosts the same ``dali.py`` in a Python-backend model.
     """
-    _check_target(target)
+    check_target(target)
     config: dict[str, Any] = {
         "name": PREPROCESSING,
         "max_batch_size": max_batch_size,
@@ -147,9 +148,8 @@ def network_config(
 
     ``runtime`` is ``"tensorrt"`` (``model.plan``) or ``"onnxruntime"`` (``model.onnx``).
     """
-    _check_target(target)
-    if runtime not in ("tensorrt", "onnxruntime"):
-        raise ConfigError(f"unknown network runtime {runtime!r}: expected 'tensorrt' or 'onnxruntime'")
+    check_target(target)
+    check_runtime(runtime)
     config: dict[str, Any] = {
         "name": NETWORK,
         "max_batch_size": max_batch_size,
@@ -235,9 +235,16 @@ def ensemble_config(
     )
 
 
-def _check_target(target: str) -> None:
+def check_target(target: str) -> None:
+    """Raise :class:`ConfigError` unless ``target`` is one of :data:`TARGETS`."""
     if target not in TARGETS:
         raise ConfigError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+
+
+def check_runtime(runtime: str) -> None:
+    """Raise :class:`ConfigError` unless ``runtime`` is one of :data:`RUNTIMES`."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown network runtime {runtime!r}: expected 'tensorrt' or 'onnxruntime'")
 
 
 def config_text(config: ModelConfig) -> str:

@@ -73,12 +73,10 @@ class RepositorySpec:
     queue_delay_us: int = 0
 
     def __post_init__(self) -> None:
-        if self.target not in mc.TARGETS:
-            raise ConfigError(f"unknown target {self.target!r}: expected one of {', '.join(mc.TARGETS)}")
+        mc.check_target(self.target)
         if self.max_batch_size < 1:
             raise ConfigError(f"max batch size must be at least 1, got {self.max_batch_size}")
-        if self.runtime not in ("tensorrt", "onnxruntime"):
-            raise ConfigError(f"unknown network runtime {self.runtime!r}")
+        mc.check_runtime(self.runtime)
 
     def configs(self) -> dict[str, mc.ModelConfig]:
         """The three model configs, by model name."""
