@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+# Where build_repo writes a repository unless told otherwise, and where serve and bench look.
+DEFAULT_REPOSITORY = Path("build/model_repository")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -28,9 +28,8 @@ from bls_pipeline.bench import (
     run_benchmark,
     write_json,
 )
+from bls_pipeline.cli import DEFAULT_REPOSITORY
 from bls_pipeline.errors import BlsPipelineError
-
-DEFAULT_REPOSITORY = Path("build/model_repository")
 
 EPILOG = f"""
 perf_analyzer (needs glibc >= 2.38; PyPI perf-analyzer) against a running server, with the

@@ -14,14 +14,12 @@ import logging
 import sys
 from pathlib import Path
 
-from bls_pipeline.cli import HelpFormatter
 from bls_pipeline.build import DEFAULT_ARCH, BuildOptions, build_repository
 from bls_pipeline.checkpoints import ARCH_ALIASES, ARCHITECTURES
+from bls_pipeline.cli import DEFAULT_REPOSITORY, HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.preprocessing import INTERPOLATIONS, PreprocessingSettings
 from bls_pipeline.repository import preprocessing_defaults
-
-DEFAULT_OUTPUT = Path("build/model_repository")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="local: the pip-installed tritonserver (Python backend only: DALI and the network hosted in "
         "Python-backend models); triton: the NVIDIA Triton container (DALI backend, TensorRT or ONNX Runtime)",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="repository directory to write")
+    parser.add_argument("--output", type=Path, default=DEFAULT_REPOSITORY, help="repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument("--max-batch-size", type=int, default=64, help="max_batch_size of the three models")
     parser.add_argument(

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from bls_pipeline.classifier import DEFAULT_MAX_IMAGE_BYTES
 from bls_pipeline.client import ClassifierClient, ClientError, Prediction
 
 PROG = "classify"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+# Larger files would be refused by the server's default limit: not worth sending.
+DEFAULT_MAX_BYTES = DEFAULT_MAX_IMAGE_BYTES
 # Long paths would push the table off the screen; the JSON output has them in full.
 MAX_FILE_COLUMN = 60
 
