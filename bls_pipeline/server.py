@@ -109,7 +109,9 @@ def stub_numpy_version(env: dict[str, str]) -> str:
         check=False,
     )
     if result.returncode != 0:
-        raise ServerError(f"numpy cannot be imported by {sys.executable}: {result.stderr.strip().splitlines()[-1:]}")
+        # The traceback's last line is the reason ("ModuleNotFoundError: No module named 'numpy'").
+        reason = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise ServerError(f"numpy cannot be imported by {sys.executable}: {reason}")
     return result.stdout.strip()
 
 
