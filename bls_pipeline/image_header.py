@@ -135,10 +135,11 @@ def check_complete(data: bytes | bytearray | memoryview, fmt: str) -> None:
             raise ImageHeaderError(f"truncated BMP (its header declares {max(declared, offset + 1)} bytes, got {size})")
     elif fmt == "tiff":
         # padding walks the IFDs to find where a TIFF ends; the same walk says what is missing.
-        from bls_pipeline.padding import _tiff_structure_end
+        # Imported here: padding needs numpy, and this module otherwise only the standard library.
+        from bls_pipeline.padding import tiff_structure_end
 
         try:
-            end = _tiff_structure_end(view)
+            end = tiff_structure_end(view)
         except (struct.error, ValueError):  # a corrupt IFD chain: the decoder will say so
             return
         if end is not None and end > size:

@@ -38,7 +38,7 @@ import numpy as np
 
 from bls_pipeline.errors import InvalidRequestError
 
-__all__ = ["detect_format", "pad_batch", "trim_padding"]
+__all__ = ["detect_format", "pad_batch", "tiff_structure_end", "trim_padding"]
 
 _JPEG_EOI = b"\xff\xd9"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -193,7 +193,7 @@ def _webp_end(data: memoryview, content_end: int) -> int:
 def _tiff_end(data: memoryview, content_end: int) -> int:
     """End of a TIFF: the furthest byte its IFDs, values, strips and tiles occupy."""
     try:
-        declared = _tiff_structure_end(data)
+        declared = tiff_structure_end(data)
     except (struct.error, ValueError):
         return len(data)
     return len(data) if declared is None else _declared_end(data, content_end, declared)
@@ -206,8 +206,12 @@ def _declared_end(data: memoryview, content_end: int, declared: int) -> int:
     return max(declared, content_end)
 
 
-def _tiff_structure_end(data: memoryview) -> int | None:
-    """Walk a classic TIFF's IFDs; ``None`` for BigTIFF, which is rare enough to keep whole."""
+def tiff_structure_end(data: memoryview) -> int | None:
+    """Where a classic TIFF ends: past the furthest IFD, value, strip or tile its IFDs point at.
+
+    ``None`` for BigTIFF, which is rare enough to keep whole. A corrupt IFD chain raises
+    ``struct.error`` or ``ValueError``.
+    """
     order = "<" if data[:2] == b"II" else ">"
     (magic, first_ifd) = struct.unpack_from(order + "HI", data, 2)
     if magic != 42:
