@@ -4,7 +4,8 @@ The public endpoint decodes strangers' bytes with DALI, and a decoder allocates 
 header declares before it sees a single pixel: a 100 KB file can declare 65000x65000 pixels
 (a decompression bomb, about 12 GB of RGB). :func:`check_image` reads only the header, so the
 server can refuse such an image, or a format it does not accept, before decoding. It needs
-only the standard library: it runs where neither PIL nor DALI is installed.
+only the standard library (and numpy, through :mod:`bls_pipeline.padding`, to check that a TIFF
+is complete): it runs where neither PIL nor DALI is installed.
 
 Example::
 
