@@ -10,6 +10,7 @@ stops the server.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=ROOT / "build" / "model_repository", help="where the repository is built")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the repository even if it exists")
-    parser.add_argument("images", nargs="*", default=[str(ROOT / "samples")], help="images or folders to classify (default: samples/)")
+    parser.add_argument("images", nargs="*", default=[os.path.relpath(ROOT / "samples")], help="images or folders to classify (default: samples/)")
     return parser.parse_args(argv)
 
 
