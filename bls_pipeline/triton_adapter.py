@@ -109,7 +109,7 @@ class ClassifierModel:
         self.orchestrator = Orchestrator(
             preprocess=lambda batch: call_model(preprocessing, {DALI_INPUT: batch}, DALI_OUTPUT),
             infer=lambda images: call_model(network, {NETWORK_INPUT: images}, NETWORK_OUTPUT),
-            max_batch_size=int(parameters.get("submodel_max_batch_size", config["max_batch_size"])),
+            max_batch_size=config["max_batch_size"],
         )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
