@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 # The tests' one image encoder: encode(array or PIL image, "PNG", **save_options) -> bytes.
-from bls_pipeline.soak import encode_image as encode  # noqa: F401
+from bls_pipeline.devtools.soak import encode_image as encode  # noqa: F401
 
 PHOTOS = {"chelsea": 285, "coffee": 967, "rocket": 657}
 
@@ -24,7 +24,7 @@ def photos() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def built_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``--target local`` repository built from the shipped EfficientNet-Lite0 weights."""
-    from bls_pipeline.build import BuildOptions, build_repository
+    from bls_pipeline.build.pipeline import BuildOptions, build_repository
 
     output = tmp_path_factory.mktemp("repository") / "model_repository"
     build_repository(BuildOptions(output=output, target="local", max_batch_size=16))
@@ -34,7 +34,7 @@ def built_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def triton_server(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real ``tritonserver`` on 127.0.0.1 (free ports), serving ``built_repository``."""
-    from bls_pipeline.server import LocalTritonServer, ServerOptions
+    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
     options = ServerOptions(
         model_repository=built_repository,
@@ -50,7 +50,7 @@ def triton_server(built_repository: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture()
 def client(triton_server):
     """A client of the session's server."""
-    from bls_pipeline.client import ClassifierClient
+    from bls_pipeline.devtools.client import ClassifierClient
 
     with ClassifierClient(triton_server.url) as client:
         yield client

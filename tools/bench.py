@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bls_pipeline.bench import (
+from bls_pipeline.devtools.bench.run import (
     DEFAULT_CONCURRENCIES,
     BenchError,
     BenchOptions,
@@ -28,7 +28,7 @@ from bls_pipeline.bench import (
     run_benchmark,
     write_json,
 )
-from bls_pipeline.cli import DEFAULT_REPOSITORY
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY
 from bls_pipeline.errors import BlsPipelineError
 
 EPILOG = f"""

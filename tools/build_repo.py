@@ -14,12 +14,12 @@ import logging
 import sys
 from pathlib import Path
 
-from bls_pipeline.build import DEFAULT_ARCH, BuildOptions, build_repository
-from bls_pipeline.checkpoints import ARCH_ALIASES, ARCHITECTURES
-from bls_pipeline.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.build.pipeline import DEFAULT_ARCH, BuildOptions, build_repository
+from bls_pipeline.build.checkpoints import ARCH_ALIASES, ARCHITECTURES
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.preprocessing import INTERPOLATIONS, PreprocessingSettings
-from bls_pipeline.repository import preprocessing_defaults
+from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettings
+from bls_pipeline.build.repository import preprocessing_defaults
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from bls_pipeline.classifier import DEFAULT_MAX_IMAGE_BYTES
-from bls_pipeline.client import ClassifierClient, ClientError, Prediction
+from bls_pipeline.request.orchestration import DEFAULT_MAX_IMAGE_BYTES
+from bls_pipeline.devtools.client import ClassifierClient, ClientError, Prediction
 
 PROG = "classify"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})

@@ -14,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from bls_pipeline.build import BuildOptions, build_repository
+from bls_pipeline.build.pipeline import BuildOptions, build_repository
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.server import LocalTritonServer, ServerOptions
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 from tools import classify
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,9 +17,9 @@ import sys
 import threading
 from pathlib import Path
 
-from bls_pipeline.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.server import LocalTritonServer, ServerOptions
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

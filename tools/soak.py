@@ -18,9 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
-from bls_pipeline.cli import HelpFormatter
+from bls_pipeline.devtools.cli import HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.soak import SoakOptions, build_samples, format_report, run_soak
+from bls_pipeline.devtools.soak import SoakOptions, build_samples, format_report, run_soak
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = build_samples(args.seed)
     try:
         if args.model_repository is not None:
-            from bls_pipeline.server import LocalTritonServer, ServerOptions
+            from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
             server_options = ServerOptions(args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
             with LocalTritonServer(server_options) as server:

@@ -8,9 +8,9 @@ from typing import Mapping
 
 import numpy as np
 
-from bls_pipeline import model_config as mc
-from bls_pipeline.client import host_port
-from bls_pipeline.server import LocalTritonServer, ServerOptions, StubProcess
+from bls_pipeline.build import model_config as mc
+from bls_pipeline.devtools.client import host_port
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, StubProcess
 
 
 def copy_repository(

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from bls_pipeline.bench import check_result_schema
-from bls_pipeline.bench_repository import ENDPOINTS, write_bench_repository
+from bls_pipeline.devtools.bench.run import check_result_schema
+from bls_pipeline.devtools.bench.repository import ENDPOINTS, write_bench_repository
 from tests.conftest import PHOTOS, encode
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def bench_server(built_repository, tmp_path_factory):
-    from bls_pipeline.server import LocalTritonServer, ServerOptions
+    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
     repository = tmp_path_factory.mktemp("bench") / "model_repository"
     write_bench_repository(built_repository, repository)
@@ -28,7 +28,7 @@ def bench_server(built_repository, tmp_path_factory):
 
 @pytest.mark.parametrize("endpoint", ["ensemble", "naive"])
 def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_server, photos, endpoint):
-    from bls_pipeline.client import ClassifierClient
+    from bls_pipeline.devtools.client import ClassifierClient
 
     images = [encode(photos[name], "JPEG", quality=90) for name in PHOTOS]
     with ClassifierClient(bench_server.url) as bls, ClassifierClient(bench_server.url, model_name=ENDPOINTS[endpoint]) as other:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bls_pipeline.classifier import classify_request
-from bls_pipeline.dali_runner import DaliPreprocessor
-from bls_pipeline.network_runtime import OnnxRuntimeNetwork
-from bls_pipeline.padding import pad_batch
-from bls_pipeline.postprocess import imagenet_labels
+from bls_pipeline.request.orchestration import classify_request
+from bls_pipeline.runtime.dali import DaliPreprocessor
+from bls_pipeline.runtime.network import OnnxRuntimeNetwork
+from bls_pipeline.request.padding import pad_batch
+from bls_pipeline.request.postprocess import imagenet_labels
 from tests.conftest import PHOTOS, encode
 
 pytestmark = pytest.mark.e2e

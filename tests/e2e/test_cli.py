@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.server import free_port
+from bls_pipeline.devtools.server import free_port
 from tests.conftest import PHOTOS
 
 pytestmark = pytest.mark.e2e

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_pipeline.client import ClassifierClient, ClientError
+from bls_pipeline.devtools.client import ClassifierClient, ClientError
 from bls_pipeline.errors import ServerError
-from bls_pipeline.server import LocalTritonServer, ServerOptions
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 from tests.conftest import encode
 from tests.e2e._support import copy_repository, start_server, stub_of
 

@@ -13,8 +13,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from bls_pipeline.client import ClassifierClient, ClientError
-from bls_pipeline.soak import corrupt_png_data, huge_jpeg_header
+from bls_pipeline.devtools.client import ClassifierClient, ClientError
+from bls_pipeline.devtools.soak import corrupt_png_data, huge_jpeg_header
 from tests.conftest import PHOTOS, encode
 from tests.e2e._support import copy_repository, start_server
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.client import ClassifierClient
+from bls_pipeline.devtools.client import ClassifierClient
 from bls_pipeline.errors import ServerError
-from bls_pipeline.server import SHM_DIR, SHM_PREFIX, LocalTritonServer, ServerOptions, shm_segments
+from bls_pipeline.devtools.server import SHM_DIR, SHM_PREFIX, LocalTritonServer, ServerOptions, shm_segments
 
 pytestmark = pytest.mark.e2e
 

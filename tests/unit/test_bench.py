@@ -10,8 +10,8 @@ import pytest
 import tritonclient.http as httpclient
 from PIL import Image
 
-from bls_pipeline import model_config as mc
-from bls_pipeline.bench import (
+from bls_pipeline.build import model_config as mc
+from bls_pipeline.devtools.bench.run import (
     BenchError,
     BenchImage,
     BenchOptions,

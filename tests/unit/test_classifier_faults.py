@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bls_pipeline.classifier import Orchestrator, blames_input, request_error, summarize_dali_error
+from bls_pipeline.request.orchestration import Orchestrator, blames_input, request_error, summarize_dali_error
 from bls_pipeline.errors import InvalidImageError, SubModelError
 
 # What DALI 2.4 raises for a JPEG cut in half (the decoder's own reason goes to stderr).
@@ -116,7 +116,7 @@ def test_only_dali_operator_errors_blame_the_input(message, about_input):
 
 
 def _settings(**kwargs):
-    from bls_pipeline.classifier import ClassifierSettings
+    from bls_pipeline.request.orchestration import ClassifierSettings
 
     return ClassifierSettings(max_batch_size=4, max_image_bytes=1000, **kwargs)
 
@@ -129,7 +129,7 @@ def _settings(**kwargs):
     ],
 )
 def test_a_request_over_the_byte_limit_is_refused_before_its_rows_are_read(settings, limit):
-    from bls_pipeline.classifier import prepare_request
+    from bls_pipeline.request.orchestration import prepare_request
     from bls_pipeline.errors import InvalidRequestError
 
     at_limit = np.zeros((2, limit // 2), np.uint8)
@@ -146,7 +146,7 @@ def test_a_request_over_the_byte_limit_is_refused_before_its_rows_are_read(setti
 
 
 def test_the_request_byte_limit_is_a_config_parameter():
-    from bls_pipeline.classifier import ClassifierSettings
+    from bls_pipeline.request.orchestration import ClassifierSettings
 
     settings = ClassifierSettings.from_parameters({"max_request_bytes": "123"}, max_batch_size=2)
 

@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.image_header``: header sizes without decoding, refusals.
+"""Specification of ``bls_pipeline.request.image_header``: header sizes without decoding, refusals.
 
 The images are real files written by PIL (from a photograph and synthetic arrays); the bombs
 and corrupt headers are those files with their header bytes patched, or crafted by hand
@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.image_header import (
+from bls_pipeline.request.image_header import (
     ACCEPTED_FORMATS,
     MAX_JPEG_SEGMENTS,
     ImageHeader,

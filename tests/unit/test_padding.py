@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.padding`` with real files encoded by Pillow."""
+"""Specification of ``bls_pipeline.request.padding`` with real files encoded by Pillow."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from bls_pipeline.errors import InvalidRequestError
-from bls_pipeline.padding import detect_format, pad_batch, trim_padding
+from bls_pipeline.request.padding import detect_format, pad_batch, trim_padding
 from tests.conftest import encode
 
 EOI = b"\xff\xd9"

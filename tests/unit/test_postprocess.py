@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.postprocess``: softmax, top-k, ``top_k`` parsing, labels."""
+"""Specification of ``bls_pipeline.request.postprocess``: softmax, top-k, ``top_k`` parsing, labels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bls_pipeline.errors import ConfigError, InvalidRequestError
-from bls_pipeline.postprocess import (
+from bls_pipeline.request.postprocess import (
     imagenet_labels,
     load_labels,
     map_labels,

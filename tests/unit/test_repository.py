@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.repository``: the configs and files of a model repository."""
+"""Specification of ``bls_pipeline.build.repository``: the configs and files of a model repository."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_pipeline import model_config as mc
-from bls_pipeline.classifier import ClassifierSettings
+from bls_pipeline.build import model_config as mc
+from bls_pipeline.request.orchestration import ClassifierSettings
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
-from bls_pipeline.repository import (
+from bls_pipeline.build.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
+from bls_pipeline.build.repository import (
     DALI_FILE,
     LABELS_FILE,
     MODEL_FILE,
@@ -125,7 +125,7 @@ def test_local_target_hosts_everything_in_the_python_backend(spec: RepositorySpe
 
 
 def test_preprocessing_defaults_come_from_the_architecture() -> None:
-    from bls_pipeline.checkpoints import get_arch
+    from bls_pipeline.build.checkpoints import get_arch
 
     assert preprocessing_defaults("efficientnet-lite0") is get_arch("efficientnet-lite0").preprocessing
     assert preprocessing_defaults("efficientnet_b0").interpolation == "cubic"
@@ -204,7 +204,7 @@ def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, targe
     if target == "triton":
         # The container has no bls_pipeline: the classifier's model.py imports this copy.
         assert (shipped / "__init__.py").is_file()
-        assert (shipped / "preprocessing.py").is_file()
+        assert (shipped / "request" / "orchestration.py").is_file()
         assert not list(shipped.rglob("__pycache__"))
     else:
         assert not shipped.exists()
@@ -238,7 +238,7 @@ def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def test_written_dali_file_has_exactly_one_autoserialized_pipeline(written: tuple[RepositorySpec, Path]) -> None:
     from nvidia.dali._utils.autoserialize import _discover_autoserialize
 
-    from bls_pipeline.dali_runner import load_pipeline_module
+    from bls_pipeline.runtime.dali import load_pipeline_module
 
     _, output = written
     module = load_pipeline_module(output / mc.PREPROCESSING / "1" / DALI_FILE)
@@ -247,7 +247,7 @@ def test_written_dali_file_has_exactly_one_autoserialized_pipeline(written: tupl
 
 
 def test_written_dali_file_reads_the_settings_beside_it(written: tuple[RepositorySpec, Path]) -> None:
-    from bls_pipeline.dali_runner import load_pipeline_module
+    from bls_pipeline.runtime.dali import load_pipeline_module
 
     spec, output = written
     module = load_pipeline_module(output / mc.PREPROCESSING / "1" / DALI_FILE)
@@ -260,7 +260,7 @@ def test_written_dali_file_reads_the_settings_beside_it(written: tuple[Repositor
 
 
 def test_written_dali_pipeline_preprocesses_a_photograph(written: tuple[RepositorySpec, Path]) -> None:
-    from bls_pipeline.dali_runner import DaliPreprocessor
+    from bls_pipeline.runtime.dali import DaliPreprocessor
 
     _, output = written
     config = mc.read_config(output / mc.PREPROCESSING / "config.pbtxt")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.image_header import ImageHeaderError, check_image
-from bls_pipeline.soak import (
+from bls_pipeline.request.image_header import ImageHeaderError, check_image
+from bls_pipeline.devtools.soak import (
     EXPECTED,
     OK,
     UNEXPECTED,

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from bls_pipeline import model_config as mc
-from bls_pipeline.padding import pad_batch
+from bls_pipeline.build import model_config as mc
+from bls_pipeline.request.padding import pad_batch
 from tests.conftest import encode
 
 INVALID_ARG, INTERNAL = 3, 13
@@ -114,13 +114,13 @@ def models(built_repository: Path):
     """The three models of the built repository, loaded through their own ``model.py``."""
     saved = sys.modules.get("triton_python_backend_utils")
     sys.modules["triton_python_backend_utils"] = _fake_module()
-    sys.modules.pop("bls_pipeline.triton_adapter", None)
+    sys.modules.pop("bls_pipeline.serving.models", None)
     try:
         loaded = {name: _load_model_py(built_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")}
         FakeRequest.models = loaded
         yield loaded
     finally:
-        sys.modules.pop("bls_pipeline.triton_adapter", None)
+        sys.modules.pop("bls_pipeline.serving.models", None)
         if saved is None:
             sys.modules.pop("triton_python_backend_utils", None)
         else:

@@ -1,3 +1,3 @@
 """Python-backend entry point of the ``classifier`` model; the logic lives in ``bls_pipeline``."""
 
-from bls_pipeline.triton_adapter import ClassifierModel as TritonPythonModel  # noqa: F401
+from bls_pipeline.serving.models import ClassifierModel as TritonPythonModel  # noqa: F401

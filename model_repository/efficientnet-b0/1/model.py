@@ -1,3 +1,3 @@
 """Python-backend entry point of the ``efficientnet-b0`` model; the logic lives in ``bls_pipeline``."""
 
-from bls_pipeline.triton_adapter import NetworkModel as TritonPythonModel  # noqa: F401
+from bls_pipeline.serving.models import NetworkModel as TritonPythonModel  # noqa: F401

@@ -7,7 +7,7 @@
   models, ending in ``classifier_postprocess`` (a Python model doing the classifier's
   softmax/top-k/labels), so that it answers exactly like ``classifier``;
 - ``classifier_naive``: one Python model that decodes with PIL and transforms with numpy
-  (:mod:`bls_pipeline.naive`), then runs the same network file with the same thread
+  (:mod:`bls_pipeline.devtools.bench.naive`), then runs the same network file with the same thread
   settings and batching as the built repository.
 
 Example::
@@ -23,9 +23,9 @@ import os
 import shutil
 from pathlib import Path
 
-from bls_pipeline import model_config as mc
+from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.repository import LABELS_FILE, MODEL_FILE, SETTINGS_FILE
+from bls_pipeline.build.repository import LABELS_FILE, MODEL_FILE, SETTINGS_FILE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ ENDPOINTS = {"bls": mc.CLASSIFIER, "ensemble": ENSEMBLE, "naive": NAIVE}
 
 _MODEL_PY = '''"""Python-backend entry point of the benchmark's ``{name}`` model; the logic lives in ``bls_pipeline``."""
 
-from bls_pipeline.bench_models import {cls} as TritonPythonModel  # noqa: F401
+from bls_pipeline.devtools.bench.models import {cls} as TritonPythonModel  # noqa: F401
 '''
 
 

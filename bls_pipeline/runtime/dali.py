@@ -25,7 +25,7 @@ import numpy as np
 LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
-PACKAGED_PIPELINE = Path(__file__).resolve().parent.parent / "model_repository" / "preprocessing" / "1" / "dali.py"
+PACKAGED_PIPELINE = Path(__file__).resolve().parents[2] / "model_repository" / "preprocessing" / "1" / "dali.py"
 # Runs between two returns of free heap memory to the OS (see release_free_memory).
 TRIM_EVERY_RUNS = 64
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bls_pipeline.classifier import (
+from bls_pipeline.request.orchestration import (
     ClassifierSettings,
     Orchestrator,
     blames_input,
@@ -30,7 +30,7 @@ from bls_pipeline.classifier import (
     request_error,
 )
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
-from bls_pipeline.postprocess import load_labels
+from bls_pipeline.request.postprocess import load_labels
 
 LOGGER = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class PreprocessingModel:
 
     def initialize(self, args: dict) -> None:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
-        from bls_pipeline.dali_runner import DaliPreprocessor, gpu_device_id
+        from bls_pipeline.runtime.dali import DaliPreprocessor, gpu_device_id
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
@@ -179,7 +179,7 @@ class NetworkModel:
 
     def initialize(self, args: dict) -> None:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
-        from bls_pipeline.network_runtime import load_network, network_options
+        from bls_pipeline.runtime.network import load_network, network_options
 
         parameters = _parameters(json.loads(args["model_config"]))
         self.network = load_network(_version_dir(args), **network_options(parameters))

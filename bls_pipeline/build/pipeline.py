@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.preprocessing import PreprocessingSettings
-from bls_pipeline.repository import (
+from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.build.repository import (
     RepositorySpec,
     prepare_output,
     preprocessing_defaults,
@@ -68,9 +68,9 @@ class BuildReport:
 
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
     """Build the repository described by ``options``; see the module docstring."""
-    from bls_pipeline.checkpoints import default_checkpoint_path, load_checkpoint
-    from bls_pipeline.export import build_tensorrt_engine, export_onnx, tensorrt_available, verify_onnx
-    from bls_pipeline.postprocess import load_labels
+    from bls_pipeline.build.checkpoints import default_checkpoint_path, load_checkpoint
+    from bls_pipeline.build.export import build_tensorrt_engine, export_onnx, tensorrt_available, verify_onnx
+    from bls_pipeline.request.postprocess import load_labels
 
     checkpoint = Path(options.checkpoint) if options.checkpoint else default_checkpoint_path()
     preprocessing = options.preprocessing or preprocessing_defaults(options.arch)

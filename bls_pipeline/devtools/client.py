@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.padding import pad_batch
+from bls_pipeline.request.padding import pad_batch
 
 MODEL_NAME = "classifier"
 OUTPUT_NAMES = ("SCORES", "CLASS_IDS", "LABELS")

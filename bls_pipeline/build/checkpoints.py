@@ -9,7 +9,7 @@ strictly.
 
 Example::
 
-    from bls_pipeline.checkpoints import default_checkpoint_path, get_arch, load_checkpoint
+    from bls_pipeline.build.checkpoints import default_checkpoint_path, get_arch, load_checkpoint
 
     model = load_checkpoint(default_checkpoint_path(), "efficientnet-lite0")
     settings = get_arch("efficientnet-lite0").preprocessing  # resize, crop, mean, std, ...
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bls_pipeline import networks
+from bls_pipeline.build import networks
 from bls_pipeline.errors import CheckpointError
-from bls_pipeline.preprocessing import (
+from bls_pipeline.build.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TF_LITE_MEAN,
@@ -50,7 +50,7 @@ class ArchSpec:
     """An architecture this package can load, with the preprocessing its weights expect.
 
     ``preprocessing`` is the single source of the architecture's validation transform: the
-    repository build serves it through DALI (see :mod:`bls_pipeline.preprocessing`).
+    repository build serves it through DALI (see :mod:`bls_pipeline.build.preprocessing`).
     ``rename_key`` maps keys of older published checkpoints onto the current layout.
     ``marker_key`` is a state-dict key that only this layout has; it identifies the layout
     of an unknown checkpoint. ``classifier_key`` is the final linear layer's weight, whose

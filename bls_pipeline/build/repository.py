@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from bls_pipeline import model_config as mc
+from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
-from bls_pipeline.preprocessing import PreprocessingSettings
+from bls_pipeline.build.preprocessing import PreprocessingSettings
 
 LOGGER = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = PACKAGE_DIR.parent / "model_repository"
 DALI_FILE = "dali.py"
 MODEL_FILE = "model.py"
@@ -44,7 +44,7 @@ def preprocessing_defaults(arch: str) -> PreprocessingSettings:
     ``arch`` raises :class:`ConfigError`.
     """
     # Imported here: checkpoints needs torch, and this module is otherwise torch-free.
-    from bls_pipeline.checkpoints import get_arch
+    from bls_pipeline.build.checkpoints import get_arch
 
     try:
         return get_arch(arch).preprocessing

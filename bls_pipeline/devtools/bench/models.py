@@ -4,11 +4,11 @@
   ``classifier_ensemble`` (preprocessing -> network -> this): softmax, top-k, labels, the
   same functions as the BLS ``classifier``.
 - :class:`NaiveClassifierModel` (``classifier_naive``): the TorchServe-style baseline in one
-  model: PIL decoding and numpy transforms per image (:mod:`bls_pipeline.naive`), then the
+  model: PIL decoding and numpy transforms per image (:mod:`bls_pipeline.devtools.bench.naive`), then the
   same network runtime, then the same postprocessing.
 
-Each ``model.py`` that :mod:`bls_pipeline.bench_repository` writes is one import of a class
-here, like the product's models import :mod:`bls_pipeline.triton_adapter`.
+Each ``model.py`` that :mod:`bls_pipeline.devtools.bench.repository` writes is one import of a class
+here, like the product's models import :mod:`bls_pipeline.serving.models`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from bls_pipeline.classifier import ClassifierSettings, prepare_request
+from bls_pipeline.request.orchestration import ClassifierSettings, prepare_request
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError
-from bls_pipeline.naive import PilPreprocessor
-from bls_pipeline.postprocess import load_labels, parse_top_k
-from bls_pipeline.triton_adapter import (
+from bls_pipeline.devtools.bench.naive import PilPreprocessor
+from bls_pipeline.request.postprocess import load_labels, parse_top_k
+from bls_pipeline.serving.models import (
     IMAGE_INPUT,
     _input,
     _parameters,
@@ -62,7 +62,7 @@ class NaiveClassifierModel:
 
     def initialize(self, args: dict) -> None:
         """Labels, the PIL preprocessing of ``preprocessing.json`` and the network file."""
-        from bls_pipeline.network_runtime import load_network, network_options
+        from bls_pipeline.runtime.network import load_network, network_options
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)

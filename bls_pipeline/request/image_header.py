@@ -4,7 +4,7 @@ The public endpoint decodes strangers' bytes with DALI, and a decoder allocates 
 header declares before it sees a single pixel: a 100 KB file can declare 65000x65000 pixels
 (a decompression bomb, about 12 GB of RGB). :func:`check_image` reads only the header, so the
 server can refuse such an image, or a format it does not accept, before decoding. It needs
-only the standard library (and numpy, through :mod:`bls_pipeline.padding`, to check that a TIFF
+only the standard library (and numpy, through :mod:`bls_pipeline.request.padding`, to check that a TIFF
 is complete): it runs where neither PIL nor DALI is installed.
 
 Example::
@@ -137,7 +137,7 @@ def check_complete(data: bytes | bytearray | memoryview, fmt: str) -> None:
     elif fmt == "tiff":
         # padding walks the IFDs to find where a TIFF ends; the same walk says what is missing.
         # Imported here: padding needs numpy, and this module otherwise only the standard library.
-        from bls_pipeline.padding import tiff_structure_end
+        from bls_pipeline.request.padding import tiff_structure_end
 
         try:
             end = tiff_structure_end(view)

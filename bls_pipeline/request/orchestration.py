@@ -21,9 +21,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
-from bls_pipeline.image_header import ImageHeaderError, check_image
-from bls_pipeline.padding import pad_batch, trim_padding
-from bls_pipeline.postprocess import map_labels, parse_top_k, softmax, top_k
+from bls_pipeline.request.image_header import ImageHeaderError, check_image
+from bls_pipeline.request.padding import pad_batch, trim_padding
+from bls_pipeline.request.postprocess import map_labels, parse_top_k, softmax, top_k
 
 LOGGER = logging.getLogger(__name__)
 

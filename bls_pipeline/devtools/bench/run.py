@@ -40,9 +40,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bls_pipeline.client import host_port, image_input, requested_outputs
+from bls_pipeline.devtools.client import host_port, image_input, requested_outputs
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.padding import pad_batch
+from bls_pipeline.request.padding import pad_batch
 
 LOGGER = logging.getLogger(__name__)
 
@@ -453,9 +453,9 @@ class _InProcess:
 
     @classmethod
     def from_repository(cls, repository: Path, max_batch_size: int) -> "_InProcess":
-        from bls_pipeline import model_config as mc
-        from bls_pipeline.dali_runner import DaliPreprocessor
-        from bls_pipeline.network_runtime import load_network, network_options
+        from bls_pipeline.build import model_config as mc
+        from bls_pipeline.runtime.dali import DaliPreprocessor
+        from bls_pipeline.runtime.network import load_network, network_options
 
         dali_threads = int(mc.parameters_of(mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt")).get("num_threads", 0))
         preprocess = DaliPreprocessor.from_file(
@@ -514,14 +514,14 @@ def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options
 
 
 def _max_batch_size(repository: Path) -> int:
-    from bls_pipeline import model_config as mc
+    from bls_pipeline.build import model_config as mc
 
     return mc.read_config(repository / mc.CLASSIFIER / "config.pbtxt").max_batch_size
 
 
 def _repository_settings(repository: Path) -> dict[str, Any]:
     """The serving knobs of the measured repository, so a result says what it measured."""
-    from bls_pipeline import model_config as mc
+    from bls_pipeline.build import model_config as mc
 
     settings: dict[str, Any] = {}
     for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK):
@@ -543,8 +543,8 @@ def run_benchmark(
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Measure everything (see the module docstring) and return the JSON-ready result."""
-    from bls_pipeline.bench_repository import write_bench_repository
-    from bls_pipeline.server import LocalTritonServer, ServerOptions
+    from bls_pipeline.devtools.bench.repository import write_bench_repository
+    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
     if not images:
         raise BenchError("no images to benchmark")
