@@ -56,6 +56,23 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_torch_weights(model: nn.Module, path: str | Path, *, fp16: bool = True) -> Path:
+    """Write the network's state dict for the GPU torch runtime (``runtime.torch_network``).
+
+    A plain state dict of tensors, FP16 by default (the runtime computes in FP16: half the
+    file, nothing lost), so the server loads it with ``weights_only=True`` and rebuilds the
+    architecture from code: no pickled module, and no TorchScript tied to this torch version.
+    """
+    path = Path(path)
+    state = {
+        key: (value.half() if fp16 and value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+    }
+    with _atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
 def export_onnx(
     model: nn.Module, path: str | Path, *, image_size: int = 224, opset: int = DEFAULT_OPSET
 ) -> Path:
