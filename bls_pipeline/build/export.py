@@ -56,12 +56,13 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def save_torch_weights(model: nn.Module, path: str | Path, *, fp16: bool = True) -> Path:
-    """Write the network's state dict for the GPU torch runtime (``runtime.torch_network``).
+def save_torch_weights(model: nn.Module, path: str | Path, *, arch: str, image_size: int, fp16: bool = True) -> Path:
+    """Write the network for the GPU torch runtime (``runtime.torch_network``).
 
-    A plain state dict of tensors, FP16 by default (the runtime computes in FP16: half the
-    file, nothing lost), so the server loads it with ``weights_only=True`` and rebuilds the
-    architecture from code: no pickled module, and no TorchScript tied to this torch version.
+    ``{"arch", "image_size", "state_dict"}``: tensors, strings and numbers only, FP16 by
+    default (the runtime computes in FP16: half the file, nothing lost), so the server loads it
+    with ``weights_only=True`` and rebuilds the architecture from code: no pickled module, and
+    no TorchScript tied to the torch version that wrote it.
     """
     path = Path(path)
     state = {
@@ -69,7 +70,7 @@ def save_torch_weights(model: nn.Module, path: str | Path, *, fp16: bool = True)
         for key, value in model.state_dict().items()
     }
     with _atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({"arch": arch, "image_size": int(image_size), "state_dict": state}, tmp)
     return path
 
 

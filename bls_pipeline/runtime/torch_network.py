@@ -11,12 +11,13 @@ runtime in a Python-backend model. Why each choice (measured on an H100, see
   replayed. Graphs have static shapes, hence *buckets*: a batch of 37 runs in the 64 graph,
   padded with whatever the static buffer holds, and only the first 37 rows are returned.
 
-The weights are the build's ``model.pt`` (a plain state dict, loaded with ``weights_only``),
-rebuilt with the architecture named in the model's config, so no pickled code is ever loaded.
+The weights are the build's ``model.pt`` (a state dict with the architecture's name and input
+size, loaded with ``weights_only``): the module is rebuilt from this package's code, so no
+pickled code is ever loaded and the file does not depend on the torch version that wrote it.
 
 Example::
 
-    network = TorchCudaNetwork.from_state_dict(version_dir / "model.pt", "efficientnet-lite0")
+    network = TorchCudaNetwork.from_file(version_dir / "model.pt", max_batch_size=64)
     logits = network(images)   # images: numpy [N,3,H,W] or a CUDA tensor; logits: numpy fp32
 """
 
@@ -30,9 +31,6 @@ from typing import Any, Sequence
 import numpy as np
 
 LOGGER = logging.getLogger(__name__)
-
-TORCH_WEIGHTS_FILE = "model.pt"
-
 
 def batch_buckets(max_batch_size: int) -> list[int]:
     """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself.
@@ -92,12 +90,21 @@ class TorchCudaNetwork:
         )
 
     @classmethod
-    def from_state_dict(
-        cls, path: str | os.PathLike[str], arch: str, *, image_size: int, max_batch_size: int, **kwargs: Any
-    ) -> "TorchCudaNetwork":
-        """Rebuild ``arch`` from the build's state dict (``weights_only``) and capture its graphs."""
+    def from_file(cls, path: str | os.PathLike[str], *, max_batch_size: int, **kwargs: Any) -> "TorchCudaNetwork":
+        """Rebuild the network of the build's ``model.pt`` and capture its graphs.
+
+        The file names its architecture and input size (see ``export.save_torch_weights``);
+        it is read with ``weights_only=True`` and the module is rebuilt from this package's code.
+        """
+        import torch
+
         from bls_pipeline.build.checkpoints import load_checkpoint
 
+        header = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            arch, image_size = str(header["arch"]), int(header["image_size"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is not a network file of this package's build (no arch/image_size)") from exc
         return cls(load_checkpoint(path, arch), image_size=image_size, max_batch_size=max_batch_size, **kwargs)
 
     def _capture(self, bucket: int) -> None:

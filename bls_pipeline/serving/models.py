@@ -192,9 +192,13 @@ class NetworkModel:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
         from bls_pipeline.runtime.network import load_network, network_options
 
-        parameters = _parameters(json.loads(args["model_config"]))
+        config = json.loads(args["model_config"])
         self.network = load_network(
-            _version_dir(args), device=_device(args), gpu_id=_gpu_id(args), **network_options(parameters)
+            _version_dir(args),
+            device=_device(args),
+            gpu_id=_gpu_id(args),
+            max_batch_size=config["max_batch_size"],
+            **network_options(_parameters(config)),
         )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:

@@ -36,13 +36,12 @@ def test_a_batch_outside_the_buckets_is_refused(count):
 def test_saved_weights_rebuild_the_same_network(tmp_path):
     torch.manual_seed(0)
     model = networks.dle_efficientnet_b0(num_classes=10).eval()
-    path = save_torch_weights(model, tmp_path / "model.pt", fp16=False)
-    state = torch.load(path, weights_only=True)
-    assert set(state) == set(model.state_dict())
+    path = save_torch_weights(model, tmp_path / "model.pt", arch="efficientnet-b0", image_size=64, fp16=False)
+    saved = torch.load(path, weights_only=True)
+    assert (saved["arch"], saved["image_size"]) == ("efficientnet-b0", 64)
+    assert set(saved["state_dict"]) == set(model.state_dict())
 
-    network = TorchCudaNetwork.from_state_dict(
-        path, "efficientnet-b0", image_size=64, max_batch_size=4, device="cpu", fp16=False
-    )
+    network = TorchCudaNetwork.from_file(path, max_batch_size=4, device="cpu", fp16=False)
     images = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(images)).numpy()
@@ -51,8 +50,14 @@ def test_saved_weights_rebuild_the_same_network(tmp_path):
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_file_without_arch_is_refused(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="no arch"):
+        TorchCudaNetwork.from_file(tmp_path / "model.pt", max_batch_size=4, device="cpu")
+
+
 def test_fp16_weights_are_half_the_size(tmp_path):
     model = networks.dle_efficientnet_b0(num_classes=10)
-    full = save_torch_weights(model, tmp_path / "fp32.pt", fp16=False).stat().st_size
-    half = save_torch_weights(model, tmp_path / "fp16.pt", fp16=True).stat().st_size
+    full = save_torch_weights(model, tmp_path / "fp32.pt", arch="efficientnet-b0", image_size=224, fp16=False).stat().st_size
+    half = save_torch_weights(model, tmp_path / "fp16.pt", arch="efficientnet-b0", image_size=224).stat().st_size
     assert half < 0.6 * full

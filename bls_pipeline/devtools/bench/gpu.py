@@ -68,7 +68,8 @@ class InProcessGpu:
 
         from bls_pipeline.build import model_config as mc
         from bls_pipeline.runtime.dali import load_pipeline_module
-        from bls_pipeline.runtime.torch_network import TORCH_WEIGHTS_FILE, TorchCudaNetwork
+        from bls_pipeline.runtime.network import TORCH_WEIGHTS_FILE
+        from bls_pipeline.runtime.torch_network import TorchCudaNetwork
 
         self._torch, self._feed_ndarray = torch, feed_ndarray
         version = repository / mc.PREPROCESSING / "1"
@@ -91,12 +92,8 @@ class InProcessGpu:
         )
         self._pipe.build()
         self.input_name = module.INPUT_NAME
-        parameters = mc.parameters_of(mc.read_config(repository / mc.NETWORK / "config.pbtxt"))
-        self.network = TorchCudaNetwork.from_state_dict(
-            repository / mc.NETWORK / "1" / TORCH_WEIGHTS_FILE,
-            parameters["arch"],
-            image_size=self.crop,
-            max_batch_size=max_batch_size,
+        self.network = TorchCudaNetwork.from_file(
+            repository / mc.NETWORK / "1" / TORCH_WEIGHTS_FILE, max_batch_size=max_batch_size
         )
         self._staging = torch.empty((max_batch_size, 3, self.crop, self.crop), device="cuda", dtype=torch.float32)
 
