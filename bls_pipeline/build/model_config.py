@@ -59,8 +59,10 @@ def _dynamic_batching(max_queue_delay_us: int) -> dict[str, Any]:
     return {"max_queue_delay_microseconds": max_queue_delay_us}
 
 
-def _instances(device: str) -> list[dict[str, Any]]:
-    return [{"kind": instance_kind(device), "count": 1}]
+def _instances(device: str, count: int = 1) -> list[dict[str, Any]]:
+    if count < 1:
+        raise ConfigError(f"instance count must be at least 1, got {count}")
+    return [{"kind": instance_kind(device), "count": count}]
 
 
 def _python_backend_parameters(parameters: Mapping[str, object] | None, *, gpu_inputs: bool) -> dict[str, object]:
@@ -119,6 +121,7 @@ def preprocessing_config(
     num_threads: int = 4,
     autoconfig: bool = False,
     max_queue_delay_us: int = 0,
+    instances: int = 1,
 ) -> ModelConfig:
     """The DALI preprocessing model: ``DALI_INPUT`` bytes -> ``DALI_OUTPUT`` FP32 ``[3, crop, crop]``.
 
@@ -134,7 +137,7 @@ def preprocessing_config(
         "name": PREPROCESSING,
         "max_batch_size": max_batch_size,
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "instance_group": _instances(device),
+        "instance_group": _instances(device, instances),
     }
     if target == "triton":
         config["backend"] = "dali"
@@ -166,6 +169,7 @@ def network_config(
     device: str = CPU,
     max_queue_delay_us: int = 0,
     parameters: Mapping[str, object] | None = None,
+    instances: int = 1,
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
 
@@ -180,7 +184,7 @@ def network_config(
         "input": [{"name": NETWORK_INPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}],
         "output": [{"name": NETWORK_OUTPUT, "data_type": "TYPE_FP32", "dims": [num_classes]}],
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "instance_group": _instances(device),
+        "instance_group": _instances(device, instances),
     }
     if target == "triton":
         if runtime == "tensorrt":

@@ -50,6 +50,9 @@ class BuildOptions:
     preprocessing: PreprocessingSettings | None = None
     dali_autoconfig: bool = False
     dali_threads: int = 2
+    hw_decoder_load: float = 0.65
+    preprocessing_instances: int = 1
+    network_instances: int = 1
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
@@ -137,6 +140,9 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             runtime="onnxruntime" if runtime == "torch-cuda" else runtime,
             preprocessing=preprocessing,
             dali_threads=options.dali_threads,
+            hw_decoder_load=options.hw_decoder_load,
+            preprocessing_instances=options.preprocessing_instances,
+            network_instances=options.network_instances,
             dali_autoconfig=options.dali_autoconfig,
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,
