@@ -1,7 +1,7 @@
 """Exporting the network: ONNX with a dynamic batch axis, checked against torch, and a
 TensorRT engine built from that ONNX file where TensorRT is available.
 
-The tensor names are the contract with the Triton model config: input ``INPUT`` float32
+The tensor names are the contract's (:mod:`bls_pipeline.contract`): input ``INPUT`` float32
 ``[B, 3, H, W]``, output ``OUTPUT`` float32 ``[B, num_classes]`` (logits).
 
 Example::
@@ -29,12 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bls_pipeline.contract import NETWORK_INPUT as INPUT_NAME, NETWORK_OUTPUT as OUTPUT_NAME
 from bls_pipeline.errors import ExportError
 
 LOGGER = logging.getLogger(__name__)
 
-INPUT_NAME = "INPUT"
-OUTPUT_NAME = "OUTPUT"
 DEFAULT_OPSET = 17
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 
