@@ -87,6 +87,10 @@ class ServerOptions:
     # Reload a model whose stub died (see the module docstring); needs explicit model control.
     restart_dead_stubs: bool = True
     watchdog_interval_s: float = 1.0
+    # Triton's own DALI and ONNX Runtime backends built by tools/build_backends.py (a folder
+    # with dali/ and onnxruntime/, see devtools.backends.native_backends_dir); None: only
+    # the Python backend, which serves the local repository.
+    native_backends: Path | None = None
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -217,6 +221,10 @@ class LocalTritonServer:
         backends = workdir / "backends"
         shutil.copytree(root / "backends", backends, symlinks=True)
         shutil.copy2(stub, backends / "python" / stub.name)
+        if self.options.native_backends is not None:
+            # Links, not copies: their RUNPATHs name this environment's DALI and ONNX Runtime.
+            for name in ("dali", "onnxruntime"):
+                (backends / name).symlink_to(Path(self.options.native_backends) / name, target_is_directory=True)
         return backends
 
     def command(self, backends: Path, binary: Path) -> list[str]:
