@@ -42,12 +42,22 @@ class ServerSizing:
     batch_bytes: int
 
     @classmethod
-    def from_repository(cls, repository: Path, gpus: tuple[int, ...] = (0,)) -> "ServerSizing":
-        """Read the preprocessing and network configs of ``repository`` and size for them."""
+    def defaults(cls) -> "ServerSizing":
+        """The sizes for a repository that is not this project's (no configs to read)."""
+        return cls(cuda_pool_bytes=0, shm_default_bytes=MIN_SHM_BYTES, shm_growth_bytes=MIN_SHM_BYTES, gpus=(), batch_bytes=0)
+
+    @classmethod
+    def from_repository(cls, repository: Path, gpus: tuple[int, ...] = (0,)) -> "ServerSizing | None":
+        """Read the preprocessing and network configs of ``repository`` and size for them.
+
+        ``None`` when the repository has no such models (a test's or a user's own models).
+        """
         from bls_pipeline.build import model_config as mc
 
-        preprocessing = mc.read_config(Path(repository) / mc.PREPROCESSING / "config.pbtxt")
-        network = mc.read_config(Path(repository) / mc.NETWORK / "config.pbtxt")
+        paths = [Path(repository) / name / "config.pbtxt" for name in (mc.PREPROCESSING, mc.NETWORK)]
+        if not all(path.is_file() for path in paths):
+            return None
+        preprocessing, network = (mc.read_config(path) for path in paths)
         # The network's input is the preprocessed image with concrete dims (the DALI model's
         # output may be declared [-1, -1, -1] when autoconfigured).
         image = network.input[0]
@@ -73,7 +83,8 @@ class ServerSizing:
             f"--backend-config=python,shm-default-byte-size={self.shm_default_bytes}",
             f"--backend-config=python,shm-growth-byte-size={self.shm_growth_bytes}",
         ]
-        args += [f"--cuda-memory-pool-byte-size={gpu}:{self.cuda_pool_bytes}" for gpu in self.gpus]
+        if self.cuda_pool_bytes:
+            args += [f"--cuda-memory-pool-byte-size={gpu}:{self.cuda_pool_bytes}" for gpu in self.gpus]
         return args
 
     def describe(self) -> str:
