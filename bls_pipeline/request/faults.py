@@ -22,6 +22,8 @@ import re
 # definition, and the note that follows every failure of a pipeline run.
 _DALI_NOISE = ("File ", "Critical error", "Error in", "which was", "encountered:", "Current pipeline object")
 _DALI_SAMPLE = re.compile(r"\s+(?:of )?sample #\d+")
+# The Python traceback DALI appends to an error raised in Python code ("At:" and indented frames).
+_DALI_PYTHON_FRAMES = re.compile(r"^At:\n(?:[ \t]+\S.*(?:\n|$))*", re.MULTILINE)
 
 # DALI names the operator that failed on the data: "Error in CPU operator `...decoders.image`"
 # ("MIXED" on a GPU), whether the DALI backend or this package's DALI model sent it.
@@ -61,7 +63,7 @@ def summarize_dali_error(message: str) -> str:
     DALI numbers samples within its own batch (``Failed to decode sample #0 :``), which
     means nothing to a client: the number is dropped.
     """
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    lines = [line.strip() for line in _DALI_PYTHON_FRAMES.sub("", message).splitlines() if line.strip()]
     if not lines:
         return message
     operator = next((line for line in lines if line.startswith("Error in")), None)

@@ -138,6 +138,19 @@ def tensorrt_importable() -> bool:
     return True
 
 
+def gpu_runtime_missing() -> str | None:
+    """Why the network cannot run on a GPU here, or ``None`` when a GPU runtime is installed."""
+    if tensorrt_importable():
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "no GPU network runtime: neither TensorRT nor ONNX Runtime is importable"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None
+    return "no GPU network runtime: TensorRT is not importable and ONNX Runtime has no CUDAExecutionProvider"
+
+
 def network_options(parameters: Mapping[str, str]) -> dict[str, Any]:
     """The :func:`load_network` keywords that a network model's config ``parameters`` set.
 

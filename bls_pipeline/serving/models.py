@@ -177,6 +177,10 @@ class PreprocessingModel:
             num_threads=int(parameters.get("num_threads", 0)) or None,
             gpu_id=_gpu_id(args),
         )
+        memory = f"GPU {_gpu_id(args)}" if self.runner.on_device else "host"
+        pb_utils.Logger.log_info(
+            f"preprocessing: DALI {self.runner.settings['decoder_device']} decoder, outputs in {memory} memory"
+        )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """Decode every row of every request as one DALI batch; isolate failures per request.

@@ -31,6 +31,13 @@ DALI_DECODE_ERROR = (
         ),
         ("Stub process 'preprocessing_0_0' is not healthy.", "Stub process 'preprocessing_0_0' is not healthy."),
         ("", ""),
+        (
+            "Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.python_function`,\n"
+            "encountered:\n\nDLTensorPythonFunction error: RuntimeError: CUDA runtime API error (2):\nout of memory\n\n"
+            "At:\n  /repo/dali.py(4): boom\n  /site-packages/nvidia/dali/python_function.py(210): func\n\n"
+            "Current pipeline object is no longer valid.",
+            "Error in CPU operator `nvidia.dali.fn.python_function`: out of memory",
+        ),
     ],
 )
 def test_dali_errors_are_summarized_in_one_line_without_dali_sample_numbers(message, summary):

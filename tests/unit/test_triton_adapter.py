@@ -83,10 +83,15 @@ class FakePreferredMemory:
 
 class FakeLogger:
     errors: list[str] = []
+    infos: list[str] = []
 
     @classmethod
     def log_error(cls, message: str) -> None:
         cls.errors.append(message)
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls.infos.append(message)
 
 
 class FakeModelException(Exception):
@@ -298,6 +303,11 @@ def test_on_a_gpu_the_preprocessed_batch_goes_to_the_network_without_reaching_th
     # Preprocessing is asked to answer in this GPU's memory, the network in host memory.
     assert (to_preprocessing.preferred_memory.memory_type, to_preprocessing.preferred_memory.device_id) == (2, 0)
     assert to_network.preferred_memory.memory_type == 0
+
+
+def test_the_preprocessing_model_logs_where_its_decoder_and_outputs_are(models):
+    # The CPU repository: a cpu decoder answering in host memory.
+    assert "preprocessing: DALI cpu decoder, outputs in host memory" in FakeLogger.infos
 
 
 def test_a_gpu_tensor_where_host_logits_were_asked_for_is_a_clear_internal_error(models, jpegs, monkeypatch):
