@@ -143,12 +143,19 @@ def gpu_runtime_missing() -> str | None:
     if tensorrt_importable():
         return None
     try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    except ImportError:
+        pass
+    try:
         import onnxruntime as ort
     except ImportError:
-        return "no GPU network runtime: neither TensorRT nor ONNX Runtime is importable"
+        return "no GPU network runtime: neither TensorRT, torch with CUDA nor ONNX Runtime is importable"
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return None
-    return "no GPU network runtime: TensorRT is not importable and ONNX Runtime has no CUDAExecutionProvider"
+    return "no GPU network runtime: no TensorRT, torch sees no CUDA device and ONNX Runtime has no CUDAExecutionProvider"
 
 
 def network_options(parameters: Mapping[str, str]) -> dict[str, Any]:
