@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     tuning.add_argument("--preprocessing-instances", type=int, default=1, help="instances of the preprocessing model")
     tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
+    tuning.add_argument(
+        "--classifier-instances",
+        type=int,
+        default=1,
+        help="instances of the classifier (its Python work limits a GPU server: see docs/gpu.md)",
+    )
     tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
     tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")
     tuning.add_argument("--max-image-pixels", type=int, help="largest accepted declared width x height (default 40 M)")
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             hw_decoder_load=args.hw_decoder_load,
             preprocessing_instances=args.preprocessing_instances,
             network_instances=args.network_instances,
+            classifier_instances=args.classifier_instances,
             network_threads=args.network_threads,
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,

@@ -83,6 +83,7 @@ def classifier_config(
     device: str = CPU,
     parameters: Mapping[str, object] | None = None,
     max_queue_delay_us: int = 0,
+    instances: int = 1,
 ) -> ModelConfig:
     """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
 
@@ -98,7 +99,7 @@ def classifier_config(
             "input": [{**contract.IMAGE.config(), "allow_ragged_batch": True}],
             "output": [spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
             "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-            "instance_group": _instances(device),
+            "instance_group": _instances(device, instances),
             "parameters": _string_parameters(_python_backend_parameters(parameters, gpu_inputs=False)),
         }
     )

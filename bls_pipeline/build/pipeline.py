@@ -53,6 +53,7 @@ class BuildOptions:
     hw_decoder_load: float = 0.65
     preprocessing_instances: int = 1
     network_instances: int = 1
+    classifier_instances: int = 1
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
@@ -143,6 +144,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             hw_decoder_load=options.hw_decoder_load,
             preprocessing_instances=options.preprocessing_instances,
             network_instances=options.network_instances,
+            classifier_instances=options.classifier_instances,
             dali_autoconfig=options.dali_autoconfig,
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,

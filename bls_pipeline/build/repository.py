@@ -74,6 +74,9 @@ class RepositorySpec:
     hw_decoder_load: float = 0.65
     preprocessing_instances: int = 1
     network_instances: int = 1
+    # The classifier's Python work (trimming, checks, responses) runs one execution at a time
+    # per instance: on a GPU it, not the sub-models, limits throughput (docs/gpu.md).
+    classifier_instances: int = 1
     network_threads: int = 0
     # ONNX Runtime's idle pool threads busy-wait by default; on a CPU shared with DALI and the
     # Python stubs that costs throughput (docs/benchmark.md: +12 % at concurrency 8 without).
@@ -114,6 +117,7 @@ class RepositorySpec:
                 device=self.device,
                 parameters=classifier_parameters,
                 max_queue_delay_us=self.queue_delay_us,
+                instances=self.classifier_instances,
             ),
             mc.PREPROCESSING: mc.preprocessing_config(
                 target=self.target,

@@ -210,7 +210,7 @@ class Classification:
     labels: np.ndarray
 
 
-def classify_request(logits: np.ndarray, k: int, labels: Sequence[str]) -> Classification:
+def classify_request(logits: np.ndarray, k: int, labels: Sequence[str] | np.ndarray) -> Classification:
     """Softmax, top-k and label names for the ``[N, C]`` logits of one request."""
     probabilities = softmax(logits)
     scores, class_ids = top_k(probabilities, k)

@@ -39,7 +39,7 @@ from bls_pipeline.contract import (
 from bls_pipeline.errors import BlsPipelineError, InvalidRequestError
 from bls_pipeline.request.faults import blames_input, summarize_dali_error
 from bls_pipeline.request.orchestration import ClassifierSettings, Orchestrator, classify_request, prepare_request, request_error
-from bls_pipeline.request.postprocess import load_labels
+from bls_pipeline.request.postprocess import label_table, load_labels
 from bls_pipeline.runtime.device import GPU, device_of_instance_kind
 from bls_pipeline.serving.bls import call_model, error_response, host_array
 
@@ -77,7 +77,7 @@ def request_top_k(request: Any) -> object:
     return json.loads(request.parameters() or "{}").get("top_k")
 
 
-def classification_response(logits: np.ndarray, k: int, labels: Sequence[str]) -> Any:
+def classification_response(logits: np.ndarray, k: int, labels: Sequence[str] | np.ndarray) -> Any:
     """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits."""
     outputs = classify_request(logits, k, labels)
     return pb_utils.InferenceResponse(
@@ -97,7 +97,7 @@ class ClassifierModel:
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
-        self.labels = load_labels(_version_dir(args) / parameters["labels_file"])
+        self.labels = label_table(load_labels(_version_dir(args) / parameters["labels_file"]))
         preprocessing = parameters.get("preprocessing_model", PREPROCESSING)
         network = parameters.get("network_model", NETWORK)
         # On a GPU the preprocessed batch is asked for in this GPU's memory and handed to the

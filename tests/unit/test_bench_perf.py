@@ -35,18 +35,25 @@ def test_an_empty_perf_csv_is_an_error():
         parse_perf_csv(CSV.splitlines()[0] + "\n")
 
 
-def test_statistics_delta_gives_the_mean_batch_of_the_window():
-    before = {"preprocessing": {"executions": 10, "inferences": 40, "queue_ms_per_execution": 1.0, "compute_ms_per_execution": 5.0}}
+def _stats(executions, inferences, requests, queue_ms, compute_ms):
+    return {"executions": executions, "inferences": inferences, "requests": requests,
+            "queue_ns": int(queue_ms * 1e6), "compute_ns": int(compute_ms * 1e6)}
+
+
+def test_statistics_delta_gives_the_mean_batch_and_request_times_of_the_window():
+    # A BLS sub-model: one request per execution of 32 images.
+    before = {"preprocessing": _stats(10, 40, 10, 10.0, 50.0)}
     after = {
-        "preprocessing": {"executions": 30, "inferences": 680, "queue_ms_per_execution": 2.0, "compute_ms_per_execution": 6.0},
-        "idle": {"executions": 3, "inferences": 3, "queue_ms_per_execution": 0.0, "compute_ms_per_execution": 0.0},
+        "preprocessing": _stats(30, 680, 30, 60.0, 250.0),
+        # The endpoint: 32 one-image requests per execution, each adding the execution's 8 ms.
+        "classifier": _stats(2, 64, 64, 64.0, 64 * 8.0),
+        "idle": _stats(0, 0, 0, 0.0, 0.0),
     }
     delta = statistics_delta(before, after)
-    assert delta["preprocessing"]["executions"] == 20
-    assert delta["preprocessing"]["mean_batch"] == 32.0
-    assert delta["preprocessing"]["queue_ms_per_execution"] == pytest.approx((60 - 10) / 20)
-    assert delta["preprocessing"]["compute_ms_per_execution"] == pytest.approx((180 - 50) / 20)
-    assert delta["idle"]["mean_batch"] == 1.0
+    assert delta["preprocessing"] == {"executions": 20, "mean_batch": 32.0, "queue_ms": 2.5, "compute_ms": 10.0}
+    assert delta["classifier"]["mean_batch"] == 32.0
+    assert delta["classifier"]["compute_ms"] == pytest.approx(8.0)
+    assert "idle" not in delta
 
 
 def test_input_data_sends_each_photograph_as_one_request(tmp_path):

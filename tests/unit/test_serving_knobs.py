@@ -12,12 +12,12 @@ from bls_pipeline.errors import ConfigError
 def test_instance_counts_reach_the_preprocessing_and_network_configs():
     spec = RepositorySpec(
         target="triton", device="gpu", max_batch_size=64, num_classes=1000,
-        preprocessing_instances=2, network_instances=3,
+        preprocessing_instances=2, network_instances=3, classifier_instances=4,
     )
     configs = spec.configs()
     assert [(g.kind, g.count) for g in configs[mc.PREPROCESSING].instance_group] == [(mc.model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)]
     assert [g.count for g in configs[mc.NETWORK].instance_group] == [3]
-    assert [g.count for g in configs[mc.CLASSIFIER].instance_group] == [1]
+    assert [g.count for g in configs[mc.CLASSIFIER].instance_group] == [4]
 
 
 def test_the_hardware_decoder_share_is_written_for_dali():

@@ -6,8 +6,7 @@ GPU in one run, so that every ratio compares numbers of the same machine and min
 1. DALI alone, the network alone and both in one process (the *in-process limit*), at the
    repository's batch sizes: DALI's ``mixed`` decoder from the repository's own ``dali.py``
    and the network runtime the server hosts (:class:`TorchCudaNetwork`), the batch handed
-   from DALI to torch on the GPU. ``synchronous`` runs one batch at a time, as Triton's DALI
-   backend does; ``prefetch`` keeps a second batch in DALI's queue (the upper bound);
+   from DALI to torch on the GPU, one batch at a time as Triton's DALI backend runs it;
 2. ``classifier`` and the ensemble of the same two models, one image per request, driven by
    ``perf_analyzer`` over gRPC and HTTP at rising concurrency, with Triton's per-model
    statistics (mean batch, queue and compute time per execution) and GPU utilization;
@@ -62,7 +61,7 @@ class GpuBenchOptions:
 class InProcessGpu:
     """DALI (``mixed``) feeding the served network runtime in this process, on GPU 0."""
 
-    def __init__(self, repository: Path, max_batch_size: int, *, prefetch: bool, overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, repository: Path, max_batch_size: int, *, overrides: Mapping[str, Any] | None = None) -> None:
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -78,12 +77,12 @@ class InProcessGpu:
         settings = {**module.load_settings(version), **(overrides or {})}
         self.settings = settings
         self.crop = settings["crop"]
-        self.prefetch = prefetch
         self._pipe = module.preprocessing(
             batch_size=max_batch_size,
             num_threads=settings["num_threads"],
             device_id=0,
-            prefetch_queue_depth=2 if prefetch else 1,
+            # One batch at a time, as Triton's DALI backend runs its pipeline.
+            prefetch_queue_depth=1,
             resize_shorter=settings["resize_shorter"],
             crop=settings["crop"],
             interpolation=settings["interpolation"],
@@ -118,32 +117,12 @@ class InProcessGpu:
         size = len(batches[0])
         runs, start = 0, time.perf_counter()
         if stage == "network":
-            # Random input: DALI's output is not needed to time the network (and a prefetching
-            # pipeline must not mix run() into its scheduled runs).
+            # Random input: DALI's output is not needed to time the network alone.
             tensor = torch.randn((size, 3, self.crop, self.crop), device="cuda")
             while time.perf_counter() - start < duration_s:
                 self.network.logits(tensor)
                 runs += 1
             torch.cuda.synchronize()
-        elif self.prefetch:
-            feeds = 0
-            for _ in range(2):
-                self._pipe.feed_input(self.input_name, batches[feeds % len(batches)])
-                self._pipe.schedule_run()
-                feeds += 1
-            while time.perf_counter() - start < duration_s:
-                (output,) = self._pipe.outputs()
-                images = self._to_torch(output)
-                if stage == "inprocess":
-                    self.network.logits(images).cpu()
-                else:
-                    torch.cuda.current_stream().synchronize()
-                runs += 1
-                self._pipe.feed_input(self.input_name, batches[feeds % len(batches)])
-                self._pipe.schedule_run()
-                feeds += 1
-            for _ in range(2):
-                self._pipe.outputs()
         else:
             while time.perf_counter() - start < duration_s:
                 images = self.preprocess(batches[runs % len(batches)])
@@ -175,24 +154,17 @@ def _batches(images: Sequence[BenchImage], size: int) -> list[list[np.ndarray]]:
 def measure_in_process(repository: Path, images: Sequence[BenchImage], options: GpuBenchOptions, max_batch_size: int,
                        progress: Callable[[str], None], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The in-process rows: images/s per stage, mode and batch size; single-image latency."""
-    rows: dict[str, Any] = {}
-    for prefetch in (False, True):
-        mode = "prefetch" if prefetch else "synchronous"
-        parts = InProcessGpu(repository, max_batch_size, prefetch=prefetch, overrides=overrides)
-        rows["settings"] = {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}
-        for size in (s for s in options.batch_sizes if s <= max_batch_size):
-            batches = _batches(images, size)
-            for stage in ("preprocessing", "network", "inprocess"):
-                if stage == "network" and prefetch:
-                    continue
-                parts.throughput(batches, stage, 0.5)  # warm-up
-                rate = parts.throughput(batches, stage, options.inprocess_duration_s)
-                rows.setdefault(f"{stage}/{mode}" if stage != "network" else stage, {})[size] = rate
-                progress(f"in process {stage:13s} {mode:11s} batch {size:<3d} {rate:8.0f} images/s")
-        if not prefetch:
-            rows["single_image_ms"] = parts.single_image_ms(images)
-            progress(f"in process single image {rows['single_image_ms']:.2f} ms")
-        del parts
+    parts = InProcessGpu(repository, max_batch_size, overrides=overrides)
+    rows: dict[str, Any] = {"settings": {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}}
+    for size in (s for s in options.batch_sizes if s <= max_batch_size):
+        batches = _batches(images, size)
+        for stage in ("preprocessing", "network", "inprocess"):
+            parts.throughput(batches, stage, 0.5)  # warm-up
+            rate = parts.throughput(batches, stage, options.inprocess_duration_s)
+            rows.setdefault(stage, {})[size] = rate
+            progress(f"in process {stage:13s} batch {size:<3d} {rate:8.0f} images/s")
+    rows["single_image_ms"] = parts.single_image_ms(images)
+    progress(f"in process single image {rows['single_image_ms']:.2f} ms")
     return rows
 
 
@@ -245,8 +217,7 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
 def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[str, Any]:
     """Best points and the issue's ratios: classifier vs in-process limit, vs ensemble; latency."""
     in_process = result["in_process"]
-    limit = max(max(in_process.get("inprocess/synchronous", {0: 0}).values()),
-                max(in_process.get("inprocess/prefetch", {0: 0}).values()))
+    limit = max(in_process.get("inprocess", {0: 0}).values())
 
     def best(endpoint: str) -> Mapping[str, Any] | None:
         points = [p for p in result["endpoints"] if p["extra"]["endpoint"] == endpoint and p["p99_ms"] <= p99_limit_ms]
@@ -276,7 +247,7 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
     lines += ["", "SERVED, one image per request (perf_analyzer)",
               f"{'endpoint':9s} {'proto':5s} {'conc':>5s} {'images/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'GPU %':>6s}  per-model mean batch / compute ms"]
     for p in result["endpoints"]:
-        models = "; ".join(f"{name} {m['mean_batch']:.1f}/{m['compute_ms_per_execution']:.1f}" for name, m in p["extra"]["models"].items())
+        models = "; ".join(f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items())
         lines.append(f"{p['extra']['endpoint']:9s} {p['protocol']:5s} {p['concurrency']:5d} {p['images_per_s']:9.0f} "
                      f"{p['p50_ms']:7.1f} {p['p99_ms']:7.1f} {p['gpu_util_percent'] or 0:6.0f}  {models}")
     lines += ["", "SUMMARY"] + [f"  {k}: {v}" for k, v in result["summary"].items()]

@@ -129,43 +129,45 @@ def run_perf_analyzer(
 
 
 def model_statistics(http_url: str) -> dict[str, dict[str, float]]:
-    """Per model: executions, inferences, and mean queue/compute time per execution (ms).
+    """Per model: executions, inferences, requests, and the mean queue/compute time of a request (ms).
 
-    From Triton's ``/v2/models/stats``; the mean batch size an execution saw is
-    ``inferences / executions``, the number that says whether dynamic batching works.
+    From Triton's ``/v2/models/stats``. Its queue and compute times are summed over *requests*
+    (each request of a batched execution adds that execution's compute time), so a mean per
+    request is the time one batched execution took. The mean batch an execution saw is
+    ``inferences / executions``: the number that says whether dynamic batching works.
     """
     with urllib.request.urlopen(f"http://{http_url}/v2/models/stats", timeout=30) as response:
         stats = json.load(response)
     summary = {}
     for model in stats.get("model_stats", []):
-        executions = int(model.get("execution_count", 0))
         inference = model.get("inference_stats", {})
-        per = max(executions, 1)
         summary[model["name"]] = {
-            "executions": executions,
+            "executions": int(model.get("execution_count", 0)),
             "inferences": int(model.get("inference_count", 0)),
-            "queue_ms_per_execution": int(inference.get("queue", {}).get("ns", 0)) / per / 1e6,
-            "compute_ms_per_execution": int(inference.get("compute_infer", {}).get("ns", 0)) / per / 1e6,
+            "requests": int(inference.get("success", {}).get("count", 0)),
+            "queue_ns": int(inference.get("queue", {}).get("ns", 0)),
+            "compute_ns": int(inference.get("compute_infer", {}).get("ns", 0)),
         }
     return summary
 
 
 def statistics_delta(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    """What happened between two :func:`model_statistics` readings, with the mean batch size."""
+    """What happened between two :func:`model_statistics` readings.
+
+    Per model: executions, the mean batch of an execution, and the mean queue and compute
+    time of a request in ms (the compute time of a request is that of its batched execution).
+    """
     delta = {}
     for name, now in after.items():
         was = before.get(name, {})
-        executions = now["executions"] - was.get("executions", 0)
-        inferences = now["inferences"] - was.get("inferences", 0)
-        if executions <= 0:
+        change = {key: now[key] - was.get(key, 0) for key in now}
+        if change["executions"] <= 0 or change["requests"] <= 0:
             continue
-        queue = now["queue_ms_per_execution"] * now["executions"] - was.get("queue_ms_per_execution", 0) * was.get("executions", 0)
-        compute = now["compute_ms_per_execution"] * now["executions"] - was.get("compute_ms_per_execution", 0) * was.get("executions", 0)
         delta[name] = {
-            "executions": executions,
-            "mean_batch": inferences / executions,
-            "queue_ms_per_execution": queue / executions,
-            "compute_ms_per_execution": compute / executions,
+            "executions": change["executions"],
+            "mean_batch": change["inferences"] / change["executions"],
+            "queue_ms": change["queue_ns"] / change["requests"] / 1e6,
+            "compute_ms": change["compute_ns"] / change["requests"] / 1e6,
         }
     return delta
 
