@@ -8,6 +8,7 @@ Example::
 
     runner = DaliPreprocessor.from_file(repo / "preprocessing" / "1" / "dali.py", max_batch_size=64)
     images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224]
+    served = DaliPreprocessor.from_version_dir(repo / "preprocessing" / "1", max_batch_size=64)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +27,9 @@ LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
 PACKAGED_PIPELINE = Path(__file__).resolve().parents[2] / "model_repository" / "preprocessing" / "1" / "dali.py"
+# A serialized pipeline (what Triton's DALI backend loads first) and the name of its input.
+SERIALIZED_FILE = "model.dali"
+SERIALIZED_INPUT = "DALI_INPUT"
 # Runs between two returns of free heap memory to the OS (see release_free_memory).
 TRIM_EVERY_RUNS = 64
 
@@ -77,43 +81,25 @@ class DaliPreprocessor:
 
     Batches larger than ``max_batch_size`` run in chunks. A decoding error raises
     ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
+    ``make_pipeline`` builds a new, unbuilt or built, pipeline each time it is called.
     """
 
     def __init__(
         self,
-        module: ModuleType,
+        make_pipeline: Callable[[], Any],
         *,
+        input_name: str,
         max_batch_size: int,
-        num_threads: int | None = None,
         device_id: int | None = None,
-        settings: dict | None = None,
+        description: str = "",
     ) -> None:
-        self.settings = dict(module.load_settings(None) if settings is None else settings)
         self.max_batch_size = max_batch_size
         self.device_id = device_id
-        decoder_device = "mixed" if device_id is not None else "cpu"
-        self.input_name = module.INPUT_NAME
-        self._make_pipeline = lambda: module.preprocessing(
-            batch_size=max_batch_size,
-            num_threads=num_threads or self.settings["num_threads"],
-            device_id=device_id,
-            # One fed batch per run: the pipeline must not wait for a second one.
-            prefetch_queue_depth=1,
-            resize_shorter=self.settings["resize_shorter"],
-            crop=self.settings["crop"],
-            interpolation=self.settings["interpolation"],
-            mean=self.settings["mean"],
-            std=self.settings["std"],
-            decoder_device=decoder_device,
-        )
+        self.input_name = input_name
+        self._make_pipeline = make_pipeline
         self._pipe = self._build()
         self._runs = 0
-        LOGGER.info(
-            "DALI preprocessing built: max batch %d, %s decoder, settings %s",
-            max_batch_size,
-            decoder_device,
-            self.settings,
-        )
+        LOGGER.info("DALI preprocessing built: max batch %d, %s", max_batch_size, description)
 
     def _build(self):
         pipe = self._make_pipeline()
@@ -131,13 +117,64 @@ class DaliPreprocessor:
     ) -> "DaliPreprocessor":
         """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``."""
         module = load_pipeline_module(path)
-        return cls(
-            module,
-            max_batch_size=max_batch_size,
-            num_threads=num_threads,
+        settings = module.load_settings(Path(path).resolve().parent)
+        decoder_device = "mixed" if device_id is not None else "cpu"
+        make_pipeline = lambda: module.preprocessing(  # noqa: E731
+            batch_size=max_batch_size,
+            num_threads=num_threads or settings["num_threads"],
             device_id=device_id,
-            settings=module.load_settings(Path(path).resolve().parent),
+            # One fed batch per run: the pipeline must not wait for a second one.
+            prefetch_queue_depth=1,
+            resize_shorter=settings["resize_shorter"],
+            crop=settings["crop"],
+            interpolation=settings["interpolation"],
+            mean=settings["mean"],
+            std=settings["std"],
+            decoder_device=decoder_device,
         )
+        return cls(
+            make_pipeline,
+            input_name=module.INPUT_NAME,
+            max_batch_size=max_batch_size,
+            device_id=device_id,
+            description=f"{decoder_device} decoder, settings {settings}",
+        )
+
+    @classmethod
+    def from_serialized(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_batch_size: int,
+        num_threads: int | None = None,
+        device_id: int | None = None,
+    ) -> "DaliPreprocessor":
+        """Build from a serialized pipeline (``model.dali``) whose input is ``DALI_INPUT``.
+
+        The decoder's device is part of the serialized graph: a ``mixed`` one needs ``device_id``.
+        """
+        from nvidia.dali.pipeline import Pipeline
+
+        serialized = Path(path).read_bytes()
+        overrides = {"num_threads": num_threads} if num_threads else {}
+        make_pipeline = lambda: Pipeline.deserialize(  # noqa: E731
+            serialized, batch_size=max_batch_size, device_id=device_id, prefetch_queue_depth=1, **overrides
+        )
+        return cls(
+            make_pipeline,
+            input_name=SERIALIZED_INPUT,
+            max_batch_size=max_batch_size,
+            device_id=device_id,
+            description=f"serialized pipeline {path}",
+        )
+
+    @classmethod
+    def from_version_dir(cls, directory: str | os.PathLike[str], **options: Any) -> "DaliPreprocessor":
+        """The pipeline of a ``preprocessing/1`` folder: ``model.dali`` if there is one, else ``dali.py``."""
+        serialized = Path(directory) / SERIALIZED_FILE
+        if serialized.is_file():
+            return cls.from_serialized(serialized, **options)
+        return cls.from_file(Path(directory) / "dali.py", **options)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]``."""

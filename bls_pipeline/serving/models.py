@@ -146,7 +146,7 @@ def _split_rows(requests: Sequence[Any], name: str) -> tuple[list[np.ndarray], l
 
 
 class PreprocessingModel:
-    """The DALI pipeline of ``1/dali.py`` hosted in a Python-backend model (``--target local``)."""
+    """The DALI pipeline of ``1/model.dali`` or ``1/dali.py`` hosted in a Python-backend model (``--target local``)."""
 
     def initialize(self, args: dict) -> None:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
@@ -154,8 +154,8 @@ class PreprocessingModel:
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
-        self.runner = DaliPreprocessor.from_file(
-            _version_dir(args) / "dali.py",
+        self.runner = DaliPreprocessor.from_version_dir(
+            _version_dir(args),
             max_batch_size=config["max_batch_size"],
             num_threads=int(parameters.get("num_threads", 0)) or None,
             device_id=gpu_device_id() if args.get("model_instance_kind") == "GPU" else None,
