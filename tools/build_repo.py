@@ -20,6 +20,7 @@ from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettings
 from bls_pipeline.build.repository import preprocessing_defaults
+from bls_pipeline.runtime.device import DEVICES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="local",
         help="local: the pip-installed tritonserver (Python backend only: DALI and the network hosted in "
         "Python-backend models); triton: the NVIDIA Triton container (DALI backend, TensorRT or ONNX Runtime)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where the models run, whatever the target: cpu (KIND_CPU, DALI cpu decoder, ONNX Runtime on "
+        "the CPU) or gpu (KIND_GPU, DALI mixed decoder, TensorRT or a CUDA runtime; tensors stay on the GPU). "
+        "Default: gpu when a CUDA device is visible on this machine, else cpu",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_REPOSITORY, help="repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output directory")
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             arch=args.arch,
             labels=args.labels,
             target=args.target,
+            device=args.device,
             max_batch_size=args.max_batch_size,
             fp16=args.fp16,
             force=args.force,
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     p = report.preprocessing
     print(
-        f"built {report.output} ({args.target}): {report.num_classes} classes, network on {report.runtime}, "
+        f"built {report.output} ({args.target}, {report.device}): {report.num_classes} classes, network on {report.runtime}, "
         f"ONNX within {report.onnx_max_abs_diff:.1e} of torch\n"
         f"preprocessing: resize shorter side to {p.resize_shorter} ({p.interpolation}), crop {p.crop}, "
         f"mean {list(p.mean)}, std {list(p.std)}\n{report.tensorrt_note}"

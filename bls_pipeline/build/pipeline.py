@@ -20,6 +20,7 @@ from typing import Callable
 
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.runtime.device import GPU, check_device, detect_device
 from bls_pipeline.build.repository import (
     RepositorySpec,
     prepare_output,
@@ -41,6 +42,8 @@ class BuildOptions:
     arch: str = DEFAULT_ARCH
     labels: Path | None = None
     target: str = "local"
+    # None: detect_device() (gpu when a CUDA device is visible here, else cpu).
+    device: str | None = None
     max_batch_size: int = 64
     fp16: bool = True
     force: bool = False
@@ -60,6 +63,8 @@ class BuildReport:
 
     output: Path
     num_classes: int
+    device: str
+    device_reason: str
     runtime: str
     onnx_max_abs_diff: float
     tensorrt_note: str
@@ -75,6 +80,12 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
     checkpoint = Path(options.checkpoint) if options.checkpoint else default_checkpoint_path()
     preprocessing = options.preprocessing or preprocessing_defaults(options.arch)
     labels = load_labels(options.labels)
+    if options.device is None:
+        device, device_reason = detect_device()
+        device_reason = f"detected: {device_reason}"
+    else:
+        device, device_reason = check_device(options.device), "--device given"
+    progress(f"device: {device} ({device_reason})")
     progress(f"[1/5] loading {checkpoint} as {options.arch} (weights only)")
     model = load_checkpoint(checkpoint, options.arch)
     num_classes = _count_classes(model, preprocessing.crop)
@@ -92,7 +103,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
         diff = verify_onnx(model, onnx_path, image_size=preprocessing.crop)
         progress(f"      max |onnx - torch| = {diff:.2e}")
         network_files = [onnx_path]
-        reason = tensorrt_available()
+        reason = tensorrt_available() if device == GPU else "TensorRT runs only on a GPU and the device is cpu"
         if reason is None:
             plan = Path(scratch) / "model.plan"
             progress(f"[4/5] building a TensorRT engine ({'FP16' if options.fp16 else 'FP32'}, max batch {options.max_batch_size})")
@@ -106,6 +117,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             progress(f"[4/5] {tensorrt_note}")
         spec = RepositorySpec(
             target=options.target,
+            device=device,
             max_batch_size=options.max_batch_size,
             num_classes=num_classes,
             runtime=runtime,
@@ -118,11 +130,13 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             max_request_bytes=options.max_request_bytes,
             queue_delay_us=options.queue_delay_us,
         )
-        progress(f"[5/5] writing the {options.target} repository to {options.output}")
+        progress(f"[5/5] writing the {options.target} repository for {device} to {options.output}")
         write_repository(options.output, spec, labels=labels, network_files=network_files)
     return BuildReport(
         output=options.output,
         num_classes=num_classes,
+        device=device,
+        device_reason=device_reason,
         runtime=runtime,
         onnx_max_abs_diff=diff,
         tensorrt_note=tensorrt_note,

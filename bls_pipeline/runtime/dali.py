@@ -1,14 +1,18 @@
 """Run the DALI preprocessing pipeline in this process.
 
 Used by the ``preprocessing`` model of a ``--target local`` repository (a Python-backend model
-hosting the same ``dali.py`` that the DALI backend serves in the NVIDIA Triton container), by
+hosting the same ``dali.py`` or ``model.dali`` that the DALI backend serves in the NVIDIA Triton container), by
 the in-process reference of the tests and by the benchmark.
+
+The decoder runs where ``preprocessing.json`` says (``decoder_device``: ``cpu`` or ``mixed``,
+written from the repository's one device setting); nothing here picks a device on its own.
 
 Example::
 
     runner = DaliPreprocessor.from_file(repo / "preprocessing" / "1" / "dali.py", max_batch_size=64)
-    images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224]
-    served = DaliPreprocessor.from_version_dir(repo / "preprocessing" / "1", max_batch_size=64)
+    images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224], host memory
+    on_gpu = runner.on_gpu(rows)                             # torch CUDA tensor (mixed decoder only)
+    served = DaliPreprocessor.from_version_dir(repo / "preprocessing" / "1", on_device=False, max_batch_size=64)
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import logging
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 LOGGER = logging.getLogger(__name__)
 
@@ -66,22 +73,13 @@ def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> Mo
     return module
 
 
-def gpu_device_id() -> int | None:
-    """Device 0 when DALI can use a CUDA GPU here, else ``None`` (CPU pipeline)."""
-    try:
-        from nvidia.dali.backend import GetCUDADeviceCount
-
-        return 0 if GetCUDADeviceCount() > 0 else None
-    except (ImportError, RuntimeError):
-        return None
-
-
 class DaliPreprocessor:
     """A built DALI pipeline that turns encoded images into a float32 ``[N, 3, H, W]`` batch.
 
-    Batches larger than ``max_batch_size`` run in chunks. A decoding error raises
-    ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
-    ``make_pipeline`` builds a new, unbuilt or built, pipeline each time it is called.
+    ``make_pipeline`` returns a new pipeline each time it is called (after a decoder failure
+    the pipeline is rebuilt); ``on_device`` says whether its output is in GPU memory (a
+    ``mixed`` decoder). Batches larger than ``max_batch_size`` run in chunks. A decoding
+    error raises ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
     """
 
     def __init__(
@@ -90,11 +88,11 @@ class DaliPreprocessor:
         *,
         input_name: str,
         max_batch_size: int,
-        device_id: int | None = None,
+        on_device: bool,
         description: str = "",
     ) -> None:
         self.max_batch_size = max_batch_size
-        self.device_id = device_id
+        self.on_device = on_device
         self.input_name = input_name
         self._make_pipeline = make_pipeline
         self._pipe = self._build()
@@ -113,16 +111,21 @@ class DaliPreprocessor:
         *,
         max_batch_size: int,
         num_threads: int | None = None,
-        device_id: int | None = None,
+        gpu_id: int = 0,
     ) -> "DaliPreprocessor":
-        """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``."""
+        """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``.
+
+        The decoder device is the settings' ``decoder_device``; ``gpu_id`` only says which GPU
+        a ``mixed`` decoder uses.
+        """
         module = load_pipeline_module(path)
         settings = module.load_settings(Path(path).resolve().parent)
-        decoder_device = "mixed" if device_id is not None else "cpu"
+        decoder_device = settings["decoder_device"]
+        on_device = decoder_device != "cpu"
         make_pipeline = lambda: module.preprocessing(  # noqa: E731
             batch_size=max_batch_size,
             num_threads=num_threads or settings["num_threads"],
-            device_id=device_id,
+            device_id=gpu_id if on_device else None,
             # One fed batch per run: the pipeline must not wait for a second one.
             prefetch_queue_depth=1,
             resize_shorter=settings["resize_shorter"],
@@ -136,7 +139,7 @@ class DaliPreprocessor:
             make_pipeline,
             input_name=module.INPUT_NAME,
             max_batch_size=max_batch_size,
-            device_id=device_id,
+            on_device=on_device,
             description=f"{decoder_device} decoder, settings {settings}",
         )
 
@@ -146,45 +149,78 @@ class DaliPreprocessor:
         path: str | os.PathLike[str],
         *,
         max_batch_size: int,
+        on_device: bool,
         num_threads: int | None = None,
-        device_id: int | None = None,
+        gpu_id: int = 0,
     ) -> "DaliPreprocessor":
         """Build from a serialized pipeline (``model.dali``) whose input is ``DALI_INPUT``.
 
-        The decoder's device is part of the serialized graph: a ``mixed`` one needs ``device_id``.
+        Its decoder device is part of the graph, written from the repository's device setting;
+        ``on_device`` is that setting (the model's instance kind): a ``mixed`` decoder needs it.
         """
         from nvidia.dali.pipeline import Pipeline
 
         serialized = Path(path).read_bytes()
         overrides = {"num_threads": num_threads} if num_threads else {}
         make_pipeline = lambda: Pipeline.deserialize(  # noqa: E731
-            serialized, batch_size=max_batch_size, device_id=device_id, prefetch_queue_depth=1, **overrides
+            serialized,
+            batch_size=max_batch_size,
+            device_id=gpu_id if on_device else None,
+            prefetch_queue_depth=1,
+            **overrides,
         )
         return cls(
             make_pipeline,
             input_name=SERIALIZED_INPUT,
             max_batch_size=max_batch_size,
-            device_id=device_id,
+            on_device=on_device,
             description=f"serialized pipeline {path}",
         )
 
     @classmethod
-    def from_version_dir(cls, directory: str | os.PathLike[str], **options: Any) -> "DaliPreprocessor":
-        """The pipeline of a ``preprocessing/1`` folder: ``model.dali`` if there is one, else ``dali.py``."""
+    def from_version_dir(
+        cls, directory: str | os.PathLike[str], *, on_device: bool, **options: Any
+    ) -> "DaliPreprocessor":
+        """The pipeline of a ``preprocessing/1`` folder: ``model.dali`` if there is one, else ``dali.py``.
+
+        ``on_device`` (the model's instance kind) matters for ``model.dali`` only: ``dali.py``
+        takes its decoder device from ``preprocessing.json``.
+        """
         serialized = Path(directory) / SERIALIZED_FILE
         if serialized.is_file():
-            return cls.from_serialized(serialized, **options)
+            return cls.from_serialized(serialized, on_device=on_device, **options)
         return cls.from_file(Path(directory) / "dali.py", **options)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]``."""
-        chunks = [
-            self._run(images[start : start + self.max_batch_size])
-            for start in range(0, len(images), self.max_batch_size)
-        ]
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]`` on the host."""
+        chunks = self._chunks(images)
+        if len(chunks) == 1:
+            return self._host(self._run(images), copy=False)
+        # DALI reuses its output buffers on the next run: copy each chunk before running the next.
+        return np.concatenate([self._host(self._run(chunk), copy=True) for chunk in chunks])
 
-    def _run(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def on_gpu(self, images: Sequence[np.ndarray]) -> "torch.Tensor":
+        """Like calling the runner, but the batch stays on the GPU: a torch CUDA tensor.
+
+        Only for a ``mixed`` decoder. The tensor owns its memory: DALI reuses its output
+        buffers on the next run, while Triton may still be reading the last response.
+        """
+        import torch
+
+        if not self.on_device:
+            raise RuntimeError("on_gpu() needs a mixed (GPU) decoder; this pipeline decodes on the CPU")
+        chunks = [torch.from_dlpack(self._run(chunk).as_tensor()).clone() for chunk in self._chunks(images)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def _chunks(self, images: Sequence[np.ndarray]) -> list[Sequence[np.ndarray]]:
+        return [images[start : start + self.max_batch_size] for start in range(0, len(images), self.max_batch_size)]
+
+    def _host(self, output: Any, *, copy: bool) -> np.ndarray:
+        if self.on_device:
+            output, copy = output.as_cpu(), False  # as_cpu() is the copy
+        return np.array(output.as_tensor(), copy=copy)
+
+    def _run(self, images: Sequence[np.ndarray]) -> Any:
         if self._pipe is None:  # a rebuild failed last time
             self._pipe = self._build()
         try:
@@ -200,6 +236,4 @@ class DaliPreprocessor:
         self._runs += 1
         if self._runs % TRIM_EVERY_RUNS == 0:
             release_free_memory()
-        if self.device_id is not None:
-            output = output.as_cpu()
-        return np.array(output.as_tensor(), copy=False)
+        return output

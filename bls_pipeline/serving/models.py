@@ -31,6 +31,7 @@ from bls_pipeline.request.orchestration import (
 )
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
 from bls_pipeline.request.postprocess import load_labels
+from bls_pipeline.runtime.device import GPU, device_of_instance_kind
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +69,15 @@ def error_response(error: BlsPipelineError | Exception) -> Any:
 
 def _parameters(model_config: dict) -> dict[str, str]:
     return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+
+
+def _device(args: dict) -> str:
+    """The instance's device: its kind, which the build wrote from the repository's device."""
+    return device_of_instance_kind(args.get("model_instance_kind", "CPU"))
+
+
+def _gpu_id(args: dict) -> int:
+    return int(args.get("model_instance_device_id", 0))
 
 
 def _version_dir(args: dict) -> Path:
@@ -150,15 +160,18 @@ class PreprocessingModel:
 
     def initialize(self, args: dict) -> None:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
-        from bls_pipeline.runtime.dali import DaliPreprocessor, gpu_device_id
+        from bls_pipeline.runtime.dali import DaliPreprocessor
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
+        # The decoder device is the repository's device setting: in preprocessing.json for
+        # dali.py, in the graph of model.dali (and this instance's kind) for a user pipeline.
         self.runner = DaliPreprocessor.from_version_dir(
             _version_dir(args),
+            on_device=_device(args) == GPU,
             max_batch_size=config["max_batch_size"],
             num_threads=int(parameters.get("num_threads", 0)) or None,
-            device_id=gpu_device_id() if args.get("model_instance_kind") == "GPU" else None,
+            gpu_id=_gpu_id(args),
         )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
@@ -182,7 +195,9 @@ class NetworkModel:
         from bls_pipeline.runtime.network import load_network, network_options
 
         parameters = _parameters(json.loads(args["model_config"]))
-        self.network = load_network(_version_dir(args), **network_options(parameters))
+        self.network = load_network(
+            _version_dir(args), device=_device(args), gpu_id=_gpu_id(args), **network_options(parameters)
+        )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """Run every request's images through the network as one batch."""

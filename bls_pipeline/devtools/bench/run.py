@@ -463,8 +463,9 @@ class _InProcess:
             max_batch_size=max_batch_size,
             num_threads=dali_threads or None,
         )
-        options = network_options(mc.parameters_of(mc.read_config(repository / mc.NETWORK / "config.pbtxt")))
-        network = load_network(repository / mc.NETWORK / "1", **options)
+        network_config = mc.read_config(repository / mc.NETWORK / "config.pbtxt")
+        options = network_options(mc.parameters_of(network_config))
+        network = load_network(repository / mc.NETWORK / "1", device=mc.device_of(network_config), **options)
         return cls(
             preprocess=preprocess,
             network=network,

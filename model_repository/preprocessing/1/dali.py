@@ -35,7 +35,8 @@ DEFAULT_SETTINGS: dict = {
     "interpolation": "linear",
     "mean": [127.0, 127.0, 127.0],
     "std": [128.0, 128.0, 128.0],
-    "decoder_device": "mixed",
+    # tools/build_repo.py writes "mixed" for --device gpu; without its file, the CPU works anywhere.
+    "decoder_device": "cpu",
     "max_batch_size": 64,
     "num_threads": 4,
 }
@@ -65,7 +66,8 @@ _SETTINGS = load_settings()
 @pipeline_def(
     batch_size=_SETTINGS["max_batch_size"],
     num_threads=_SETTINGS["num_threads"],
-    device_id=0,
+    # A CPU pipeline has no device: the DALI backend refuses device 0 where there is no CUDA.
+    device_id=None if _SETTINGS["decoder_device"] == "cpu" else 0,
     output_dtype=types.FLOAT,
     output_ndim=3,
 )
