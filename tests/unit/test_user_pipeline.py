@@ -24,11 +24,10 @@ from bls_pipeline.build.user_pipeline import (
 )
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.runtime.dali import SERIALIZED_FILE, DaliPreprocessor
+from tests.conftest import PIPELINE_FIXTURES as FIXTURES
+from tests.conftest import TUTORIAL_ARGS, TUTORIAL_SCRIPT as TRAIN, run_tutorial_pipeline_with_its_reader
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pipelines"
-TRAIN = FIXTURES / "train_effnet.py"
 MORE = FIXTURES / "more_pipelines.py"
-TUTORIAL_ARGS = ["image_size=256", "image_crop=224", "interpolation=types.INTERP_LINEAR", "output_layout='CHW'"]
 
 
 def convert(path: Path, function: str, arguments: list[str] = (), **options):
@@ -227,35 +226,9 @@ def test_the_served_graph_has_one_named_input_and_no_reader(tutorial) -> None:
     assert np.array(output.as_tensor()).shape == (2, 3, 224, 224)
 
 
-def run_original_with_its_reader(monkeypatch, photos: list[Path], data_dir: Path) -> np.ndarray:
-    """The tutorial's validation_pipe as a training script runs it: its reader on a folder of
-    class folders. Only the decoder moves to the CPU (this machine has no GPU)."""
-    import importlib.util
-
-    from nvidia.dali import fn
-
-    for index, photo in enumerate(photos):
-        (data_dir / "cls").mkdir(parents=True, exist_ok=True)
-        (data_dir / "cls" / f"{index}{photo.suffix}").write_bytes(photo.read_bytes())
-    decode = fn.decoders.image
-    monkeypatch.setattr(fn.decoders, "image", lambda *inputs, **kwargs: decode(*inputs, **{**kwargs, "device": "cpu"}))
-    spec = importlib.util.spec_from_file_location("train_effnet_reference", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    from nvidia.dali import types
-
-    pipe = module.validation_pipe(
-        data_dir=str(data_dir), interpolation=types.INTERP_LINEAR, image_size=256, image_crop=224, output_layout="CHW",
-        batch_size=len(photos), num_threads=1, device_id=None,
-    )
-    pipe.build()
-    images, labels = pipe.run()
-    return np.array(images.as_tensor())
-
-
-def test_the_served_model_equals_the_training_scripts_own_run(tmp_path: Path, monkeypatch, tutorial) -> None:
+def test_the_served_model_equals_the_training_scripts_own_run(tmp_path: Path, tutorial) -> None:
     photos = sample_photos()
-    expected = run_original_with_its_reader(monkeypatch, photos, tmp_path / "val")
+    expected = run_tutorial_pipeline_with_its_reader(photos, tmp_path / "val")
     version = tmp_path / "preprocessing" / "1"
     version.mkdir(parents=True)
     (version / SERIALIZED_FILE).write_bytes(tutorial.serialized)
