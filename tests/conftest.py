@@ -62,15 +62,14 @@ TUTORIAL_SCRIPT = PIPELINE_FIXTURES / "train_effnet.py"
 TUTORIAL_ARGS = ["image_size=256", "image_crop=224", "interpolation=types.INTERP_LINEAR", "output_layout='CHW'"]
 
 
-def run_tutorial_pipeline_with_its_reader(photos: list[Path], data_dir: Path) -> np.ndarray:
+def run_tutorial_pipeline_with_its_reader(photos: list[Path], data_dir: Path, decoder_device: str = "cpu") -> np.ndarray:
     """The tutorial's ``validation_pipe`` run as its training script runs it: its file reader
-    on ``data_dir/cls/N.ext``, the photographs in order. Independent of the conversion code;
-    only its decoder moves to the CPU when no GPU is visible. Returns ``[N, 3, 224, 224]``."""
+    on ``data_dir/cls/N.ext``, the photographs in order. Independent of the conversion code:
+    unmodified with ``decoder_device="mixed"`` (needs a GPU); with ``"cpu"`` only its decoder
+    moves to the CPU. Returns ``[N, 3, 224, 224]`` on the host."""
     import importlib.util
 
     from nvidia.dali import fn, types
-
-    from bls_pipeline.runtime.device import GPU, detect_device
 
     (data_dir / "cls").mkdir(parents=True)
     for index, photo in enumerate(photos):
@@ -78,7 +77,7 @@ def run_tutorial_pipeline_with_its_reader(photos: list[Path], data_dir: Path) ->
     spec = importlib.util.spec_from_file_location("train_effnet_reference", TUTORIAL_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    on_gpu = detect_device()[0] == GPU
+    on_gpu = decoder_device == "mixed"
     decode = fn.decoders.image
     if not on_gpu:
         fn.decoders.image = lambda *inputs, **kwargs: decode(*inputs, **{**kwargs, "device": "cpu"})

@@ -24,6 +24,7 @@ from bls_pipeline.build.user_pipeline import (
 )
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.runtime.dali import SERIALIZED_FILE, DaliPreprocessor
+from bls_pipeline.runtime.device import decoder_device, detect_device
 from tests.conftest import PIPELINE_FIXTURES as FIXTURES
 from tests.conftest import TUTORIAL_ARGS, TUTORIAL_SCRIPT as TRAIN, run_tutorial_pipeline_with_its_reader
 
@@ -226,16 +227,30 @@ def test_the_served_graph_has_one_named_input_and_no_reader(tutorial) -> None:
     assert np.array(output.as_tensor()).shape == (2, 3, 224, 224)
 
 
-def test_the_served_model_equals_the_training_scripts_own_run(tmp_path: Path, tutorial) -> None:
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "gpu",
+            marks=pytest.mark.skipif(
+                detect_device()[0] != "gpu", reason="no CUDA device here: the mixed decoder runs on a GPU machine"
+            ),
+        ),
+    ],
+)
+def test_the_served_model_equals_the_training_scripts_own_run(tmp_path: Path, device: str) -> None:
     photos = sample_photos()
-    expected = run_tutorial_pipeline_with_its_reader(photos, tmp_path / "val")
+    converted = convert(TRAIN, "validation_pipe", TUTORIAL_ARGS, decoder_device=decoder_device(device), max_batch_size=8)
+    expected = run_tutorial_pipeline_with_its_reader(photos, tmp_path / "val", decoder_device(device))
     version = tmp_path / "preprocessing" / "1"
     version.mkdir(parents=True)
-    (version / SERIALIZED_FILE).write_bytes(tutorial.serialized)
+    (version / SERIALIZED_FILE).write_bytes(converted.serialized)
 
-    runner = DaliPreprocessor.from_version_dir(version, max_batch_size=8, on_device=False)
+    runner = DaliPreprocessor.from_version_dir(version, max_batch_size=8, on_device=device == "gpu")
     served = runner([np.fromfile(photo, np.uint8) for photo in photos])
 
+    assert converted.max_abs_diff == 0.0 and converted.decoder_device == decoder_device(device)
     np.testing.assert_array_equal(served, expected)
 
 
