@@ -216,6 +216,7 @@ def tutorial():
 
 
 def test_the_served_graph_has_one_named_input_and_no_reader(tutorial) -> None:
+    from nvidia.dali import types
     from nvidia.dali.pipeline import Pipeline
 
     pipe = Pipeline.deserialize(tutorial.serialized, batch_size=2, num_threads=1, device_id=None, prefetch_queue_depth=1)
@@ -225,6 +226,8 @@ def test_the_served_graph_has_one_named_input_and_no_reader(tutorial) -> None:
 
     assert b"readers__File" not in tutorial.serialized and b"ExternalSource" in tutorial.serialized
     assert np.array(output.as_tensor()).shape == (2, 3, 224, 224)
+    # What the DALI backend's autoconfiguration reads (--dali-autoconfig).
+    assert (pipe.output_dtype(), pipe.output_ndim()) == ([types.FLOAT], [3])
 
 
 @pytest.mark.parametrize(
