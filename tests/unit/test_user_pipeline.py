@@ -121,6 +121,16 @@ def test_a_validation_pipeline_converts_and_equals_the_original_on_the_photograp
         ),
         pytest.param(TRAIN, "no_such_pipe", [], f"{TRAIN} has no 'no_such_pipe'", id="no-such-function"),
         pytest.param(
+            MORE, "layout_argument_pipe", [],
+            "layout_argument_pipe needs a value for layout (not only a reader argument): pass --pipeline-arg layout=VALUE",
+            id="string-argument-not-for-the-reader",
+        ),
+        pytest.param(
+            MORE, "aliased_reader_pipe", [],
+            "aliased_reader_pipe: no fn.readers.* reader was called (call it as fn.readers.NAME), so there is no input to serve",
+            id="aliased-reader",
+        ),
+        pytest.param(
             MORE, "IMAGENET_MEAN", [],
             f"{MORE}:IMAGENET_MEAN is not a DALI pipeline function: name the @pipeline_def function "
             "(or a plain function that returns fn.* outputs), got list",
