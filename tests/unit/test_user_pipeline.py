@@ -293,3 +293,27 @@ def test_the_repository_serves_model_dali_for_both_targets(tmp_path: Path, tutor
 def test_a_pipeline_converted_for_another_device_is_refused(tutorial) -> None:
     with pytest.raises(ConfigError, match="converted with a cpu decoder, the repository's device gpu needs mixed"):
         RepositorySpec(target="triton", device="gpu", max_batch_size=8, num_classes=2, user_pipeline=tutorial)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--dali-pipeline", f"{MORE}:random_crop_pipe", "--device", "cpu"],
+            "build_repo: error: fn.random_resized_crop: cannot be served: it is random (augmentation); "
+            "serve the validation pipeline, which must give the same output for the same image\n",
+        ),
+        (
+            ["--dali-pipeline", f"{TRAIN}:validation_pipe", "--crop", "200"],
+            "build_repo: error: --crop cannot be combined with --dali-pipeline: the pipeline decides the preprocessing\n",
+        ),
+        (["--pipeline-arg", "image_size=256"], "build_repo: error: --pipeline-arg needs --dali-pipeline\n"),
+    ],
+)
+def test_build_repo_refuses_in_one_line_and_writes_nothing(tmp_path: Path, capsys, arguments, message) -> None:
+    from tools.build_repo import main
+
+    output = tmp_path / "repository"
+    assert main([*arguments, "--output", str(output)]) == 2
+    assert capsys.readouterr().err == message
+    assert not output.exists()
