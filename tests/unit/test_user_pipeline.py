@@ -51,6 +51,10 @@ def convert(path: Path, function: str, arguments: list[str] = (), **options):
         pytest.param(MORE, "webdataset_pipe", [], "fn.readers.webdataset", (3, 224, 224), (1,), ("tars", "indices"), id="webdataset"),
         pytest.param(MORE, "coco_pipe", [], "fn.readers.coco", (3, 224, 224), (1, 2), ("root", "annotations"), id="coco"),
         pytest.param(MORE, "mxnet_pipe", [], "fn.readers.mxnet", (3, 224, 224), (1,), ("rec", "idx"), id="mxnet"),
+        pytest.param(
+            MORE, "tfrecord_pipe", [], "fn.readers.tfrecord", (3, 224, 224), (1,), ("tfrecord_files", "index_files"),
+            id="tfrecord",
+        ),
     ],
 )
 def test_a_validation_pipeline_converts_and_equals_the_original_on_the_photographs(
@@ -323,3 +327,9 @@ def test_build_repo_refuses_in_one_line_and_writes_nothing(tmp_path: Path, capsy
     assert main([*arguments, "--output", str(output)]) == 2
     assert capsys.readouterr().err == message
     assert not output.exists()
+
+
+def test_tfrecord_records_carry_the_crc32c_of_the_format() -> None:
+    from bls_pipeline.build.reader_layouts import _crc32c
+
+    assert _crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
