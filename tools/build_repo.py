@@ -108,6 +108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     tuning = parser.add_argument_group("serving")
     tuning.add_argument("--dali-threads", type=int, default=2, help="DALI CPU worker threads")
+    tuning.add_argument(
+        "--hw-decoder-load",
+        type=float,
+        default=0.65,
+        help="GPU only: share of JPEGs for the hardware JPEG decoder, 0..1 (DALI's default 0.65)",
+    )
+    tuning.add_argument("--preprocessing-instances", type=int, default=1, help="instances of the preprocessing model")
+    tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
     tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
     tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")
     tuning.add_argument("--max-image-pixels", type=int, help="largest accepted declared width x height (default 40 M)")
@@ -165,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             preprocessing=preprocessing_from_args(args),
             dali_autoconfig=args.dali_autoconfig,
             dali_threads=args.dali_threads,
+            hw_decoder_load=args.hw_decoder_load,
+            preprocessing_instances=args.preprocessing_instances,
+            network_instances=args.network_instances,
             network_threads=args.network_threads,
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,

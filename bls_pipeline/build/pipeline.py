@@ -51,6 +51,9 @@ class BuildOptions:
     preprocessing: PreprocessingSettings | None = None
     dali_autoconfig: bool = False
     dali_threads: int = 2
+    hw_decoder_load: float = 0.65
+    preprocessing_instances: int = 1
+    network_instances: int = 1
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
@@ -78,7 +81,13 @@ class BuildReport:
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
     """Build the repository described by ``options``; see the module docstring."""
     from bls_pipeline.build.checkpoints import default_checkpoint_path, load_checkpoint
-    from bls_pipeline.build.export import build_tensorrt_engine, export_onnx, tensorrt_available, verify_onnx
+    from bls_pipeline.build.export import (
+        build_tensorrt_engine,
+        export_onnx,
+        save_torch_weights,
+        tensorrt_available,
+        verify_onnx,
+    )
     from bls_pipeline.request.postprocess import load_labels
 
     checkpoint = Path(options.checkpoint) if options.checkpoint else default_checkpoint_path()
@@ -129,15 +138,26 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             runtime, tensorrt_note = "tensorrt", f"TensorRT engine built ({'FP16' if options.fp16 else 'FP32'})"
         else:
             runtime, tensorrt_note = "onnxruntime", f"no TensorRT engine: {reason}; serving ONNX with ONNX Runtime"
+            if device == GPU and options.target == "local":
+                # The pip-installed server has no TensorRT backend and no TensorRT builder is
+                # installable here: its GPU network runs on torch CUDA graphs (runtime.torch_network).
+                network_files.append(
+                    save_torch_weights(model, Path(scratch) / "model.pt", arch=options.arch, image_size=preprocessing.crop)
+                )
+                runtime, tensorrt_note = "torch-cuda", f"no TensorRT engine: {reason}; serving FP16 torch CUDA graphs (model.pt)"
             progress(f"[4/5] {tensorrt_note}")
         spec = RepositorySpec(
             target=options.target,
             device=device,
             max_batch_size=options.max_batch_size,
             num_classes=num_classes,
-            runtime=runtime,
+            # The config's runtime: a Python-backend network picks torch itself from model.pt.
+            runtime="onnxruntime" if runtime == "torch-cuda" else runtime,
             preprocessing=preprocessing,
             dali_threads=options.dali_threads,
+            hw_decoder_load=options.hw_decoder_load,
+            preprocessing_instances=options.preprocessing_instances,
+            network_instances=options.network_instances,
             dali_autoconfig=options.dali_autoconfig,
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,

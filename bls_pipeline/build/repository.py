@@ -74,6 +74,10 @@ class RepositorySpec:
     preprocessing: PreprocessingSettings = field(default_factory=PreprocessingSettings)
     dali_threads: int = 2
     dali_autoconfig: bool = False
+    # The mixed decoder's share for the hardware JPEG engine (GPU only; DALI's default 0.65).
+    hw_decoder_load: float = 0.65
+    preprocessing_instances: int = 1
+    network_instances: int = 1
     network_threads: int = 0
     # ONNX Runtime's idle pool threads busy-wait by default; on a CPU shared with DALI and the
     # Python stubs that costs throughput (docs/benchmark.md: +12 % at concurrency 8 without).
@@ -92,6 +96,8 @@ class RepositorySpec:
             raise ConfigError(f"max batch size must be at least 1, got {self.max_batch_size}")
         mc.check_runtime(self.runtime)
         mc.check_runtime_device(self.runtime, self.device)
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ConfigError(f"hw_decoder_load must be between 0 and 1, got {self.hw_decoder_load}")
         if self.user_pipeline and self.user_pipeline.decoder_device != decoder_device(self.device):
             raise ConfigError(
                 f"the user pipeline was converted with a {self.user_pipeline.decoder_device} decoder, "
@@ -134,6 +140,7 @@ class RepositorySpec:
                 num_threads=self.dali_threads,
                 autoconfig=self.dali_autoconfig,
                 max_queue_delay_us=self.queue_delay_us,
+                instances=self.preprocessing_instances,
             ),
             mc.NETWORK: mc.network_config(
                 target=self.target,
@@ -144,6 +151,7 @@ class RepositorySpec:
                 device=self.device,
                 max_queue_delay_us=self.queue_delay_us,
                 parameters=network_parameters,
+                instances=self.network_instances,
             ),
         }
 
@@ -154,6 +162,7 @@ class RepositorySpec:
         settings["decoder_device"] = decoder_device(self.device)
         settings["max_batch_size"] = self.max_batch_size
         settings["num_threads"] = self.dali_threads
+        settings["hw_decoder_load"] = self.hw_decoder_load
         return settings
 
 

@@ -99,6 +99,11 @@ class DaliPreprocessor:
         self._runs = 0
         LOGGER.info("DALI preprocessing built: max batch %d, %s", max_batch_size, description)
 
+    @property
+    def decoder_device(self) -> str:
+        """DALI's decoder placement: ``mixed`` (GPU) or ``cpu``."""
+        return "mixed" if self.on_device else "cpu"
+
     def _build(self):
         pipe = self._make_pipeline()
         pipe.build()

@@ -31,9 +31,9 @@ from bls_pipeline.serving.models import (
     _parameters,
     _version_dir,
     classification_response,
-    error_response,
     request_top_k,
 )
+from bls_pipeline.serving.bls import error_response
 
 LOGITS_INPUT = "LOGITS"
 PREPROCESSING_FILE = "preprocessing.json"
