@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from bls_pipeline.build.reader_layouts import READERS, SAMPLE_SUFFIXES, UserPipelineError, recording_tfrecord_features
-from bls_pipeline.runtime.dali import SERIALIZED_INPUT as DALI_INPUT
+from bls_pipeline.contract import CHANNELS, DALI_INPUT
 from bls_pipeline.runtime.device import decoder_device
 
 # The photographs every conversion is verified on (scikit-image's, shipped in samples/).
@@ -476,7 +476,7 @@ def _check_served_output(samples: list[np.ndarray], layout: str) -> tuple[int, i
     if len(shapes) != 1:
         raise UserPipelineError(f"the pipeline outputs images of different shapes ({described}): crop to a fixed size")
     (shape,) = shapes
-    if len(shape) != 3 or shape[0] != 3 or layout not in ("", "CHW") or shape[1] != shape[2]:
+    if len(shape) != 3 or shape[0] != CHANNELS or layout not in ("", "CHW") or shape[1] != shape[2]:
         raise UserPipelineError(
             f"the pipeline outputs {described}; the network takes float32 CHW [3, N, N]: "
             "use output_layout='CHW' and a square crop"

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from bls_pipeline.contract import DALI_INPUT
+
 if TYPE_CHECKING:
     import torch
 
@@ -34,9 +36,8 @@ LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
 PACKAGED_PIPELINE = Path(__file__).resolve().parents[2] / "model_repository" / "preprocessing" / "1" / "dali.py"
-# A serialized pipeline (what Triton's DALI backend loads first) and the name of its input.
+# A serialized pipeline (what Triton's DALI backend loads first); its input is DALI_INPUT.
 SERIALIZED_FILE = "model.dali"
-SERIALIZED_INPUT = "DALI_INPUT"
 # Runs between two returns of free heap memory to the OS (see release_free_memory).
 TRIM_EVERY_RUNS = 64
 
@@ -176,7 +177,7 @@ class DaliPreprocessor:
         )
         return cls(
             make_pipeline,
-            input_name=SERIALIZED_INPUT,
+            input_name=DALI_INPUT,
             max_batch_size=max_batch_size,
             on_device=on_device,
             description=f"serialized pipeline {path}",
