@@ -18,29 +18,52 @@ from tests.e2e._support import start_server
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The repository that the CLI builds from the tutorial's pipeline, and what it printed."""
+def native_backends() -> Path | None:
+    from bls_pipeline.devtools.backends.build import native_backends_dir
+
+    return native_backends_dir()
+
+
+# Both hostings of the same model.dali: the local target's Python-backend model, and Triton's
+# own DALI backend (the container's; here built by tools/build_backends.py).
+HOSTINGS = [
+    pytest.param("local", id="python-backend"),
+    pytest.param(
+        "triton",
+        id="dali-backend",
+        marks=pytest.mark.skipif(
+            native_backends() is None, reason="Triton's DALI backend is not built here: run tools/build_backends.py"
+        ),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=HOSTINGS)
+def built(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """The repository that the CLI builds from the tutorial's pipeline, what it printed, its target."""
     import contextlib
     import io
 
     from tools.build_repo import main
 
-    output = tmp_path_factory.mktemp("user-pipeline") / "model_repository"
+    target = request.param
+    output = tmp_path_factory.mktemp(f"user-pipeline-{target}") / "model_repository"
     arguments = [f"--pipeline-arg={argument}" for argument in TUTORIAL_ARGS]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = main(
             ["--dali-pipeline", f"{TUTORIAL_SCRIPT}:validation_pipe", *arguments, "--device", "cpu",
-             "--max-batch-size", "8", "--output", str(output)]
+             "--target", target, "--max-batch-size", "8", "--output", str(output)]
         )
     assert status == 0, printed.getvalue()
-    return output, printed.getvalue()
+    return output, printed.getvalue(), target
 
 
 @pytest.fixture(scope="module")
 def server(built, tmp_path_factory: pytest.TempPathFactory):
-    server = start_server(built[0], tmp_path_factory.mktemp("server") / "tritonserver.log")
+    repository, _, target = built
+    options = {"native_backends": native_backends()} if target == "triton" else {}
+    server = start_server(repository, tmp_path_factory.mktemp("server") / "tritonserver.log", **options)
     try:
         yield server
     finally:
@@ -48,12 +71,14 @@ def server(built, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_the_build_says_it_runs_the_script_and_what_it_verified(built) -> None:
-    _, printed = built
+    _, printed, _ = built
     assert "(this runs the code of your training script)" in printed
     assert "fn.readers.file -> fn.external_source(name='DALI_INPUT'); outputs dropped (labels, metadata): 1; decoder: cpu" in printed
     assert "reader-only arguments, no value needed: data_dir" in printed
     assert f"verified on {len(sample_photos())} sample photographs: output float32 [3, 224, 224], max |converted - original| = 0" in printed
     assert (built[0] / mc.PREPROCESSING / "1" / "model.dali").is_file()
+    backend = mc.read_config(built[0] / mc.PREPROCESSING / "config.pbtxt").backend
+    assert backend == {"local": "python", "triton": "dali"}[built[2]]
 
 
 def test_served_preprocessing_equals_the_original_validation_pipeline(server, tmp_path: Path) -> None:
