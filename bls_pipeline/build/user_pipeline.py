@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from bls_pipeline.build.reader_layouts import READERS, SAMPLE_SUFFIXES, UserPipelineError, recording_tfrecord_features
-from bls_pipeline.contract import CHANNELS, DALI_INPUT
+from bls_pipeline.contract import CHANNELS, DALI_INPUT, DALI_OUTPUT
 from bls_pipeline.runtime.device import decoder_device
 
 # The photographs every conversion is verified on (scikit-image's, shipped in samples/).
@@ -515,7 +515,7 @@ def convert_pipeline(
 def _convert(
     source: PipelineSource, decoder_device: str, max_batch_size: int, num_threads: int, photos: list[Path]
 ) -> ConvertedPipeline:
-    from nvidia.dali import types
+    from nvidia.dali import fn, types
     from nvidia.dali.pipeline import Pipeline
 
     function = load_pipeline_function(source)
@@ -538,7 +538,10 @@ def _convert(
         )
         image_index, dropped = _select_outputs(outputs, served_build)
         _check_operators(outputs[image_index])
-        pipe.set_outputs(outputs[image_index])
+        with pipe:
+            # Named after the contract, so that the DALI backend's autoconfiguration names it so
+            # too; a layout-only reshape shares the data (no copy).
+            pipe.set_outputs(fn.reshape(outputs[image_index], layout="CHW", name=DALI_OUTPUT))
         try:
             serialized = pipe.serialize()
         except RuntimeError as exc:

@@ -26,15 +26,14 @@ def native_backends() -> Path | None:
 
 # Both hostings of the same model.dali: the local target's Python-backend model, and Triton's
 # own DALI backend (the container's; here built by tools/build_backends.py).
+# With --dali-autoconfig the DALI backend derives the preprocessing config from model.dali.
+NEEDS_DALI_BACKEND = pytest.mark.skipif(
+    native_backends() is None, reason="Triton's DALI backend is not built here: run tools/build_backends.py"
+)
 HOSTINGS = [
-    pytest.param("local", id="python-backend"),
-    pytest.param(
-        "triton",
-        id="dali-backend",
-        marks=pytest.mark.skipif(
-            native_backends() is None, reason="Triton's DALI backend is not built here: run tools/build_backends.py"
-        ),
-    ),
+    pytest.param(("local", []), id="python-backend"),
+    pytest.param(("triton", []), id="dali-backend", marks=NEEDS_DALI_BACKEND),
+    pytest.param(("triton", ["--dali-autoconfig"]), id="dali-backend-autoconfig", marks=NEEDS_DALI_BACKEND),
 ]
 
 
@@ -46,14 +45,14 @@ def built(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
 
     from tools.build_repo import main
 
-    target = request.param
+    target, flags = request.param
     output = tmp_path_factory.mktemp(f"user-pipeline-{target}") / "model_repository"
     arguments = [f"--pipeline-arg={argument}" for argument in TUTORIAL_ARGS]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = main(
             ["--dali-pipeline", f"{TUTORIAL_SCRIPT}:validation_pipe", *arguments, "--device", "cpu",
-             "--target", target, "--max-batch-size", "8", "--output", str(output)]
+             "--target", target, *flags, "--max-batch-size", "8", "--output", str(output)]
         )
     assert status == 0, printed.getvalue()
     return output, printed.getvalue(), target

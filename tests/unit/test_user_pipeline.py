@@ -245,6 +245,7 @@ def test_the_served_graph_has_one_named_input_and_no_reader(tutorial) -> None:
     (output,) = pipe.run()
 
     assert b"readers__File" not in tutorial.serialized and b"ExternalSource" in tutorial.serialized
+    assert mc.DALI_OUTPUT.encode() in tutorial.serialized  # the output's name, for autoconfiguration
     assert np.array(output.as_tensor()).shape == (2, 3, 224, 224)
     # What the DALI backend's autoconfiguration reads (--dali-autoconfig).
     assert (pipe.output_dtype(), pipe.output_ndim()) == ([types.FLOAT], [3])
