@@ -442,8 +442,8 @@ def _check_operators(output: Any) -> None:
         if name == "ExternalSource":
             if operator._name != DALI_INPUT:
                 raise UserPipelineError(
-                    f"fn.external_source (name {operator._name!r}): cannot be served: several image inputs; "
-                    "the served model feeds only the reader's images"
+                    f"fn.external_source (name {operator._name!r}): cannot be served: several inputs (the reader "
+                    "and this one); the served model takes the encoded image alone"
                 )
         elif schema.HasRandomSeedArg():
             raise UserPipelineError(

@@ -51,6 +51,7 @@ def convert(path: Path, function: str, arguments: list[str] = (), **options):
         pytest.param(MORE, "webdataset_pipe", [], "fn.readers.webdataset", (3, 224, 224), (1,), ("tars", "indices"), id="webdataset"),
         pytest.param(MORE, "coco_pipe", [], "fn.readers.coco", (3, 224, 224), (1, 2), ("root", "annotations"), id="coco"),
         pytest.param(MORE, "mxnet_pipe", [], "fn.readers.mxnet", (3, 224, 224), (1,), ("rec", "idx"), id="mxnet"),
+        pytest.param(MORE, "conditional_pipe", [], "fn.readers.file", (3, 224, 224), (1,), ("data_dir",), id="conditionals"),
         pytest.param(
             MORE, "tfrecord_pipe", [], "fn.readers.tfrecord", (3, 224, 224), (1,), ("tfrecord_files", "index_files"),
             id="tfrecord",
@@ -124,6 +125,12 @@ def test_a_validation_pipeline_converts_and_equals_the_original_on_the_photograp
             id="unknown-argument",
         ),
         pytest.param(TRAIN, "no_such_pipe", [], f"{TRAIN} has no 'no_such_pipe'", id="no-such-function"),
+        pytest.param(
+            MORE, "extra_input_pipe", [],
+            "fn.external_source (name 'SCALE'): cannot be served: several inputs (the reader and this one); "
+            "the served model takes the encoded image alone",
+            id="extra-external-source",
+        ),
         pytest.param(
             MORE, "caffe_pipe", [],
             "fn.readers.caffe: cannot be served: its LMDB sample layout is not built here, so the conversion "
