@@ -563,7 +563,8 @@ def _convert(
         del original
     shape = _check_served_output(reference, layout)
 
-    served = Pipeline.deserialize(serialized, batch_size=max_batch_size, **common)
+    # All samples in one batch, whatever the served maximum (Triton overrides it the same way).
+    served = Pipeline.deserialize(serialized, batch_size=len(encoded), **common)
     try:
         served.feed_input(DALI_INPUT, encoded)
         (output,) = served.run()

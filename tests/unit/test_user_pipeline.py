@@ -341,3 +341,9 @@ def test_tfrecord_records_carry_the_crc32c_of_the_format() -> None:
     from bls_pipeline.build.reader_layouts import _crc32c
 
     assert _crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
+
+
+def test_a_served_batch_smaller_than_the_samples_is_still_verified_on_all_of_them() -> None:
+    converted = convert(TRAIN, "validation_pipe", TUTORIAL_ARGS, max_batch_size=1)
+
+    assert converted.samples == len(sample_photos()) > 1 and converted.max_abs_diff == 0.0
