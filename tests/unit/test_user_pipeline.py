@@ -126,6 +126,12 @@ def test_a_validation_pipeline_converts_and_equals_the_original_on_the_photograp
         ),
         pytest.param(TRAIN, "no_such_pipe", [], f"{TRAIN} has no 'no_such_pipe'", id="no-such-function"),
         pytest.param(
+            MORE, "label_dependent_pipe", [],
+            "output 0 of the pipeline combines the images with the reader's labels or metadata "
+            "(the served model gets no labels): return the images alone",
+            id="images-mixed-with-labels",
+        ),
+        pytest.param(
             MORE, "extra_input_pipe", [],
             "fn.external_source (name 'SCALE'): cannot be served: several inputs (the reader and this one); "
             "the served model takes the encoded image alone",
