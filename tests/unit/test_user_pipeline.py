@@ -51,6 +51,10 @@ def convert(path: Path, function: str, arguments: list[str] = (), **options):
         pytest.param(MORE, "webdataset_pipe", [], "fn.readers.webdataset", (3, 224, 224), (1,), ("tars", "indices"), id="webdataset"),
         pytest.param(MORE, "coco_pipe", [], "fn.readers.coco", (3, 224, 224), (1, 2), ("root", "annotations"), id="coco"),
         pytest.param(MORE, "mxnet_pipe", [], "fn.readers.mxnet", (3, 224, 224), (1,), ("rec", "idx"), id="mxnet"),
+        pytest.param(
+            FIXTURES / "project" / "train.py", "val_pipeline", [], "fn.readers.file", (3, 192, 192), (1,), ("data_dir",),
+            id="imports-its-project",
+        ),
         pytest.param(MORE, "conditional_pipe", [], "fn.readers.file", (3, 224, 224), (1,), ("data_dir",), id="conditionals"),
         pytest.param(
             MORE, "tfrecord_pipe", [], "fn.readers.tfrecord", (3, 224, 224), (1,), ("tfrecord_files", "index_files"),
