@@ -20,6 +20,7 @@ from typing import Callable
 
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.build.user_pipeline import ConvertedPipeline, PipelineSource, convert_for_repository
 from bls_pipeline.runtime.device import GPU, check_device, detect_device
 from bls_pipeline.build.repository import (
     RepositorySpec,
@@ -59,6 +60,8 @@ class BuildOptions:
     max_image_pixels: int | None = None
     max_request_bytes: int | None = None
     queue_delay_us: int = 0
+    # The user's DALI validation pipeline, served instead of the built-in preprocessing.
+    dali_pipeline: PipelineSource | None = None
 
 
 @dataclass
@@ -73,6 +76,7 @@ class BuildReport:
     onnx_max_abs_diff: float
     tensorrt_note: str
     preprocessing: PreprocessingSettings
+    user_pipeline: ConvertedPipeline | None = None
 
 
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
@@ -96,9 +100,20 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
     else:
         device, device_reason = check_device(options.device), "--device given"
     progress(f"device: {device} ({device_reason})")
+    converted = None
+    if options.dali_pipeline is not None:
+        converted = convert_for_repository(
+            options.dali_pipeline,
+            device=device,
+            max_batch_size=options.max_batch_size,
+            num_threads=options.dali_threads,
+            progress=progress,
+        )
+    # The network's input size: the user pipeline's output, else the built-in crop.
+    crop = converted.crop if converted else preprocessing.crop
     progress(f"[1/5] loading {checkpoint} as {options.arch} (weights only)")
     model = load_checkpoint(checkpoint, options.arch)
-    num_classes = _count_classes(model, preprocessing.crop)
+    num_classes = _count_classes(model, crop)
     if len(labels) != num_classes:
         raise ConfigError(
             f"the checkpoint has {num_classes} classes but the labels have {len(labels)}: pass --labels FILE"
@@ -107,10 +122,10 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
 
     with tempfile.TemporaryDirectory(prefix="build-repo-", dir=options.output) as scratch:
         onnx_path = Path(scratch) / "model.onnx"
-        progress(f"[2/5] exporting ONNX (dynamic batch, {preprocessing.crop}x{preprocessing.crop})")
-        export_onnx(model, onnx_path, image_size=preprocessing.crop)
+        progress(f"[2/5] exporting ONNX (dynamic batch, {crop}x{crop})")
+        export_onnx(model, onnx_path, image_size=crop)
         progress("[3/5] checking ONNX Runtime against torch")
-        diff = verify_onnx(model, onnx_path, image_size=preprocessing.crop)
+        diff = verify_onnx(model, onnx_path, image_size=crop)
         progress(f"      max |onnx - torch| = {diff:.2e}")
         network_files = [onnx_path]
         reason = tensorrt_available() if device == GPU else "TensorRT runs only on a GPU and the device is cpu"
@@ -118,7 +133,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             plan = Path(scratch) / "model.plan"
             progress(f"[4/5] building a TensorRT engine ({'FP16' if options.fp16 else 'FP32'}, max batch {options.max_batch_size})")
             build_tensorrt_engine(
-                onnx_path, plan, fp16=options.fp16, max_batch_size=options.max_batch_size, image_size=preprocessing.crop
+                onnx_path, plan, fp16=options.fp16, max_batch_size=options.max_batch_size, image_size=crop
             )
             network_files.append(plan)
             runtime, tensorrt_note = "tensorrt", f"TensorRT engine built ({'FP16' if options.fp16 else 'FP32'})"
@@ -151,6 +166,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             max_image_pixels=options.max_image_pixels,
             max_request_bytes=options.max_request_bytes,
             queue_delay_us=options.queue_delay_us,
+            user_pipeline=converted,
         )
         progress(f"[5/5] writing the {options.target} repository for {device} to {options.output}")
         write_repository(options.output, spec, labels=labels, network_files=network_files)
@@ -163,6 +179,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
         onnx_max_abs_diff=diff,
         tensorrt_note=tensorrt_note,
         preprocessing=preprocessing,
+        user_pipeline=converted,
     )
 
 

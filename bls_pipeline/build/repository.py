@@ -21,12 +21,16 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.runtime.dali import SERIALIZED_FILE
 from bls_pipeline.runtime.device import CPU, decoder_device
+
+if TYPE_CHECKING:
+    from bls_pipeline.build.user_pipeline import ConvertedPipeline
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,6 +89,9 @@ class RepositorySpec:
     max_image_pixels: int | None = None
     max_request_bytes: int | None = None
     queue_delay_us: int = 0
+    # A converted user pipeline (bls_pipeline.build.user_pipeline): served as model.dali
+    # instead of dali.py + preprocessing.json.
+    user_pipeline: ConvertedPipeline | None = None
 
     def __post_init__(self) -> None:
         mc.check_target(self.target)
@@ -94,10 +101,20 @@ class RepositorySpec:
         mc.check_runtime_device(self.runtime, self.device)
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ConfigError(f"hw_decoder_load must be between 0 and 1, got {self.hw_decoder_load}")
+        if self.user_pipeline and self.user_pipeline.decoder_device != decoder_device(self.device):
+            raise ConfigError(
+                f"the user pipeline was converted with a {self.user_pipeline.decoder_device} decoder, "
+                f"the repository's device {self.device} needs {decoder_device(self.device)}"
+            )
+
+    @property
+    def crop(self) -> int:
+        """The preprocessing output's (and the network input's) size."""
+        return self.user_pipeline.crop if self.user_pipeline else self.preprocessing.crop
 
     def configs(self) -> dict[str, mc.ModelConfig]:
         """The three model configs, by model name."""
-        crop = self.preprocessing.crop
+        crop = self.crop
         classifier_parameters: dict[str, object] = {
             "labels_file": LABELS_FILE,
             "preprocessing_model": mc.PREPROCESSING,
@@ -188,8 +205,12 @@ def write_repository(
 
     shutil.copyfile(TEMPLATE_DIR / mc.CLASSIFIER / "1" / MODEL_FILE, versions[mc.CLASSIFIER] / MODEL_FILE)
     (versions[mc.CLASSIFIER] / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
-    shutil.copyfile(TEMPLATE_DIR / mc.PREPROCESSING / "1" / DALI_FILE, versions[mc.PREPROCESSING] / DALI_FILE)
-    (versions[mc.PREPROCESSING] / SETTINGS_FILE).write_text(json.dumps(spec.dali_settings(), indent=2) + "\n")
+    if spec.user_pipeline:
+        # Both hostings load the serialized graph: the DALI backend reads model.dali first.
+        (versions[mc.PREPROCESSING] / SERIALIZED_FILE).write_bytes(spec.user_pipeline.serialized)
+    else:
+        shutil.copyfile(TEMPLATE_DIR / mc.PREPROCESSING / "1" / DALI_FILE, versions[mc.PREPROCESSING] / DALI_FILE)
+        (versions[mc.PREPROCESSING] / SETTINGS_FILE).write_text(json.dumps(spec.dali_settings(), indent=2) + "\n")
     if spec.target == "local":
         for name in (mc.PREPROCESSING, mc.NETWORK):
             shutil.copyfile(TEMPLATE_DIR / name / "1" / MODEL_FILE, versions[name] / MODEL_FILE)

@@ -162,7 +162,7 @@ def _gpu_batch(requests: Sequence[Any], name: str, gpu_id: int) -> tuple[Any, li
 
 
 class PreprocessingModel:
-    """The DALI pipeline of ``1/dali.py`` hosted in a Python-backend model (``--target local``)."""
+    """The DALI pipeline of ``1/model.dali`` or ``1/dali.py`` hosted in a Python-backend model (``--target local``)."""
 
     def initialize(self, args: dict) -> None:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
@@ -170,16 +170,18 @@ class PreprocessingModel:
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
-        # The decoder device comes from preprocessing.json (the repository's device setting).
-        self.runner = DaliPreprocessor.from_file(
-            _version_dir(args) / "dali.py",
+        # The decoder device is the repository's device setting: in preprocessing.json for
+        # dali.py, in the graph of model.dali (and this instance's kind) for a user pipeline.
+        self.runner = DaliPreprocessor.from_version_dir(
+            _version_dir(args),
+            on_device=_device(args) == GPU,
             max_batch_size=config["max_batch_size"],
             num_threads=int(parameters.get("num_threads", 0)) or None,
             gpu_id=_gpu_id(args),
         )
         memory = f"GPU {_gpu_id(args)}" if self.runner.on_device else "host"
         pb_utils.Logger.log_info(
-            f"preprocessing: DALI {self.runner.settings['decoder_device']} decoder, outputs in {memory} memory"
+            f"preprocessing: DALI {self.runner.decoder_device} decoder, outputs in {memory} memory"
         )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:

@@ -55,7 +55,7 @@ def test_dali_py_keeps_a_copy_of_the_contract_that_equals_it():
 
     module = load_pipeline_module()
 
-    assert module.INPUT_NAME == contract.DALI_INPUT
+    assert (module.INPUT_NAME, module.OUTPUT_NAME) == (contract.DALI_INPUT, contract.DALI_OUTPUT)
 
 
 def test_the_export_client_and_benchmark_use_the_contract_names():

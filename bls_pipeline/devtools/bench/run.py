@@ -456,11 +456,15 @@ class _InProcess:
     def from_repository(cls, repository: Path, max_batch_size: int) -> "_InProcess":
         from bls_pipeline.build import model_config as mc
         from bls_pipeline.runtime.dali import DaliPreprocessor
+        from bls_pipeline.runtime.device import GPU
         from bls_pipeline.runtime.network import load_network, network_options
 
-        dali_threads = int(mc.parameters_of(mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt")).get("num_threads", 0))
-        preprocess = DaliPreprocessor.from_file(
-            repository / mc.PREPROCESSING / "1" / "dali.py",
+        preprocessing_config = mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt")
+        dali_threads = int(mc.parameters_of(preprocessing_config).get("num_threads", 0))
+        # dali.py, or the model.dali of a user's pipeline (build_repo --dali-pipeline).
+        preprocess = DaliPreprocessor.from_version_dir(
+            repository / mc.PREPROCESSING / "1",
+            on_device=mc.device_of(preprocessing_config) == GPU,
             max_batch_size=max_batch_size,
             num_threads=dali_threads or None,
         )

@@ -25,6 +25,8 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.triton import autoserialize
 
 INPUT_NAME = "DALI_INPUT"
+# The output's name: with Model Autoconfiguration the DALI backend names the output after it.
+OUTPUT_NAME = "DALI_OUTPUT"
 SETTINGS_FILE = "preprocessing.json"
 
 # EfficientNet-Lite0 (TF reference preprocessing): resize the shorter side to
@@ -103,4 +105,5 @@ def preprocessing(
         crop_pos_y=0.5,
         mean=mean,
         std=std,
+        name=OUTPUT_NAME,
     )
