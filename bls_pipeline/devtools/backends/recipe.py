@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from bls_pipeline.build.model_config import ORT_ALLOW_SPINNING
 from bls_pipeline.errors import BackendBuildError
 
 FILES = Path(__file__).with_name("files")
@@ -60,7 +61,7 @@ _ORT_OPTIMIZATION = """  THROW_IF_BACKEND_MODEL_ORT_ERROR(
 
 # ONNX Runtime's intra-op threads spin while idle by default; the r24.10 backend has no
 # parameter to stop it, which cost 25-45 % more CPU per request than the Python-hosted model.
-ORT_SESSION_CONFIG_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+ORT_SESSION_CONFIG_KEYS = (ORT_ALLOW_SPINNING, "session.inter_op.allow_spinning")
 
 _ORT_SESSION_CONFIG = (
     _ORT_OPTIMIZATION
