@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bls_pipeline.build.pipeline import BuildOptions, build_repository
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting
 from tools import classify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"using the repository in {args.repository} (--rebuild to build it again)")
         print("starting a local tritonserver on 127.0.0.1 ...", flush=True)
         with LocalTritonServer(ServerOptions(model_repository=args.repository, http_port=0, grpc_port=0, metrics_port=0)) as server:
+            print(describe_hosting(server), flush=True)
             print(f"ready at {server.url}; classifying {' '.join(args.images)}", flush=True)
             code = classify.main(["--url", server.url, "--top-k", "3", *args.images])
         print("server stopped")

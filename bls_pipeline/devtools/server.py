@@ -114,6 +114,15 @@ def native_backend_models(repository: Path) -> dict[str, str]:
     return found
 
 
+def describe_hosting(server: "LocalTritonServer") -> str:
+    """One line for the start of a tool: which backends serve the repository's models."""
+    native = native_backend_models(Path(server.options.model_repository))
+    if native:
+        models = ", ".join(f"{model} on {backend}" for model, backend in sorted(native.items()))
+        return f"Triton's own backends: {models} (from {server.native_backends}); the rest on the Python backend"
+    return "Python backend for every model (DALI and the network in Python-backend models)"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now."""
     import socket
