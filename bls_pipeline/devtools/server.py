@@ -167,6 +167,18 @@ def proc_status(pid: int | str, proc: Path = Path("/proc")) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
 
 
+def cpu_seconds(pid: int | str, proc: Path = Path("/proc")) -> float:
+    """User + system CPU time of a process so far, in seconds; 0 when it is gone."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the command name, which may contain spaces, in parentheses: utime is the
+    # 14th field of the line, stime the 15th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stub_processes(server_pid: int) -> list[StubProcess]:
     """The live Python-backend stubs that ``server_pid`` started (zombies left out).
 
@@ -356,6 +368,12 @@ class LocalTritonServer:
         found = stub_processes(self.process.pid)
         self._stub_segments.update(stub.shm_region for stub in found)
         return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server and of every live stub so far (seconds), from ``/proc``."""
+        if self.process is None:
+            return 0.0
+        return cpu_seconds(self.process.pid) + sum(cpu_seconds(stub.pid) for stub in self.stubs())
 
     def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
         """Unload and load ``model`` (explicit model control): a fresh stub, same files."""

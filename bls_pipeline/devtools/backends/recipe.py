@@ -87,6 +87,19 @@ _ORT_SESSION_CONFIG = (
 """
 )
 
+# The DALI backend scatters the outputs of a batch of several requests with MemCopy on its copy
+# stream; a CPU-only pipeline has none (null), which DALI's copyH2H takes for CUDA's default
+# stream: every multi-request batch then failed with cudaErrorInsufficientDriver on a
+# machine without CUDA (found by the benchmark's native ensemble).
+_DALI_H2H = """    copyH2H(dst_c, src_c, size, stream);
+"""
+_DALI_H2H_HOST = """    // bls-pipeline: no stream (a CPU-only pipeline) means a plain host copy.
+    if (stream)
+      copyH2H(dst_c, src_c, size, stream);
+    else
+      std::memcpy(dst_c, src_c, size);
+"""
+
 EDITS: tuple[SourceEdit, ...] = (
     SourceEdit("common/src/CMakeLists.txt", "add_subdirectory(test)", "", "common's tests need GTest; they are not built"),
     SourceEdit("backend/CMakeLists.txt", _GATHER_KERNEL, _GATHER_STAND_IN, "GPU-enabled builds without nvcc (SOURCES.md)"),
@@ -95,6 +108,12 @@ EDITS: tuple[SourceEdit, ...] = (
         _ORT_OPTIMIZATION,
         _ORT_SESSION_CONFIG,
         "stop idle ONNX Runtime threads from spinning (session.intra_op.allow_spinning)",
+    ),
+    SourceEdit(
+        "dali_backend/src/dali_executor/io_buffer.cc",
+        _DALI_H2H,
+        _DALI_H2H_HOST,
+        "host-to-host copies of a CPU-only pipeline without a CUDA stream",
     ),
 )
 
