@@ -1,7 +1,9 @@
-"""Shared fixtures: real photographs, a built ``--target local`` repository, a real server."""
+"""Shared fixtures: real photographs, built ``--target local`` repositories (on Triton's own
+DALI and ONNX Runtime backends, and on Python-backend models), a real server."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +23,43 @@ def photos() -> dict[str, np.ndarray]:
     return {name: getattr(skimage.data, name)() for name in PHOTOS}
 
 
-@pytest.fixture(scope="session")
-def built_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``--target local`` CPU repository built from the shipped EfficientNet-Lite0 weights."""
+def require_native_backends() -> None:
+    """Skip (fail under ``CI=true``) when Triton's native backends are not built here."""
+    from bls_pipeline.devtools.backends import native_backends_dir
+
+    if native_backends_dir() is None:
+        reason = "Triton's DALI and ONNX Runtime backends are not built for this environment (python tools/build_backends.py)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true: the native-hosting tests must run")
+        pytest.skip(reason)
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, hosting: str) -> Path:
     from bls_pipeline.build.pipeline import BuildOptions, build_repository
 
-    output = tmp_path_factory.mktemp("repository") / "model_repository"
-    build_repository(BuildOptions(output=output, target="local", device="cpu", max_batch_size=16))
+    output = tmp_path_factory.mktemp(f"repository-{hosting}") / "model_repository"
+    build_repository(BuildOptions(output=output, target="local", device="cpu", max_batch_size=16, hosting=hosting))
     return output
+
+
+@pytest.fixture(scope="session")
+def native_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local CPU repository on Triton's own DALI and ONNX Runtime backends (the container's layout)."""
+    require_native_backends()
+    return _build(tmp_path_factory, "native")
+
+
+@pytest.fixture(scope="session")
+def python_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local CPU repository with DALI and the network in Python-backend models (the fallback)."""
+    return _build(tmp_path_factory, "python")
+
+
+@pytest.fixture(scope="session", params=["native", "python"])
+def built_repository(request: pytest.FixtureRequest) -> Path:
+    """Each hosting's repository in turn, built from the shipped EfficientNet-Lite0 weights:
+    every test that uses it (or ``triton_server``) runs on both."""
+    return request.getfixturevalue(f"{request.param}_repository")
 
 
 @pytest.fixture(scope="session")

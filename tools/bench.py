@@ -19,6 +19,7 @@ from bls_pipeline.devtools.bench.run import (
     DEFAULT_CONCURRENCIES,
     BenchError,
     BenchOptions,
+    ENDPOINT_KEYS,
     benchmark_images,
     format_table,
     load_images,
@@ -86,8 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.5, help="seconds of load before each window (default 1.5)")
     parser.add_argument(
         "--endpoints",
-        default="bls,ensemble,naive",
-        help="comma-separated endpoints to load: bls, ensemble, naive (default all; ratios need all three)",
+        default=",".join(ENDPOINT_KEYS),
+        help="comma-separated endpoints to load: bls, ensemble, naive, bls_native, ensemble_native (default all; "
+        "ratios need the first three; the native ones only run where tools/build_backends.py built Triton's backends)",
     )
     parser.add_argument(
         "--images-per-request",
@@ -121,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             print(perf_analyzer_command(str(args.write_perf_analyzer_data)))
             return 0
         endpoints = tuple(part.strip() for part in args.endpoints.split(",") if part.strip())
-        unknown = set(endpoints) - {"bls", "ensemble", "naive"}
+        unknown = set(endpoints) - set(ENDPOINT_KEYS)
         if unknown or not endpoints:
-            raise BenchError(f"unknown endpoints {sorted(unknown)}: choose among bls, ensemble, naive")
+            raise BenchError(f"unknown endpoints {sorted(unknown)}: choose among {', '.join(ENDPOINT_KEYS)}")
         if args.quick:
             options = BenchOptions.quick_options(
                 args.repository, server_log=args.server_log, endpoints=endpoints, images_per_request=args.images_per_request

@@ -26,6 +26,7 @@ from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettin
 from bls_pipeline.build.repository import preprocessing_defaults
 from bls_pipeline.build.user_pipeline import PipelineSource, UserPipelineError
 from bls_pipeline.runtime.device import DEVICES
+from bls_pipeline.build.hosting import AUTO, HOSTINGS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +66,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where the models run, whatever the target: cpu (KIND_CPU, DALI cpu decoder, ONNX Runtime on "
         "the CPU) or gpu (KIND_GPU, DALI mixed decoder, TensorRT or a CUDA runtime; tensors stay on the GPU). "
         "Default: gpu when a CUDA device is visible on this machine, else cpu",
+    )
+    parser.add_argument(
+        "--hosting",
+        choices=HOSTINGS,
+        default=AUTO,
+        help="local target: who serves preprocessing and the network. native: Triton's own DALI and ONNX "
+        "Runtime backends (built by tools/build_backends.py), the container's layout; python: Python-backend "
+        "models running DALI and the network; auto: native where the backends are built for this environment",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_REPOSITORY, help="repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output directory")
@@ -173,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             labels=args.labels,
             target=args.target,
             device=args.device,
+            hosting=args.hosting,
             max_batch_size=args.max_batch_size,
             fp16=args.fp16,
             force=args.force,
@@ -205,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"built {report.output} ({args.target}, {report.device}): {report.num_classes} classes, network on {report.runtime}, "
         f"ONNX within {report.onnx_max_abs_diff:.1e} of torch\n"
-        f"preprocessing: {described}\n{report.tensorrt_note}"
+        f"preprocessing: {described}\n{report.tensorrt_note}\n"
+        + "\n".join(choice.describe(model) for model, choice in report.hosting.items())
     )
     return 0
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from bls_pipeline.build.pipeline import BuildOptions, build_repository
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+from bls_pipeline.devtools.backends import native_backends_dir
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting, native_backend_models
 from tools import classify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +31,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _hosting_changed(repository: Path) -> bool:
+    """Whether Triton's own backends were built (or lost) since ``repository`` was built."""
+    return bool(native_backend_models(repository)) != (native_backends_dir() is not None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.rebuild or not (args.repository / "classifier" / "config.pbtxt").is_file():
+        if args.rebuild or not (args.repository / "classifier" / "config.pbtxt").is_file() or _hosting_changed(args.repository):
             build_repository(
                 BuildOptions(output=args.repository, force=True), progress=lambda line: print(line, flush=True)
             )
@@ -41,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"using the repository in {args.repository} (--rebuild to build it again)")
         print("starting a local tritonserver on 127.0.0.1 ...", flush=True)
         with LocalTritonServer(ServerOptions(model_repository=args.repository, http_port=0, grpc_port=0, metrics_port=0)) as server:
+            print(describe_hosting(server), flush=True)
             print(f"ready at {server.url}; classifying {' '.join(args.images)}", flush=True)
             code = classify.main(["--url", server.url, "--top-k", "3", *args.images])
         print("server stopped")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except BlsPipelineError as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
+    print(describe_hosting(server), flush=True)
     try:
         print(f"memory: {server.sizing.describe() if server.sizing else 'Triton defaults'}", flush=True)
         print(f"ready: {server.url} (gRPC {options.host}:{options.grpc_port}, metrics "

@@ -44,6 +44,9 @@ ModelConfig = model_config_pb2.ModelConfig
 
 TARGETS = ("triton", "local")
 FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
+# The ONNX Runtime session config entry that our build of Triton's ONNX Runtime backend passes
+# through from the model parameters (bls_pipeline.devtools.backends.recipe).
+ORT_ALLOW_SPINNING = "session.intra_op.allow_spinning"
 RUNTIMES = ("tensorrt", "onnxruntime")
 
 
@@ -115,16 +118,19 @@ def preprocessing_config(
     autoconfig: bool = False,
     max_queue_delay_us: int = 0,
     instances: int = 1,
+    native: bool | None = None,
 ) -> ModelConfig:
     """The DALI preprocessing model: ``DALI_INPUT`` bytes -> ``DALI_OUTPUT`` FP32 ``[3, crop, crop]``.
 
-    ``target="triton"`` uses the DALI backend, which reads ``1/dali.py``; with ``autoconfig``
-    the inputs and outputs are left out and the backend derives them from the pipeline
-    (``ndim``/``dtype`` of the external source, ``output_ndim``/``output_dtype``).
-    ``target="local"`` hosts the same ``dali.py`` in a Python-backend model. ``device`` sets
-    the instance kind; the decoder that matches it is in ``preprocessing.json``.
+    ``native`` (default: ``target == "triton"``) uses Triton's DALI backend, which reads
+    ``1/model.dali`` or autoserializes ``1/dali.py``; with ``autoconfig`` the inputs and
+    outputs are left out and the backend derives them from the pipeline (``ndim``/``dtype``
+    of the external source, ``output_ndim``/``output_dtype``). Otherwise a Python-backend
+    model hosts the same ``dali.py``. ``device`` sets the instance kind; the decoder that
+    matches it is in ``preprocessing.json``.
     """
     check_target(target)
+    native = target == "triton" if native is None else native
     parameters: dict[str, object] = {"num_threads": num_threads}
     config: dict[str, Any] = {
         "name": PREPROCESSING,
@@ -132,14 +138,14 @@ def preprocessing_config(
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
         "instance_group": _instances(device, instances),
     }
-    if target == "triton":
+    if native:
         config["backend"] = "dali"
     else:
         config["backend"] = "python"
         # Its input is the classifier's host bytes: nothing to gain from GPU inputs.
         parameters = _python_backend_parameters(parameters, gpu_inputs=False)
     config["parameters"] = _string_parameters(parameters)
-    if not (autoconfig and target == "triton"):
+    if not (autoconfig and native):
         config["input"] = [{**contract.ENCODED.config(), "allow_ragged_batch": True}]
         config["output"] = [contract.preprocessed(DALI_OUTPUT, crop).config()]
     return _parse(config)
@@ -156,14 +162,18 @@ def network_config(
     max_queue_delay_us: int = 0,
     parameters: Mapping[str, object] | None = None,
     instances: int = 1,
+    native: bool | None = None,
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
 
     ``runtime`` is ``"tensorrt"`` (``model.plan``, GPU only) or ``"onnxruntime"`` (``model.onnx``).
+    ``native`` (default: ``target == "triton"``) serves it on Triton's TensorRT or ONNX Runtime
+    backend; otherwise a Python-backend model runs it.
     """
     check_target(target)
     check_runtime(runtime)
     check_runtime_device(runtime, device)
+    native = target == "triton" if native is None else native
     config: dict[str, Any] = {
         "name": NETWORK,
         "max_batch_size": max_batch_size,
@@ -172,7 +182,7 @@ def network_config(
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
         "instance_group": _instances(device, instances),
     }
-    if target == "triton":
+    if native:
         if runtime == "tensorrt":
             config["platform"] = "tensorrt_plan"
             config["default_model_filename"] = "model.plan"

@@ -22,6 +22,7 @@ from bls_pipeline.errors import ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
 from bls_pipeline.build.user_pipeline import ConvertedPipeline, PipelineSource, convert_for_repository
 from bls_pipeline.runtime.device import GPU, check_device, detect_device
+from bls_pipeline.build.hosting import AUTO, ModelHosting, choose_hosting
 from bls_pipeline.build.repository import (
     RepositorySpec,
     prepare_output,
@@ -62,6 +63,9 @@ class BuildOptions:
     queue_delay_us: int = 0
     # The user's DALI validation pipeline, served instead of the built-in preprocessing.
     dali_pipeline: PipelineSource | None = None
+    # auto: Triton's own DALI / ONNX Runtime backends where tools/build_backends.py built them
+    # (local target), else Python-backend models; native or python to insist (build.hosting).
+    hosting: str = AUTO
 
 
 @dataclass
@@ -76,6 +80,7 @@ class BuildReport:
     onnx_max_abs_diff: float
     tensorrt_note: str
     preprocessing: PreprocessingSettings
+    hosting: dict[str, ModelHosting]
     user_pipeline: ConvertedPipeline | None = None
 
 
@@ -147,8 +152,18 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
                 )
                 runtime, tensorrt_note = "torch-cuda", f"no TensorRT engine: {reason}; serving FP16 torch CUDA graphs (model.pt)"
             progress(f"[4/5] {tensorrt_note}")
+        hosting = choose_hosting(
+            target=options.target,
+            device=device,
+            runtime=runtime,
+            requested=options.hosting,
+            backends_built=options.target == "local" and _native_backends_built(),
+        )
+        for model, choice in hosting.items():
+            progress(f"      {choice.describe(model)}")
         spec = RepositorySpec(
             target=options.target,
+            native_models=frozenset(model for model, choice in hosting.items() if choice.native),
             device=device,
             max_batch_size=options.max_batch_size,
             num_classes=num_classes,
@@ -178,6 +193,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
         runtime=runtime,
         onnx_max_abs_diff=diff,
         tensorrt_note=tensorrt_note,
+        hosting=hosting,
         preprocessing=preprocessing,
         user_pipeline=converted,
     )
@@ -188,3 +204,10 @@ def _count_classes(model, crop: int) -> int:
 
     with torch.no_grad():
         return int(model(torch.zeros(1, 3, crop, crop)).shape[-1])
+
+
+def _native_backends_built() -> bool:
+    # Imported here: the repository build does not otherwise depend on the developer tools.
+    from bls_pipeline.devtools.backends import native_backends_dir
+
+    return native_backends_dir() is not None

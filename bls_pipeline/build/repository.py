@@ -92,6 +92,9 @@ class RepositorySpec:
     # A converted user pipeline (bls_pipeline.build.user_pipeline): served as model.dali
     # instead of dali.py + preprocessing.json.
     user_pipeline: ConvertedPipeline | None = None
+    # Local target: the sub-models served by Triton's own backends built with
+    # tools/build_backends.py (see build.hosting); the triton target always uses them.
+    native_models: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         mc.check_target(self.target)
@@ -106,11 +109,20 @@ class RepositorySpec:
                 f"the user pipeline was converted with a {self.user_pipeline.decoder_device} decoder, "
                 f"the repository's device {self.device} needs {decoder_device(self.device)}"
             )
+        unknown = sorted(set(self.native_models) - {mc.PREPROCESSING, mc.NETWORK})
+        if unknown:
+            raise ConfigError(f"only {mc.PREPROCESSING} and {mc.NETWORK} can be hosted natively, not {unknown}")
+        if self.target == "local" and mc.NETWORK in self.native_models and self.runtime != "onnxruntime":
+            raise ConfigError("the pip-installed server has no TensorRT backend: host the engine in Python")
 
     @property
     def crop(self) -> int:
         """The preprocessing output's (and the network input's) size."""
         return self.user_pipeline.crop if self.user_pipeline else self.preprocessing.crop
+
+    def native(self, model: str) -> bool:
+        """Whether ``model`` is served by Triton's own backend (not a Python-backend model)."""
+        return self.target == "triton" or model in self.native_models
 
     def configs(self) -> dict[str, mc.ModelConfig]:
         """The three model configs, by model name."""
@@ -123,11 +135,7 @@ class RepositorySpec:
         for key in ("max_image_bytes", "max_image_pixels", "max_request_bytes"):
             if getattr(self, key) is not None:
                 classifier_parameters[key] = getattr(self, key)
-        network_parameters = (
-            {"intra_op_threads": self.network_threads, "allow_spinning": int(self.network_spinning)}
-            if self.target == "local"
-            else None
-        )
+        network_parameters = self.network_parameters()
         return {
             mc.CLASSIFIER: mc.classifier_config(
                 max_batch_size=self.max_batch_size,
@@ -145,6 +153,7 @@ class RepositorySpec:
                 autoconfig=self.dali_autoconfig,
                 max_queue_delay_us=self.queue_delay_us,
                 instances=self.preprocessing_instances,
+                native=self.native(mc.PREPROCESSING),
             ),
             mc.NETWORK: mc.network_config(
                 target=self.target,
@@ -156,8 +165,22 @@ class RepositorySpec:
                 max_queue_delay_us=self.queue_delay_us,
                 parameters=network_parameters,
                 instances=self.network_instances,
+                native=self.native(mc.NETWORK),
             ),
         }
+
+    def network_parameters(self) -> dict[str, object] | None:
+        """The network's threading parameters, in the keys of whatever hosts it."""
+        if not self.native(mc.NETWORK):
+            return {"intra_op_threads": self.network_threads, "allow_spinning": int(self.network_spinning)}
+        if self.runtime != "onnxruntime":
+            return None
+        # Triton's ONNX Runtime backend: its own thread-count key, and the session config
+        # entry that our build of it passes through (other builds ignore an unknown key).
+        parameters: dict[str, object] = {mc.ORT_ALLOW_SPINNING: int(self.network_spinning)}
+        if self.network_threads > 0:
+            parameters["intra_op_thread_count"] = self.network_threads
+        return parameters
 
     def dali_settings(self) -> dict:
         """The ``preprocessing.json`` that ``dali.py`` reads beside itself."""
@@ -168,6 +191,16 @@ class RepositorySpec:
         settings["num_threads"] = self.dali_threads
         settings["hw_decoder_load"] = self.hw_decoder_load
         return settings
+
+
+def serialize_pipeline(dali_file: Path, output: Path) -> Path:
+    """Serialize the pipeline of ``dali_file`` (with its ``preprocessing.json``) to ``output``."""
+    # Imported here: DALI is heavy, and only a natively hosted local repository needs it.
+    from bls_pipeline.runtime.dali import load_pipeline_module
+
+    pipeline = load_pipeline_module(dali_file).preprocessing()
+    pipeline.serialize(filename=str(output))
+    return output
 
 
 def prepare_output(output: Path, *, force: bool) -> None:
@@ -211,10 +244,14 @@ def write_repository(
     else:
         shutil.copyfile(TEMPLATE_DIR / mc.PREPROCESSING / "1" / DALI_FILE, versions[mc.PREPROCESSING] / DALI_FILE)
         (versions[mc.PREPROCESSING] / SETTINGS_FILE).write_text(json.dumps(spec.dali_settings(), indent=2) + "\n")
-    if spec.target == "local":
-        for name in (mc.PREPROCESSING, mc.NETWORK):
+    for name in (mc.PREPROCESSING, mc.NETWORK):
+        if not spec.native(name):
             shutil.copyfile(TEMPLATE_DIR / name / "1" / MODEL_FILE, versions[name] / MODEL_FILE)
-    else:
+    if spec.target == "local" and spec.native(mc.PREPROCESSING) and not spec.user_pipeline:
+        # Serialized with the DALI that will serve it: the DALI backend then loads it directly
+        # instead of running python3 to autoserialize dali.py at every load.
+        serialize_pipeline(versions[mc.PREPROCESSING] / DALI_FILE, versions[mc.PREPROCESSING] / SERIALIZED_FILE)
+    if spec.target == "triton":
         # The NVIDIA Triton container has no bls_pipeline: ship its light modules beside the
         # classifier's model.py, where the Python backend's import path finds them.
         shutil.copytree(

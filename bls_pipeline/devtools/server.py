@@ -2,7 +2,9 @@
 
 The wheel ships the server, its Python backend and Python-backend stubs for several Pythons.
 :class:`LocalTritonServer` stages a backend directory with the stub of the running Python,
-sets ``LD_LIBRARY_PATH`` and ``PATH`` so the stub embeds this environment's Python, binds
+adds Triton's own DALI and ONNX Runtime backends when a model needs them (built by
+``tools/build_backends.py``), sets ``LD_LIBRARY_PATH`` and ``PATH`` so the stub embeds this
+environment's Python (and the DALI backend autoserializes with it), binds
 127.0.0.1, waits for readiness with a deadline, and on stop leaves no process and no
 ``/dev/shm`` segment behind.
 
@@ -42,8 +44,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bls_pipeline.build.model_config import read_config
+from bls_pipeline.devtools.backends import BACKENDS, native_backends_dir
 from bls_pipeline.devtools.sizing import ServerSizing
-from bls_pipeline.errors import ServerError
+from bls_pipeline.errors import ConfigError, ServerError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ SHM_DIR = Path("/dev/shm")
 # The Python backend names its segments after this prefix (one per stub).
 SHM_PREFIX = "triton_python_backend_shm_region"
 LOG_TAIL_LINES = 25
+# The platforms that Triton's own backends (tools/build_backends.py) serve.
+NATIVE_PLATFORMS = {"onnxruntime_onnx": "onnxruntime"}
 # The header that the restricted model-repository API requires (see the module docstring).
 ADMIN_HEADER = "bls-admin-key"
 # glog error lines ("E1125 08:52:25.111826 ...") and the server's last words ("error: creating server: ...").
@@ -92,11 +98,34 @@ class ServerOptions:
     # Reload a model whose stub died (see the module docstring); needs explicit model control.
     restart_dead_stubs: bool = True
     watchdog_interval_s: float = 1.0
-    # Triton's own DALI and ONNX Runtime backends built by tools/build_backends.py (a folder
-    # with dali/ and onnxruntime/, see devtools.backends.native_backends_dir); None: only
-    # the Python backend, which serves the local repository.
+    # Triton's own DALI and ONNX Runtime backends (a folder with dali/ and onnxruntime/);
+    # None: the ones tools/build_backends.py built for this environment, staged only when a
+    # model of the repository needs them.
     native_backends: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+
+
+def native_backend_models(repository: Path) -> dict[str, str]:
+    """The models of ``repository`` that run on Triton's DALI or ONNX Runtime backend, with it."""
+    found = {}
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        try:
+            config = read_config(path)
+        except ConfigError:
+            continue  # tritonserver refuses it at start, naming the model, as for any model
+        backend = config.backend or NATIVE_PLATFORMS.get(config.platform, "")
+        if backend in BACKENDS:
+            found[config.name or path.parent.name] = backend
+    return found
+
+
+def describe_hosting(server: "LocalTritonServer") -> str:
+    """One line for the start of a tool: which backends serve the repository's models."""
+    native = native_backend_models(Path(server.options.model_repository))
+    if native:
+        models = ", ".join(f"{model} on {backend}" for model, backend in sorted(native.items()))
+        return f"Triton's own backends: {models} (from {server.native_backends}); the rest on the Python backend"
+    return "Python backend for every model (DALI and the network in Python-backend models)"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -141,6 +170,18 @@ def proc_status(pid: int | str, proc: Path = Path("/proc")) -> dict[str, str]:
     except OSError:
         return {}
     return dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+
+
+def cpu_seconds(pid: int | str, proc: Path = Path("/proc")) -> float:
+    """User + system CPU time of a process so far, in seconds; 0 when it is gone."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the command name, which may contain spaces, in parentheses: utime is the
+    # 14th field of the line, stime the 15th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stub_processes(server_pid: int) -> list[StubProcess]:
@@ -193,6 +234,8 @@ class LocalTritonServer:
         self._watchdog: threading.Thread | None = None
         self._watchdog_stop = threading.Event()
         self.log_path: Path | None = None
+        # The folder of Triton's DALI and ONNX Runtime backends this server stages (start()).
+        self.native_backends: Path | None = None
         # Models the watchdog reloaded because their stub died, in order.
         self.reloaded_models: list[str] = []
         self._admin_key = secrets.token_hex(16)
@@ -228,11 +271,26 @@ class LocalTritonServer:
         backends = workdir / "backends"
         shutil.copytree(root / "backends", backends, symlinks=True)
         shutil.copy2(stub, backends / "python" / stub.name)
-        if self.options.native_backends is not None:
+        if self.native_backends is not None:
             # Links, not copies: their RUNPATHs name this environment's DALI and ONNX Runtime.
-            for name in ("dali", "onnxruntime"):
-                (backends / name).symlink_to(Path(self.options.native_backends) / name, target_is_directory=True)
+            for name in BACKENDS:
+                (backends / name).symlink_to(self.native_backends / name, target_is_directory=True)
         return backends
+
+    def _find_native_backends(self) -> Path | None:
+        """The native backends to stage: given, or built here when the repository needs them."""
+        needs = native_backend_models(Path(self.options.model_repository))
+        if self.options.native_backends is not None:
+            return Path(self.options.native_backends)
+        if not needs:
+            return None
+        found = native_backends_dir()
+        if found is None:
+            raise ServerError(
+                f"{', '.join(f'{model} ({backend})' for model, backend in sorted(needs.items()))} need Triton's own "
+                "backends, which are not built for this environment: python tools/build_backends.py"
+            )
+        return found
 
     def command(self, backends: Path, binary: Path) -> list[str]:
         """The ``tritonserver`` command line."""
@@ -296,6 +354,7 @@ class LocalTritonServer:
             )
         self.sizing = ServerSizing.from_repository(Path(o.model_repository))
         LOGGER.info("memory: %s", self.sizing.describe() if self.sizing else "Triton's defaults (no classifier repository)")
+        self.native_backends = self._find_native_backends()
         self._workdir = Path(tempfile.mkdtemp(prefix="bls-triton-"))
         backends = self._stage_backends(root, self._workdir)
         self.log_path = Path(o.log_path) if o.log_path else self._workdir / "tritonserver.log"
@@ -329,6 +388,12 @@ class LocalTritonServer:
         found = stub_processes(self.process.pid)
         self._stub_segments.update(stub.shm_region for stub in found)
         return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server and of every live stub so far (seconds), from ``/proc``."""
+        if self.process is None:
+            return 0.0
+        return cpu_seconds(self.process.pid) + sum(cpu_seconds(stub.pid) for stub in self.stubs())
 
     def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
         """Unload and load ``model`` (explicit model control): a fresh stub, same files."""

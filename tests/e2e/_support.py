@@ -10,7 +10,7 @@ import numpy as np
 
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.devtools.client import host_port
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, StubProcess
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, StubProcess, native_backend_models
 
 
 def copy_repository(
@@ -36,6 +36,11 @@ def copy_repository(
             config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
         mc.write_config(path, config)
     return destination
+
+
+def hosting_of(repository: Path) -> str:
+    """``native`` when a model of ``repository`` runs on Triton's own backends, else ``python``."""
+    return "native" if native_backend_models(repository) else "python"
 
 
 def start_server(repository: Path, log_path: Path, **options: object) -> LocalTritonServer:

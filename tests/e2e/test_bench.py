@@ -1,5 +1,9 @@
-"""The benchmark end to end: its comparison models answer like the classifier, and a
-``--quick`` run against a real server writes a complete result (no timing assertions)."""
+"""The benchmark end to end: its comparison models (and the classifier on Triton's own
+backends) answer like the classifier, and a ``--quick`` run against a real server writes a
+complete result with both hostings (no timing assertions).
+
+The benchmark repository holds both hostings whichever one the built repository has: these
+tests use the natively hosted build, and need Triton's backends (tests.conftest)."""
 
 from __future__ import annotations
 
@@ -16,17 +20,17 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def bench_server(built_repository, tmp_path_factory):
+def bench_server(native_repository, tmp_path_factory):
     from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
     repository = tmp_path_factory.mktemp("bench") / "model_repository"
-    write_bench_repository(built_repository, repository)
+    assert write_bench_repository(native_repository, repository) == ENDPOINTS
     options = ServerOptions(model_repository=repository, http_port=0, grpc_port=0, metrics_port=0)
     with LocalTritonServer(options) as server:
         yield server
 
 
-@pytest.mark.parametrize("endpoint", ["ensemble", "naive"])
+@pytest.mark.parametrize("endpoint", ["ensemble", "naive", "bls_native", "ensemble_native"])
 def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_server, photos, endpoint):
     from bls_pipeline.devtools.client import ClassifierClient
 
@@ -36,20 +40,29 @@ def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_ser
 
     assert [p.class_ids[0] for p in got] == list(PHOTOS.values())
     assert [p.labels[0] for p in got] == [p.labels[0] for p in expected]
-    if endpoint == "ensemble":  # the same models and postprocessing: the same numbers
+    if endpoint != "naive":  # the same models and postprocessing (hosted either way): the same numbers
         np.testing.assert_allclose([p.scores for p in got], [p.scores for p in expected], atol=1e-5, rtol=0)
 
 
-def test_quick_run_writes_a_complete_result_and_a_plot(built_repository, tmp_path, capsys):
+def test_quick_run_writes_a_complete_result_with_both_hostings_and_a_plot(native_repository, tmp_path, capsys):
     from tools.bench import main
 
     json_out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
 
-    assert main(["--repository", str(built_repository), "--quick", "--json-out", str(json_out), "--plot", str(plot)]) == 0
+    assert main(["--repository", str(native_repository), "--quick", "--json-out", str(json_out), "--plot", str(plot)]) == 0
 
     result = json.loads(json_out.read_text())
     check_result_schema(result)
-    assert set(result["ratios"]) == {"bls_vs_inprocess", "bls_vs_ensemble", "bls_vs_naive"}
+    assert set(result["endpoints"]) == set(ENDPOINTS)
+    assert set(result["ratios"]) == {
+        "bls_vs_inprocess", "bls_vs_ensemble", "bls_vs_naive",
+        "bls_native_vs_inprocess", "bls_native_vs_ensemble_native", "bls_native_vs_naive", "bls_native_vs_bls",
+        "bls_cpu_vs_inprocess", "bls_native_cpu_vs_inprocess",
+    }  # fmt: skip
+    # Server CPU per image for every endpoint and concurrency, and the in-process reference.
+    assert {f"{key}_c{c}" for key in ENDPOINTS for c in result["config"]["concurrencies"]} <= set(result["cpu_ms_per_image"])
+    assert "inprocess_batch_1" in result["cpu_ms_per_image"]
+    assert "bls_native_cpu_vs_inprocess" in result["targets"]
     assert result["machine"]["cpu_count"] >= 1
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "bls_vs_naive" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bls_pipeline.build import model_config as mc
 from bls_pipeline.request.orchestration import classify_request
 from bls_pipeline.runtime.dali import DaliPreprocessor
 from bls_pipeline.runtime.network import OnnxRuntimeNetwork
@@ -51,6 +52,27 @@ def test_server_scores_equal_the_in_process_reference(client, mixed_images, in_p
     class_ids = np.array([p.class_ids for p in predictions])
     np.testing.assert_array_equal(class_ids, in_process_reference.class_ids)
     np.testing.assert_allclose(scores, in_process_reference.scores, atol=1e-4, rtol=0)
+
+
+def test_the_served_preprocessing_equals_the_python_dali_pipeline(triton_server, built_repository, mixed_images):
+    """Triton's DALI backend (native hosting) or the Python-backend model runs the same
+    dali.py as DALI's Python API in this process: the same tensors, to float rounding."""
+    import tritonclient.http as httpclient
+
+    from bls_pipeline.devtools.client import host_port
+
+    batch = pad_batch(mixed_images)
+    client = httpclient.InferenceServerClient(host_port(triton_server.url))
+    try:
+        tensor = httpclient.InferInput(mc.DALI_INPUT, list(batch.shape), "UINT8")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        served = client.infer(mc.PREPROCESSING, [tensor]).as_numpy(mc.DALI_OUTPUT)
+    finally:
+        client.close()
+    reference = DaliPreprocessor.from_file(built_repository / "preprocessing" / "1" / "dali.py", max_batch_size=16)(list(batch))
+
+    assert served.shape == reference.shape == (len(mixed_images), 3, 224, 224)
+    np.testing.assert_allclose(served, reference, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("top_k", [1, 3, 1000])

@@ -27,11 +27,14 @@ from bls_pipeline.errors import ServerError
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 from tests.conftest import encode
 from bls_pipeline.request.padding import pad_batch
-from tests.e2e._support import copy_repository, raw_infer, start_server, stub_of
+from tests.e2e._support import copy_repository, hosting_of, raw_infer, start_server, stub_of
 
 pytestmark = pytest.mark.e2e
 
 NOT_HEALTHY = "preprocessing: Stub process 'preprocessing_0_0' is not healthy."
+# What a client sees while a stub is dead, by the model whose stub it is: the classifier
+# names the sub-model; the classifier's own stub is reported by Triton itself.
+STUB_ERRORS = {"preprocessing": NOT_HEALTHY, "classifier": "Stub process 'classifier_0_0' is not healthy."}
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +52,23 @@ def _send_until(url: str, image: bytes, stop: threading.Event, log: list[tuple[f
                 log.append((time.monotonic(), str(exc)))
 
 
-def test_killing_the_preprocessing_stub_fails_requests_in_flight_clearly_and_the_endpoint_recovers(
-    built_repository, tmp_path, cat_jpeg
+@pytest.mark.parametrize(
+    ("hosting", "model"),
+    # On Triton's own backends the classifier is the only Python-backend model, so the only stub.
+    [("python", "preprocessing"), ("native", "classifier")],
+)
+def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recovers(
+    request, hosting, model, tmp_path, cat_jpeg
 ):
-    repository = copy_repository(built_repository, tmp_path / "repository")
+    built = request.getfixturevalue(f"{hosting}_repository")
+    repository = copy_repository(built, tmp_path / "repository")
     server = start_server(repository, tmp_path / "tritonserver.log")
     try:
         assert server.process is not None
         server_pid = server.process.pid
         with ClassifierClient(server.url) as client:
             (before,) = client.classify([cat_jpeg], top_k=1000)
-        stub = stub_of(server, "preprocessing")
+        stub = stub_of(server, model)
         stop, logs = threading.Event(), [[], []]
         senders = [threading.Thread(target=_send_until, args=(server.url, cat_jpeg, stop, log)) for log in logs]
         for sender in senders:
@@ -82,13 +91,13 @@ def test_killing_the_preprocessing_stub_fails_requests_in_flight_clearly_and_the
         last_error = max(t for t, e in outcomes if e is not None)
         recovered = [t for t, e in outcomes if e is None and t > last_error]
         assert recovered, f"no request succeeded after the last error; errors: {errors[-3:]}"
-        # Every failure names the sub-model and is the server's (500), not the image's (400).
-        assert all(e.startswith("preprocessing: ") for e in errors), set(errors)
-        assert NOT_HEALTHY in errors
+        # Every failure names the dead model's stub and is the server's (500), not the image's (400).
+        assert STUB_ERRORS[model] in errors, set(errors)
+        assert all(e.startswith(f"{model}: ") or f"'{model}_0_0'" in e for e in errors), set(errors)
         assert last_error - killed_at < 20, f"failures went on for {last_error - killed_at:.1f} s"
-        assert server.reloaded_models == ["preprocessing"]
+        assert server.reloaded_models == [model]
         assert server.process is not None and server.process.pid == server_pid  # no restart
-        assert stub_of(server, "preprocessing").pid != stub.pid
+        assert stub_of(server, model).pid != stub.pid
         with ClassifierClient(server.url) as client:
             (after,) = client.classify([cat_jpeg], top_k=1000)
         np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
@@ -97,8 +106,8 @@ def test_killing_the_preprocessing_stub_fails_requests_in_flight_clearly_and_the
         server.stop()
 
 
-def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_ready(built_repository, tmp_path, cat_jpeg):
-    repository = copy_repository(built_repository, tmp_path / "repository")
+def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_ready(python_repository, tmp_path, cat_jpeg):
+    repository = copy_repository(python_repository, tmp_path / "repository")
     # A model whose stub is dead cannot unload: do not wait the default 10 s for it on stop.
     server = start_server(repository, tmp_path / "tritonserver.log", restart_dead_stubs=False, exit_timeout_s=1)
     try:
@@ -117,13 +126,14 @@ def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_
 
 
 @pytest.mark.parametrize(
-    ("fault", "message"),
+    ("fault", "messages"),
     [
-        ("missing", "no network file: expected {path}"),
-        ("corrupt", "Load model from {path} failed:Protobuf parsing failed."),
+        ("missing", {"python": "no network file: expected {path}", "native": "failed to stat file {path}"}),
+        ("corrupt", {hosting: "Load model from {path} failed:Protobuf parsing failed." for hosting in ("python", "native")}),
     ],
 )
-def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(built_repository, tmp_path, fault, message):
+def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(built_repository, tmp_path, fault, messages):
+    message = messages[hosting_of(built_repository)]
     repository = copy_repository(built_repository, tmp_path / "repository")
     onnx = repository / "efficientnet-b0" / "1" / "model.onnx"
     if fault == "missing":

@@ -115,6 +115,7 @@ def test_every_edit_applies_once_to_the_pinned_sources(tmp_path):
     assert "add_subdirectory(test)" not in (tree / "common/src/CMakeLists.txt").read_text()
     assert "src/kernel.cu" not in (tree / "backend/CMakeLists.txt").read_text()
     assert "session.intra_op.allow_spinning" in (tree / "onnxruntime_backend/src/onnxruntime.cc").read_text()
+    assert "std::memcpy" in (tree / "dali_backend/src/dali_executor/io_buffer.cc").read_text()
     for added in recipe.ADDED_FILES:
         assert (tree / added.dest).is_file()
     # A second application finds nothing to replace: the edit is not silently skipped.

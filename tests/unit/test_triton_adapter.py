@@ -167,14 +167,14 @@ def _load_model_py(repository: Path, name: str, kind: str = "CPU"):
 
 
 @pytest.fixture(scope="module")
-def models(built_repository: Path):
+def models(python_repository: Path):
     """The three models of the built repository, loaded through their own ``model.py``."""
     saved = sys.modules.get("triton_python_backend_utils")
     sys.modules["triton_python_backend_utils"] = _fake_module()
     sys.modules.pop("bls_pipeline.serving.models", None)
     sys.modules.pop("bls_pipeline.serving.bls", None)
     try:
-        loaded = {name: _load_model_py(built_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")}
+        loaded = {name: _load_model_py(python_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")}
         FakeRequest.models = loaded
         yield loaded
     finally:
@@ -195,9 +195,9 @@ def jpegs(photos) -> dict[str, bytes]:
     return {name: encode(array, "JPEG", quality=90) for name, array in photos.items()}
 
 
-def test_each_model_py_is_one_import_of_its_adapter(built_repository):
+def test_each_model_py_is_one_import_of_its_adapter(python_repository):
     for name in ("classifier", "preprocessing", "efficientnet-b0"):
-        source = (built_repository / name / "1" / "model.py").read_text()
+        source = (python_repository / name / "1" / "model.py").read_text()
         assert "import" in source and "TritonPythonModel" in source
         assert len([line for line in source.splitlines() if line.strip() and not line.startswith(('"', "#"))]) == 1
 
@@ -286,12 +286,12 @@ class ComputesOnGpuInputs:
 
 
 def test_on_a_gpu_the_preprocessed_batch_goes_to_the_network_without_reaching_the_host(
-    models, jpegs, built_repository, monkeypatch
+    models, jpegs, python_repository, monkeypatch
 ):
     preprocessing = AnswersInGpuMemory(models["preprocessing"])
     network = ComputesOnGpuInputs(models["efficientnet-b0"])
     monkeypatch.setattr(FakeRequest, "models", {"preprocessing": preprocessing, "efficientnet-b0": network})
-    classifier = _load_model_py(built_repository, "classifier", kind="GPU")
+    classifier = _load_model_py(python_repository, "classifier", kind="GPU")
 
     first, second = classifier.execute(
         [_request([jpegs["coffee"]], top_k=1), _request([jpegs["rocket"], jpegs["chelsea"]], top_k=1)]

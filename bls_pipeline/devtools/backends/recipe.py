@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from bls_pipeline.build.model_config import ORT_ALLOW_SPINNING
 from bls_pipeline.errors import BackendBuildError
 
 FILES = Path(__file__).with_name("files")
@@ -60,7 +61,7 @@ _ORT_OPTIMIZATION = """  THROW_IF_BACKEND_MODEL_ORT_ERROR(
 
 # ONNX Runtime's intra-op threads spin while idle by default; the r24.10 backend has no
 # parameter to stop it, which cost 25-45 % more CPU per request than the Python-hosted model.
-ORT_SESSION_CONFIG_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+ORT_SESSION_CONFIG_KEYS = (ORT_ALLOW_SPINNING, "session.inter_op.allow_spinning")
 
 _ORT_SESSION_CONFIG = (
     _ORT_OPTIMIZATION
@@ -86,6 +87,19 @@ _ORT_SESSION_CONFIG = (
 """
 )
 
+# The DALI backend scatters the outputs of a batch of several requests with MemCopy on its copy
+# stream; a CPU-only pipeline has none (null), which DALI's copyH2H takes for CUDA's default
+# stream: every multi-request batch then failed with cudaErrorInsufficientDriver on a
+# machine without CUDA (found by the benchmark's native ensemble).
+_DALI_H2H = """    copyH2H(dst_c, src_c, size, stream);
+"""
+_DALI_H2H_HOST = """    // bls-pipeline: no stream (a CPU-only pipeline) means a plain host copy.
+    if (stream)
+      copyH2H(dst_c, src_c, size, stream);
+    else
+      std::memcpy(dst_c, src_c, size);
+"""
+
 EDITS: tuple[SourceEdit, ...] = (
     SourceEdit("common/src/CMakeLists.txt", "add_subdirectory(test)", "", "common's tests need GTest; they are not built"),
     SourceEdit("backend/CMakeLists.txt", _GATHER_KERNEL, _GATHER_STAND_IN, "GPU-enabled builds without nvcc (SOURCES.md)"),
@@ -94,6 +108,12 @@ EDITS: tuple[SourceEdit, ...] = (
         _ORT_OPTIMIZATION,
         _ORT_SESSION_CONFIG,
         "stop idle ONNX Runtime threads from spinning (session.intra_op.allow_spinning)",
+    ),
+    SourceEdit(
+        "dali_backend/src/dali_executor/io_buffer.cc",
+        _DALI_H2H,
+        _DALI_H2H_HOST,
+        "host-to-host copies of a CPU-only pipeline without a CUDA stream",
     ),
 )
 

@@ -1,10 +1,15 @@
-"""The benchmark's repository: a built repository plus the two designs it is compared with.
+"""The benchmark's repository: a built repository's models, on both hostings, plus the two
+designs they are compared with.
 
-:func:`write_bench_repository` copies a repository that ``tools/build_repo.py`` wrote
-(``--target local``) and adds, next to ``classifier``, ``preprocessing`` and the network:
+:func:`write_bench_repository` reads a repository that ``tools/build_repo.py`` wrote
+(``--target local``, either hosting) and writes, for one server:
 
-- ``classifier_ensemble``: a Triton ensemble of the same ``preprocessing`` and network
-  models, ending in ``classifier_postprocess`` (a Python model doing the classifier's
+- ``preprocessing`` and the network in Python-backend models, and ``classifier`` over them;
+- where Triton's own backends are built (``tools/build_backends.py``), the same two on them
+  (``preprocessing_native``: ``backend: "dali"``; ``efficientnet-b0_native``:
+  ``onnxruntime_onnx``) and ``classifier_native`` over them;
+- ``classifier_ensemble`` (and ``classifier_ensemble_native``): a Triton ensemble of the same
+  two sub-models, ending in ``classifier_postprocess`` (a Python model doing the classifier's
   softmax/top-k/labels), so that it answers exactly like ``classifier``;
 - ``classifier_naive``: one Python model that decodes with PIL and transforms with numpy
   (:mod:`bls_pipeline.devtools.bench.naive`), then runs the same network file with the same thread
@@ -13,11 +18,14 @@
 Example::
 
     names = write_bench_repository(Path("build/model_repository"), Path("/tmp/bench_repo"))
-    # {"bls": "classifier", "ensemble": "classifier_ensemble", "naive": "classifier_naive"}
+    # {"bls": "classifier", "ensemble": "classifier_ensemble", "naive": "classifier_naive",
+    #  "bls_native": "classifier_native", "ensemble_native": "classifier_ensemble_native"}
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -25,8 +33,20 @@ from pathlib import Path
 
 from bls_pipeline import contract
 from bls_pipeline.build import model_config as mc
+from bls_pipeline.build.hosting import AUTO, choose_hosting
+from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.build.repository import (
+    DALI_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    SERIALIZED_FILE,
+    SETTINGS_FILE,
+    TEMPLATE_DIR,
+    RepositorySpec,
+    serialize_pipeline,
+)
+from bls_pipeline.devtools.backends import native_backends_dir
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.build.repository import LABELS_FILE, MODEL_FILE, SETTINGS_FILE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,8 +54,16 @@ ENSEMBLE = "classifier_ensemble"
 POSTPROCESS = "classifier_postprocess"
 NAIVE = "classifier_naive"
 LOGITS_INPUT = "LOGITS"
+# The models of the natively hosted variant are named with this suffix.
+NATIVE_SUFFIX = "_native"
 # The endpoints the benchmark loads, by the name it reports them under.
-ENDPOINTS = {"bls": mc.CLASSIFIER, "ensemble": ENSEMBLE, "naive": NAIVE}
+ENDPOINTS = {
+    "bls": mc.CLASSIFIER,
+    "ensemble": ENSEMBLE,
+    "naive": NAIVE,
+    "bls_native": mc.CLASSIFIER + NATIVE_SUFFIX,
+    "ensemble_native": ENSEMBLE + NATIVE_SUFFIX,
+}
 
 _MODEL_PY = '''"""Python-backend entry point of the benchmark's ``{name}`` model; the logic lives in ``bls_pipeline``."""
 
@@ -64,16 +92,18 @@ def postprocess_config(*, max_batch_size: int, num_classes: int, max_queue_delay
     return config
 
 
-def classifier_ensemble_config(*, max_batch_size: int) -> mc.ModelConfig:
+def classifier_ensemble_config(
+    *, max_batch_size: int, name: str = ENSEMBLE, preprocessing: str = mc.PREPROCESSING, network: str = mc.NETWORK
+) -> mc.ModelConfig:
     """``classifier_ensemble``: IMAGE -> preprocessing -> network -> postprocess, as protobuf."""
     return mc.ensemble_config(
-        name=ENSEMBLE,
+        name=name,
         max_batch_size=max_batch_size,
         inputs=[contract.IMAGE.config()],
         outputs=[spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
         steps=[
-            mc.EnsembleStep(mc.PREPROCESSING, {mc.DALI_INPUT: mc.IMAGE_INPUT}, {mc.DALI_OUTPUT: "preprocessed"}),
-            mc.EnsembleStep(mc.NETWORK, {mc.NETWORK_INPUT: "preprocessed"}, {mc.NETWORK_OUTPUT: "logits"}),
+            mc.EnsembleStep(preprocessing, {mc.DALI_INPUT: mc.IMAGE_INPUT}, {mc.DALI_OUTPUT: "preprocessed"}),
+            mc.EnsembleStep(network, {mc.NETWORK_INPUT: "preprocessed"}, {mc.NETWORK_OUTPUT: "logits"}),
             mc.EnsembleStep(
                 POSTPROCESS,
                 {LOGITS_INPUT: "logits"},
@@ -84,7 +114,7 @@ def classifier_ensemble_config(*, max_batch_size: int) -> mc.ModelConfig:
 
 
 def naive_config(classifier: mc.ModelConfig, network: mc.ModelConfig) -> mc.ModelConfig:
-    """``classifier_naive``: the classifier's contract and batching, the network's threads."""
+    """``classifier_naive``: the classifier's contract and batching, the (Python-hosted) network's threads."""
     config = mc.ModelConfig()
     config.CopyFrom(classifier)
     config.name = NAIVE
@@ -96,25 +126,104 @@ def naive_config(classifier: mc.ModelConfig, network: mc.ModelConfig) -> mc.Mode
     return config
 
 
-def write_bench_repository(built: Path, output: Path) -> dict[str, str]:
-    """Copy ``built`` to ``output`` (which must not exist) and add the comparison models.
+def network_threading(network: mc.ModelConfig) -> tuple[int, bool]:
+    """(intra-op threads, spinning) of a network config, whichever backend hosts it."""
+    parameters = mc.parameters_of(network)
+    if network.backend == "python":
+        return int(parameters.get("intra_op_threads", 0)), parameters.get("allow_spinning", "1") != "0"
+    return int(parameters.get("intra_op_thread_count", 0)), parameters.get(mc.ORT_ALLOW_SPINNING, "1") != "0"
 
-    Returns the model name of each endpoint (:data:`ENDPOINTS`). A repository for the
-    NVIDIA Triton container (``--target triton``) is refused: the naive model needs the
-    ONNX file in a Python-backend model, which only a ``--target local`` build has.
+
+def _spec(built: Path, configs: dict[str, mc.ModelConfig], native_models: frozenset[str]) -> RepositorySpec:
+    """The spec of the built repository's sub-models, on the given hosting."""
+    network = configs[mc.NETWORK]
+    threads, spinning = network_threading(network)
+    runtime = "tensorrt" if (built / mc.NETWORK / "1" / "model.plan").is_file() else "onnxruntime"
+    return RepositorySpec(
+        target="local",
+        max_batch_size=configs[mc.CLASSIFIER].max_batch_size,
+        num_classes=network.output[0].dims[0],
+        device=mc.device_of(network),
+        runtime=runtime,
+        dali_threads=int(mc.parameters_of(configs[mc.PREPROCESSING]).get("num_threads", 2)),
+        network_threads=threads,
+        network_spinning=spinning,
+        queue_delay_us=configs[mc.CLASSIFIER].dynamic_batching.max_queue_delay_microseconds,
+        native_models=native_models,
+        preprocessing=_preprocessing_settings(built),
+    )
+
+
+def _preprocessing_settings(built: Path) -> PreprocessingSettings:
+    settings = json.loads((built / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
+    fields = {field.name for field in dataclasses.fields(PreprocessingSettings)}
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items() if key in fields}
+    return PreprocessingSettings(**values)
+
+
+def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: str) -> tuple[str, str]:
+    """``preprocessing<suffix>`` and ``<network><suffix>`` of ``spec``'s hosting; their names."""
+    names = (mc.PREPROCESSING + suffix, mc.NETWORK + suffix)
+    configs = spec.configs()
+    for model, name in zip((mc.PREPROCESSING, mc.NETWORK), names):
+        version = output / name / "1"
+        version.mkdir(parents=True)
+        for path in (built / model / "1").iterdir():
+            # The pipeline and its settings, the network files; model.py and model.dali follow the hosting.
+            if path.is_file() and path.name not in (MODEL_FILE, SERIALIZED_FILE):
+                os.link(path, version / path.name)
+        if not spec.native(model):
+            shutil.copyfile(TEMPLATE_DIR / model / "1" / MODEL_FILE, version / MODEL_FILE)
+        elif model == mc.PREPROCESSING:
+            serialize_pipeline(version / DALI_FILE, version / SERIALIZED_FILE)
+        config = configs[model]
+        config.name = name
+        mc.write_config(output / name / "config.pbtxt", config)
+    return names
+
+
+def _write_classifier(built: Path, output: Path, name: str, preprocessing: str, network: str) -> None:
+    shutil.copytree(built / mc.CLASSIFIER, output / name, ignore=shutil.ignore_patterns("__pycache__"))
+    config = mc.read_config(output / name / "config.pbtxt")
+    config.name = name
+    config.parameters["preprocessing_model"].string_value = preprocessing
+    config.parameters["network_model"].string_value = network
+    mc.write_config(output / name / "config.pbtxt", config)
+
+
+def native_hosting(built: Path, backends_built: bool) -> frozenset[str]:
+    """The sub-models the native variant hosts on Triton's own backends (empty: no variant)."""
+    configs = {name: mc.read_config(built / name / "config.pbtxt") for name in (mc.PREPROCESSING, mc.NETWORK)}
+    spec = _spec(built, {mc.CLASSIFIER: mc.read_config(built / mc.CLASSIFIER / "config.pbtxt"), **configs}, frozenset())
+    hosting = choose_hosting(target="local", device=spec.device, runtime=spec.runtime, requested=AUTO, backends_built=backends_built)
+    return frozenset(model for model, choice in hosting.items() if choice.native)
+
+
+def write_bench_repository(built: Path, output: Path, *, native: bool | None = None) -> dict[str, str]:
+    """Write the benchmark repository of ``built`` into ``output`` (which must not exist).
+
+    ``native`` (default: where Triton's own backends are built here) adds the natively hosted
+    variant. Returns the model name of each endpoint written (keys of :data:`ENDPOINTS`). A
+    repository for the NVIDIA Triton container (``--target triton``) is refused: the
+    benchmark runs the pip-installed server.
     """
     built, output = Path(built), Path(output)
     configs = {name: mc.read_config(built / name / "config.pbtxt") for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK)}
-    if configs[mc.NETWORK].backend != "python":
+    if (built / mc.CLASSIFIER / "1" / "bls_pipeline").is_dir():
         raise ConfigError(f"{built} is not a --target local repository: the benchmark runs the pip-installed server")
     onnx = built / mc.NETWORK / "1" / "model.onnx"
     if not onnx.is_file():
         raise ConfigError(f"{onnx} is missing: the naive baseline runs the ONNX model")
-    shutil.copytree(built, output)
-    classifier = configs[mc.CLASSIFIER]
+    if native is None:
+        native = native_backends_dir() is not None
+    output.mkdir(parents=True)
+    python_spec = _spec(built, configs, frozenset())
+    preprocessing, network = _write_sub_models(built, output, python_spec, "")
+    _write_classifier(built, output, mc.CLASSIFIER, preprocessing, network)
+    written = {"bls": mc.CLASSIFIER, "ensemble": ENSEMBLE, "naive": NAIVE}
+    classifier = mc.read_config(output / mc.CLASSIFIER / "config.pbtxt")
     max_batch_size = classifier.max_batch_size
     delay = classifier.dynamic_batching.max_queue_delay_microseconds
-    num_classes = configs[mc.NETWORK].output[0].dims[0]
     labels = output / mc.CLASSIFIER / "1" / LABELS_FILE
 
     post_dir = output / POSTPROCESS / "1"
@@ -122,17 +231,31 @@ def write_bench_repository(built: Path, output: Path) -> dict[str, str]:
     shutil.copyfile(labels, post_dir / LABELS_FILE)
     mc.write_config(
         output / POSTPROCESS / "config.pbtxt",
-        postprocess_config(max_batch_size=max_batch_size, num_classes=num_classes, max_queue_delay_us=delay),
+        postprocess_config(max_batch_size=max_batch_size, num_classes=python_spec.num_classes, max_queue_delay_us=delay),
     )
-
     (output / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
     mc.write_config(output / ENSEMBLE / "config.pbtxt", classifier_ensemble_config(max_batch_size=max_batch_size))
+
+    native_models = native_hosting(built, backends_built=True) if native else frozenset()
+    if native_models:
+        spec = _spec(built, configs, native_models)
+        preprocessing, network = _write_sub_models(built, output, spec, NATIVE_SUFFIX)
+        _write_classifier(built, output, ENDPOINTS["bls_native"], preprocessing, network)
+        ensemble = ENDPOINTS["ensemble_native"]
+        (output / ensemble / "1").mkdir(parents=True)
+        mc.write_config(
+            output / ensemble / "config.pbtxt",
+            classifier_ensemble_config(max_batch_size=max_batch_size, name=ensemble, preprocessing=preprocessing, network=network),
+        )
+        written.update(bls_native=ENDPOINTS["bls_native"], ensemble_native=ensemble)
 
     naive_dir = output / NAIVE / "1"
     _write_model_py(naive_dir, NAIVE, "NaiveClassifierModel")
     shutil.copyfile(labels, naive_dir / LABELS_FILE)
     shutil.copyfile(output / mc.PREPROCESSING / "1" / SETTINGS_FILE, naive_dir / SETTINGS_FILE)
     os.link(output / mc.NETWORK / "1" / "model.onnx", naive_dir / "model.onnx")
-    mc.write_config(output / NAIVE / "config.pbtxt", naive_config(classifier, configs[mc.NETWORK]))
+    mc.write_config(
+        output / NAIVE / "config.pbtxt", naive_config(classifier, mc.read_config(output / mc.NETWORK / "config.pbtxt"))
+    )
     LOGGER.info("benchmark repository written to %s", output)
-    return dict(ENDPOINTS)
+    return written

@@ -7,7 +7,12 @@ One run measures, on one fixed set of photographs:
 3. both in process, no server: the limit the endpoint can approach;
 4. the ``classifier`` BLS endpoint over HTTP at several concurrencies;
 5. the same sub-models as a Triton ensemble (+ the same postprocessing in a Python model);
-6. a naive one-model baseline (PIL + numpy + the same network).
+6. a naive one-model baseline (PIL + numpy + the same network);
+7. where Triton's own DALI and ONNX Runtime backends are built, 4 and 5 again with the two
+   sub-models on them (``bls_native``, ``ensemble_native``) in the same server.
+
+For every endpoint window the server's CPU time (tritonserver and every stub, from
+``/proc``) per image is recorded, and for the in-process runs the process CPU time per image.
 
 Each number is the median of ``repeats`` measurements, with min and max; the endpoints and
 concurrencies are interleaved within each repeat so that a slow spell of a shared machine
@@ -48,7 +53,9 @@ from bls_pipeline.request.padding import pad_batch
 LOGGER = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-ENDPOINT_KEYS = ("bls", "ensemble", "naive")
+ENDPOINT_KEYS = ("bls", "ensemble", "naive", "bls_native", "ensemble_native")
+# The endpoints every complete result has; the native ones only where the backends are built.
+REQUIRED_ENDPOINTS = ("bls", "ensemble", "naive")
 DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16)
 QUICK_CONCURRENCIES = (1, 4)
 # ImageNet's typical photograph: 500x375, JPEG quality 90.
@@ -72,6 +79,10 @@ TARGETS = {
     "bls_vs_naive": 1.1,
 }
 LATENCY_TARGET_MS = 3.0  # BLS p50 at concurrency 1 <= in-process single image + this
+# The native hosting's targets (issue 9), as ratios from one run.
+NATIVE_TARGETS = {"bls_native_vs_ensemble_native": 1.0, "bls_native_vs_naive": 1.1}
+NATIVE_CPU_TARGET = 1.10  # server CPU per image <= this x the in-process CPU per image (c=1, batch 1)
+NATIVE_LATENCY_TARGET = 1.25  # bls_native p50 at c=1 <= this x the in-process single-image latency
 
 
 class BenchError(BlsPipelineError):
@@ -198,10 +209,30 @@ def compute_ratios(images_per_s: Mapping[str, float]) -> dict[str, float]:
         if images_per_s.get(key, 0) <= 0:
             raise ValueError(f"no positive throughput for {key!r}")
     bls = images_per_s["bls"]
-    return {
+    ratios = {
         "bls_vs_inprocess": bls / images_per_s["inprocess"],
         "bls_vs_ensemble": bls / images_per_s["ensemble"],
         "bls_vs_naive": bls / images_per_s["naive"],
+    }
+    if images_per_s.get("bls_native", 0) > 0 and images_per_s.get("ensemble_native", 0) > 0:
+        native = images_per_s["bls_native"]
+        ratios["bls_native_vs_inprocess"] = native / images_per_s["inprocess"]
+        ratios["bls_native_vs_ensemble_native"] = native / images_per_s["ensemble_native"]
+        ratios["bls_native_vs_naive"] = native / images_per_s["naive"]
+        ratios["bls_native_vs_bls"] = native / bls
+    return ratios
+
+
+def cpu_ratios(cpu_ms_per_image: Mapping[str, float]) -> dict[str, float]:
+    """Server CPU per image at concurrency 1 over the in-process CPU per image at batch 1,
+    for each hosting of the classifier measured (``bls``, ``bls_native``)."""
+    reference = cpu_ms_per_image.get("inprocess_batch_1")
+    if not reference:
+        return {}
+    return {
+        f"{key}_cpu_vs_inprocess": cpu_ms_per_image[f"{key}_c1"] / reference
+        for key in ("bls", "bls_native")
+        if cpu_ms_per_image.get(f"{key}_c1")
     }
 
 
@@ -216,6 +247,23 @@ def check_targets(ratios: Mapping[str, float], latency_ms: Mapping[str, float]) 
         "value": latency_ms["bls_p50_c1"],
         "met": latency_ms["bls_p50_c1"] <= allowed,
     }
+    for name, goal in NATIVE_TARGETS.items():
+        if name in ratios:
+            checks[name] = {"target": f">= {goal}", "value": ratios[name], "met": ratios[name] >= goal}
+    if "bls_native_p50_c1" in latency_ms:
+        ratio = latency_ms["bls_native_p50_c1"] / latency_ms["inprocess_single"]
+        checks["bls_native_p50_c1_vs_inprocess"] = {
+            "target": f"<= {NATIVE_LATENCY_TARGET} x in-process single image",
+            "value": ratio,
+            "met": ratio <= NATIVE_LATENCY_TARGET,
+        }
+    if "bls_native_cpu_vs_inprocess" in ratios:
+        value = ratios["bls_native_cpu_vs_inprocess"]
+        checks["bls_native_cpu_vs_inprocess"] = {
+            "target": f"<= {NATIVE_CPU_TARGET} (server CPU per image, c=1, over in-process, batch 1)",
+            "value": value,
+            "met": value <= NATIVE_CPU_TARGET,
+        }
     return checks
 
 
@@ -267,10 +315,10 @@ def check_result_schema(result: Mapping[str, Any]) -> None:
     for key in MACHINE_KEYS:
         if key not in result["machine"]:
             raise BenchError(f"result has no machine.{key}")
-    for endpoint in ENDPOINT_KEYS:
+    for endpoint in REQUIRED_ENDPOINTS:
         if not result["endpoints"].get(endpoint):
             raise BenchError(f"result has no measurements of endpoint {endpoint!r}")
-    for section in ("in_process", "endpoints", "images_per_s", "latency_ms", "ratios"):
+    for section in ("in_process", "endpoints", "images_per_s", "latency_ms", "ratios", "cpu_ms_per_image"):
         for path, value in _numbers(result[section], section):
             if not (math.isfinite(value) and value > 0):
                 raise BenchError(f"{path} is {value}: every measurement must be finite and positive")
@@ -329,6 +377,16 @@ class LoadSample:
     images_per_s: float
     latencies_s: list[float]
     requests: int
+    images_per_request: int = 1
+    # CPU seconds the server (tritonserver and its stubs) spent during the window.
+    server_cpu_s: float | None = None
+
+    @property
+    def server_cpu_ms_per_image(self) -> float | None:
+        """Server CPU time per image answered in the window, in milliseconds."""
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s * 1e3 / (self.requests * self.images_per_request)
 
 
 def _request_inputs(httpclient, images: Sequence[BenchImage], images_per_request: int) -> list[list]:
@@ -349,6 +407,7 @@ def closed_loop_load(
     duration_s: float,
     warmup_s: float,
     images_per_request: int = 1,
+    server_cpu: Callable[[], float] | None = None,
 ) -> LoadSample:
     """``concurrency`` requests of ``images_per_request`` images always in flight for
     ``warmup_s + duration_s``.
@@ -356,7 +415,8 @@ def closed_loop_load(
     One ``tritonclient.http`` client with a pool of ``concurrency`` connections, driven by
     ``concurrency`` greenlets on this thread (the client is gevent-based and must not be
     shared across threads). Requests completed inside the window after the warm-up count;
-    each request's latency is its own, from send to parsed response.
+    each request's latency is its own, from send to parsed response. ``server_cpu`` (the
+    server's CPU seconds so far) is read at the window's start and end.
     """
     import gevent
     import tritonclient.http as httpclient
@@ -386,8 +446,18 @@ def closed_loop_load(
                 latencies.append(done - sent)
             index += concurrency
 
+    cpu_marks: list[float] = []
+
+    def meter() -> None:
+        for mark in (window_start, window_end):
+            gevent.sleep(max(0.0, mark - time.perf_counter()))
+            cpu_marks.append(server_cpu())  # type: ignore[misc]
+
+    greenlets = [gevent.spawn(worker, offset) for offset in range(concurrency)]
+    if server_cpu is not None:
+        greenlets.append(gevent.spawn(meter))
     try:
-        gevent.joinall([gevent.spawn(worker, offset) for offset in range(concurrency)])
+        gevent.joinall(greenlets)
     finally:
         client.close()
     if errors:
@@ -395,7 +465,11 @@ def closed_loop_load(
     if not latencies:
         raise BenchError(f"{model}: no request completed within {duration_s} s at concurrency {concurrency}")
     return LoadSample(
-        images_per_s=len(latencies) * images_per_request / duration_s, latencies_s=latencies, requests=len(latencies)
+        images_per_s=len(latencies) * images_per_request / duration_s,
+        latencies_s=latencies,
+        requests=len(latencies),
+        images_per_request=images_per_request,
+        server_cpu_s=cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else None,
     )
 
 
@@ -488,9 +562,9 @@ def _batch(images: Sequence[BenchImage], size: int, offset: int = 0) -> list[np.
 
 
 def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options: BenchOptions) -> dict[str, dict[int, float]]:
-    """One repeat of the in-process measurements: images/s per stage and batch size, and
-    the single-image latency of preprocessing + network (ms)."""
-    out: dict[str, dict[int, float]] = {"preprocessing": {}, "network": {}, "inprocess": {}}
+    """One repeat of the in-process measurements: images/s per stage and batch size, the
+    CPU time per image of preprocessing + network (ms), and its single-image latency (ms)."""
+    out: dict[str, dict[int, float]] = {"preprocessing": {}, "network": {}, "inprocess": {}, "cpu_ms_per_image": {}}
     single_ms = []
     for size in options.batch_sizes:
         batches = [_batch(images, size, offset) for offset in range(len(images))]
@@ -511,7 +585,11 @@ def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options
 
         both()  # warm-up: first runs of a batch size allocate
         for key, function in (("preprocessing", pre), ("network", net), ("inprocess", both)):
+            # Process CPU time: this thread and DALI's and ONNX Runtime's worker threads.
+            cpu_start = time.process_time()
             times = time_calls(function, duration_s=options.inprocess_duration_s, min_calls=len(images) if size == 1 else 3)
+            if key == "inprocess":
+                out["cpu_ms_per_image"][size] = (time.process_time() - cpu_start) * 1e3 / (len(times) * size)
             out[key][size] = size / statistics.median(times)
             if key == "inprocess" and size == 1:
                 single_ms = [t * 1e3 for t in times]
@@ -562,13 +640,18 @@ def run_benchmark(
     batch_sizes = tuple(size for size in options.batch_sizes if size <= max_batch_size)
     options = dataclasses.replace(options, batch_sizes=batch_sizes)
 
-    progress("building the in-process DALI pipeline and network")
-    parts = _InProcess.from_repository(repository, max_batch_size)
     in_process_runs: list[dict[str, dict[int, float]]] = []
-    endpoint_runs: dict[str, dict[int, list[LoadSample]]] = {key: {c: [] for c in options.concurrencies} for key in options.endpoints}
     with tempfile.TemporaryDirectory(prefix="bls-bench-") as workdir:
         bench_repo = Path(workdir) / "model_repository"
         names = write_bench_repository(repository, bench_repo)
+        skipped = [key for key in options.endpoints if key not in names]
+        if skipped:
+            progress(f"not measured: {', '.join(skipped)} (Triton's own backends are not built: tools/build_backends.py)")
+        endpoint_keys = [key for key in options.endpoints if key in names]
+        endpoint_runs: dict[str, dict[int, list[LoadSample]]] = {key: {c: [] for c in options.concurrencies} for key in endpoint_keys}
+        progress("building the in-process DALI pipeline and network")
+        # From the Python-hosted sub-models: the same files and settings as every endpoint.
+        parts = _InProcess.from_repository(bench_repo, max_batch_size)
         server_options = ServerOptions(
             model_repository=bench_repo, http_port=0, grpc_port=0, metrics_port=0, log_path=options.server_log
         )
@@ -576,13 +659,13 @@ def run_benchmark(
         with LocalTritonServer(server_options) as server:
             url = host_port(server.url)
             progress("warming up every endpoint")
-            for key in options.endpoints:
+            for key in endpoint_keys:
                 closed_loop_load(url, names[key], images, concurrency=max(options.concurrencies), duration_s=0.5, warmup_s=1.0)
             for repeat in range(options.repeats):
                 progress(f"repeat {repeat + 1}/{options.repeats}: in process, batch sizes {list(batch_sizes)}")
                 in_process_runs.append(_measure_in_process(parts, images, options))
                 for concurrency in options.concurrencies:
-                    for key in options.endpoints:
+                    for key in endpoint_keys:
                         sample = closed_loop_load(
                             url,
                             names[key],
@@ -591,6 +674,7 @@ def run_benchmark(
                             duration_s=options.duration_s,
                             warmup_s=options.warmup_s,
                             images_per_request=options.images_per_request,
+                            server_cpu=server.cpu_seconds,
                         )
                         endpoint_runs[key][concurrency].append(sample)
                         progress(
@@ -617,6 +701,14 @@ def assemble_result(
             for size in options.batch_sizes
         }
     single = Spread.of([run["single_ms"][1] for run in in_process_runs if run.get("single_ms")]) if 1 in options.batch_sizes else None
+    cpu_ms_per_image: dict[str, float] = {}
+    if all(run.get("cpu_ms_per_image") for run in in_process_runs):
+        in_process["inprocess_cpu_ms_per_image"] = {
+            f"batch_{size}": Spread.of([run["cpu_ms_per_image"][size] for run in in_process_runs]).to_json()
+            for size in options.batch_sizes
+        }
+        for size in options.batch_sizes:
+            cpu_ms_per_image[f"inprocess_batch_{size}"] = in_process["inprocess_cpu_ms_per_image"][f"batch_{size}"]["median"]
 
     endpoints: dict[str, Any] = {}
     for key, by_concurrency in endpoint_runs.items():
@@ -629,6 +721,11 @@ def assemble_result(
                 "latency_ms": {q: Spread.of([p[q] for p in percentiles]).to_json() for q in ("p50", "p90", "p99")},
                 "requests": sum(sample.requests for sample in samples),
             }
+            cpu = [sample.server_cpu_ms_per_image for sample in samples]
+            if cpu and all(value is not None for value in cpu):
+                spread = Spread.of(cpu).to_json()  # type: ignore[arg-type]
+                endpoints[key][f"c{concurrency}"]["server_cpu_ms_per_image"] = spread
+                cpu_ms_per_image[f"{key}_c{concurrency}"] = spread["median"]
 
     def best(stage: str) -> tuple[float, str]:
         return max((value["median"], name) for name, value in in_process[stage].items())
@@ -649,6 +746,8 @@ def assemble_result(
         if "c1" in endpoints[key]:
             latency_ms[f"{key}_p50_c1"] = endpoints[key]["c1"]["latency_ms"]["p50"]["median"]
     ratios = compute_ratios(images_per_s) if all(k in images_per_s for k in ("bls", "ensemble", "naive")) else {}
+    if ratios:
+        ratios.update(cpu_ratios(cpu_ms_per_image))
     targets = check_targets(ratios, latency_ms) if ratios and "inprocess_single" in latency_ms and "bls_p50_c1" in latency_ms else {}
     return {
         "schema_version": SCHEMA_VERSION,
@@ -672,6 +771,9 @@ def assemble_result(
         "images_per_s": images_per_s,
         "best_at": best_at,
         "latency_ms": latency_ms,
+        # Server: tritonserver and every stub, from /proc, per image answered in the window;
+        # in process: this process's CPU time for preprocessing + network.
+        "cpu_ms_per_image": cpu_ms_per_image,
         "ratios": ratios,
         "targets": targets,
     }
@@ -699,16 +801,28 @@ def format_table(result: Mapping[str, Any]) -> str:
             lines.append(f"{label:34s} {name.removeprefix('batch_'):>5s}  {_fmt(spread):>22s}")
     if "single_image_ms" in result["in_process"]:
         lines.append(f"{'   one image, latency (ms)':34s} {'1':>5s}  {_fmt(result['in_process']['single_image_ms'], 2):>22s}")
+    for name, spread in result["in_process"].get("inprocess_cpu_ms_per_image", {}).items():
+        lines.append(f"{'   CPU per image (ms)':34s} {name.removeprefix('batch_'):>5s}  {_fmt(spread, 2):>22s}")
     lines.append("")
-    labels = {"bls": "4. classifier (BLS)", "ensemble": "5. ensemble", "naive": "6. naive (PIL)"}
+    labels = {
+        "bls": "4. classifier (BLS)",
+        "ensemble": "5. ensemble",
+        "naive": "6. naive (PIL)",
+        "bls_native": "7a. classifier, native",
+        "ensemble_native": "7b. ensemble, native",
+    }
     lines.append(f"endpoints over HTTP, {result['config']['images_per_request']} image(s) per request")
-    lines.append(f"{'endpoint over HTTP':22s} {'conc':>4s}  {'images/s':>22s}  {'p50 ms':>22s}  {'p90 ms':>8s}  {'p99 ms':>8s}")
+    lines.append(
+        f"{'endpoint over HTTP':22s} {'conc':>4s}  {'images/s':>22s}  {'p50 ms':>22s}  {'p90 ms':>8s}  {'p99 ms':>8s}  {'CPU ms/img':>10s}"
+    )
     for key, by_concurrency in result["endpoints"].items():
         for name, row in by_concurrency.items():
             latency = row["latency_ms"]
+            cpu = row.get("server_cpu_ms_per_image")
             lines.append(
                 f"{labels.get(key, key):22s} {row['concurrency']:>4d}  {_fmt(row['images_per_s']):>22s}  "
-                f"{_fmt(latency['p50']):>22s}  {latency['p90']['median']:8.1f}  {latency['p99']['median']:8.1f}"
+                f"{_fmt(latency['p50']):>22s}  {latency['p90']['median']:8.1f}  {latency['p99']['median']:8.1f}  "
+                f"{cpu['median'] if cpu else float('nan'):10.2f}"
             )
     lines.append("")
     best_at = result.get("best_at", {})
@@ -727,7 +841,7 @@ def plot_result(result: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = {"bls": "tab:blue", "ensemble": "tab:orange", "naive": "tab:green"}
+    colors = {"bls": "tab:blue", "ensemble": "tab:orange", "naive": "tab:green", "bls_native": "tab:purple", "ensemble_native": "tab:brown"}
     for key, by_concurrency in result["endpoints"].items():
         rows = sorted(by_concurrency.values(), key=lambda row: row["concurrency"])
         x = [row["concurrency"] for row in rows]
