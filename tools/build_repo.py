@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 from bls_pipeline.build.pipeline import DEFAULT_ARCH, BuildOptions, build_repository
 from bls_pipeline.build.checkpoints import ARCH_ALIASES, ARCHITECTURES
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettings
 from bls_pipeline.build.repository import preprocessing_defaults
@@ -28,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Turn a torch.save checkpoint into a ready Triton model repository "
         "(classifier BLS model + DALI preprocessing + EfficientNet).",
         formatter_class=HelpFormatter,
-        epilog=__doc__,
+        epilog=f"{__doc__}\n{EXIT_CODES_HELP}",
     )
     parser.add_argument(
         "--checkpoint",
@@ -128,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report = build_repository(options, progress=lambda line: print(line, flush=True))
     except (BlsPipelineError, OSError) as exc:
-        print(f"build_repo: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("build_repo", exc, ExitCode.INPUT)
     p = report.preprocessing
     print(
         f"built {report.output} ({args.target}): {report.num_classes} classes, network on {report.runtime}, "
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         f"preprocessing: resize shorter side to {p.resize_shorter} ({p.interpolation}), crop {p.crop}, "
         f"mean {list(p.mean)}, std {list(p.std)}\n{report.tensorrt_note}"
     )
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run a local Triton server (pip-installed, CPU or GPU) on a model repository "
         "built with tools/build_repo.py --target local.",
         formatter_class=HelpFormatter,
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="repository to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
@@ -68,15 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
     except BlsPipelineError as exc:
-        print(f"serve: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("serve", exc)
     try:
         print(f"ready: {server.url} (gRPC {options.host}:{options.grpc_port}, metrics "
               f"{options.host}:{options.metrics_port}); log: {server.log_path}; Ctrl-C stops", flush=True)
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
                 print(f"serve: error: tritonserver exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
-                return 1
+                return ExitCode.SERVER
     finally:
         print("stopping tritonserver ...", flush=True)
         server.stop()
