@@ -26,11 +26,12 @@ from typing import Sequence
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.model_sources import model_sources_dir
 
 LOGGER = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-TEMPLATE_DIR = PACKAGE_DIR.parent / "model_repository"
+TEMPLATE_DIR = model_sources_dir()
 DALI_FILE = "dali.py"
 MODEL_FILE = "model.py"
 LABELS_FILE = "labels.txt"
@@ -175,7 +176,7 @@ def write_repository(
         shutil.copytree(
             PACKAGE_DIR,
             versions[mc.CLASSIFIER] / PACKAGE_DIR.name,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", TEMPLATE_DIR.name),
             dirs_exist_ok=True,
         )
 

@@ -22,10 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
+from bls_pipeline.model_sources import model_source
+
 LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
-PACKAGED_PIPELINE = Path(__file__).resolve().parents[2] / "model_repository" / "preprocessing" / "1" / "dali.py"
+PACKAGED_PIPELINE = model_source("preprocessing", "dali.py")
 # Runs between two returns of free heap memory to the OS (see release_free_memory).
 TRIM_EVERY_RUNS = 64
 
