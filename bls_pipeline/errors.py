@@ -52,3 +52,7 @@ class SubModelError(BlsPipelineError):
 
 class ServerError(BlsPipelineError):
     """The local Triton server could not be started, reached or stopped cleanly."""
+
+
+class BackendBuildError(BlsPipelineError):
+    """Triton's native DALI or ONNX Runtime backend could not be built or installed."""

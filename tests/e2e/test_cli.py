@@ -97,7 +97,7 @@ def test_unknown_flag_exits_2_with_one_error_line(tool):
     assert "--no-such-flag" in line
 
 
-@pytest.mark.parametrize("tool", [*TOOLS, "soak", "bench", "demo"])
+@pytest.mark.parametrize("tool", [*TOOLS, "soak", "bench", "demo", "build_backends"])
 def test_help_documents_the_exit_codes_every_tool_shares(tool):
     result = run_tool(tool, "--help")
 
