@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 from bls_pipeline.build.pipeline import DEFAULT_ARCH, BuildOptions, build_repository
 from bls_pipeline.build.checkpoints import ARCH_ALIASES, ARCHITECTURES
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettings
 from bls_pipeline.build.repository import preprocessing_defaults
@@ -35,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Turn a torch.save checkpoint into a ready Triton model repository "
         "(classifier BLS model + DALI preprocessing + EfficientNet).",
         formatter_class=HelpFormatter,
-        epilog=__doc__,
+        epilog=f"{__doc__}\n{EXIT_CODES_HELP}",
     )
     parser.add_argument(
         "--checkpoint",
@@ -167,14 +166,18 @@ def preprocessing_from_args(args: argparse.Namespace) -> PreprocessingSettings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        given = [flag for flag in PREPROCESSING_FLAGS if getattr(args, flag) is not None]
-        if args.dali_pipeline and given:
-            raise UserPipelineError(
+    given = [flag for flag in PREPROCESSING_FLAGS if getattr(args, flag) is not None]
+    if args.dali_pipeline and given:
+        return report_error(
+            "build_repo",
+            UserPipelineError(
                 f"--{given[0].replace('_', '-')} cannot be combined with --dali-pipeline: the pipeline decides the preprocessing"
-            )
-        if args.pipeline_arg and not args.dali_pipeline:
-            raise UserPipelineError("--pipeline-arg needs --dali-pipeline")
+            ),
+            ExitCode.USAGE,
+        )
+    if args.pipeline_arg and not args.dali_pipeline:
+        return report_error("build_repo", UserPipelineError("--pipeline-arg needs --dali-pipeline"), ExitCode.USAGE)
+    try:
         options = BuildOptions(
             output=args.output,
             checkpoint=args.checkpoint,
@@ -202,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report = build_repository(options, progress=lambda line: print(line, flush=True))
     except (BlsPipelineError, OSError) as exc:
-        print(f"build_repo: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("build_repo", exc, ExitCode.INPUT)
     p, user = report.preprocessing, report.user_pipeline
     described = (
         f"{user.source} (served as model.dali, {user.decoder_device} decoder), output float32 {list(user.output_shape)}, "
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         f"preprocessing: {described}\n{report.tensorrt_note}\n"
         + "\n".join(choice.describe(model) for model, choice in report.hosting.items())
     )
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

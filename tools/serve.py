@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting
 
@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run a local Triton server (pip-installed, CPU or GPU) on a model repository "
         "built with tools/build_repo.py --target local.",
         formatter_class=HelpFormatter,
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="repository to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
     except BlsPipelineError as exc:
-        print(f"serve: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("serve", exc)
     print(describe_hosting(server), flush=True)
     try:
         print(f"memory: {server.sizing.describe() if server.sizing else 'Triton defaults'}", flush=True)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
                 print(f"serve: error: tritonserver exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
-                return 1
+                return ExitCode.SERVER
     finally:
         print("stopping tritonserver ...", flush=True)
         server.stop()

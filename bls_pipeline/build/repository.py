@@ -27,6 +27,7 @@ from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
 from bls_pipeline.runtime.dali import SERIALIZED_FILE
+from bls_pipeline.model_sources import model_sources_dir
 from bls_pipeline.runtime.device import CPU, decoder_device
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-TEMPLATE_DIR = PACKAGE_DIR.parent / "model_repository"
+TEMPLATE_DIR = model_sources_dir()
 DALI_FILE = "dali.py"
 MODEL_FILE = "model.py"
 LABELS_FILE = "labels.txt"
@@ -257,7 +258,7 @@ def write_repository(
         shutil.copytree(
             PACKAGE_DIR,
             versions[mc.CLASSIFIER] / PACKAGE_DIR.name,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", TEMPLATE_DIR.name),
             dirs_exist_ok=True,
         )
 

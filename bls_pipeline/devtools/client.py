@@ -143,6 +143,17 @@ class ClassifierClient:
             raise ClientError(_one_line(exc)) from None
         return self._parse(result)
 
+    def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> "PendingRequest":
+        """Send ``images`` as one request without waiting; :meth:`PendingRequest.result` waits."""
+        inputs, outputs = self._request(images)
+        try:
+            handle = self._client.async_infer(
+                self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k)
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise ClientError(_one_line(exc)) from None
+        return PendingRequest(handle)
+
     def classify_batches(
         self, batches: Sequence[Sequence[bytes]], *, top_k: int | None = None
     ) -> list[list[Prediction] | ClientError]:
@@ -151,17 +162,37 @@ class ClassifierClient:
         Returns per batch its predictions or the :class:`ClientError` of that request, so
         one refused request does not hide the others' results.
         """
-        pending = []
-        for images in batches:
-            inputs, outputs = self._request(images)
-            pending.append(
-                self._client.async_infer(self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k))
-            )
+        pending = [self.submit(images, top_k=top_k) for images in batches]
         results: list[list[Prediction] | ClientError] = []
-        for handle in pending:
+        for request in pending:
             try:
-                results.append(self._parse(handle.get_result()))
-            except Exception as exc:  # noqa: BLE001
-                results.append(ClientError(_one_line(exc)))
+                results.append(request.result())
+            except ClientError as exc:
+                results.append(exc)
         return results
 
+
+class PendingRequest:
+    """A request in flight (``tritonclient``'s async handle), read once with :meth:`result`."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def result(self) -> list[Prediction]:
+        """Wait for the answer; raises :class:`ClientError` if the request failed."""
+        try:
+            return ClassifierClient._parse(self._handle.get_result())
+        except Exception as exc:  # noqa: BLE001 - gevent/socket/server errors have no common base
+            raise ClientError(_one_line(exc)) from None
+
+
+def single_image_reason(error: ClientError) -> str:
+    """Why the server refused a one-image request, without the status and ``image 0:`` prefixes.
+
+    ``image 0: not an image (...)`` becomes ``not an image (...)``: for a file sent alone the
+    index says nothing.
+    """
+    message = str(error)
+    for prefix in ("[400] ", "[StatusCode.INVALID_ARGUMENT] "):
+        message = message.removeprefix(prefix)
+    return message.removeprefix("image 0: ")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from bls_pipeline.contract import DALI_INPUT
+from bls_pipeline.model_sources import model_source
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
-PACKAGED_PIPELINE = Path(__file__).resolve().parents[2] / "model_repository" / "preprocessing" / "1" / "dali.py"
+PACKAGED_PIPELINE = model_source("preprocessing", "dali.py")
 # A serialized pipeline (what Triton's DALI backend loads first); its input is DALI_INPUT.
 SERIALIZED_FILE = "model.dali"
 # Runs between two returns of free heap memory to the OS (see release_free_memory).

@@ -324,25 +324,28 @@ def test_a_pipeline_converted_for_another_device_is_refused(tutorial) -> None:
 
 
 @pytest.mark.parametrize(
-    ("arguments", "message"),
+    ("arguments", "code", "message"),
     [
         (
             ["--dali-pipeline", f"{MORE}:random_crop_pipe", "--device", "cpu"],
+            3,
             "build_repo: error: fn.random_resized_crop: cannot be served: it is random (augmentation); "
             "serve the validation pipeline, which must give the same output for the same image\n",
         ),
         (
             ["--dali-pipeline", f"{TRAIN}:validation_pipe", "--crop", "200"],
+            2,
             "build_repo: error: --crop cannot be combined with --dali-pipeline: the pipeline decides the preprocessing\n",
         ),
-        (["--pipeline-arg", "image_size=256"], "build_repo: error: --pipeline-arg needs --dali-pipeline\n"),
+        (["--pipeline-arg", "image_size=256"], 2, "build_repo: error: --pipeline-arg needs --dali-pipeline\n"),
     ],
 )
-def test_build_repo_refuses_in_one_line_and_writes_nothing(tmp_path: Path, capsys, arguments, message) -> None:
+def test_build_repo_refuses_in_one_line_and_writes_nothing(tmp_path: Path, capsys, arguments, code, message) -> None:
     from tools.build_repo import main
 
     output = tmp_path / "repository"
-    assert main([*arguments, "--output", str(output)]) == 2
+    # The exit-code convention: 2 for flags that do not go together, 3 for an unservable input.
+    assert main([*arguments, "--output", str(output)]) == code
     assert capsys.readouterr().err == message
     assert not output.exists()
 
