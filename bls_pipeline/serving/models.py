@@ -31,12 +31,14 @@ from bls_pipeline.request.orchestration import (
 )
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
 from bls_pipeline.request.postprocess import load_labels
+from bls_pipeline.serving.metrics import ClassifierMetrics, StageTimer, refusal_reason
 
 LOGGER = logging.getLogger(__name__)
 
 # Names of the contract; duplicated from model_config on purpose: that module needs
 # tritonclient's protobufs, which the NVIDIA Triton container does not have.
 IMAGE_INPUT, SCORES_OUTPUT, CLASS_IDS_OUTPUT, LABELS_OUTPUT = "IMAGE", "SCORES", "CLASS_IDS", "LABELS"
+PROBABILITIES_OUTPUT = "PROBABILITIES"
 DALI_INPUT, DALI_OUTPUT = "DALI_INPUT", "DALI_OUTPUT"
 NETWORK_INPUT, NETWORK_OUTPUT = "INPUT", "OUTPUT"
 
@@ -83,16 +85,27 @@ def request_top_k(request: Any) -> object:
     return json.loads(request.parameters() or "{}").get("top_k")
 
 
-def classification_response(logits: np.ndarray, k: int, labels: Sequence[str]) -> Any:
-    """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits."""
+def wants_probabilities(request: Any) -> bool:
+    """Whether the request asked for ``PROBABILITIES`` (Triton's classification extension).
+
+    Only then is the ``[N, classes]`` tensor sent through shared memory; Triton turns it into
+    ``"score:index:label"`` strings itself when the client set ``class_count``.
+    """
+    return PROBABILITIES_OUTPUT in request.requested_output_names()
+
+
+def classification_response(logits: np.ndarray, k: int, labels: Sequence[str], *, probabilities: bool = False) -> Any:
+    """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits,
+    and with ``probabilities`` the full softmax as ``PROBABILITIES``."""
     outputs = classify_request(logits, k, labels)
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
-            pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
-            pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
-        ]
-    )
+    tensors = [
+        pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
+        pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
+        pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
+    ]
+    if probabilities:
+        tensors.append(pb_utils.Tensor(PROBABILITIES_OUTPUT, outputs.probabilities))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 class ClassifierModel:
@@ -106,37 +119,52 @@ class ClassifierModel:
         self.labels = load_labels(_version_dir(args) / parameters["labels_file"])
         preprocessing = parameters.get("preprocessing_model", "preprocessing")
         network = parameters.get("network_model", "efficientnet-b0")
+        self.timer = StageTimer()
+        self.metrics = ClassifierMetrics(
+            model=args["model_name"], version=args["model_version"], max_batch_size=config["max_batch_size"]
+        )
         self.orchestrator = Orchestrator(
-            preprocess=lambda batch: call_model(preprocessing, {DALI_INPUT: batch}, DALI_OUTPUT),
-            infer=lambda images: call_model(network, {NETWORK_INPUT: images}, NETWORK_OUTPUT),
+            preprocess=self.timer.timed(
+                "preprocessing", lambda batch: call_model(preprocessing, {DALI_INPUT: batch}, DALI_OUTPUT)
+            ),
+            infer=self.timer.timed("network", lambda images: call_model(network, {NETWORK_INPUT: images}, NETWORK_OUTPUT)),
             max_batch_size=config["max_batch_size"],
         )
+
+    def _refuse(self, error: BlsPipelineError, *, decoded: bool) -> Any:
+        self.metrics.refused(refusal_reason(error, decoded=decoded))
+        return error_response(error)
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """One response per request; every valid image of every request goes in one batch."""
         responses: list[Any] = [None] * len(requests)
         prepared = {}
-        for index, request in enumerate(requests):
-            try:
-                prepared[index] = prepare_request(
-                    _input(request, IMAGE_INPUT),
-                    top_k=request_top_k(request),
-                    settings=self.settings,
-                    num_classes=len(self.labels),
-                )
-            except BlsPipelineError as exc:
-                responses[index] = error_response(exc)
+        with self.timer.stage("trim_check"):
+            for index, request in enumerate(requests):
+                try:
+                    prepared[index] = prepare_request(
+                        _input(request, IMAGE_INPUT),
+                        top_k=request_top_k(request),
+                        settings=self.settings,
+                        num_classes=len(self.labels),
+                    )
+                except BlsPipelineError as exc:
+                    responses[index] = self._refuse(exc, decoded=False)
         images = [image for item in prepared.values() for image in item.images]
         results = self.orchestrator(images) if images else []
         offset = 0
-        for index, item in prepared.items():
-            own = results[offset : offset + len(item.images)]
-            offset += len(item.images)
-            error = request_error(own)
-            if error is not None:
-                responses[index] = error_response(error)
-                continue
-            responses[index] = classification_response(np.stack(own), item.top_k, self.labels)
+        with self.timer.stage("postprocessing"):
+            for index, item in prepared.items():
+                own = results[offset : offset + len(item.images)]
+                offset += len(item.images)
+                error = request_error(own)
+                if error is not None:
+                    responses[index] = self._refuse(error, decoded=True)
+                    continue
+                responses[index] = classification_response(
+                    np.stack(own), item.top_k, self.labels, probabilities=wants_probabilities(requests[index])
+                )
+        self.metrics.record(self.timer, images=len(images))
         return responses
 
 
