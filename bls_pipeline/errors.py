@@ -52,3 +52,7 @@ class SubModelError(BlsPipelineError):
 
 class ServerError(BlsPipelineError):
     """The local Triton server could not be started, reached or stopped cleanly."""
+
+
+class CapacityError(BlsPipelineError):
+    """A benchmark file lacks what a capacity plan needs, or no measured point meets the target."""
