@@ -121,3 +121,14 @@ def test_ready_sub_models_were_warmed_with_the_real_photograph(triton_server):
         assert image["input_data_file"] == "warmup.jpg"
     finally:
         client.close()
+
+
+def test_every_metric_the_dashboard_and_autoscaler_query_is_exported(triton_server, client, jpegs):
+    from tests.unit.test_deploy import dashboard_metric_names
+
+    client.classify(jpegs[:1])
+    live = {name for name, _ in scrape_metrics(triton_server.options.metrics_port)}
+    # A CPU-only server exports no GPU metrics.
+    wanted = {name for name in dashboard_metric_names() if not name.startswith("nv_gpu_")}
+
+    assert wanted and wanted <= live, wanted - live
