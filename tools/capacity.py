@@ -25,21 +25,11 @@ from bls_pipeline.devtools.capacity import (
     operating_points,
     plan_capacity,
 )
-from bls_pipeline.devtools.cli import HelpFormatter
+from bls_pipeline.devtools.cli import HelpFormatter, positive_float
 from bls_pipeline.errors import CapacityError
 
 PROG = "capacity"
 DEFAULT_BENCHMARK = Path("docs/benchmark.json")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _point(text: str) -> OperatingPoint:
@@ -51,6 +41,7 @@ def _point(text: str) -> OperatingPoint:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (tests read its flags)."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "benchmark",
@@ -58,20 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"JSON written by tools/bench.py --json-out (default: {DEFAULT_BENCHMARK}, unless --point is given)",
     )
-    parser.add_argument("--images-per-s", type=_positive_float, required=True, help="the rate to serve, images per second")
-    parser.add_argument("--p99-ms", type=_positive_float, required=True, help="the 99th-percentile latency each replica must stay under")
+    parser.add_argument("--images-per-s", type=positive_float, required=True, help="the rate to serve, images per second")
+    parser.add_argument("--p99-ms", type=positive_float, required=True, help="the 99th-percentile latency each replica must stay under")
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="which endpoint of the benchmark to plan for")
     parser.add_argument(
         "--point",
         type=_point,
         action="append",
-        default=[],
         metavar="IMAGES_PER_S:P99_MS",
         help="a replica's measured operating point, instead of a benchmark file (repeatable)",
     )
     parser.add_argument(
         "--utilization",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_UTILIZATION,
         help="the fraction of a replica's measured rate to plan for (headroom for bursts and scaling)",
     )

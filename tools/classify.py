@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from bls_pipeline.request.orchestration import DEFAULT_MAX_IMAGE_BYTES
+from bls_pipeline.devtools.cli import positive_float
 from bls_pipeline.devtools.client import ClassifierClient, ClientError, Prediction
 
 PROG = "classify"
@@ -77,16 +78,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (tests read its flags)."""
     parser = argparse.ArgumentParser(
@@ -130,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=120.0,
         metavar="SECONDS",
         help="connection and response timeout per request (default: %(default)s)",

@@ -18,3 +18,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if hidden or action.help is None:
             return action.help
         return super()._get_help_string(action)
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a number greater than 0, else a one-line usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
