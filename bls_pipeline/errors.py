@@ -54,5 +54,9 @@ class ServerError(BlsPipelineError):
     """The local Triton server could not be started, reached or stopped cleanly."""
 
 
+class BackendBuildError(BlsPipelineError):
+    """Triton's native DALI or ONNX Runtime backend could not be built or installed."""
+
+
 class CapacityError(BlsPipelineError):
     """A benchmark file lacks what a capacity plan needs, or no measured point meets the target."""

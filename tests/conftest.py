@@ -23,11 +23,11 @@ def photos() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def built_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``--target local`` repository built from the shipped EfficientNet-Lite0 weights."""
+    """A ``--target local`` CPU repository built from the shipped EfficientNet-Lite0 weights."""
     from bls_pipeline.build.pipeline import BuildOptions, build_repository
 
     output = tmp_path_factory.mktemp("repository") / "model_repository"
-    build_repository(BuildOptions(output=output, target="local", max_batch_size=16))
+    build_repository(BuildOptions(output=output, target="local", device="cpu", max_batch_size=16))
     return output
 
 

@@ -20,6 +20,7 @@ from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettings
 from bls_pipeline.build.repository import preprocessing_defaults
+from bls_pipeline.runtime.device import DEVICES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="local: the pip-installed tritonserver (Python backend only: DALI and the network hosted in "
         "Python-backend models); triton: the NVIDIA Triton container (DALI backend, TensorRT or ONNX Runtime)",
     )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where the models run, whatever the target: cpu (KIND_CPU, DALI cpu decoder, ONNX Runtime on "
+        "the CPU) or gpu (KIND_GPU, DALI mixed decoder, TensorRT or a CUDA runtime; tensors stay on the GPU). "
+        "Default: gpu when a CUDA device is visible on this machine, else cpu",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_REPOSITORY, help="repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output directory")
     parser.add_argument("--max-batch-size", type=int, default=64, help="max_batch_size of the three models")
@@ -75,6 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     tuning = parser.add_argument_group("serving")
     tuning.add_argument("--dali-threads", type=int, default=2, help="DALI CPU worker threads")
+    tuning.add_argument(
+        "--hw-decoder-load",
+        type=float,
+        default=0.65,
+        help="GPU only: share of JPEGs for the hardware JPEG decoder, 0..1 (DALI's default 0.65)",
+    )
+    tuning.add_argument("--preprocessing-instances", type=int, default=1, help="instances of the preprocessing model")
+    tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
     tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
     tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")
     tuning.add_argument("--max-image-pixels", type=int, help="largest accepted declared width x height (default 40 M)")
@@ -114,12 +130,16 @@ def main(argv: list[str] | None = None) -> int:
             arch=args.arch,
             labels=args.labels,
             target=args.target,
+            device=args.device,
             max_batch_size=args.max_batch_size,
             fp16=args.fp16,
             force=args.force,
             preprocessing=preprocessing_from_args(args),
             dali_autoconfig=args.dali_autoconfig,
             dali_threads=args.dali_threads,
+            hw_decoder_load=args.hw_decoder_load,
+            preprocessing_instances=args.preprocessing_instances,
+            network_instances=args.network_instances,
             network_threads=args.network_threads,
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,
@@ -132,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     p = report.preprocessing
     print(
-        f"built {report.output} ({args.target}): {report.num_classes} classes, network on {report.runtime}, "
+        f"built {report.output} ({args.target}, {report.device}): {report.num_classes} classes, network on {report.runtime}, "
         f"ONNX within {report.onnx_max_abs_diff:.1e} of torch\n"
         f"preprocessing: resize shorter side to {p.resize_shorter} ({p.interpolation}), crop {p.crop}, "
         f"mean {list(p.mean)}, std {list(p.std)}\n{report.tensorrt_note}"

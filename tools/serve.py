@@ -40,8 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shm-size-mb",
         type=int,
-        default=64,
-        help="Python-backend shared memory per model instance (shm-default-byte-size), MiB; raise it for large batches",
+        default=None,
+        help="Python-backend shared memory per model instance (shm-default-byte-size), MiB "
+        "(default: sized from the repository's max batch, and printed at start)",
     )
     return parser.parse_args(argv)
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         startup_timeout_s=args.startup_timeout,
         log_path=args.log_file,
         log_verbose=args.log_verbose,
-        shm_default_byte_size=args.shm_size_mb * 1024 * 1024,
+        shm_default_byte_size=args.shm_size_mb * 1024 * 1024 if args.shm_size_mb else None,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
     try:
+        print(f"memory: {server.sizing.describe() if server.sizing else 'Triton defaults'}", flush=True)
         print(f"ready: {server.url} (gRPC {options.host}:{options.grpc_port}, metrics "
               f"{options.host}:{options.metrics_port}); log: {server.log_path}; Ctrl-C stops", flush=True)
         while not stop.wait(1.0):

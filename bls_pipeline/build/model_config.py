@@ -21,25 +21,30 @@ from typing import Any, Mapping, Sequence
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from bls_pipeline import contract
+# The contract's names, importable from here too because every config user needs them.
+from bls_pipeline.contract import (  # noqa: F401
+    CLASS_IDS_OUTPUT,
+    CLASSIFIER,
+    DALI_INPUT,
+    DALI_OUTPUT,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    NETWORK,
+    NETWORK_INPUT,
+    NETWORK_OUTPUT,
+    PREPROCESSING,
+    PROBABILITIES_OUTPUT,
+    SCORES_OUTPUT,
+)
 from bls_pipeline.errors import ConfigError
+from bls_pipeline.runtime.device import CPU, GPU, check_device, instance_kind
 
 ModelConfig = model_config_pb2.ModelConfig
 
-CLASSIFIER = "classifier"
-PREPROCESSING = "preprocessing"
-NETWORK = "efficientnet-b0"
-
-IMAGE_INPUT = "IMAGE"
-SCORES_OUTPUT = "SCORES"
-CLASS_IDS_OUTPUT = "CLASS_IDS"
-LABELS_OUTPUT = "LABELS"
-PROBABILITIES_OUTPUT = "PROBABILITIES"
-DALI_INPUT = "DALI_INPUT"
-DALI_OUTPUT = "DALI_OUTPUT"
-NETWORK_INPUT = "INPUT"
-NETWORK_OUTPUT = "OUTPUT"
 
 TARGETS = ("triton", "local")
+FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
 RUNTIMES = ("tensorrt", "onnxruntime")
 
 
@@ -58,37 +63,44 @@ def _dynamic_batching(max_queue_delay_us: int) -> dict[str, Any]:
     return {"max_queue_delay_microseconds": max_queue_delay_us}
 
 
+def _instances(device: str, count: int = 1) -> list[dict[str, Any]]:
+    if count < 1:
+        raise ConfigError(f"instance count must be at least 1, got {count}")
+    return [{"kind": instance_kind(device), "count": count}]
+
+
+def _python_backend_parameters(parameters: Mapping[str, object] | None, *, gpu_inputs: bool) -> dict[str, object]:
+    """``parameters`` plus ``FORCE_CPU_ONLY_INPUT_TENSORS``, set deliberately on every model.
+
+    The Python backend copies GPU inputs to the host unless told ``"no"``; only a model that
+    computes on GPU inputs (the network on a GPU) takes them where they are.
+    """
+    return {**(parameters or {}), FORCE_CPU_ONLY_INPUT_TENSORS: "no" if gpu_inputs else "yes"}
+
+
 def classifier_config(
     *,
     max_batch_size: int,
+    device: str = CPU,
     parameters: Mapping[str, object] | None = None,
     max_queue_delay_us: int = 0,
 ) -> ModelConfig:
     """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
 
-    Outputs are ``[-1]`` per image because ``top_k`` is a per-request parameter.
+    Outputs are ``[-1]`` per image because ``top_k`` is a per-request parameter. On a GPU its
+    instances are ``KIND_GPU`` so that each knows the GPU its sub-models' outputs stay on;
+    its own input (encoded bytes from the client) is host memory either way.
     """
     return _parse(
         {
             "name": CLASSIFIER,
             "backend": "python",
             "max_batch_size": max_batch_size,
-            "input": [
-                {
-                    "name": IMAGE_INPUT,
-                    "data_type": "TYPE_UINT8",
-                    "dims": [-1],
-                    "allow_ragged_batch": True,
-                }
-            ],
-            "output": [
-                {"name": SCORES_OUTPUT, "data_type": "TYPE_FP32", "dims": [-1]},
-                {"name": CLASS_IDS_OUTPUT, "data_type": "TYPE_INT64", "dims": [-1]},
-                {"name": LABELS_OUTPUT, "data_type": "TYPE_STRING", "dims": [-1]},
-            ],
+            "input": [{**contract.IMAGE.config(), "allow_ragged_batch": True}],
+            "output": [spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
             "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-            "instance_group": [{"kind": "KIND_CPU", "count": 1}],
-            "parameters": _string_parameters(parameters),
+            "instance_group": _instances(device),
+            "parameters": _string_parameters(_python_backend_parameters(parameters, gpu_inputs=False)),
         }
     )
 
@@ -98,40 +110,38 @@ def preprocessing_config(
     target: str,
     max_batch_size: int,
     crop: int,
+    device: str = CPU,
     num_threads: int = 4,
     autoconfig: bool = False,
     max_queue_delay_us: int = 0,
+    instances: int = 1,
 ) -> ModelConfig:
     """The DALI preprocessing model: ``DALI_INPUT`` bytes -> ``DALI_OUTPUT`` FP32 ``[3, crop, crop]``.
 
     ``target="triton"`` uses the DALI backend, which reads ``1/dali.py``; with ``autoconfig``
     the inputs and outputs are left out and the backend derives them from the pipeline
     (``ndim``/``dtype`` of the external source, ``output_ndim``/``output_dtype``).
-    ``target="local"`` hosts the same ``dali.py`` in a Python-backend model.
+    ``target="local"`` hosts the same ``dali.py`` in a Python-backend model. ``device`` sets
+    the instance kind; the decoder that matches it is in ``preprocessing.json``.
     """
     check_target(target)
+    parameters: dict[str, object] = {"num_threads": num_threads}
     config: dict[str, Any] = {
         "name": PREPROCESSING,
         "max_batch_size": max_batch_size,
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "parameters": _string_parameters({"num_threads": num_threads}),
+        "instance_group": _instances(device, instances),
     }
     if target == "triton":
         config["backend"] = "dali"
-        config["instance_group"] = [{"kind": "KIND_GPU", "count": 1}]
     else:
         config["backend"] = "python"
-        config["instance_group"] = [{"kind": "KIND_CPU", "count": 1}]
+        # Its input is the classifier's host bytes: nothing to gain from GPU inputs.
+        parameters = _python_backend_parameters(parameters, gpu_inputs=False)
+    config["parameters"] = _string_parameters(parameters)
     if not (autoconfig and target == "triton"):
-        config["input"] = [
-            {
-                "name": DALI_INPUT,
-                "data_type": "TYPE_UINT8",
-                "dims": [-1],
-                "allow_ragged_batch": True,
-            }
-        ]
-        config["output"] = [{"name": DALI_OUTPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}]
+        config["input"] = [{**contract.ENCODED.config(), "allow_ragged_batch": True}]
+        config["output"] = [contract.preprocessed(DALI_OUTPUT, crop).config()]
     return _parse(config)
 
 
@@ -142,22 +152,25 @@ def network_config(
     max_batch_size: int,
     crop: int,
     num_classes: int,
+    device: str = CPU,
     max_queue_delay_us: int = 0,
     parameters: Mapping[str, object] | None = None,
+    instances: int = 1,
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
 
-    ``runtime`` is ``"tensorrt"`` (``model.plan``) or ``"onnxruntime"`` (``model.onnx``).
+    ``runtime`` is ``"tensorrt"`` (``model.plan``, GPU only) or ``"onnxruntime"`` (``model.onnx``).
     """
     check_target(target)
     check_runtime(runtime)
+    check_runtime_device(runtime, device)
     config: dict[str, Any] = {
         "name": NETWORK,
         "max_batch_size": max_batch_size,
-        "input": [{"name": NETWORK_INPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}],
-        "output": [{"name": NETWORK_OUTPUT, "data_type": "TYPE_FP32", "dims": [num_classes]}],
+        "input": [contract.preprocessed(NETWORK_INPUT, crop).config()],
+        "output": [contract.logits(num_classes).config()],
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "parameters": _string_parameters(parameters),
+        "instance_group": _instances(device, instances),
     }
     if target == "triton":
         if runtime == "tensorrt":
@@ -166,10 +179,11 @@ def network_config(
         else:
             config["platform"] = "onnxruntime_onnx"
             config["default_model_filename"] = "model.onnx"
-        config["instance_group"] = [{"kind": "KIND_GPU", "count": 1}]
     else:
         config["backend"] = "python"
-        config["instance_group"] = [{"kind": "KIND_CPU", "count": 1}]
+        # On a GPU the preprocessed batch arrives in GPU memory and stays there.
+        parameters = _python_backend_parameters(parameters, gpu_inputs=device == GPU)
+    config["parameters"] = _string_parameters(parameters)
     return _parse(config)
 
 
@@ -245,7 +259,7 @@ def add_classification_output(config: ModelConfig, *, num_classes: int, label_fi
     """
     output = config.output.add()
     json_format.ParseDict(
-        {**tensor_spec(PROBABILITIES_OUTPUT, "TYPE_FP32", [num_classes]), "label_filename": label_filename}, output
+        {**contract.probabilities(num_classes).config(), "label_filename": label_filename}, output
     )
     return config
 
@@ -279,6 +293,13 @@ def check_runtime(runtime: str) -> None:
         raise ConfigError(f"unknown network runtime {runtime!r}: expected 'tensorrt' or 'onnxruntime'")
 
 
+def check_runtime_device(runtime: str, device: str) -> None:
+    """Raise :class:`ConfigError` for a network runtime that cannot run on ``device``."""
+    check_device(device)
+    if runtime == "tensorrt" and device != GPU:
+        raise ConfigError("a TensorRT engine runs only on a GPU: build with --device gpu, or serve ONNX on the CPU")
+
+
 def config_text(config: ModelConfig) -> str:
     """The ``config.pbtxt`` text of ``config``."""
     return text_format.MessageToString(config)
@@ -300,6 +321,12 @@ def read_config(path: str | os.PathLike[str]) -> ModelConfig:
         return text_format.Parse(path.read_text(), ModelConfig())
     except (OSError, text_format.ParseError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def device_of(config: ModelConfig) -> str:
+    """The device a config was written for, from its instance kind (``cpu`` without instances)."""
+    kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) for group in config.instance_group}
+    return GPU if "KIND_GPU" in kinds else CPU
 
 
 def parameters_of(config: ModelConfig) -> dict[str, str]:

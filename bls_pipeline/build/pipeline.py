@@ -20,6 +20,7 @@ from typing import Callable
 
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.runtime.device import GPU, check_device, detect_device
 from bls_pipeline.build.repository import (
     RepositorySpec,
     prepare_output,
@@ -41,12 +42,17 @@ class BuildOptions:
     arch: str = DEFAULT_ARCH
     labels: Path | None = None
     target: str = "local"
+    # None: detect_device() (gpu when a CUDA device is visible here, else cpu).
+    device: str | None = None
     max_batch_size: int = 64
     fp16: bool = True
     force: bool = False
     preprocessing: PreprocessingSettings | None = None
     dali_autoconfig: bool = False
     dali_threads: int = 2
+    hw_decoder_load: float = 0.65
+    preprocessing_instances: int = 1
+    network_instances: int = 1
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
@@ -60,6 +66,8 @@ class BuildReport:
 
     output: Path
     num_classes: int
+    device: str
+    device_reason: str
     runtime: str
     onnx_max_abs_diff: float
     tensorrt_note: str
@@ -69,12 +77,24 @@ class BuildReport:
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
     """Build the repository described by ``options``; see the module docstring."""
     from bls_pipeline.build.checkpoints import default_checkpoint_path, load_checkpoint
-    from bls_pipeline.build.export import build_tensorrt_engine, export_onnx, tensorrt_available, verify_onnx
+    from bls_pipeline.build.export import (
+        build_tensorrt_engine,
+        export_onnx,
+        save_torch_weights,
+        tensorrt_available,
+        verify_onnx,
+    )
     from bls_pipeline.request.postprocess import load_labels
 
     checkpoint = Path(options.checkpoint) if options.checkpoint else default_checkpoint_path()
     preprocessing = options.preprocessing or preprocessing_defaults(options.arch)
     labels = load_labels(options.labels)
+    if options.device is None:
+        device, device_reason = detect_device()
+        device_reason = f"detected: {device_reason}"
+    else:
+        device, device_reason = check_device(options.device), "--device given"
+    progress(f"device: {device} ({device_reason})")
     progress(f"[1/5] loading {checkpoint} as {options.arch} (weights only)")
     model = load_checkpoint(checkpoint, options.arch)
     num_classes = _count_classes(model, preprocessing.crop)
@@ -92,7 +112,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
         diff = verify_onnx(model, onnx_path, image_size=preprocessing.crop)
         progress(f"      max |onnx - torch| = {diff:.2e}")
         network_files = [onnx_path]
-        reason = tensorrt_available()
+        reason = tensorrt_available() if device == GPU else "TensorRT runs only on a GPU and the device is cpu"
         if reason is None:
             plan = Path(scratch) / "model.plan"
             progress(f"[4/5] building a TensorRT engine ({'FP16' if options.fp16 else 'FP32'}, max batch {options.max_batch_size})")
@@ -103,14 +123,26 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             runtime, tensorrt_note = "tensorrt", f"TensorRT engine built ({'FP16' if options.fp16 else 'FP32'})"
         else:
             runtime, tensorrt_note = "onnxruntime", f"no TensorRT engine: {reason}; serving ONNX with ONNX Runtime"
+            if device == GPU and options.target == "local":
+                # The pip-installed server has no TensorRT backend and no TensorRT builder is
+                # installable here: its GPU network runs on torch CUDA graphs (runtime.torch_network).
+                network_files.append(
+                    save_torch_weights(model, Path(scratch) / "model.pt", arch=options.arch, image_size=preprocessing.crop)
+                )
+                runtime, tensorrt_note = "torch-cuda", f"no TensorRT engine: {reason}; serving FP16 torch CUDA graphs (model.pt)"
             progress(f"[4/5] {tensorrt_note}")
         spec = RepositorySpec(
             target=options.target,
+            device=device,
             max_batch_size=options.max_batch_size,
             num_classes=num_classes,
-            runtime=runtime,
+            # The config's runtime: a Python-backend network picks torch itself from model.pt.
+            runtime="onnxruntime" if runtime == "torch-cuda" else runtime,
             preprocessing=preprocessing,
             dali_threads=options.dali_threads,
+            hw_decoder_load=options.hw_decoder_load,
+            preprocessing_instances=options.preprocessing_instances,
+            network_instances=options.network_instances,
             dali_autoconfig=options.dali_autoconfig,
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,
@@ -118,11 +150,13 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             max_request_bytes=options.max_request_bytes,
             queue_delay_us=options.queue_delay_us,
         )
-        progress(f"[5/5] writing the {options.target} repository to {options.output}")
+        progress(f"[5/5] writing the {options.target} repository for {device} to {options.output}")
         write_repository(options.output, spec, labels=labels, network_files=network_files)
     return BuildReport(
         output=options.output,
         num_classes=num_classes,
+        device=device,
+        device_reason=device_reason,
         runtime=runtime,
         onnx_max_abs_diff=diff,
         tensorrt_note=tensorrt_note,

@@ -7,7 +7,7 @@ protobuf message, last, so that a polling server never loads a half-written mode
 
 Example::
 
-    spec = RepositorySpec(target="local", max_batch_size=64, num_classes=1000,
+    spec = RepositorySpec(target="local", device="cpu", max_batch_size=64, num_classes=1000,
                           preprocessing=preprocessing_defaults("efficientnet-lite0"))
     write_repository(Path("build/model_repository"), spec, labels=imagenet_labels(),
                      network_files=[onnx_path])
@@ -26,6 +26,7 @@ from typing import Sequence
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.runtime.device import CPU, decoder_device
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,15 +58,25 @@ def preprocessing_defaults(arch: str) -> PreprocessingSettings:
 
 @dataclass(frozen=True)
 class RepositorySpec:
-    """Everything that decides the configs of one repository."""
+    """Everything that decides the configs of one repository.
+
+    ``target`` is where the models are hosted (``triton`` container or ``local`` pip-installed
+    server), ``device`` where they run (``cpu`` or ``gpu``): two independent settings, and
+    ``device`` is the only one that decides instance kinds and the DALI decoder.
+    """
 
     target: str
     max_batch_size: int
     num_classes: int
+    device: str = CPU
     runtime: str = "onnxruntime"
     preprocessing: PreprocessingSettings = field(default_factory=PreprocessingSettings)
     dali_threads: int = 2
     dali_autoconfig: bool = False
+    # The mixed decoder's share for the hardware JPEG engine (GPU only; DALI's default 0.65).
+    hw_decoder_load: float = 0.65
+    preprocessing_instances: int = 1
+    network_instances: int = 1
     network_threads: int = 0
     # ONNX Runtime's idle pool threads busy-wait by default; on a CPU shared with DALI and the
     # Python stubs that costs throughput (docs/benchmark.md: +12 % at concurrency 8 without).
@@ -80,6 +91,9 @@ class RepositorySpec:
         if self.max_batch_size < 1:
             raise ConfigError(f"max batch size must be at least 1, got {self.max_batch_size}")
         mc.check_runtime(self.runtime)
+        mc.check_runtime_device(self.runtime, self.device)
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ConfigError(f"hw_decoder_load must be between 0 and 1, got {self.hw_decoder_load}")
 
     def configs(self) -> dict[str, mc.ModelConfig]:
         """The three model configs, by model name."""
@@ -100,6 +114,7 @@ class RepositorySpec:
         configs = {
             mc.CLASSIFIER: mc.classifier_config(
                 max_batch_size=self.max_batch_size,
+                device=self.device,
                 parameters=classifier_parameters,
                 max_queue_delay_us=self.queue_delay_us,
             ),
@@ -107,9 +122,11 @@ class RepositorySpec:
                 target=self.target,
                 max_batch_size=self.max_batch_size,
                 crop=crop,
+                device=self.device,
                 num_threads=self.dali_threads,
                 autoconfig=self.dali_autoconfig,
                 max_queue_delay_us=self.queue_delay_us,
+                instances=self.preprocessing_instances,
             ),
             mc.NETWORK: mc.network_config(
                 target=self.target,
@@ -117,8 +134,10 @@ class RepositorySpec:
                 max_batch_size=self.max_batch_size,
                 crop=crop,
                 num_classes=self.num_classes,
+                device=self.device,
                 max_queue_delay_us=self.queue_delay_us,
                 parameters=network_parameters,
+                instances=self.network_instances,
             ),
         }
         mc.add_classification_output(
@@ -135,9 +154,10 @@ class RepositorySpec:
         """The ``preprocessing.json`` that ``dali.py`` reads beside itself."""
         settings = asdict(self.preprocessing)
         settings["mean"], settings["std"] = list(settings["mean"]), list(settings["std"])
-        settings["decoder_device"] = "mixed" if self.target == "triton" else "cpu"
+        settings["decoder_device"] = decoder_device(self.device)
         settings["max_batch_size"] = self.max_batch_size
         settings["num_threads"] = self.dali_threads
+        settings["hw_decoder_load"] = self.hw_decoder_load
         return settings
 
 

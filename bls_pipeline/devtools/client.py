@@ -17,11 +17,12 @@ from typing import Sequence
 
 import numpy as np
 
+from bls_pipeline import contract
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.request.padding import pad_batch
 
-MODEL_NAME = "classifier"
-OUTPUT_NAMES = ("SCORES", "CLASS_IDS", "LABELS")
+MODEL_NAME = contract.CLASSIFIER
+OUTPUT_NAMES = tuple(spec.name for spec in contract.CLASSIFIER_OUTPUTS)
 
 
 class ClientError(BlsPipelineError):
@@ -45,7 +46,7 @@ def _one_line(exc: Exception) -> str:
 def image_input(httpclient, batch: np.ndarray):
     """The ``IMAGE`` input of a zero-padded ``[N, L]`` uint8 batch, for ``httpclient``
     (the ``tritonclient.http`` module, imported by the caller)."""
-    tensor = httpclient.InferInput("IMAGE", list(batch.shape), "UINT8")
+    tensor = httpclient.InferInput(contract.IMAGE.name, list(batch.shape), contract.IMAGE.datatype)
     tensor.set_data_from_numpy(batch, binary_data=True)
     return tensor
 
@@ -117,9 +118,9 @@ class ClassifierClient:
 
     @staticmethod
     def _parse(result) -> list[Prediction]:
-        scores = result.as_numpy("SCORES")
-        class_ids = result.as_numpy("CLASS_IDS")
-        labels = result.as_numpy("LABELS")
+        scores = result.as_numpy(contract.SCORES_OUTPUT)
+        class_ids = result.as_numpy(contract.CLASS_IDS_OUTPUT)
+        labels = result.as_numpy(contract.LABELS_OUTPUT)
         return [
             Prediction(
                 class_ids=[int(c) for c in class_ids[i]],

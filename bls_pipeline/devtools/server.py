@@ -33,6 +33,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import dataclasses
 import threading
 import time
 import urllib.error
@@ -41,6 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bls_pipeline.devtools.sizing import ServerSizing
 from bls_pipeline.errors import ServerError
 
 LOGGER = logging.getLogger(__name__)
@@ -81,12 +83,19 @@ class ServerOptions:
     log_verbose: int = 0
     # How long tritonserver waits for in-flight requests on SIGTERM (its default is 30 s).
     exit_timeout_s: int = 10
-    # The Python backend's shared memory per stub; DALI batches of 64 images are 38 MB.
-    shm_default_byte_size: int = 64 * 1024 * 1024
-    shm_growth_byte_size: int = 64 * 1024 * 1024
+    # The Python backend's shared memory per stub and the CUDA memory pool per GPU; None:
+    # sized from the repository's configs (devtools.sizing), since Triton's defaults fail
+    # under load (a DALI batch of 64 images is 38 MB; the CUDA pool is 64 MB).
+    shm_default_byte_size: int | None = None
+    shm_growth_byte_size: int | None = None
+    cuda_memory_pool_byte_size: int | None = None
     # Reload a model whose stub died (see the module docstring); needs explicit model control.
     restart_dead_stubs: bool = True
     watchdog_interval_s: float = 1.0
+    # Triton's own DALI and ONNX Runtime backends built by tools/build_backends.py (a folder
+    # with dali/ and onnxruntime/, see devtools.backends.native_backends_dir); None: only
+    # the Python backend, which serves the local repository.
+    native_backends: Path | None = None
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -187,6 +196,8 @@ class LocalTritonServer:
         # Models the watchdog reloaded because their stub died, in order.
         self.reloaded_models: list[str] = []
         self._admin_key = secrets.token_hex(16)
+        # What start() sized the memory pools for (None: not a repository of this project).
+        self.sizing: ServerSizing | None = None
 
     @property
     def url(self) -> str:
@@ -217,6 +228,10 @@ class LocalTritonServer:
         backends = workdir / "backends"
         shutil.copytree(root / "backends", backends, symlinks=True)
         shutil.copy2(stub, backends / "python" / stub.name)
+        if self.options.native_backends is not None:
+            # Links, not copies: their RUNPATHs name this environment's DALI and ONNX Runtime.
+            for name in ("dali", "onnxruntime"):
+                (backends / name).symlink_to(Path(self.options.native_backends) / name, target_is_directory=True)
         return backends
 
     def command(self, backends: Path, binary: Path) -> list[str]:
@@ -237,8 +252,7 @@ class LocalTritonServer:
             "--strict-readiness=true",
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
-            f"--backend-config=python,shm-default-byte-size={o.shm_default_byte_size}",
-            f"--backend-config=python,shm-growth-byte-size={o.shm_growth_byte_size}",
+            *self.memory_args(),
             *(self._explicit_mode_args() if o.restart_dead_stubs else []),
             *o.extra_args,
         ]
@@ -251,6 +265,18 @@ class LocalTritonServer:
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",
         ]
+
+    def memory_args(self) -> list[str]:
+        """Shared-memory and CUDA-pool flags: the options where given, else sized from the repository."""
+        o = self.options
+        sizing = self.sizing or ServerSizing.defaults()
+        sizing = dataclasses.replace(
+            sizing,
+            shm_default_bytes=o.shm_default_byte_size or sizing.shm_default_bytes,
+            shm_growth_bytes=o.shm_growth_byte_size or sizing.shm_growth_bytes,
+            cuda_pool_bytes=o.cuda_memory_pool_byte_size or sizing.cuda_pool_bytes,
+        )
+        return sizing.server_args()
 
     def start(self) -> None:
         """Start the server and wait until it is ready; raises :class:`ServerError` otherwise."""
@@ -268,6 +294,8 @@ class LocalTritonServer:
                 f"the Python-backend stub would import numpy {numpy_version}; it needs numpy < 2 "
                 "(with numpy 2 every tensor arrives empty): pip install 'numpy<2'"
             )
+        self.sizing = ServerSizing.from_repository(Path(o.model_repository))
+        LOGGER.info("memory: %s", self.sizing.describe() if self.sizing else "Triton's defaults (no classifier repository)")
         self._workdir = Path(tempfile.mkdtemp(prefix="bls-triton-"))
         backends = self._stage_backends(root, self._workdir)
         self.log_path = Path(o.log_path) if o.log_path else self._workdir / "tritonserver.log"

@@ -4,10 +4,14 @@ Used by the ``preprocessing`` model of a ``--target local`` repository (a Python
 hosting the same ``dali.py`` that the DALI backend serves in the NVIDIA Triton container), by
 the in-process reference of the tests and by the benchmark.
 
+The decoder runs where ``preprocessing.json`` says (``decoder_device``: ``cpu`` or ``mixed``,
+written from the repository's one device setting); nothing here picks a device on its own.
+
 Example::
 
     runner = DaliPreprocessor.from_file(repo / "preprocessing" / "1" / "dali.py", max_batch_size=64)
-    images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224]
+    images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224], host memory
+    on_gpu = runner.on_gpu(rows)                             # torch CUDA tensor (mixed decoder only)
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import logging
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,21 +69,12 @@ def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> Mo
     return module
 
 
-def gpu_device_id() -> int | None:
-    """Device 0 when DALI can use a CUDA GPU here, else ``None`` (CPU pipeline)."""
-    try:
-        from nvidia.dali.backend import GetCUDADeviceCount
-
-        return 0 if GetCUDADeviceCount() > 0 else None
-    except (ImportError, RuntimeError):
-        return None
-
-
 class DaliPreprocessor:
     """A built DALI pipeline that turns encoded images into a float32 ``[N, 3, H, W]`` batch.
 
-    Batches larger than ``max_batch_size`` run in chunks. A decoding error raises
-    ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
+    The decoder device is the settings' ``decoder_device``; ``gpu_id`` only says which GPU a
+    ``mixed`` decoder uses. Batches larger than ``max_batch_size`` run in chunks. A decoding
+    error raises ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
     """
 
     def __init__(
@@ -85,13 +83,14 @@ class DaliPreprocessor:
         *,
         max_batch_size: int,
         num_threads: int | None = None,
-        device_id: int | None = None,
+        gpu_id: int = 0,
         settings: dict | None = None,
     ) -> None:
         self.settings = dict(module.load_settings(None) if settings is None else settings)
         self.max_batch_size = max_batch_size
-        self.device_id = device_id
-        decoder_device = "mixed" if device_id is not None else "cpu"
+        decoder_device = self.settings["decoder_device"]
+        self.on_device = decoder_device != "cpu"
+        device_id = gpu_id if self.on_device else None
         self.input_name = module.INPUT_NAME
         self._make_pipeline = lambda: module.preprocessing(
             batch_size=max_batch_size,
@@ -127,7 +126,7 @@ class DaliPreprocessor:
         *,
         max_batch_size: int,
         num_threads: int | None = None,
-        device_id: int | None = None,
+        gpu_id: int = 0,
     ) -> "DaliPreprocessor":
         """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``."""
         module = load_pipeline_module(path)
@@ -135,19 +134,40 @@ class DaliPreprocessor:
             module,
             max_batch_size=max_batch_size,
             num_threads=num_threads,
-            device_id=device_id,
+            gpu_id=gpu_id,
             settings=module.load_settings(Path(path).resolve().parent),
         )
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]``."""
-        chunks = [
-            self._run(images[start : start + self.max_batch_size])
-            for start in range(0, len(images), self.max_batch_size)
-        ]
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]`` on the host."""
+        chunks = self._chunks(images)
+        if len(chunks) == 1:
+            return self._host(self._run(images), copy=False)
+        # DALI reuses its output buffers on the next run: copy each chunk before running the next.
+        return np.concatenate([self._host(self._run(chunk), copy=True) for chunk in chunks])
 
-    def _run(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def on_gpu(self, images: Sequence[np.ndarray]) -> "torch.Tensor":
+        """Like calling the runner, but the batch stays on the GPU: a torch CUDA tensor.
+
+        Only for a ``mixed`` decoder. The tensor owns its memory: DALI reuses its output
+        buffers on the next run, while Triton may still be reading the last response.
+        """
+        import torch
+
+        if not self.on_device:
+            raise RuntimeError("on_gpu() needs a mixed (GPU) decoder; preprocessing.json says cpu")
+        chunks = [torch.from_dlpack(self._run(chunk).as_tensor()).clone() for chunk in self._chunks(images)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def _chunks(self, images: Sequence[np.ndarray]) -> list[Sequence[np.ndarray]]:
+        return [images[start : start + self.max_batch_size] for start in range(0, len(images), self.max_batch_size)]
+
+    def _host(self, output: Any, *, copy: bool) -> np.ndarray:
+        if self.on_device:
+            output, copy = output.as_cpu(), False  # as_cpu() is the copy
+        return np.array(output.as_tensor(), copy=copy)
+
+    def _run(self, images: Sequence[np.ndarray]) -> Any:
         if self._pipe is None:  # a rebuild failed last time
             self._pipe = self._build()
         try:
@@ -163,6 +183,4 @@ class DaliPreprocessor:
         self._runs += 1
         if self._runs % TRIM_EVERY_RUNS == 0:
             release_free_memory()
-        if self.device_id is not None:
-            output = output.as_cpu()
-        return np.array(output.as_tensor(), copy=False)
+        return output

@@ -38,6 +38,7 @@ SPECS = [
     pytest.param(
         RepositorySpec(
             target=target,
+            device=device,
             max_batch_size=8,
             num_classes=NUM_CLASSES,
             runtime=runtime,
@@ -46,14 +47,17 @@ SPECS = [
             max_image_bytes=1 << 20,
             queue_delay_us=100,
         ),
-        id=f"{target}-{runtime}{'-autoconfig' if autoconfig else ''}",
+        id=f"{target}-{device}-{runtime}{'-autoconfig' if autoconfig else ''}",
     )
-    for target, runtime, autoconfig in [
-        ("triton", "tensorrt", False),
-        ("triton", "onnxruntime", False),
-        ("triton", "onnxruntime", True),
-        ("local", "onnxruntime", False),
-        ("local", "onnxruntime", True),  # autoconfig only applies to the DALI backend
+    for target, device, runtime, autoconfig in [
+        ("triton", "gpu", "tensorrt", False),
+        ("triton", "gpu", "onnxruntime", False),
+        ("triton", "cpu", "onnxruntime", False),
+        ("triton", "gpu", "onnxruntime", True),
+        ("triton", "cpu", "onnxruntime", True),
+        ("local", "gpu", "onnxruntime", False),
+        ("local", "cpu", "onnxruntime", False),
+        ("local", "cpu", "onnxruntime", True),  # autoconfig only applies to the DALI backend
     ]
 ]
 
@@ -163,6 +167,64 @@ def test_local_target_hosts_everything_in_the_python_backend(spec: RepositorySpe
     assert [tensor.name for tensor in configs[mc.PREPROCESSING].input] == [mc.DALI_INPUT]
 
 
+# --- the device -----------------------------------------------------------------------------
+
+KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+DECODERS = {"cpu": "cpu", "gpu": "mixed"}
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+@pytest.mark.parametrize("target", mc.TARGETS)
+def test_the_device_alone_decides_every_instance_kind_decoder_and_input_placement(
+    tmp_path: Path, target: str, device: str
+) -> None:
+    spec = _spec(target, device=device, runtime="onnxruntime")
+    output = _write(tmp_path, spec)
+
+    written = {name: mc.read_config(output / name / "config.pbtxt") for name in MODELS}
+    assert written == spec.configs()  # round-tripped through config.pbtxt
+    for name, config in written.items():
+        assert [(group.kind, group.count) for group in config.instance_group] == [
+            (mc.model_config_pb2.ModelInstanceGroup.Kind.Value(KINDS[device]), 1)
+        ], name
+        assert mc.device_of(config) == device
+    # Every Python-backend model says where its inputs live; only the network on a GPU takes
+    # them in GPU memory. Models on other backends carry no such parameter.
+    expected_parameters = {
+        mc.CLASSIFIER: {
+            "labels_file": LABELS_FILE,
+            "preprocessing_model": mc.PREPROCESSING,
+            "network_model": mc.NETWORK,
+            mc.FORCE_CPU_ONLY_INPUT_TENSORS: "yes",
+        },
+        mc.PREPROCESSING: {"num_threads": str(spec.dali_threads)},
+        mc.NETWORK: {},
+    }
+    if target == "local":
+        expected_parameters[mc.PREPROCESSING][mc.FORCE_CPU_ONLY_INPUT_TENSORS] = "yes"
+        expected_parameters[mc.NETWORK] = {
+            "intra_op_threads": "0",
+            "allow_spinning": "0",
+            mc.FORCE_CPU_ONLY_INPUT_TENSORS: "no" if device == "gpu" else "yes",
+        }
+    assert {name: mc.parameters_of(config) for name, config in written.items()} == expected_parameters
+    backends = {name: config.backend or config.platform for name, config in written.items()}
+    assert backends == (
+        {mc.CLASSIFIER: "python", mc.PREPROCESSING: "dali", mc.NETWORK: "onnxruntime_onnx"}
+        if target == "triton"
+        else dict.fromkeys(MODELS, "python")
+    )
+    settings = json.loads((output / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
+    assert settings["decoder_device"] == DECODERS[device]
+
+
+def test_tensorrt_needs_the_gpu_device() -> None:
+    with pytest.raises(ConfigError, match="TensorRT engine runs only on a GPU"):
+        _spec("triton", device="cpu", runtime="tensorrt")
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        _spec("local", device="tpu")
+
+
 def test_preprocessing_defaults_come_from_the_architecture() -> None:
     from bls_pipeline.build.checkpoints import get_arch
 
@@ -220,9 +282,10 @@ def _files(root: Path) -> set[str]:
     }
 
 
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
 @pytest.mark.parametrize("target", mc.TARGETS)
-def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, target: str) -> None:
-    spec = _spec(target)
+def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, target: str, device: str) -> None:
+    spec = _spec(target, device=device)
     output = _write(tmp_path, spec)
 
     expected = {
@@ -255,7 +318,7 @@ def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, targe
     assert labels == LABELS
     settings = json.loads((output / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
     assert PreprocessingSettings(**{key: settings[key] for key in SETTINGS.__dataclass_fields__}) == SETTINGS
-    assert settings["decoder_device"] == ("mixed" if target == "triton" else "cpu")
+    assert settings["decoder_device"] == DECODERS[device]
     assert settings["max_batch_size"] == spec.max_batch_size
 
 
@@ -271,7 +334,8 @@ def test_write_repository_refuses_labels_that_do_not_match_the_classes(tmp_path:
 @pytest.fixture(scope="module", params=mc.TARGETS)
 def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[RepositorySpec, Path]:
     pytest.importorskip("nvidia.dali")
-    spec = _spec(request.param)
+    # The CPU device: these run the written pipeline here, where there may be no GPU.
+    spec = _spec(request.param, device="cpu")
     return spec, _write(tmp_path_factory.mktemp(request.param), spec)
 
 
@@ -328,3 +392,24 @@ def test_classifier_limits_reach_its_config_and_settings() -> None:
     settings = ClassifierSettings.from_parameters(parameters, max_batch_size=8)
 
     assert (settings.max_image_bytes, settings.max_image_pixels, settings.request_byte_limit) == (1000, 2000, 3000)
+
+
+def test_a_triton_cpu_repository_serializes_a_pipeline_that_runs_without_a_gpu(tmp_path: Path) -> None:
+    """What the DALI backend does at load on a KIND_CPU instance: autoserialize, then run with no device."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import Pipeline
+
+    from bls_pipeline.runtime.dali import load_pipeline_module
+
+    output = _write(tmp_path, _spec("triton", device="cpu"))
+    module = load_pipeline_module(output / mc.PREPROCESSING / "1" / DALI_FILE)
+    serialized = tmp_path / "model.dali"
+
+    module.preprocessing().serialize(filename=str(serialized))
+    # No device_id given: the serialized one must already be "none".
+    pipe = Pipeline.deserialize(filename=str(serialized), prefetch_queue_depth=1)
+    pipe.build()
+    pipe.feed_input(module.INPUT_NAME, [np.frombuffer((SAMPLES / "chelsea.jpg").read_bytes(), np.uint8)])
+    (images,) = pipe.run()
+
+    assert images.as_tensor().shape() == [1, 3, SETTINGS.crop, SETTINGS.crop]

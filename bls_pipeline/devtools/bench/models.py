@@ -25,13 +25,15 @@ from bls_pipeline.devtools.bench.naive import PilPreprocessor
 from bls_pipeline.request.postprocess import load_labels, parse_top_k
 from bls_pipeline.serving.models import (
     IMAGE_INPUT,
+    _device,
+    _gpu_id,
     _input,
     _parameters,
     _version_dir,
     classification_response,
-    error_response,
     request_top_k,
 )
+from bls_pipeline.serving.bls import error_response
 
 LOGITS_INPUT = "LOGITS"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -70,7 +72,9 @@ class NaiveClassifierModel:
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
         self.labels = load_labels(version_dir / parameters["labels_file"])
         self.preprocess = PilPreprocessor.from_file(version_dir / PREPROCESSING_FILE)
-        self.network = load_network(version_dir, **network_options(parameters))
+        self.network = load_network(
+            version_dir, device=_device(args), gpu_id=_gpu_id(args), **network_options(parameters)
+        )
 
     def _preprocess_request(self, request: Any) -> tuple[list[np.ndarray], int]:
         prepared = prepare_request(

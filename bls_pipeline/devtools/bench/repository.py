@@ -23,6 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
+from bls_pipeline import contract
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.build.repository import LABELS_FILE, MODEL_FILE, SETTINGS_FILE
@@ -47,14 +48,6 @@ def _write_model_py(version_dir: Path, name: str, cls: str) -> None:
     (version_dir / MODEL_FILE).write_text(_MODEL_PY.format(name=name, cls=cls))
 
 
-def _classifier_outputs() -> list[dict]:
-    return [
-        mc.tensor_spec(mc.SCORES_OUTPUT, "TYPE_FP32", [-1]),
-        mc.tensor_spec(mc.CLASS_IDS_OUTPUT, "TYPE_INT64", [-1]),
-        mc.tensor_spec(mc.LABELS_OUTPUT, "TYPE_STRING", [-1]),
-    ]
-
-
 def postprocess_config(*, max_batch_size: int, num_classes: int, max_queue_delay_us: int) -> mc.ModelConfig:
     """``classifier_postprocess``: logits ``[C]`` in, the classifier's three outputs out."""
     config = mc.ModelConfig()
@@ -76,8 +69,8 @@ def classifier_ensemble_config(*, max_batch_size: int) -> mc.ModelConfig:
     return mc.ensemble_config(
         name=ENSEMBLE,
         max_batch_size=max_batch_size,
-        inputs=[{**mc.tensor_spec(mc.IMAGE_INPUT, "TYPE_UINT8", [-1])}],
-        outputs=_classifier_outputs(),
+        inputs=[contract.IMAGE.config()],
+        outputs=[spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
         steps=[
             mc.EnsembleStep(mc.PREPROCESSING, {mc.DALI_INPUT: mc.IMAGE_INPUT}, {mc.DALI_OUTPUT: "preprocessed"}),
             mc.EnsembleStep(mc.NETWORK, {mc.NETWORK_INPUT: "preprocessed"}, {mc.NETWORK_OUTPUT: "logits"}),

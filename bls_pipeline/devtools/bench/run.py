@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bls_pipeline import contract
 from bls_pipeline.devtools.client import host_port, image_input, requested_outputs
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.request.padding import pad_batch
@@ -376,7 +377,7 @@ def closed_loop_load(
                 return
             try:
                 result = client.infer(model, requests[index % len(requests)], outputs=outputs)
-                result.as_numpy("CLASS_IDS")
+                result.as_numpy(contract.CLASS_IDS_OUTPUT)
             except Exception as exc:  # noqa: BLE001 - gevent/HTTP errors have no common base
                 errors.append(" ".join(str(exc).split()))
                 return
@@ -463,8 +464,9 @@ class _InProcess:
             max_batch_size=max_batch_size,
             num_threads=dali_threads or None,
         )
-        options = network_options(mc.parameters_of(mc.read_config(repository / mc.NETWORK / "config.pbtxt")))
-        network = load_network(repository / mc.NETWORK / "1", **options)
+        network_config = mc.read_config(repository / mc.NETWORK / "config.pbtxt")
+        options = network_options(mc.parameters_of(network_config))
+        network = load_network(repository / mc.NETWORK / "1", device=mc.device_of(network_config), **options)
         return cls(
             preprocess=preprocess,
             network=network,
@@ -766,13 +768,13 @@ def perf_analyzer_data(images: Sequence[BenchImage]) -> dict[str, Any]:
     length = max(len(image.data) for image in images)
     return {
         "data": [
-            {"IMAGE": {"b64": base64.b64encode(image.data.ljust(length, b"\0")).decode("ascii"), "shape": [length]}}
+            {contract.IMAGE_INPUT: {"b64": base64.b64encode(image.data.ljust(length, b"\0")).decode("ascii"), "shape": [length]}}
             for image in images
         ]
     }
 
 
-def perf_analyzer_command(data_file: str, url: str = "127.0.0.1:8000", model: str = "classifier") -> str:
+def perf_analyzer_command(data_file: str, url: str = "127.0.0.1:8000", model: str = contract.CLASSIFIER) -> str:
     """The perf_analyzer command line that loads ``model`` with the padded photographs."""
     return (
         f"perf_analyzer -m {model} -u {url} -i http --input-data {data_file} -b 1 "
