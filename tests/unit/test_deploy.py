@@ -24,8 +24,8 @@ import yaml
 
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.build.repository import RepositorySpec
-from bls_pipeline.build.shm import MIB, python_backend_shm_bytes
 from bls_pipeline.devtools.server import ServerOptions
+from bls_pipeline.devtools.sizing import MIB, ServerSizing, dev_shm_bytes
 from bls_pipeline.serving.metrics import EXECUTE_IMAGES, METRIC_NAMES, REFUSALS, STAGE_DURATION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,11 +85,6 @@ def _flag(command: list[str], name: str) -> str:
     return value
 
 
-def _backend_config(command: list[str], key: str) -> int:
-    (value,) = [arg.rsplit("=", 1)[1] for arg in command if arg.startswith(f"--backend-config=python,{key}=")]
-    return int(value)
-
-
 def _quantity_bytes(quantity: str) -> int:
     number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
     return int(number) * {"Mi": MIB, "Gi": 1024 * MIB}[unit]
@@ -100,6 +95,26 @@ def _build_command() -> list[str]:
     (line,) = [line for line in (DEPLOY / "README.md").read_text().splitlines() if "tools/build_repo.py --target triton" in line]
     argv = shlex.split(line)
     return argv[argv.index("tools/build_repo.py") + 1 :]
+
+
+@pytest.fixture(scope="module")
+def deployed_configs() -> dict:
+    """The configs of the repository that deploy/README.md builds (the default ImageNet labels)."""
+    from tools.build_repo import parse_args
+
+    args = parse_args(_build_command())
+    assert (args.target, args.device) == ("triton", "gpu")
+    spec = RepositorySpec(
+        target=args.target,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+        num_classes=1000,
+        max_image_bytes=args.max_image_bytes,
+        max_request_bytes=args.max_request_bytes,
+        preprocessing_instances=args.preprocessing_instances,
+        network_instances=args.network_instances,
+    )
+    return spec.configs()
 
 
 def _pod_specs(rendered: dict[str, list[dict]]) -> dict[str, dict]:
@@ -223,22 +238,18 @@ def test_pods_outlive_the_servers_exit_timeout_and_run_the_images_command(render
         assert "command" not in container and "args" not in container, kind
 
 
-def test_shm_volume_holds_what_the_repository_needs(rendered):
-    from tools.build_repo import parse_args
+def test_server_flags_size_the_memory_pools_for_the_repository(deployed_configs):
+    sizing = ServerSizing.from_configs(deployed_configs[mc.PREPROCESSING], deployed_configs[mc.NETWORK])
+    command = _server_command()
 
-    args = parse_args(_build_command())
-    spec = RepositorySpec(
-        target=args.target,
-        max_batch_size=args.max_batch_size,
-        num_classes=1000,  # the default --labels: ImageNet-1k
-        max_image_bytes=args.max_image_bytes,
-        max_request_bytes=args.max_request_bytes,
-    )
-    needed = python_backend_shm_bytes(
-        spec.configs(), shm_default_byte_size=_backend_config(_server_command(), "shm-default-byte-size")
-    )
+    assert sizing.gpus == (0,)
+    assert [arg for arg in command if arg.startswith(("--backend-config=python,shm-", "--cuda-memory-pool"))] == sizing.server_args()
 
-    assert args.target == "triton"
+
+def test_shm_volume_holds_what_the_repository_needs(rendered, deployed_configs):
+    sizing = ServerSizing.from_configs(deployed_configs[mc.PREPROCESSING], deployed_configs[mc.NETWORK])
+    needed = dev_shm_bytes(deployed_configs, shm_default_byte_size=sizing.shm_default_bytes)
+
     for kind, pod in _pod_specs(rendered).items():
         (volume,) = [volume for volume in pod["volumes"] if volume["name"] == "dshm"]
         assert volume["emptyDir"]["medium"] == "Memory", kind
