@@ -62,7 +62,7 @@ class GpuBenchOptions:
 class InProcessGpu:
     """DALI (``mixed``) feeding the served network runtime in this process, on GPU 0."""
 
-    def __init__(self, repository: Path, max_batch_size: int, *, prefetch: bool) -> None:
+    def __init__(self, repository: Path, max_batch_size: int, *, prefetch: bool, overrides: Mapping[str, Any] | None = None) -> None:
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -74,7 +74,9 @@ class InProcessGpu:
         self._torch, self._feed_ndarray = torch, feed_ndarray
         version = repository / mc.PREPROCESSING / "1"
         module = load_pipeline_module(version / "dali.py")
-        settings = module.load_settings(version)
+        # overrides: DALI knobs to try without rebuilding (num_threads, hw_decoder_load).
+        settings = {**module.load_settings(version), **(overrides or {})}
+        self.settings = settings
         self.crop = settings["crop"]
         self.prefetch = prefetch
         self._pipe = module.preprocessing(
@@ -114,9 +116,11 @@ class InProcessGpu:
         """Images/s of ``stage`` (``preprocessing``, ``network`` or ``inprocess``) over ``batches``."""
         torch = self._torch
         size = len(batches[0])
-        tensor = self.preprocess(batches[0]).clone()
         runs, start = 0, time.perf_counter()
         if stage == "network":
+            # Random input: DALI's output is not needed to time the network (and a prefetching
+            # pipeline must not mix run() into its scheduled runs).
+            tensor = torch.randn((size, 3, self.crop, self.crop), device="cuda")
             while time.perf_counter() - start < duration_s:
                 self.network.logits(tensor)
                 runs += 1
@@ -169,12 +173,13 @@ def _batches(images: Sequence[BenchImage], size: int) -> list[list[np.ndarray]]:
 
 
 def measure_in_process(repository: Path, images: Sequence[BenchImage], options: GpuBenchOptions, max_batch_size: int,
-                       progress: Callable[[str], None]) -> dict[str, Any]:
+                       progress: Callable[[str], None], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The in-process rows: images/s per stage, mode and batch size; single-image latency."""
     rows: dict[str, Any] = {}
     for prefetch in (False, True):
         mode = "prefetch" if prefetch else "synchronous"
-        parts = InProcessGpu(repository, max_batch_size, prefetch=prefetch)
+        parts = InProcessGpu(repository, max_batch_size, prefetch=prefetch, overrides=overrides)
+        rows["settings"] = {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}
         for size in (s for s in options.batch_sizes if s <= max_batch_size):
             batches = _batches(images, size)
             for stage in ("preprocessing", "network", "inprocess"):
