@@ -30,6 +30,8 @@ IMAGE_INPUT = "IMAGE"
 SCORES_OUTPUT = "SCORES"
 CLASS_IDS_OUTPUT = "CLASS_IDS"
 LABELS_OUTPUT = "LABELS"
+# The full softmax, for Triton's classification extension (class_count): "score:index:label".
+PROBABILITIES_OUTPUT = "PROBABILITIES"
 # The sub-models: bytes -> preprocessed CHW images -> logits.
 DALI_INPUT = "DALI_INPUT"
 DALI_OUTPUT = "DALI_OUTPUT"
@@ -76,3 +78,8 @@ def preprocessed(name: str, crop: int) -> TensorSpec:
 def logits(num_classes: int) -> TensorSpec:
     """The network output: float32 logits ``[num_classes]``."""
     return TensorSpec(NETWORK_OUTPUT, "TYPE_FP32", (num_classes,))
+
+
+def probabilities(num_classes: int) -> TensorSpec:
+    """The classifier's optional output: float32 softmax ``[num_classes]``, sent only when requested."""
+    return TensorSpec(PROBABILITIES_OUTPUT, "TYPE_FP32", (num_classes,))

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Sequence
 
-from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, progress_bar, report_error
+from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, positive_float, progress_bar, report_error
 from bls_pipeline.devtools.client import ClassifierClient, ClientError
 from bls_pipeline.devtools.files import (
     IMAGE_EXTENSIONS,
@@ -53,16 +53,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
 
 
@@ -116,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=120.0,
         metavar="SECONDS",
         help="connection and response timeout per request (default: %(default)s)",

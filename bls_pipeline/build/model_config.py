@@ -34,6 +34,7 @@ from bls_pipeline.contract import (  # noqa: F401
     NETWORK_INPUT,
     NETWORK_OUTPUT,
     PREPROCESSING,
+    PROBABILITIES_OUTPUT,
     SCORES_OUTPUT,
 )
 from bls_pipeline.errors import ConfigError
@@ -258,6 +259,37 @@ def ensemble_config(
             },
         }
     )
+
+
+def add_classification_output(config: ModelConfig, *, num_classes: int, label_filename: str) -> ModelConfig:
+    """Add ``PROBABILITIES`` (FP32 ``[num_classes]``) with its labels file to ``config``.
+
+    Triton's classification extension reads it: a client that requests ``PROBABILITIES``
+    with ``class_count=k`` gets ``"score:index:label"`` strings, built by the server from
+    ``label_filename`` (a path relative to the model's directory).
+    """
+    output = config.output.add()
+    json_format.ParseDict(
+        {**contract.probabilities(num_classes).config(), "label_filename": label_filename}, output
+    )
+    return config
+
+
+def add_warmup(config: ModelConfig, *, inputs: Mapping[str, Mapping[str, Any]], batch_sizes: Sequence[int]) -> ModelConfig:
+    """Add one ``model_warmup`` sample per batch size, with ``inputs`` in the JSON form of
+    ``ModelWarmup.Input`` (``{"DALI_INPUT": {"data_type": "TYPE_UINT8", "dims": [n],
+    "input_data_file": "warmup.jpg"}}``; files are relative to the model's ``warmup/``).
+
+    Triton runs the samples before the model reports ready, so a ready server has already
+    allocated its batches and initialized its runtimes at those sizes. Only the sub-models
+    can be warmed: a BLS request during the server's start fails with "Server not ready".
+    """
+    for batch_size in batch_sizes:
+        json_format.ParseDict(
+            {"name": f"batch {batch_size}", "batch_size": batch_size, "inputs": {k: dict(v) for k, v in inputs.items()}},
+            config.model_warmup.add(),
+        )
+    return config
 
 
 def check_target(target: str) -> None:

@@ -41,6 +41,9 @@ DALI_FILE = "dali.py"
 MODEL_FILE = "model.py"
 LABELS_FILE = "labels.txt"
 SETTINGS_FILE = "preprocessing.json"
+# A real photograph that model_warmup decodes before the server reports ready.
+WARMUP_IMAGE = PACKAGE_DIR / "data" / "warmup.jpg"
+WARMUP_DIR = "warmup"
 
 
 def preprocessing_defaults(arch: str) -> PreprocessingSettings:
@@ -137,7 +140,7 @@ class RepositorySpec:
             if getattr(self, key) is not None:
                 classifier_parameters[key] = getattr(self, key)
         network_parameters = self.network_parameters()
-        return {
+        configs = {
             mc.CLASSIFIER: mc.classifier_config(
                 max_batch_size=self.max_batch_size,
                 device=self.device,
@@ -169,6 +172,15 @@ class RepositorySpec:
                 native=self.native(mc.NETWORK),
             ),
         }
+        mc.add_classification_output(
+            configs[mc.CLASSIFIER], num_classes=self.num_classes, label_filename=f"1/{LABELS_FILE}"
+        )
+        warmup_sizes = sorted({1, self.max_batch_size})
+        image = {"data_type": "TYPE_UINT8", "dims": [WARMUP_IMAGE.stat().st_size], "input_data_file": WARMUP_IMAGE.name}
+        mc.add_warmup(configs[mc.PREPROCESSING], inputs={mc.DALI_INPUT: image}, batch_sizes=warmup_sizes)
+        zeros = {"data_type": "TYPE_FP32", "dims": [3, crop, crop], "zero_data": True}
+        mc.add_warmup(configs[mc.NETWORK], inputs={mc.NETWORK_INPUT: zeros}, batch_sizes=warmup_sizes)
+        return configs
 
     def network_parameters(self) -> dict[str, object] | None:
         """The network's threading parameters, in the keys of whatever hosts it."""
@@ -239,6 +251,8 @@ def write_repository(
 
     shutil.copyfile(TEMPLATE_DIR / mc.CLASSIFIER / "1" / MODEL_FILE, versions[mc.CLASSIFIER] / MODEL_FILE)
     (versions[mc.CLASSIFIER] / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+    (output / mc.PREPROCESSING / WARMUP_DIR).mkdir(exist_ok=True)
+    shutil.copyfile(WARMUP_IMAGE, output / mc.PREPROCESSING / WARMUP_DIR / WARMUP_IMAGE.name)
     if spec.user_pipeline:
         # Both hostings load the serialized graph: the DALI backend reads model.dali first.
         (versions[mc.PREPROCESSING] / SERIALIZED_FILE).write_bytes(spec.user_pipeline.serialized)

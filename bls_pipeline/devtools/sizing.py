@@ -12,17 +12,25 @@ Two of Triton's defaults fail under load (ARCHITECTURE.md, "defaults that bite a
 The budget: every instance of a model that produces or consumes the preprocessed batch may
 hold one full batch at a time, twice over (an input and an output in flight), plus headroom.
 
+The container's ``/dev/shm`` must then hold every Python-backend region at its largest:
+:func:`dev_shm_bytes` (Docker's ``--shm-size``, the memory-backed ``emptyDir`` of
+``deploy/k8s``). Too small, it fails requests under load ("Failed to increase the shared
+memory pool size"), not at start.
+
 Example::
 
     sizing = ServerSizing.from_repository(Path("build/model_repository"))
     print(sizing.describe())
     args = sizing.server_args()
+    shm = dev_shm_bytes(spec.configs(), shm_default_byte_size=sizing.shm_default_bytes)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 MIB = 1024 * 1024
 # Triton's own minimum worth keeping when a repository needs less (its default is 64 MB).
@@ -58,6 +66,11 @@ class ServerSizing:
         if not all(path.is_file() for path in paths):
             return None
         preprocessing, network = (mc.read_config(path) for path in paths)
+        return cls.from_configs(preprocessing, network, gpus)
+
+    @classmethod
+    def from_configs(cls, preprocessing, network, gpus: tuple[int, ...] = (0,)) -> "ServerSizing":
+        """Size for the ``preprocessing`` and network configs (``ModelConfig`` messages)."""
         # The network's input is the preprocessed image with concrete dims (the DALI model's
         # output may be declared [-1, -1, -1] when autoconfigured).
         image = network.input[0]
@@ -118,3 +131,44 @@ def _on_gpu(config) -> bool:
 
 def _round_up(size: int, unit: int = MIB) -> int:
     return -(-size // unit) * unit
+
+
+# Rounded up to this, so that small config changes do not move the manifests.
+DEV_SHM_UNIT = 64 * MIB
+
+
+def dev_shm_bytes(configs: Mapping[str, object], *, shm_default_byte_size: int, unit: int = DEV_SHM_UNIT) -> int:
+    """The ``/dev/shm`` bytes that the Python-backend models of ``configs`` need together.
+
+    ``configs`` are the three models' ``ModelConfig`` by name. Each Python-backend instance
+    has its region (``shm_default_byte_size``) plus what one ``execute`` of a full batch
+    holds at once, an upper bound (with the GPU hand-off, ``dali`` stays in GPU memory):
+
+    - ``classifier``: the request rows and the same rows sent to preprocessing (``2 * images``),
+      the preprocessed batch received and sent to the network (``2 * dali``), the logits, the
+      full probabilities and the top-k outputs at ``top_k`` = all classes (``6 * logits``);
+    - ``preprocessing`` hosted in Python: ``images + dali``; the network in Python: ``dali + logits``;
+
+    with ``images = max_batch_size * max_image_bytes``, ``dali`` the batch of preprocessed
+    images and ``logits = max_batch_size * classes * 4``.
+    """
+    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.request.orchestration import ClassifierSettings
+
+    classifier, network = configs[mc.CLASSIFIER], configs[mc.NETWORK]
+    settings = ClassifierSettings.from_parameters(mc.parameters_of(classifier), max_batch_size=classifier.max_batch_size)
+    batch = settings.max_batch_size
+    images = batch * settings.max_image_bytes
+    dali = ServerSizing.from_configs(configs[mc.PREPROCESSING], network).batch_bytes
+    logits = batch * math.prod(network.output[0].dims) * BYTES_PER_ELEMENT["TYPE_FP32"]
+    working_sets = {
+        mc.CLASSIFIER: 2 * images + 2 * dali + 6 * logits,
+        mc.PREPROCESSING: images + dali,
+        mc.NETWORK: dali + logits,
+    }
+    total = sum(
+        _instances(configs[name]) * (shm_default_byte_size + working_set)
+        for name, working_set in working_sets.items()
+        if configs[name].backend == "python"
+    )
+    return _round_up(total, unit)

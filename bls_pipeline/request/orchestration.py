@@ -203,18 +203,21 @@ def _image_error(exc: SubModelError) -> InvalidImageError:
 
 @dataclass
 class Classification:
-    """The endpoint's outputs for one request: ``[N, K]`` each."""
+    """The endpoint's outputs for one request: ``[N, K]`` each, and the full ``[N, C]`` softmax."""
 
     scores: np.ndarray
     class_ids: np.ndarray
     labels: np.ndarray
+    probabilities: np.ndarray
 
 
 def classify_request(logits: np.ndarray, k: int, labels: Sequence[str] | np.ndarray) -> Classification:
     """Softmax, top-k and label names for the ``[N, C]`` logits of one request."""
     probabilities = softmax(logits)
     scores, class_ids = top_k(probabilities, k)
-    return Classification(scores=scores, class_ids=class_ids, labels=map_labels(class_ids, labels))
+    return Classification(
+        scores=scores, class_ids=class_ids, labels=map_labels(class_ids, labels), probabilities=probabilities
+    )
 
 
 def request_error(results: Sequence[np.ndarray | BlsPipelineError]) -> BlsPipelineError | None:

@@ -34,6 +34,7 @@ from bls_pipeline.contract import (
     NETWORK_INPUT,
     NETWORK_OUTPUT,
     PREPROCESSING,
+    PROBABILITIES_OUTPUT,
     SCORES_OUTPUT,
 )
 from bls_pipeline.errors import BlsPipelineError, InvalidRequestError
@@ -42,6 +43,7 @@ from bls_pipeline.request.orchestration import ClassifierSettings, Orchestrator,
 from bls_pipeline.request.postprocess import label_table, load_labels
 from bls_pipeline.runtime.device import GPU, device_of_instance_kind
 from bls_pipeline.serving.bls import call_model, error_response, host_array
+from bls_pipeline.serving.metrics import ClassifierMetrics, StageTimer, refusal_reason
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,16 +79,29 @@ def request_top_k(request: Any) -> object:
     return json.loads(request.parameters() or "{}").get("top_k")
 
 
-def classification_response(logits: np.ndarray, k: int, labels: Sequence[str] | np.ndarray) -> Any:
-    """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits."""
+def wants_probabilities(request: Any) -> bool:
+    """Whether the request asked for ``PROBABILITIES`` (Triton's classification extension).
+
+    Only then is the ``[N, classes]`` tensor sent through shared memory; Triton turns it into
+    ``"score:index:label"`` strings itself when the client set ``class_count``.
+    """
+    return PROBABILITIES_OUTPUT in request.requested_output_names()
+
+
+def classification_response(
+    logits: np.ndarray, k: int, labels: Sequence[str] | np.ndarray, *, probabilities: bool = False
+) -> Any:
+    """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits,
+    and with ``probabilities`` the full softmax as ``PROBABILITIES``."""
     outputs = classify_request(logits, k, labels)
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
-            pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
-            pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
-        ]
-    )
+    tensors = [
+        pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
+        pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
+        pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
+    ]
+    if probabilities:
+        tensors.append(pb_utils.Tensor(PROBABILITIES_OUTPUT, outputs.probabilities))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 class ClassifierModel:
@@ -103,37 +118,54 @@ class ClassifierModel:
         # On a GPU the preprocessed batch is asked for in this GPU's memory and handed to the
         # network as it is; the logits are asked for in host memory.
         gpu_id = _gpu_id(args) if _device(args) == GPU else None
+        self.timer = StageTimer()
+        self.metrics = ClassifierMetrics(
+            model=args["model_name"], version=args["model_version"], max_batch_size=config["max_batch_size"]
+        )
         self.orchestrator = Orchestrator(
-            preprocess=lambda rows: call_model(preprocessing, {DALI_INPUT: rows}, DALI_OUTPUT, gpu_id=gpu_id),
-            infer=lambda batch: host_array(network, call_model(network, {NETWORK_INPUT: batch}, NETWORK_OUTPUT)),
+            preprocess=self.timer.timed(
+                "preprocessing", lambda rows: call_model(preprocessing, {DALI_INPUT: rows}, DALI_OUTPUT, gpu_id=gpu_id)
+            ),
+            infer=self.timer.timed(
+                "network", lambda batch: host_array(network, call_model(network, {NETWORK_INPUT: batch}, NETWORK_OUTPUT))
+            ),
             max_batch_size=config["max_batch_size"],
         )
+
+    def _refuse(self, error: BlsPipelineError, *, decoded: bool) -> Any:
+        self.metrics.refused(refusal_reason(error, decoded=decoded))
+        return error_response(error)
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """One response per request; every valid image of every request goes in one batch."""
         responses: list[Any] = [None] * len(requests)
         prepared = {}
-        for index, request in enumerate(requests):
-            try:
-                prepared[index] = prepare_request(
-                    _input(request, IMAGE_INPUT),
-                    top_k=request_top_k(request),
-                    settings=self.settings,
-                    num_classes=len(self.labels),
-                )
-            except BlsPipelineError as exc:
-                responses[index] = error_response(exc)
+        with self.timer.stage("trim_check"):
+            for index, request in enumerate(requests):
+                try:
+                    prepared[index] = prepare_request(
+                        _input(request, IMAGE_INPUT),
+                        top_k=request_top_k(request),
+                        settings=self.settings,
+                        num_classes=len(self.labels),
+                    )
+                except BlsPipelineError as exc:
+                    responses[index] = self._refuse(exc, decoded=False)
         images = [image for item in prepared.values() for image in item.images]
         results = self.orchestrator(images) if images else []
         offset = 0
-        for index, item in prepared.items():
-            own = results[offset : offset + len(item.images)]
-            offset += len(item.images)
-            error = request_error(own)
-            if error is not None:
-                responses[index] = error_response(error)
-                continue
-            responses[index] = classification_response(np.stack(own), item.top_k, self.labels)
+        with self.timer.stage("postprocessing"):
+            for index, item in prepared.items():
+                own = results[offset : offset + len(item.images)]
+                offset += len(item.images)
+                error = request_error(own)
+                if error is not None:
+                    responses[index] = self._refuse(error, decoded=True)
+                    continue
+                responses[index] = classification_response(
+                    np.stack(own), item.top_k, self.labels, probabilities=wants_probabilities(requests[index])
+                )
+        self.metrics.record(self.timer, images=len(images))
         return responses
 
 

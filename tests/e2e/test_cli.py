@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT / "samples"
-TOOLS = ["build_repo", "serve", "classify"]
+TOOLS = ["build_repo", "serve", "classify", "capacity"]
 SAMPLE_FILES = {"chelsea.jpg": "chelsea", "coffee.jpg": "coffee", "rocket.png": "rocket"}
 EXPECTED_LABELS = {"chelsea": "Egyptian cat", "coffee": "espresso", "rocket": "missile"}
 
@@ -89,8 +89,9 @@ def test_help_exits_0_and_documents_every_flag(tool):
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_unknown_flag_exits_2_with_one_error_line(tool):
-    # classify's required PATH is given, so that the flag is what argparse complains about.
-    result = run_tool(tool, "--no-such-flag", *(["samples/"] if tool == "classify" else []))
+    # Required arguments are given, so that the flag is what argparse complains about.
+    required = {"classify": ["samples/"], "capacity": ["--images-per-s", "1", "--p99-ms", "100"]}
+    result = run_tool(tool, "--no-such-flag", *required.get(tool, []))
 
     assert result.returncode == 2
     line = assert_one_line_error(result, tool)

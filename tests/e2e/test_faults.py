@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bls_pipeline.build import model_config as mc
 from bls_pipeline.devtools.client import ClassifierClient, ClientError
 from bls_pipeline.errors import ServerError
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
@@ -169,6 +170,11 @@ def test_a_cuda_error_in_preprocessing_is_internal_logged_and_not_retried_image_
     assert decoder in source
     failing = "    encoded = fn.python_function(encoded, function=_cuda_fault)\n" + decoder
     dali.write_text(source.replace(decoder, failing) + CUDA_FAULT)
+    # The fault is for requests: the warmup samples would hit it first and fail the load.
+    config_path = repository / "preprocessing" / "config.pbtxt"
+    config = mc.read_config(config_path)
+    del config.model_warmup[:]
+    mc.write_config(config_path, config)
     log_path = tmp_path / "tritonserver.log"
     server = start_server(repository, log_path)
     try:

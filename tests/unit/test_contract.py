@@ -42,7 +42,7 @@ def test_every_config_declares_the_contract_tensors(target):
         return [(s.name, s.data_type, s.dims) for s in specs]
 
     assert declared(configs[contract.CLASSIFIER].input) == expected(contract.IMAGE)
-    assert declared(configs[contract.CLASSIFIER].output) == expected(*contract.CLASSIFIER_OUTPUTS)
+    assert declared(configs[contract.CLASSIFIER].output) == expected(*contract.CLASSIFIER_OUTPUTS, contract.probabilities(7))
     assert declared(configs[contract.PREPROCESSING].input) == expected(contract.ENCODED)
     assert declared(configs[contract.PREPROCESSING].output) == expected(contract.preprocessed(contract.DALI_OUTPUT, 224))
     assert declared(configs[contract.NETWORK].input) == expected(contract.preprocessed(contract.NETWORK_INPUT, 224))

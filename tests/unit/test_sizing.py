@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.build.repository import RepositorySpec
-from bls_pipeline.devtools.sizing import MIB, MIN_CUDA_POOL_BYTES, MIN_SHM_BYTES, ServerSizing
+from bls_pipeline.devtools.sizing import MIB, MIN_CUDA_POOL_BYTES, MIN_SHM_BYTES, ServerSizing, dev_shm_bytes
 
 IMAGE_BYTES = 3 * 224 * 224 * 4
 
@@ -47,3 +49,45 @@ def test_a_repository_of_other_models_keeps_the_defaults(tmp_path):
         f"--backend-config=python,shm-default-byte-size={MIN_SHM_BYTES}",
         f"--backend-config=python,shm-growth-byte-size={MIN_SHM_BYTES}",
     ]
+
+
+# --- /dev/shm of the container ------------------------------------------------------------
+
+SHM_IMAGE = 4 * MIB
+# max batch 64, 224x224 crops, 1000 classes
+SHM_IMAGES, SHM_DALI, SHM_LOGITS = 64 * SHM_IMAGE, 64 * IMAGE_BYTES, 64 * 1000 * 4
+
+
+def _configs(target: str, **overrides: object) -> dict:
+    values = {"target": target, "max_batch_size": 64, "num_classes": 1000, "max_image_bytes": SHM_IMAGE}
+    return RepositorySpec(**{**values, **overrides}).configs()
+
+
+def test_dev_shm_of_a_triton_repository_counts_only_the_classifier_stub():
+    exact = MIN_SHM_BYTES + 2 * SHM_IMAGES + 2 * SHM_DALI + 6 * SHM_LOGITS
+
+    assert dev_shm_bytes(_configs("triton"), shm_default_byte_size=MIN_SHM_BYTES, unit=1) == exact
+
+
+def test_dev_shm_of_a_local_repository_adds_the_python_hosted_preprocessing_and_network():
+    triton = dev_shm_bytes(_configs("triton"), shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    local = dev_shm_bytes(_configs("local"), shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    assert local - triton == 2 * MIN_SHM_BYTES + (SHM_IMAGES + SHM_DALI) + (SHM_DALI + SHM_LOGITS)
+
+
+def test_every_instance_of_a_python_model_has_its_own_shm_region():
+    configs = _configs("local", preprocessing_instances=3)
+    one = dev_shm_bytes(_configs("local"), shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    more = dev_shm_bytes(configs, shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    assert more - one == 2 * (MIN_SHM_BYTES + SHM_IMAGES + SHM_DALI)
+
+
+@pytest.mark.parametrize(("max_image_bytes", "mib"), [(SHM_IMAGE, 704), (None, 2240)])
+def test_dev_shm_rounds_up_to_64_mib(max_image_bytes, mib):
+    configs = _configs("triton", max_image_bytes=max_image_bytes)
+
+    assert dev_shm_bytes(configs, shm_default_byte_size=MIN_SHM_BYTES) == mib * MIB

@@ -110,6 +110,34 @@ class FakeResponse:
         return self._error
 
 
+class FakeMetric:
+    def __init__(self, labels: dict[str, str], buckets: list[float] | None = None) -> None:
+        self.labels, self.buckets, self.values = labels, buckets, []
+
+    def increment(self, value: float) -> None:
+        self.values.append(value)
+
+    observe = increment
+
+
+class FakeMetricFamily:
+    """Records every value sent, by family name; the real one is checked in tests/e2e."""
+
+    COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+    created: dict[str, list[FakeMetric]] = {}
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.kind = name, kind
+        self.created[name] = []
+
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> FakeMetric:  # noqa: N802 (backend's name)
+        if (buckets is not None) != (self.kind == self.HISTOGRAM):
+            raise ValueError("buckets are required for histograms only")
+        metric = FakeMetric(labels, buckets)
+        self.created[self.name].append(metric)
+        return metric
+
+
 class FakeRequest:
     """A client request, or a BLS request whose ``exec`` runs the named in-process model."""
 
@@ -121,10 +149,14 @@ class FakeRequest:
         self.model_name = model_name
         self.preferred_memory = preferred_memory
         self.inputs = {t.name(): t for t in inputs}
+        self._requested = list(requested_output_names)
         self._parameters = json.dumps(parameters or {})
 
     def parameters(self) -> str:
         return self._parameters
+
+    def requested_output_names(self) -> list[str]:
+        return self._requested
 
     def exec(self) -> FakeResponse:
         (response,) = self.models[self.model_name].execute([self])
@@ -141,6 +173,7 @@ def _fake_module() -> types.ModuleType:
     module.PreferredMemory = FakePreferredMemory
     module.TRITONSERVER_MEMORY_CPU, module.TRITONSERVER_MEMORY_GPU = 0, 2
     module.Logger = FakeLogger
+    module.MetricFamily = FakeMetricFamily
     module.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
     module.get_output_tensor_by_name = lambda response, name: response.outputs.get(name)
     return module
@@ -150,6 +183,7 @@ def _args(repository: Path, name: str, kind: str = "CPU") -> dict:
     config = mc.read_config(repository / name / "config.pbtxt")
     return {
         "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+        "model_name": name,
         "model_repository": str(repository / name),
         "model_version": "1",
         "model_instance_kind": kind,
@@ -186,8 +220,13 @@ def models(python_repository: Path):
             sys.modules["triton_python_backend_utils"] = saved
 
 
-def _request(images: list[bytes], **parameters: object) -> FakeRequest:
-    return FakeRequest(inputs=[FakeTensor("IMAGE", pad_batch(images))], parameters=parameters)
+def _request(images: list[bytes], outputs: tuple[str, ...] = (), **parameters: object) -> FakeRequest:
+    return FakeRequest(inputs=[FakeTensor("IMAGE", pad_batch(images))], requested_output_names=outputs, parameters=parameters)
+
+
+def _sent(family: str, label: str) -> dict[str, float]:
+    """Everything the classifier sent to a metric family so far, summed by one label's value."""
+    return {metric.labels[label]: sum(metric.values) for metric in FakeMetricFamily.created[family]}
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +291,62 @@ def test_a_bad_top_k_is_an_invalid_argument(models, jpegs, top_k):
 
     assert response.has_error() and response.error().code() == INVALID_ARG
     assert "top_k" in response.error().message()
+
+
+def test_full_probabilities_are_sent_only_to_requests_that_ask_for_them(models, jpegs):
+    asked, plain = models["classifier"].execute(
+        [_request([jpegs["coffee"]], outputs=("PROBABILITIES", "SCORES")), _request([jpegs["rocket"]])]
+    )
+
+    probabilities = asked.outputs["PROBABILITIES"].as_numpy()
+    assert probabilities.shape == (1, 1000) and probabilities.dtype == np.float32
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    assert probabilities[0].argmax() == 967
+    assert probabilities[0, 967] == pytest.approx(asked.outputs["SCORES"].as_numpy()[0, 0])
+    assert "PROBABILITIES" not in plain.outputs
+
+
+def test_each_execute_sends_its_stage_times_and_image_count_once(models, jpegs):
+    from bls_pipeline.serving.metrics import EXECUTE_IMAGES, STAGE_DURATION, STAGES
+
+    stages_before = {m.labels["stage"]: len(m.values) for m in FakeMetricFamily.created[STAGE_DURATION]}
+    (images,) = FakeMetricFamily.created[EXECUTE_IMAGES]
+    observed_before = len(images.values)
+
+    models["classifier"].execute([_request([jpegs["coffee"], jpegs["rocket"]]), _request([jpegs["chelsea"]])])
+
+    assert images.values[observed_before:] == [3.0]
+    assert images.buckets[-1] == 16.0 and images.labels == {"model": "classifier", "version": "1"}
+    for metric in FakeMetricFamily.created[STAGE_DURATION]:
+        assert len(metric.values) == stages_before[metric.labels["stage"]] + 1
+        assert metric.values[-1] > 0, metric.labels["stage"]
+    assert sorted(stages_before) == sorted(STAGES)
+
+
+def test_refusals_are_counted_by_reason(models, jpegs, photos):
+    from bls_pipeline.devtools.soak import corrupt_png_data
+    from bls_pipeline.serving.metrics import REFUSALS
+
+    before = _sent(REFUSALS, "reason")
+    # Its header is sound, its pixel data is not: the decoder refuses it.
+    corrupt = corrupt_png_data(encode(photos["coffee"], "PNG"))
+    requests = [
+        _request([jpegs["coffee"]], top_k=0),
+        _request([b"not an image at all"]),
+        _request([corrupt]),
+        _request([jpegs["coffee"]]),
+    ]
+
+    responses = models["classifier"].execute(requests)
+
+    assert [response.has_error() for response in responses] == [True, True, True, False]
+    after = _sent(REFUSALS, "reason")
+    assert {reason: after[reason] - before[reason] for reason in after} == {
+        "invalid_request": 1,
+        "invalid_image": 1,
+        "undecodable": 1,
+        "submodel_failure": 0,
+    }
 
 
 # --- tensors in GPU memory ------------------------------------------------------------------

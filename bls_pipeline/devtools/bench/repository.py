@@ -118,6 +118,10 @@ def naive_config(classifier: mc.ModelConfig, network: mc.ModelConfig) -> mc.Mode
     config = mc.ModelConfig()
     config.CopyFrom(classifier)
     config.name = NAIVE
+    # The top-k outputs only: the naive model does not offer Triton's classification extension.
+    top_k = [output for output in config.output if output.name != contract.PROBABILITIES_OUTPUT]
+    del config.output[:]
+    config.output.extend(top_k)
     config.parameters.clear()
     config.parameters["labels_file"].string_value = LABELS_FILE
     for key, value in mc.parameters_of(network).items():
