@@ -31,7 +31,7 @@ NEEDS_DALI_BACKEND = pytest.mark.skipif(
     native_backends() is None, reason="Triton's DALI backend is not built here: run tools/build_backends.py"
 )
 HOSTINGS = [
-    pytest.param(("local", []), id="python-backend"),
+    pytest.param(("local", ["--hosting", "python"]), id="python-backend"),
     pytest.param(("triton", []), id="dali-backend", marks=NEEDS_DALI_BACKEND),
     pytest.param(("triton", ["--dali-autoconfig"]), id="dali-backend-autoconfig", marks=NEEDS_DALI_BACKEND),
 ]
