@@ -269,7 +269,10 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     _write_model_py(naive_dir, NAIVE, "NaiveClassifierModel")
     shutil.copyfile(labels, naive_dir / LABELS_FILE)
     shutil.copyfile(output / mc.PREPROCESSING / "1" / SETTINGS_FILE, naive_dir / SETTINGS_FILE)
-    os.link(output / mc.NETWORK / "1" / "model.onnx", naive_dir / "model.onnx")
+    # The same network files as the served model: on a GPU, model.pt runs on torch CUDA.
+    for network_file in (output / mc.NETWORK / "1").glob("model.*"):
+        if network_file.name != MODEL_FILE:
+            os.link(network_file, naive_dir / network_file.name)
     mc.write_config(
         output / NAIVE / "config.pbtxt", naive_config(classifier, mc.read_config(output / mc.NETWORK / "config.pbtxt"))
     )
