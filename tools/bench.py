@@ -172,10 +172,10 @@ def _gpu_main(args: argparse.Namespace, images) -> int:
         **({"concurrencies": args.concurrency} if args.concurrency != DEFAULT_CONCURRENCIES else {}),
     )
     result = run_gpu_benchmark(options, images, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_gpu_table(result))
     if args.json_out:
         write_json(result, args.json_out)
         print(f"wrote {args.json_out}")
+    print(format_gpu_table(result))
     return 0
 
 

@@ -51,3 +51,40 @@ def test_statistics_delta_gives_the_mean_batch_and_request_times_of_the_window()
     assert delta["classifier"]["mean_batch"] == 32.0
     assert delta["classifier"]["compute_ms"] == pytest.approx(8.0)
     assert "idle" not in delta
+
+
+def _point(endpoint, concurrency, images_per_s, p99_ms, p50_ms=5.0):
+    return {
+        "model": endpoint, "protocol": "grpc", "concurrency": concurrency, "images_per_s": images_per_s,
+        "p50_ms": p50_ms, "p90_ms": p99_ms, "p99_ms": p99_ms, "server_queue_ms": 0.0, "server_compute_ms": 0.0,
+        "gpu_util_percent": 50.0,
+        "extra": {"endpoint": endpoint, "models": {"preprocessing": {"mean_batch": 32.0, "compute_ms": 9.0}}},
+    }
+
+
+def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table_prints():
+    from bls_pipeline.devtools.bench.gpu import format_gpu_table, summarize
+
+    result = {
+        "in_process": {
+            "settings": {"num_threads": 8, "hw_decoder_load": 0.65},
+            "preprocessing": {1: 1000.0, 128: 13000.0},
+            "network": {1: 1500.0, 128: 18000.0},
+            "inprocess": {1: 700.0, 128: 8000.0},
+            "single_image_ms": 1.5,
+        },
+        "endpoints": [
+            _point("bls_native", 1, 200.0, 6.0, p50_ms=4.4),
+            _point("bls_native", 64, 6000.0, 90.0),
+            _point("bls_native", 256, 7000.0, 300.0),  # over the p99 limit: not the best
+            _point("ensemble_native", 64, 5000.0, 80.0),
+        ],
+    }
+    result["summary"] = summary = summarize(result)
+    assert summary["in_process_limit"] == 8000.0
+    assert summary["bls_best"]["images_per_s"] == 6000.0
+    assert summary["bls_over_in_process"] == 0.75
+    assert summary["bls_over_ensemble"] == 1.2
+    assert summary["bls_single_image_p50_ms"] == 4.4
+    table = format_gpu_table(result)
+    assert "inprocess" in table and "8000" in table and "bls_native" in table and "settings" not in table

@@ -257,7 +257,7 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
     """The human-readable table of a :func:`run_gpu_benchmark` result."""
     lines = ["IN PROCESS (images/s)", f"{'stage':28s} " + " ".join(f"{'b=' + str(b):>8s}" for b in _sizes(result))]
     for stage, rates in result["in_process"].items():
-        if isinstance(rates, dict):
+        if stage != "settings" and isinstance(rates, dict):
             lines.append(f"{stage:28s} " + " ".join(f"{rates.get(b, rates.get(str(b), 0)):8.0f}" for b in _sizes(result)))
     lines.append(f"single image, bytes to logits: {result['in_process'].get('single_image_ms', 0):.2f} ms")
     lines += ["", "SERVED, one image per request (perf_analyzer)",
@@ -272,7 +272,7 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
 
 def _sizes(result: Mapping[str, Any]) -> list[int]:
     sizes = set()
-    for rates in result["in_process"].values():
-        if isinstance(rates, dict):
+    for stage, rates in result["in_process"].items():
+        if stage != "settings" and isinstance(rates, dict):
             sizes.update(int(b) for b in rates)
     return sorted(sizes)
