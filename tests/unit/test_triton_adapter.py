@@ -110,13 +110,13 @@ def _load_model_py(repository: Path, name: str):
 
 
 @pytest.fixture(scope="module")
-def models(built_repository: Path):
+def models(python_repository: Path):
     """The three models of the built repository, loaded through their own ``model.py``."""
     saved = sys.modules.get("triton_python_backend_utils")
     sys.modules["triton_python_backend_utils"] = _fake_module()
     sys.modules.pop("bls_pipeline.serving.models", None)
     try:
-        loaded = {name: _load_model_py(built_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")}
+        loaded = {name: _load_model_py(python_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")}
         FakeRequest.models = loaded
         yield loaded
     finally:
@@ -136,9 +136,9 @@ def jpegs(photos) -> dict[str, bytes]:
     return {name: encode(array, "JPEG", quality=90) for name, array in photos.items()}
 
 
-def test_each_model_py_is_one_import_of_its_adapter(built_repository):
+def test_each_model_py_is_one_import_of_its_adapter(python_repository):
     for name in ("classifier", "preprocessing", "efficientnet-b0"):
-        source = (built_repository / name / "1" / "model.py").read_text()
+        source = (python_repository / name / "1" / "model.py").read_text()
         assert "import" in source and "TritonPythonModel" in source
         assert len([line for line in source.splitlines() if line.strip() and not line.startswith(('"', "#"))]) == 1
 
