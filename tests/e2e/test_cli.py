@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT / "samples"
-TOOLS = ["build_repo", "serve", "classify"]
+TOOLS = ["build_repo", "build_backends", "serve", "classify"]
 SAMPLE_FILES = {"chelsea.jpg": "chelsea", "coffee.jpg": "coffee", "rocket.png": "rocket"}
 EXPECTED_LABELS = {"chelsea": "Egyptian cat", "coffee": "espresso", "rocket": "missile"}
 
