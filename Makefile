@@ -2,13 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# checkov (tests/unit/test_deploy.py) pins packages that clash with the project's: its own venv.
+CHECKOV_VENV ?= .venv-checkov
 
 .PHONY: setup backends demo test
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --editable '.[test,bench]'
+	$(PY) -m pip install --quiet --editable '.[test,bench,deploy]'
+	touch $@
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov>=3.2'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -22,5 +29,5 @@ backends: setup
 demo: backends
 	$(PY) tools/demo.py
 
-test: backends
-	$(PY) -m pytest
+test: backends $(CHECKOV_VENV)/.installed
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest

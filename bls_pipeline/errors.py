@@ -56,3 +56,7 @@ class ServerError(BlsPipelineError):
 
 class BackendBuildError(BlsPipelineError):
     """Triton's native DALI or ONNX Runtime backend could not be built or installed."""
+
+
+class CapacityError(BlsPipelineError):
+    """A benchmark file lacks what a capacity plan needs, or no measured point meets the target."""

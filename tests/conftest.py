@@ -85,3 +85,40 @@ def client(triton_server):
 
     with ClassifierClient(triton_server.url) as client:
         yield client
+
+
+# Real training-script pipelines (tests/fixtures/pipelines), and the tutorial's arguments.
+PIPELINE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pipelines"
+TUTORIAL_SCRIPT = PIPELINE_FIXTURES / "train_effnet.py"
+TUTORIAL_ARGS = ["image_size=256", "image_crop=224", "interpolation=types.INTERP_LINEAR", "output_layout='CHW'"]
+
+
+def run_tutorial_pipeline_with_its_reader(photos: list[Path], data_dir: Path, decoder_device: str = "cpu") -> np.ndarray:
+    """The tutorial's ``validation_pipe`` run as its training script runs it: its file reader
+    on ``data_dir/cls/N.ext``, the photographs in order. Independent of the conversion code:
+    unmodified with ``decoder_device="mixed"`` (needs a GPU); with ``"cpu"`` only its decoder
+    moves to the CPU. Returns ``[N, 3, 224, 224]`` on the host."""
+    import importlib.util
+
+    from nvidia.dali import fn, types
+
+    (data_dir / "cls").mkdir(parents=True)
+    for index, photo in enumerate(photos):
+        (data_dir / "cls" / f"{index}{photo.suffix}").write_bytes(photo.read_bytes())
+    spec = importlib.util.spec_from_file_location("train_effnet_reference", TUTORIAL_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    on_gpu = decoder_device == "mixed"
+    decode = fn.decoders.image
+    if not on_gpu:
+        fn.decoders.image = lambda *inputs, **kwargs: decode(*inputs, **{**kwargs, "device": "cpu"})
+    try:
+        pipe = module.validation_pipe(
+            data_dir=str(data_dir), interpolation=types.INTERP_LINEAR, image_size=256, image_crop=224,
+            output_layout="CHW", batch_size=len(photos), num_threads=1, device_id=0 if on_gpu else None,
+        )
+        pipe.build()
+        images, _labels = pipe.run()
+    finally:
+        fn.decoders.image = decode
+    return np.array(images.as_cpu().as_tensor() if on_gpu else images.as_tensor())

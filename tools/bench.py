@@ -29,7 +29,7 @@ from bls_pipeline.devtools.bench.run import (
     run_benchmark,
     write_json,
 )
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, report_error
 from bls_pipeline.errors import BlsPipelineError
 
 EPILOG = f"""
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Measure DALI and the network in process, then the classifier (BLS), an ensemble of "
         "the same models and a naive PIL model over HTTP on a local tritonserver; print a table and "
         "the ratios BLS/in-process, BLS/ensemble, BLS/naive.",
-        epilog=EPILOG,
+        epilog=f"{EPILOG}\n{EXIT_CODES_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -143,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         result = run_benchmark(options, images, progress=lambda line: print(line, file=sys.stderr, flush=True))
     except (BlsPipelineError, OSError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("bench", exc)
     print(format_table(result))
     if args.json_out:
         write_json(result, args.json_out)

@@ -14,11 +14,10 @@ tests then serve the repository's DALI and ONNX models on these backends.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from bls_pipeline.devtools.backends import BuildOptions, build_backends, default_cache, default_sources
-from bls_pipeline.devtools.cli import HelpFormatter
+from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 
 
@@ -29,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Build libtriton_dali.so and libtriton_onnxruntime.so from pinned upstream sources "
         "for the installed nvidia-pytriton, nvidia-dali-cuda120 and onnxruntime.",
         formatter_class=HelpFormatter,
-        epilog=__doc__,
+        epilog=f"{__doc__}\n{EXIT_CODES_HELP}",
     )
     parser.add_argument(
         "--sources",
@@ -74,8 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.sources is not None and not args.download and not args.sources.is_dir():
-        print(f"build_backends: error: --sources {args.sources} is not a folder", file=sys.stderr)
-        return 2
+        return report_error("build_backends", f"--sources {args.sources} is not a folder", ExitCode.INPUT)
     options = BuildOptions(
         gpu=args.gpu,
         sources=None if args.download else args.sources,
@@ -88,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = build_backends(options, progress=lambda line: print(line, flush=True))
     except (BlsPipelineError, OSError) as exc:
-        print(f"build_backends: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("build_backends", exc, ExitCode.FAILED)
     print(f"{'built' if result.compiled else 'cached'}: {result.key.name()}")
     for path in result.installed:
         print(f"  {path}")

@@ -4,6 +4,10 @@
     python tools/build_repo.py                         # shipped EfficientNet-Lite0, local target
     python tools/build_repo.py --checkpoint ckpt.pth --arch efficientnet-b0 \\
         --target triton --output /models --force
+    python tools/build_repo.py --dali-pipeline train.py:validation_pipe \\
+        --pipeline-arg image_size=256 --pipeline-arg image_crop=224 \\
+        --pipeline-arg interpolation=types.INTERP_LINEAR --pipeline-arg output_layout="'CHW'"
+                                                       # your training script's pipeline (imported: runs its code)
 """
 
 from __future__ import annotations
@@ -11,15 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 from bls_pipeline.build.pipeline import DEFAULT_ARCH, BuildOptions, build_repository
 from bls_pipeline.build.checkpoints import ARCH_ALIASES, ARCHITECTURES
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettings
 from bls_pipeline.build.repository import preprocessing_defaults
+from bls_pipeline.build.user_pipeline import PipelineSource, UserPipelineError
 from bls_pipeline.runtime.device import DEVICES
 from bls_pipeline.build.hosting import AUTO, HOSTINGS
 
@@ -30,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Turn a torch.save checkpoint into a ready Triton model repository "
         "(classifier BLS model + DALI preprocessing + EfficientNet).",
         formatter_class=HelpFormatter,
-        epilog=__doc__,
+        epilog=f"{__doc__}\n{EXIT_CODES_HELP}",
     )
     parser.add_argument(
         "--checkpoint",
@@ -90,8 +94,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="triton target: leave inputs/outputs out of the preprocessing config; the DALI backend derives them",
     )
+    user = parser.add_argument_group(
+        "your DALI training pipeline (instead of the preprocessing flags above)",
+        "The script is imported, never edited: importing it runs its code, as running it would.",
+    )
+    user.add_argument(
+        "--dali-pipeline",
+        metavar="PATH.py:FUNCTION",
+        help="serve the validation pipeline FUNCTION (@pipeline_def, or a plain function building the graph) of your "
+        "training script: its reader becomes the served input, label outputs are dropped, the decoder follows --device, "
+        "and the result is checked against the original on sample photographs. IMPORTING PATH.py RUNS ITS CODE",
+    )
+    user.add_argument(
+        "--pipeline-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for an argument of FUNCTION: a Python literal or a name of nvidia.dali.types "
+        "(image_size=256, interpolation=types.INTERP_LINEAR, output_layout=\"'CHW'\"); repeat per argument; "
+        "arguments used only by the reader (data_dir, shard_id, ...) need none",
+    )
     tuning = parser.add_argument_group("serving")
     tuning.add_argument("--dali-threads", type=int, default=2, help="DALI CPU worker threads")
+    tuning.add_argument(
+        "--hw-decoder-load",
+        type=float,
+        default=0.65,
+        help="GPU only: share of JPEGs for the hardware JPEG decoder, 0..1 (DALI's default 0.65)",
+    )
+    tuning.add_argument("--preprocessing-instances", type=int, default=1, help="instances of the preprocessing model")
+    tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
+    tuning.add_argument(
+        "--classifier-instances",
+        type=int,
+        default=1,
+        help="instances of the classifier (its Python work limits a GPU server: see docs/gpu.md)",
+    )
     tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
     tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")
     tuning.add_argument("--max-image-pixels", type=int, help="largest accepted declared width x height (default 40 M)")
@@ -102,6 +140,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     tuning.add_argument("--queue-delay-us", type=int, default=0, help="dynamic batching max queue delay of every model")
     return parser.parse_args(argv)
+
+
+# The flags of the built-in preprocessing, which a --dali-pipeline replaces.
+PREPROCESSING_FLAGS = ("resize_shorter", "crop", "interpolation", "mean", "std")
 
 
 def preprocessing_from_args(args: argparse.Namespace) -> PreprocessingSettings:
@@ -124,6 +166,17 @@ def preprocessing_from_args(args: argparse.Namespace) -> PreprocessingSettings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    given = [flag for flag in PREPROCESSING_FLAGS if getattr(args, flag) is not None]
+    if args.dali_pipeline and given:
+        return report_error(
+            "build_repo",
+            UserPipelineError(
+                f"--{given[0].replace('_', '-')} cannot be combined with --dali-pipeline: the pipeline decides the preprocessing"
+            ),
+            ExitCode.USAGE,
+        )
+    if args.pipeline_arg and not args.dali_pipeline:
+        return report_error("build_repo", UserPipelineError("--pipeline-arg needs --dali-pipeline"), ExitCode.USAGE)
     try:
         options = BuildOptions(
             output=args.output,
@@ -139,25 +192,35 @@ def main(argv: list[str] | None = None) -> int:
             preprocessing=preprocessing_from_args(args),
             dali_autoconfig=args.dali_autoconfig,
             dali_threads=args.dali_threads,
+            hw_decoder_load=args.hw_decoder_load,
+            preprocessing_instances=args.preprocessing_instances,
+            network_instances=args.network_instances,
+            classifier_instances=args.classifier_instances,
             network_threads=args.network_threads,
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,
             max_request_bytes=args.max_request_bytes,
             queue_delay_us=args.queue_delay_us,
+            dali_pipeline=PipelineSource.parse(args.dali_pipeline, args.pipeline_arg) if args.dali_pipeline else None,
         )
         report = build_repository(options, progress=lambda line: print(line, flush=True))
     except (BlsPipelineError, OSError) as exc:
-        print(f"build_repo: error: {exc}", file=sys.stderr)
-        return 2
-    p = report.preprocessing
+        return report_error("build_repo", exc, ExitCode.INPUT)
+    p, user = report.preprocessing, report.user_pipeline
+    described = (
+        f"{user.source} (served as model.dali, {user.decoder_device} decoder), output float32 {list(user.output_shape)}, "
+        f"equal to the original on {user.samples} photographs (max abs diff {user.max_abs_diff:g})"
+        if user
+        else f"resize shorter side to {p.resize_shorter} ({p.interpolation}), crop {p.crop}, "
+        f"mean {list(p.mean)}, std {list(p.std)}"
+    )
     print(
         f"built {report.output} ({args.target}, {report.device}): {report.num_classes} classes, network on {report.runtime}, "
         f"ONNX within {report.onnx_max_abs_diff:.1e} of torch\n"
-        f"preprocessing: resize shorter side to {p.resize_shorter} ({p.interpolation}), crop {p.crop}, "
-        f"mean {list(p.mean)}, std {list(p.std)}\n{report.tensorrt_note}\n"
+        f"preprocessing: {described}\n{report.tensorrt_note}\n"
         + "\n".join(choice.describe(model) for model, choice in report.hosting.items())
     )
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from bls_pipeline.build.pipeline import BuildOptions, build_repository
+from bls_pipeline.devtools.cli import EXIT_CODES_HELP, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.backends import native_backends_dir
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting, native_backend_models
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP)
     parser.add_argument("--repository", type=Path, default=ROOT / "build" / "model_repository", help="where the repository is built")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the repository even if it exists")
     parser.add_argument("images", nargs="*", default=[os.path.relpath(ROOT / "samples")], help="images or folders to classify (default: samples/)")
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print("server stopped")
         return code
     except BlsPipelineError as exc:
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("demo", exc)
 
 
 if __name__ == "__main__":

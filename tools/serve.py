@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, HelpFormatter
+from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting
 
@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run a local Triton server (pip-installed, CPU or GPU) on a model repository "
         "built with tools/build_repo.py --target local.",
         formatter_class=HelpFormatter,
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="repository to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
@@ -40,8 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shm-size-mb",
         type=int,
-        default=64,
-        help="Python-backend shared memory per model instance (shm-default-byte-size), MiB; raise it for large batches",
+        default=None,
+        help="Python-backend shared memory per model instance (shm-default-byte-size), MiB "
+        "(default: sized from the repository's max batch, and printed at start)",
     )
     return parser.parse_args(argv)
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         startup_timeout_s=args.startup_timeout,
         log_path=args.log_file,
         log_verbose=args.log_verbose,
-        shm_default_byte_size=args.shm_size_mb * 1024 * 1024,
+        shm_default_byte_size=args.shm_size_mb * 1024 * 1024 if args.shm_size_mb else None,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -68,16 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
     except BlsPipelineError as exc:
-        print(f"serve: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("serve", exc)
     print(describe_hosting(server), flush=True)
     try:
+        print(f"memory: {server.sizing.describe() if server.sizing else 'Triton defaults'}", flush=True)
         print(f"ready: {server.url} (gRPC {options.host}:{options.grpc_port}, metrics "
               f"{options.host}:{options.metrics_port}); log: {server.log_path}; Ctrl-C stops", flush=True)
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
                 print(f"serve: error: tritonserver exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
-                return 1
+                return ExitCode.SERVER
     finally:
         print("stopping tritonserver ...", flush=True)
         server.stop()

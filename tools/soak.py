@@ -5,9 +5,8 @@
         --json-out /tmp/soak20k.json
     python tools/soak.py --url 127.0.0.1:8000 --server-pid 1234 --requests 500
 
-Exit status: 0 when every good image was classified and every bad one refused with
-INVALID_ARG as expected (and memory grew less than --max-growth, when given); 1 otherwise;
-2 on a usage error or when the server cannot be started or reached.
+Success means every good image was classified and every bad one refused with INVALID_ARG
+as expected (and memory grew less than --max-growth, when given).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bls_pipeline.devtools.cli import HelpFormatter
+from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.soak import SoakOptions, build_samples, format_report, run_soak
 
@@ -29,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Send many requests, a mix of real photographs and bad images, to the classifier "
         "endpoint; report outcomes by kind, throughput and the server's memory growth after warm-up.",
         formatter_class=HelpFormatter,
+        epilog=f"{__doc__}\n{EXIT_CODES_HELP}",
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server's HTTP endpoint, host:port")
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
     except ValueError as exc:
-        print(f"soak: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("soak", exc, ExitCode.USAGE)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     samples = build_samples(args.seed)
     try:
@@ -93,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = run_soak(options, samples, server_pid=args.server_pid, progress=progress)
     except BlsPipelineError as exc:
-        print(f"soak: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("soak", exc)
     print(format_report(report))
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = True
     if report.unexpected:
         print(f"soak: {report.unexpected} unexpected outcomes", file=sys.stderr)
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 if __name__ == "__main__":

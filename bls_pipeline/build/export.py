@@ -1,7 +1,7 @@
 """Exporting the network: ONNX with a dynamic batch axis, checked against torch, and a
 TensorRT engine built from that ONNX file where TensorRT is available.
 
-The tensor names are the contract with the Triton model config: input ``INPUT`` float32
+The tensor names are the contract's (:mod:`bls_pipeline.contract`): input ``INPUT`` float32
 ``[B, 3, H, W]``, output ``OUTPUT`` float32 ``[B, num_classes]`` (logits).
 
 Example::
@@ -29,12 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bls_pipeline.contract import NETWORK_INPUT as INPUT_NAME, NETWORK_OUTPUT as OUTPUT_NAME
 from bls_pipeline.errors import ExportError
 
 LOGGER = logging.getLogger(__name__)
 
-INPUT_NAME = "INPUT"
-OUTPUT_NAME = "OUTPUT"
 DEFAULT_OPSET = 17
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 
@@ -54,6 +53,24 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_torch_weights(model: nn.Module, path: str | Path, *, arch: str, image_size: int, fp16: bool = True) -> Path:
+    """Write the network for the GPU torch runtime (``runtime.torch_network``).
+
+    ``{"arch", "image_size", "state_dict"}``: tensors, strings and numbers only, FP16 by
+    default (the runtime computes in FP16: half the file, nothing lost), so the server loads it
+    with ``weights_only=True`` and rebuilds the architecture from code: no pickled module, and
+    no TorchScript tied to the torch version that wrote it.
+    """
+    path = Path(path)
+    state = {
+        key: (value.half() if fp16 and value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+    }
+    with _atomic_path(path) as tmp:
+        torch.save({"arch": arch, "image_size": int(image_size), "state_dict": state}, tmp)
+    return path
 
 
 def export_onnx(

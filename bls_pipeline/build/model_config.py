@@ -21,23 +21,27 @@ from typing import Any, Mapping, Sequence
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from bls_pipeline import contract
+# The contract's names, importable from here too because every config user needs them.
+from bls_pipeline.contract import (  # noqa: F401
+    CLASS_IDS_OUTPUT,
+    CLASSIFIER,
+    DALI_INPUT,
+    DALI_OUTPUT,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    NETWORK,
+    NETWORK_INPUT,
+    NETWORK_OUTPUT,
+    PREPROCESSING,
+    PROBABILITIES_OUTPUT,
+    SCORES_OUTPUT,
+)
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.runtime.device import CPU, GPU, check_device, instance_kind
 
 ModelConfig = model_config_pb2.ModelConfig
 
-CLASSIFIER = "classifier"
-PREPROCESSING = "preprocessing"
-NETWORK = "efficientnet-b0"
-
-IMAGE_INPUT = "IMAGE"
-SCORES_OUTPUT = "SCORES"
-CLASS_IDS_OUTPUT = "CLASS_IDS"
-LABELS_OUTPUT = "LABELS"
-DALI_INPUT = "DALI_INPUT"
-DALI_OUTPUT = "DALI_OUTPUT"
-NETWORK_INPUT = "INPUT"
-NETWORK_OUTPUT = "OUTPUT"
 
 TARGETS = ("triton", "local")
 FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
@@ -62,8 +66,10 @@ def _dynamic_batching(max_queue_delay_us: int) -> dict[str, Any]:
     return {"max_queue_delay_microseconds": max_queue_delay_us}
 
 
-def _instances(device: str) -> list[dict[str, Any]]:
-    return [{"kind": instance_kind(device), "count": 1}]
+def _instances(device: str, count: int = 1) -> list[dict[str, Any]]:
+    if count < 1:
+        raise ConfigError(f"instance count must be at least 1, got {count}")
+    return [{"kind": instance_kind(device), "count": count}]
 
 
 def _python_backend_parameters(parameters: Mapping[str, object] | None, *, gpu_inputs: bool) -> dict[str, object]:
@@ -81,6 +87,7 @@ def classifier_config(
     device: str = CPU,
     parameters: Mapping[str, object] | None = None,
     max_queue_delay_us: int = 0,
+    instances: int = 1,
 ) -> ModelConfig:
     """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
 
@@ -93,21 +100,10 @@ def classifier_config(
             "name": CLASSIFIER,
             "backend": "python",
             "max_batch_size": max_batch_size,
-            "input": [
-                {
-                    "name": IMAGE_INPUT,
-                    "data_type": "TYPE_UINT8",
-                    "dims": [-1],
-                    "allow_ragged_batch": True,
-                }
-            ],
-            "output": [
-                {"name": SCORES_OUTPUT, "data_type": "TYPE_FP32", "dims": [-1]},
-                {"name": CLASS_IDS_OUTPUT, "data_type": "TYPE_INT64", "dims": [-1]},
-                {"name": LABELS_OUTPUT, "data_type": "TYPE_STRING", "dims": [-1]},
-            ],
+            "input": [{**contract.IMAGE.config(), "allow_ragged_batch": True}],
+            "output": [spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
             "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-            "instance_group": _instances(device),
+            "instance_group": _instances(device, instances),
             "parameters": _string_parameters(_python_backend_parameters(parameters, gpu_inputs=False)),
         }
     )
@@ -122,6 +118,7 @@ def preprocessing_config(
     num_threads: int = 4,
     autoconfig: bool = False,
     max_queue_delay_us: int = 0,
+    instances: int = 1,
     native: bool | None = None,
 ) -> ModelConfig:
     """The DALI preprocessing model: ``DALI_INPUT`` bytes -> ``DALI_OUTPUT`` FP32 ``[3, crop, crop]``.
@@ -140,7 +137,7 @@ def preprocessing_config(
         "name": PREPROCESSING,
         "max_batch_size": max_batch_size,
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "instance_group": _instances(device),
+        "instance_group": _instances(device, instances),
     }
     if native:
         config["backend"] = "dali"
@@ -150,15 +147,8 @@ def preprocessing_config(
         parameters = _python_backend_parameters(parameters, gpu_inputs=False)
     config["parameters"] = _string_parameters(parameters)
     if not (autoconfig and native):
-        config["input"] = [
-            {
-                "name": DALI_INPUT,
-                "data_type": "TYPE_UINT8",
-                "dims": [-1],
-                "allow_ragged_batch": True,
-            }
-        ]
-        config["output"] = [{"name": DALI_OUTPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}]
+        config["input"] = [{**contract.ENCODED.config(), "allow_ragged_batch": True}]
+        config["output"] = [contract.preprocessed(DALI_OUTPUT, crop).config()]
     return _parse(config)
 
 
@@ -172,6 +162,7 @@ def network_config(
     device: str = CPU,
     max_queue_delay_us: int = 0,
     parameters: Mapping[str, object] | None = None,
+    instances: int = 1,
     native: bool | None = None,
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
@@ -187,10 +178,10 @@ def network_config(
     config: dict[str, Any] = {
         "name": NETWORK,
         "max_batch_size": max_batch_size,
-        "input": [{"name": NETWORK_INPUT, "data_type": "TYPE_FP32", "dims": [3, crop, crop]}],
-        "output": [{"name": NETWORK_OUTPUT, "data_type": "TYPE_FP32", "dims": [num_classes]}],
+        "input": [contract.preprocessed(NETWORK_INPUT, crop).config()],
+        "output": [contract.logits(num_classes).config()],
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "instance_group": _instances(device),
+        "instance_group": _instances(device, instances),
     }
     if native:
         if runtime == "tensorrt":
@@ -268,6 +259,37 @@ def ensemble_config(
             },
         }
     )
+
+
+def add_classification_output(config: ModelConfig, *, num_classes: int, label_filename: str) -> ModelConfig:
+    """Add ``PROBABILITIES`` (FP32 ``[num_classes]``) with its labels file to ``config``.
+
+    Triton's classification extension reads it: a client that requests ``PROBABILITIES``
+    with ``class_count=k`` gets ``"score:index:label"`` strings, built by the server from
+    ``label_filename`` (a path relative to the model's directory).
+    """
+    output = config.output.add()
+    json_format.ParseDict(
+        {**contract.probabilities(num_classes).config(), "label_filename": label_filename}, output
+    )
+    return config
+
+
+def add_warmup(config: ModelConfig, *, inputs: Mapping[str, Mapping[str, Any]], batch_sizes: Sequence[int]) -> ModelConfig:
+    """Add one ``model_warmup`` sample per batch size, with ``inputs`` in the JSON form of
+    ``ModelWarmup.Input`` (``{"DALI_INPUT": {"data_type": "TYPE_UINT8", "dims": [n],
+    "input_data_file": "warmup.jpg"}}``; files are relative to the model's ``warmup/``).
+
+    Triton runs the samples before the model reports ready, so a ready server has already
+    allocated its batches and initialized its runtimes at those sizes. Only the sub-models
+    can be warmed: a BLS request during the server's start fails with "Server not ready".
+    """
+    for batch_size in batch_sizes:
+        json_format.ParseDict(
+            {"name": f"batch {batch_size}", "batch_size": batch_size, "inputs": {k: dict(v) for k, v in inputs.items()}},
+            config.model_warmup.add(),
+        )
+    return config
 
 
 def check_target(target: str) -> None:

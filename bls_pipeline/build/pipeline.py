@@ -20,6 +20,7 @@ from typing import Callable
 
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.build.user_pipeline import ConvertedPipeline, PipelineSource, convert_for_repository
 from bls_pipeline.runtime.device import GPU, check_device, detect_device
 from bls_pipeline.build.hosting import AUTO, ModelHosting, choose_hosting
 from bls_pipeline.build.repository import (
@@ -51,11 +52,17 @@ class BuildOptions:
     preprocessing: PreprocessingSettings | None = None
     dali_autoconfig: bool = False
     dali_threads: int = 2
+    hw_decoder_load: float = 0.65
+    preprocessing_instances: int = 1
+    network_instances: int = 1
+    classifier_instances: int = 1
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
     max_request_bytes: int | None = None
     queue_delay_us: int = 0
+    # The user's DALI validation pipeline, served instead of the built-in preprocessing.
+    dali_pipeline: PipelineSource | None = None
     # auto: Triton's own DALI / ONNX Runtime backends where tools/build_backends.py built them
     # (local target), else Python-backend models; native or python to insist (build.hosting).
     hosting: str = AUTO
@@ -74,12 +81,19 @@ class BuildReport:
     tensorrt_note: str
     preprocessing: PreprocessingSettings
     hosting: dict[str, ModelHosting]
+    user_pipeline: ConvertedPipeline | None = None
 
 
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
     """Build the repository described by ``options``; see the module docstring."""
     from bls_pipeline.build.checkpoints import default_checkpoint_path, load_checkpoint
-    from bls_pipeline.build.export import build_tensorrt_engine, export_onnx, tensorrt_available, verify_onnx
+    from bls_pipeline.build.export import (
+        build_tensorrt_engine,
+        export_onnx,
+        save_torch_weights,
+        tensorrt_available,
+        verify_onnx,
+    )
     from bls_pipeline.request.postprocess import load_labels
 
     checkpoint = Path(options.checkpoint) if options.checkpoint else default_checkpoint_path()
@@ -91,9 +105,20 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
     else:
         device, device_reason = check_device(options.device), "--device given"
     progress(f"device: {device} ({device_reason})")
+    converted = None
+    if options.dali_pipeline is not None:
+        converted = convert_for_repository(
+            options.dali_pipeline,
+            device=device,
+            max_batch_size=options.max_batch_size,
+            num_threads=options.dali_threads,
+            progress=progress,
+        )
+    # The network's input size: the user pipeline's output, else the built-in crop.
+    crop = converted.crop if converted else preprocessing.crop
     progress(f"[1/5] loading {checkpoint} as {options.arch} (weights only)")
     model = load_checkpoint(checkpoint, options.arch)
-    num_classes = _count_classes(model, preprocessing.crop)
+    num_classes = _count_classes(model, crop)
     if len(labels) != num_classes:
         raise ConfigError(
             f"the checkpoint has {num_classes} classes but the labels have {len(labels)}: pass --labels FILE"
@@ -102,10 +127,10 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
 
     with tempfile.TemporaryDirectory(prefix="build-repo-", dir=options.output) as scratch:
         onnx_path = Path(scratch) / "model.onnx"
-        progress(f"[2/5] exporting ONNX (dynamic batch, {preprocessing.crop}x{preprocessing.crop})")
-        export_onnx(model, onnx_path, image_size=preprocessing.crop)
+        progress(f"[2/5] exporting ONNX (dynamic batch, {crop}x{crop})")
+        export_onnx(model, onnx_path, image_size=crop)
         progress("[3/5] checking ONNX Runtime against torch")
-        diff = verify_onnx(model, onnx_path, image_size=preprocessing.crop)
+        diff = verify_onnx(model, onnx_path, image_size=crop)
         progress(f"      max |onnx - torch| = {diff:.2e}")
         network_files = [onnx_path]
         reason = tensorrt_available() if device == GPU else "TensorRT runs only on a GPU and the device is cpu"
@@ -113,12 +138,19 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             plan = Path(scratch) / "model.plan"
             progress(f"[4/5] building a TensorRT engine ({'FP16' if options.fp16 else 'FP32'}, max batch {options.max_batch_size})")
             build_tensorrt_engine(
-                onnx_path, plan, fp16=options.fp16, max_batch_size=options.max_batch_size, image_size=preprocessing.crop
+                onnx_path, plan, fp16=options.fp16, max_batch_size=options.max_batch_size, image_size=crop
             )
             network_files.append(plan)
             runtime, tensorrt_note = "tensorrt", f"TensorRT engine built ({'FP16' if options.fp16 else 'FP32'})"
         else:
             runtime, tensorrt_note = "onnxruntime", f"no TensorRT engine: {reason}; serving ONNX with ONNX Runtime"
+            if device == GPU and options.target == "local":
+                # The pip-installed server has no TensorRT backend and no TensorRT builder is
+                # installable here: its GPU network runs on torch CUDA graphs (runtime.torch_network).
+                network_files.append(
+                    save_torch_weights(model, Path(scratch) / "model.pt", arch=options.arch, image_size=preprocessing.crop)
+                )
+                runtime, tensorrt_note = "torch-cuda", f"no TensorRT engine: {reason}; serving FP16 torch CUDA graphs (model.pt)"
             progress(f"[4/5] {tensorrt_note}")
         hosting = choose_hosting(
             target=options.target,
@@ -135,15 +167,21 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             device=device,
             max_batch_size=options.max_batch_size,
             num_classes=num_classes,
-            runtime=runtime,
+            # The config's runtime: a Python-backend network picks torch itself from model.pt.
+            runtime="onnxruntime" if runtime == "torch-cuda" else runtime,
             preprocessing=preprocessing,
             dali_threads=options.dali_threads,
+            hw_decoder_load=options.hw_decoder_load,
+            preprocessing_instances=options.preprocessing_instances,
+            network_instances=options.network_instances,
+            classifier_instances=options.classifier_instances,
             dali_autoconfig=options.dali_autoconfig,
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,
             max_image_pixels=options.max_image_pixels,
             max_request_bytes=options.max_request_bytes,
             queue_delay_us=options.queue_delay_us,
+            user_pipeline=converted,
         )
         progress(f"[5/5] writing the {options.target} repository for {device} to {options.output}")
         write_repository(options.output, spec, labels=labels, network_files=network_files)
@@ -157,6 +195,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
         tensorrt_note=tensorrt_note,
         hosting=hosting,
         preprocessing=preprocessing,
+        user_pipeline=converted,
     )
 
 

@@ -21,22 +21,29 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.runtime.dali import SERIALIZED_FILE
+from bls_pipeline.model_sources import model_sources_dir
 from bls_pipeline.runtime.device import CPU, decoder_device
+
+if TYPE_CHECKING:
+    from bls_pipeline.build.user_pipeline import ConvertedPipeline
 
 LOGGER = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-TEMPLATE_DIR = PACKAGE_DIR.parent / "model_repository"
+TEMPLATE_DIR = model_sources_dir()
 DALI_FILE = "dali.py"
 MODEL_FILE = "model.py"
 LABELS_FILE = "labels.txt"
 SETTINGS_FILE = "preprocessing.json"
-SERIALIZED_PIPELINE_FILE = "model.dali"
+# A real photograph that model_warmup decodes before the server reports ready.
+WARMUP_IMAGE = PACKAGE_DIR / "data" / "warmup.jpg"
+WARMUP_DIR = "warmup"
 
 
 def preprocessing_defaults(arch: str) -> PreprocessingSettings:
@@ -71,6 +78,13 @@ class RepositorySpec:
     preprocessing: PreprocessingSettings = field(default_factory=PreprocessingSettings)
     dali_threads: int = 2
     dali_autoconfig: bool = False
+    # The mixed decoder's share for the hardware JPEG engine (GPU only; DALI's default 0.65).
+    hw_decoder_load: float = 0.65
+    preprocessing_instances: int = 1
+    network_instances: int = 1
+    # The classifier's Python work (trimming, checks, responses) runs one execution at a time
+    # per instance: on a GPU it, not the sub-models, limits throughput (docs/gpu.md).
+    classifier_instances: int = 1
     network_threads: int = 0
     # ONNX Runtime's idle pool threads busy-wait by default; on a CPU shared with DALI and the
     # Python stubs that costs throughput (docs/benchmark.md: +12 % at concurrency 8 without).
@@ -79,6 +93,9 @@ class RepositorySpec:
     max_image_pixels: int | None = None
     max_request_bytes: int | None = None
     queue_delay_us: int = 0
+    # A converted user pipeline (bls_pipeline.build.user_pipeline): served as model.dali
+    # instead of dali.py + preprocessing.json.
+    user_pipeline: ConvertedPipeline | None = None
     # Local target: the sub-models served by Triton's own backends built with
     # tools/build_backends.py (see build.hosting); the triton target always uses them.
     native_models: frozenset[str] = frozenset()
@@ -89,11 +106,23 @@ class RepositorySpec:
             raise ConfigError(f"max batch size must be at least 1, got {self.max_batch_size}")
         mc.check_runtime(self.runtime)
         mc.check_runtime_device(self.runtime, self.device)
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ConfigError(f"hw_decoder_load must be between 0 and 1, got {self.hw_decoder_load}")
+        if self.user_pipeline and self.user_pipeline.decoder_device != decoder_device(self.device):
+            raise ConfigError(
+                f"the user pipeline was converted with a {self.user_pipeline.decoder_device} decoder, "
+                f"the repository's device {self.device} needs {decoder_device(self.device)}"
+            )
         unknown = sorted(set(self.native_models) - {mc.PREPROCESSING, mc.NETWORK})
         if unknown:
             raise ConfigError(f"only {mc.PREPROCESSING} and {mc.NETWORK} can be hosted natively, not {unknown}")
         if self.target == "local" and mc.NETWORK in self.native_models and self.runtime != "onnxruntime":
             raise ConfigError("the pip-installed server has no TensorRT backend: host the engine in Python")
+
+    @property
+    def crop(self) -> int:
+        """The preprocessing output's (and the network input's) size."""
+        return self.user_pipeline.crop if self.user_pipeline else self.preprocessing.crop
 
     def native(self, model: str) -> bool:
         """Whether ``model`` is served by Triton's own backend (not a Python-backend model)."""
@@ -101,7 +130,7 @@ class RepositorySpec:
 
     def configs(self) -> dict[str, mc.ModelConfig]:
         """The three model configs, by model name."""
-        crop = self.preprocessing.crop
+        crop = self.crop
         classifier_parameters: dict[str, object] = {
             "labels_file": LABELS_FILE,
             "preprocessing_model": mc.PREPROCESSING,
@@ -111,12 +140,13 @@ class RepositorySpec:
             if getattr(self, key) is not None:
                 classifier_parameters[key] = getattr(self, key)
         network_parameters = self.network_parameters()
-        return {
+        configs = {
             mc.CLASSIFIER: mc.classifier_config(
                 max_batch_size=self.max_batch_size,
                 device=self.device,
                 parameters=classifier_parameters,
                 max_queue_delay_us=self.queue_delay_us,
+                instances=self.classifier_instances,
             ),
             mc.PREPROCESSING: mc.preprocessing_config(
                 target=self.target,
@@ -126,6 +156,7 @@ class RepositorySpec:
                 num_threads=self.dali_threads,
                 autoconfig=self.dali_autoconfig,
                 max_queue_delay_us=self.queue_delay_us,
+                instances=self.preprocessing_instances,
                 native=self.native(mc.PREPROCESSING),
             ),
             mc.NETWORK: mc.network_config(
@@ -137,9 +168,19 @@ class RepositorySpec:
                 device=self.device,
                 max_queue_delay_us=self.queue_delay_us,
                 parameters=network_parameters,
+                instances=self.network_instances,
                 native=self.native(mc.NETWORK),
             ),
         }
+        mc.add_classification_output(
+            configs[mc.CLASSIFIER], num_classes=self.num_classes, label_filename=f"1/{LABELS_FILE}"
+        )
+        warmup_sizes = sorted({1, self.max_batch_size})
+        image = {"data_type": "TYPE_UINT8", "dims": [WARMUP_IMAGE.stat().st_size], "input_data_file": WARMUP_IMAGE.name}
+        mc.add_warmup(configs[mc.PREPROCESSING], inputs={mc.DALI_INPUT: image}, batch_sizes=warmup_sizes)
+        zeros = {"data_type": "TYPE_FP32", "dims": [3, crop, crop], "zero_data": True}
+        mc.add_warmup(configs[mc.NETWORK], inputs={mc.NETWORK_INPUT: zeros}, batch_sizes=warmup_sizes)
+        return configs
 
     def network_parameters(self) -> dict[str, object] | None:
         """The network's threading parameters, in the keys of whatever hosts it."""
@@ -161,6 +202,7 @@ class RepositorySpec:
         settings["decoder_device"] = decoder_device(self.device)
         settings["max_batch_size"] = self.max_batch_size
         settings["num_threads"] = self.dali_threads
+        settings["hw_decoder_load"] = self.hw_decoder_load
         return settings
 
 
@@ -209,22 +251,28 @@ def write_repository(
 
     shutil.copyfile(TEMPLATE_DIR / mc.CLASSIFIER / "1" / MODEL_FILE, versions[mc.CLASSIFIER] / MODEL_FILE)
     (versions[mc.CLASSIFIER] / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
-    shutil.copyfile(TEMPLATE_DIR / mc.PREPROCESSING / "1" / DALI_FILE, versions[mc.PREPROCESSING] / DALI_FILE)
-    (versions[mc.PREPROCESSING] / SETTINGS_FILE).write_text(json.dumps(spec.dali_settings(), indent=2) + "\n")
+    (output / mc.PREPROCESSING / WARMUP_DIR).mkdir(exist_ok=True)
+    shutil.copyfile(WARMUP_IMAGE, output / mc.PREPROCESSING / WARMUP_DIR / WARMUP_IMAGE.name)
+    if spec.user_pipeline:
+        # Both hostings load the serialized graph: the DALI backend reads model.dali first.
+        (versions[mc.PREPROCESSING] / SERIALIZED_FILE).write_bytes(spec.user_pipeline.serialized)
+    else:
+        shutil.copyfile(TEMPLATE_DIR / mc.PREPROCESSING / "1" / DALI_FILE, versions[mc.PREPROCESSING] / DALI_FILE)
+        (versions[mc.PREPROCESSING] / SETTINGS_FILE).write_text(json.dumps(spec.dali_settings(), indent=2) + "\n")
     for name in (mc.PREPROCESSING, mc.NETWORK):
         if not spec.native(name):
             shutil.copyfile(TEMPLATE_DIR / name / "1" / MODEL_FILE, versions[name] / MODEL_FILE)
-    if spec.target == "local" and spec.native(mc.PREPROCESSING):
+    if spec.target == "local" and spec.native(mc.PREPROCESSING) and not spec.user_pipeline:
         # Serialized with the DALI that will serve it: the DALI backend then loads it directly
         # instead of running python3 to autoserialize dali.py at every load.
-        serialize_pipeline(versions[mc.PREPROCESSING] / DALI_FILE, versions[mc.PREPROCESSING] / SERIALIZED_PIPELINE_FILE)
+        serialize_pipeline(versions[mc.PREPROCESSING] / DALI_FILE, versions[mc.PREPROCESSING] / SERIALIZED_FILE)
     if spec.target == "triton":
         # The NVIDIA Triton container has no bls_pipeline: ship its light modules beside the
         # classifier's model.py, where the Python backend's import path finds them.
         shutil.copytree(
             PACKAGE_DIR,
             versions[mc.CLASSIFIER] / PACKAGE_DIR.name,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", TEMPLATE_DIR.name),
             dirs_exist_ok=True,
         )
 

@@ -17,11 +17,12 @@ from typing import Sequence
 
 import numpy as np
 
+from bls_pipeline import contract
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.request.padding import pad_batch
 
-MODEL_NAME = "classifier"
-OUTPUT_NAMES = ("SCORES", "CLASS_IDS", "LABELS")
+MODEL_NAME = contract.CLASSIFIER
+OUTPUT_NAMES = tuple(spec.name for spec in contract.CLASSIFIER_OUTPUTS)
 
 
 class ClientError(BlsPipelineError):
@@ -45,7 +46,7 @@ def _one_line(exc: Exception) -> str:
 def image_input(httpclient, batch: np.ndarray):
     """The ``IMAGE`` input of a zero-padded ``[N, L]`` uint8 batch, for ``httpclient``
     (the ``tritonclient.http`` module, imported by the caller)."""
-    tensor = httpclient.InferInput("IMAGE", list(batch.shape), "UINT8")
+    tensor = httpclient.InferInput(contract.IMAGE.name, list(batch.shape), contract.IMAGE.datatype)
     tensor.set_data_from_numpy(batch, binary_data=True)
     return tensor
 
@@ -117,9 +118,9 @@ class ClassifierClient:
 
     @staticmethod
     def _parse(result) -> list[Prediction]:
-        scores = result.as_numpy("SCORES")
-        class_ids = result.as_numpy("CLASS_IDS")
-        labels = result.as_numpy("LABELS")
+        scores = result.as_numpy(contract.SCORES_OUTPUT)
+        class_ids = result.as_numpy(contract.CLASS_IDS_OUTPUT)
+        labels = result.as_numpy(contract.LABELS_OUTPUT)
         return [
             Prediction(
                 class_ids=[int(c) for c in class_ids[i]],
@@ -142,6 +143,17 @@ class ClassifierClient:
             raise ClientError(_one_line(exc)) from None
         return self._parse(result)
 
+    def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> "PendingRequest":
+        """Send ``images`` as one request without waiting; :meth:`PendingRequest.result` waits."""
+        inputs, outputs = self._request(images)
+        try:
+            handle = self._client.async_infer(
+                self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k)
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise ClientError(_one_line(exc)) from None
+        return PendingRequest(handle)
+
     def classify_batches(
         self, batches: Sequence[Sequence[bytes]], *, top_k: int | None = None
     ) -> list[list[Prediction] | ClientError]:
@@ -150,17 +162,37 @@ class ClassifierClient:
         Returns per batch its predictions or the :class:`ClientError` of that request, so
         one refused request does not hide the others' results.
         """
-        pending = []
-        for images in batches:
-            inputs, outputs = self._request(images)
-            pending.append(
-                self._client.async_infer(self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k))
-            )
+        pending = [self.submit(images, top_k=top_k) for images in batches]
         results: list[list[Prediction] | ClientError] = []
-        for handle in pending:
+        for request in pending:
             try:
-                results.append(self._parse(handle.get_result()))
-            except Exception as exc:  # noqa: BLE001
-                results.append(ClientError(_one_line(exc)))
+                results.append(request.result())
+            except ClientError as exc:
+                results.append(exc)
         return results
 
+
+class PendingRequest:
+    """A request in flight (``tritonclient``'s async handle), read once with :meth:`result`."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def result(self) -> list[Prediction]:
+        """Wait for the answer; raises :class:`ClientError` if the request failed."""
+        try:
+            return ClassifierClient._parse(self._handle.get_result())
+        except Exception as exc:  # noqa: BLE001 - gevent/socket/server errors have no common base
+            raise ClientError(_one_line(exc)) from None
+
+
+def single_image_reason(error: ClientError) -> str:
+    """Why the server refused a one-image request, without the status and ``image 0:`` prefixes.
+
+    ``image 0: not an image (...)`` becomes ``not an image (...)``: for a file sent alone the
+    index says nothing.
+    """
+    message = str(error)
+    for prefix in ("[400] ", "[StatusCode.INVALID_ARGUMENT] "):
+        message = message.removeprefix(prefix)
+    return message.removeprefix("image 0: ")

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import dataclasses
 import threading
 import time
 import urllib.error
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from bls_pipeline.build.model_config import read_config
 from bls_pipeline.devtools.backends import BACKENDS, native_backends_dir
+from bls_pipeline.devtools.sizing import ServerSizing
 from bls_pipeline.errors import ConfigError, ServerError
 
 LOGGER = logging.getLogger(__name__)
@@ -87,9 +89,12 @@ class ServerOptions:
     log_verbose: int = 0
     # How long tritonserver waits for in-flight requests on SIGTERM (its default is 30 s).
     exit_timeout_s: int = 10
-    # The Python backend's shared memory per stub; DALI batches of 64 images are 38 MB.
-    shm_default_byte_size: int = 64 * 1024 * 1024
-    shm_growth_byte_size: int = 64 * 1024 * 1024
+    # The Python backend's shared memory per stub and the CUDA memory pool per GPU; None:
+    # sized from the repository's configs (devtools.sizing), since Triton's defaults fail
+    # under load (a DALI batch of 64 images is 38 MB; the CUDA pool is 64 MB).
+    shm_default_byte_size: int | None = None
+    shm_growth_byte_size: int | None = None
+    cuda_memory_pool_byte_size: int | None = None
     # Reload a model whose stub died (see the module docstring); needs explicit model control.
     restart_dead_stubs: bool = True
     watchdog_interval_s: float = 1.0
@@ -234,6 +239,8 @@ class LocalTritonServer:
         # Models the watchdog reloaded because their stub died, in order.
         self.reloaded_models: list[str] = []
         self._admin_key = secrets.token_hex(16)
+        # What start() sized the memory pools for (None: not a repository of this project).
+        self.sizing: ServerSizing | None = None
 
     @property
     def url(self) -> str:
@@ -306,8 +313,7 @@ class LocalTritonServer:
             "--strict-readiness=true",
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
-            f"--backend-config=python,shm-default-byte-size={o.shm_default_byte_size}",
-            f"--backend-config=python,shm-growth-byte-size={o.shm_growth_byte_size}",
+            *self.memory_args(),
             *(self._explicit_mode_args() if o.restart_dead_stubs else []),
             *o.extra_args,
         ]
@@ -320,6 +326,18 @@ class LocalTritonServer:
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",
         ]
+
+    def memory_args(self) -> list[str]:
+        """Shared-memory and CUDA-pool flags: the options where given, else sized from the repository."""
+        o = self.options
+        sizing = self.sizing or ServerSizing.defaults()
+        sizing = dataclasses.replace(
+            sizing,
+            shm_default_bytes=o.shm_default_byte_size or sizing.shm_default_bytes,
+            shm_growth_bytes=o.shm_growth_byte_size or sizing.shm_growth_bytes,
+            cuda_pool_bytes=o.cuda_memory_pool_byte_size or sizing.cuda_pool_bytes,
+        )
+        return sizing.server_args()
 
     def start(self) -> None:
         """Start the server and wait until it is ready; raises :class:`ServerError` otherwise."""
@@ -337,6 +355,8 @@ class LocalTritonServer:
                 f"the Python-backend stub would import numpy {numpy_version}; it needs numpy < 2 "
                 "(with numpy 2 every tensor arrives empty): pip install 'numpy<2'"
             )
+        self.sizing = ServerSizing.from_repository(Path(o.model_repository))
+        LOGGER.info("memory: %s", self.sizing.describe() if self.sizing else "Triton's defaults (no classifier repository)")
         self.native_backends = self._find_native_backends()
         self._workdir = Path(tempfile.mkdtemp(prefix="bls-triton-"))
         backends = self._stage_backends(root, self._workdir)

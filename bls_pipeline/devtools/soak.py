@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from bls_pipeline.contract import SCORES_OUTPUT
 from bls_pipeline.devtools.bench.run import percentile
 from bls_pipeline.devtools.client import MODEL_NAME, host_port, image_input, requested_outputs
 from bls_pipeline.request.padding import pad_batch
@@ -314,8 +315,9 @@ def _send(client, httpclient, sample: Sample) -> tuple[str | None, str | None]:
         return str(exc.status()), exc.message()
     except Exception as exc:  # noqa: BLE001 - connection errors of gevent/socket have no common base
         return "connection", f"{type(exc).__name__}: {exc}"
-    if result.as_numpy("SCORES").shape[0] != len(sample.images):
-        return "bad response", f"SCORES for {result.as_numpy('SCORES').shape[0]} images, sent {len(sample.images)}"
+    scores = result.as_numpy(SCORES_OUTPUT)
+    if scores.shape[0] != len(sample.images):
+        return "bad response", f"{SCORES_OUTPUT} for {scores.shape[0]} images, sent {len(sample.images)}"
     return None, None
 
 

@@ -4,8 +4,8 @@ The public endpoint decodes strangers' bytes with DALI, and a decoder allocates 
 header declares before it sees a single pixel: a 100 KB file can declare 65000x65000 pixels
 (a decompression bomb, about 12 GB of RGB). :func:`check_image` reads only the header, so the
 server can refuse such an image, or a format it does not accept, before decoding. It needs
-only the standard library (and numpy, through :mod:`bls_pipeline.request.padding`, to check that a TIFF
-is complete): it runs where neither PIL nor DALI is installed.
+only the standard library, numpy and :mod:`bls_pipeline.request.image_formats` (signatures, end
+markers, declared sizes): it runs where neither PIL nor DALI is installed.
 
 Example::
 
@@ -22,42 +22,30 @@ import struct
 from dataclasses import dataclass
 
 from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.request.image_formats import (
+    FORMAT_NAMES,
+    JPEG_EOI,
+    declared_size,
+    describe_unknown,
+    detect_format,
+    marker_end,
+    truncated_format,
+)
 
 # All decoded by DALI's image decoder, which cannot decode GIF. DALI decodes JPEG 2000 too,
 # but the endpoint does not offer it.
 ACCEPTED_FORMATS = ("jpeg", "png", "bmp", "tiff", "webp")
 
-_FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "tiff": "TIFF", "webp": "WebP"}
-_ACCEPTED_LIST = ", ".join(_FORMAT_NAMES[f] for f in ACCEPTED_FORMATS)
+_ACCEPTED_LIST = ", ".join(FORMAT_NAMES[f] for f in ACCEPTED_FORMATS)
 
 # Each tiny segment costs a Python loop turn, so a file made of millions of empty segments
 # would hold a worker for seconds; real files (EXIF, XMP, a 255-part ICC profile) need far
 # fewer before the frame header.
 MAX_JPEG_SEGMENTS = 1024
 
-# Signatures of formats that are images but refused, so the client learns why.
-_REFUSED_SIGNATURES = (
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (b"II+\x00", "BigTIFF"),
-    (b"MM\x00+", "BigTIFF"),
-)
-
-_ACCEPTED_SIGNATURES = (
-    (b"\xff\xd8", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"RIFF", "webp"),  # RIFF is also WAV, AVI...: the parser checks the type
-)
-
 # A JPEG marker: any number of 0xFF fill bytes, then the marker code. A regular expression
 # skips a long run of fill bytes in C, without copying the buffer.
 _JPEG_MARKER = re.compile(rb"\xff+([^\xff])")
-_JPEG_EOI = b"\xff\xd9"
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
 _JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: no length field
 
@@ -116,33 +104,27 @@ def check_complete(data: bytes | bytearray | memoryview, fmt: str) -> None:
     view = memoryview(data).cast("B")
     size = len(view)
     if fmt == "jpeg":
-        if bytes(view[-2:]) == _JPEG_EOI:
+        if bytes(view[-2:]) == JPEG_EOI:
             return
-        whole = data if isinstance(data, bytes) else view.tobytes()
-        if whole.rfind(_JPEG_EOI) < _jpeg_frame_header(view):
+        end = marker_end(view, "jpeg", size)
+        if end is None or end - len(JPEG_EOI) < _jpeg_frame_header(view):
             raise ImageHeaderError("truncated JPEG (no end-of-image marker after the frame header)")
     elif fmt == "png":
-        whole = data if isinstance(data, bytes) else view.tobytes()
-        if whole.rfind(b"IEND", 33) < 0:
+        if marker_end(view, "png", size) is None:
             raise ImageHeaderError("truncated PNG (no IEND chunk)")
     elif fmt == "webp":
-        (riff_size,) = struct.unpack_from("<I", view, 4)
-        if riff_size + 8 > size:
-            raise ImageHeaderError(f"truncated WebP (its header declares {riff_size + 8} bytes, got {size})")
+        declared = declared_size(view, "webp") or 0
+        if declared > size:
+            raise ImageHeaderError(f"truncated WebP (its header declares {declared} bytes, got {size})")
     elif fmt == "bmp":
-        declared, _, offset = struct.unpack_from("<III", view, 2)
         # Some writers leave the file size 0; the pixel data offset is always set.
-        if declared > size or offset >= size:
-            raise ImageHeaderError(f"truncated BMP (its header declares {max(declared, offset + 1)} bytes, got {size})")
+        (offset,) = struct.unpack_from("<I", view, 10)
+        declared = max(declared_size(view, "bmp") or 0, offset + 1)
+        if declared > size:
+            raise ImageHeaderError(f"truncated BMP (its header declares {declared} bytes, got {size})")
     elif fmt == "tiff":
-        # padding walks the IFDs to find where a TIFF ends; the same walk says what is missing.
-        # Imported here: padding needs numpy, and this module otherwise only the standard library.
-        from bls_pipeline.request.padding import tiff_structure_end
-
-        try:
-            end = tiff_structure_end(view)
-        except (struct.error, ValueError):  # a corrupt IFD chain: the decoder will say so
-            return
+        # None for a corrupt IFD chain: the decoder will say so.
+        end = declared_size(view, "tiff")
         if end is not None and end > size:
             raise ImageHeaderError(f"truncated TIFF (its strips or tiles end at byte {end}, got {size})")
 
@@ -166,17 +148,18 @@ def _identify(view: memoryview) -> str:
     """Return the format key for the magic bytes of ``view``; raise for refused or unknown data."""
     if len(view) == 0:
         raise ImageHeaderError("empty image")
-    head = bytes(view[:16])
-    for signature, name in _REFUSED_SIGNATURES:
-        if head.startswith(signature):
-            raise ImageHeaderError(
-                f"{name} images are not accepted; accepted formats: {_ACCEPTED_LIST}"
-            )
-    for signature, fmt in _ACCEPTED_SIGNATURES:
-        # A prefix of a signature is a truncated image, which deserves that message.
-        if head.startswith(signature) or signature.startswith(head):
-            return fmt
-    raise ImageHeaderError(f"not an image (unknown format, first bytes {head[:4].hex(' ')})")
+    fmt = detect_format(view)
+    if fmt in ACCEPTED_FORMATS:
+        return fmt
+    if fmt is not None:
+        raise ImageHeaderError(
+            f"{FORMAT_NAMES[fmt]} images are not accepted; accepted formats: {_ACCEPTED_LIST}"
+        )
+    # A prefix of a signature is a truncated image, which deserves that message.
+    fmt = truncated_format(view, ACCEPTED_FORMATS)
+    if fmt is None:
+        raise ImageHeaderError(f"not an image ({describe_unknown(view)})")
+    return fmt
 
 
 def _jpeg_size(view: memoryview) -> tuple[int, int]:
@@ -301,9 +284,6 @@ def _webp_size(view: memoryview) -> tuple[int, int]:
     """Return the size from the first chunk of a RIFF/WEBP file: VP8, VP8L or VP8X."""
     if len(view) < 20:
         raise ImageHeaderError("truncated WebP header")
-    kind = bytes(view[8:12])
-    if kind != b"WEBP":
-        raise ImageHeaderError(f"not an image (RIFF container of type {kind!r})")
     chunk, length = struct.unpack_from("<4sI", view, 12)
     if chunk == b"VP8 ":  # lossy: frame tag (3), start code (3), 14-bit sizes
         if length < 10:

@@ -6,7 +6,7 @@ drive the same code in process with real DALI and a real network.
 Example (in process)::
 
     settings = ClassifierSettings(max_batch_size=64)
-    classify = Orchestrator(preprocess=dali_on_rows, infer=network, max_batch_size=64)
+    classify = Orchestrator(preprocess=dali_on_rows, infer=network, max_batch_size=64)  # rows -> handle -> logits
     request = prepare_request(padded_rows, top_k="3", settings=settings, num_classes=1000)
     results = classify(request.images)          # per image: logits or an InvalidImageError
 """
@@ -14,13 +14,13 @@ Example (in process)::
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
+from bls_pipeline.request.faults import summarize_dali_error
 from bls_pipeline.request.image_header import ImageHeaderError, check_image
 from bls_pipeline.request.padding import pad_batch, trim_padding
 from bls_pipeline.request.postprocess import map_labels, parse_top_k, softmax, top_k
@@ -118,16 +118,23 @@ def prepare_request(
 class Orchestrator:
     """Preprocess and infer many images as few large batches, isolating bad images.
 
-    ``preprocess`` takes a zero-padded ``[N, L]`` uint8 batch and returns ``[N, 3, H, W]``;
-    ``infer`` maps that to logits ``[N, C]``. Both raise :class:`SubModelError` on failure.
-    When preprocessing refuses a batch (an image that passed header checks but does not
-    decode), its images are preprocessed one by one so that only the bad ones fail. When the
-    sub-model itself fails (a dead stub), every image of the batch fails with that error:
-    retrying image by image would only blame the images, and slowly.
+    ``preprocess`` takes a zero-padded ``[N, L]`` uint8 batch and returns the preprocessed
+    batch of those ``N`` images as an opaque handle (a host array, or a tensor that stays in
+    GPU memory); ``infer`` takes such a handle and returns host logits ``[N, C]``. The
+    orchestrator never reads, stacks or slices a handle: it only counts images and hands the
+    handle on, so that a GPU batch never comes to the host. Both raise
+    :class:`SubModelError` on failure.
+
+    When preprocessing refuses a batch because an image does not decode, the images are
+    preprocessed one by one to find the bad ones, then the good ones once more as one batch
+    (stacking the single-image handles would need their memory). When the sub-model itself
+    fails (a dead stub, a CUDA error: see :mod:`bls_pipeline.request.faults`), every image of
+    the batch fails with that error: retrying image by image would only blame the images, and
+    slowly.
     """
 
-    preprocess: Callable[[np.ndarray], np.ndarray]
-    infer: Callable[[np.ndarray], np.ndarray]
+    preprocess: Callable[[np.ndarray], Any]
+    infer: Callable[[Any], np.ndarray]
     max_batch_size: int
 
     def __call__(self, images: Sequence[bytes]) -> list[np.ndarray | BlsPipelineError]:
@@ -139,8 +146,7 @@ class Orchestrator:
 
     def _classify_chunk(self, images: Sequence[bytes]) -> list[np.ndarray | BlsPipelineError]:
         results: list[np.ndarray | BlsPipelineError | None] = [None] * len(images)
-        batch = self._preprocess_isolated(images, results)
-        good = [i for i, result in enumerate(results) if result is None]
+        batch, good = self._preprocess_isolated(images, results)
         if not good:
             return results  # type: ignore[return-value]
         try:
@@ -155,29 +161,39 @@ class Orchestrator:
 
     def _preprocess_isolated(
         self, images: Sequence[bytes], results: list[np.ndarray | BlsPipelineError | None]
-    ) -> np.ndarray:
-        """The preprocessed batch of the images that decode; errors go into ``results``."""
-        empty = np.empty((0,), np.float32)
+    ) -> tuple[Any, list[int]]:
+        """The preprocessed batch of the images that decode, and their indices; errors go into ``results``."""
         try:
-            return self.preprocess(pad_batch(images))
+            return self.preprocess(pad_batch(images)), list(range(len(images)))
         except SubModelError as exc:
             if not exc.invalid_input:
                 results[:] = [exc] * len(images)
-                return empty
+                return None, []
             if len(images) == 1:
                 results[0] = _image_error(exc)
-                return empty
+                return None, []
             LOGGER.info("preprocessing a batch of %d failed (%s): retrying image by image", len(images), exc)
-        arrays = []
+        good = []
         for index, image in enumerate(images):
             try:
-                arrays.append(self.preprocess(pad_batch([image]))[0])
+                self.preprocess(pad_batch([image]))
             except SubModelError as exc:
                 if not exc.invalid_input:
-                    results[index:] = [exc] * (len(images) - index)
-                    break
+                    # The sub-model failed: no image is to blame, and none can be preprocessed.
+                    for i in [*good, *range(index, len(images))]:
+                        results[i] = exc
+                    return None, []
                 results[index] = _image_error(exc)
-        return np.stack(arrays) if arrays else empty
+                continue
+            good.append(index)
+        if not good:
+            return None, []
+        try:
+            return self.preprocess(pad_batch([images[i] for i in good])), good
+        except SubModelError as exc:
+            for i in good:
+                results[i] = exc
+            return None, []
 
 
 def _image_error(exc: SubModelError) -> InvalidImageError:
@@ -185,61 +201,23 @@ def _image_error(exc: SubModelError) -> InvalidImageError:
     return InvalidImageError(0, f"cannot be decoded ({exc.model_name}: {summarize_dali_error(exc.message)})")
 
 
-# Lines of DALI's error text that carry no reason: headers, the traceback of the pipeline
-# definition, and the note that follows every failure of a pipeline run.
-_DALI_NOISE = ("File ", "Critical error", "Error in", "which was", "encountered:", "Current pipeline object")
-_DALI_SAMPLE = re.compile(r"\s+(?:of )?sample #\d+")
-
-
-# DALI names the operator that failed on the data: "Error in CPU operator `...decoders.image`".
-_DALI_OPERATOR_ERROR = re.compile(r"Error in \w+ operator")
-
-
-def blames_input(message: str) -> bool:
-    """Whether a sub-model's error message is about its input rather than the sub-model.
-
-    Triton 2.51 hands every failed BLS response back as ``INTERNAL`` (the sub-model's
-    ``INVALID_ARG`` is lost), so the code cannot tell an image DALI cannot decode from a dead
-    stub ("Stub process 'preprocessing_0_0' is not healthy."). DALI's operator errors are
-    about the data, whether the DALI backend or this package's DALI model sent them.
-    """
-    return _DALI_OPERATOR_ERROR.search(message) is not None
-
-
-def summarize_dali_error(message: str) -> str:
-    """One line out of DALI's multi-line error: the failing operator and DALI's reason.
-
-    DALI numbers samples within its own batch (``Failed to decode sample #0 :``), which
-    means nothing to a client: the number is dropped.
-    """
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if not lines:
-        return message
-    operator = next((line for line in lines if line.startswith("Error in")), None)
-    reason = next((line for line in reversed(lines) if not line.startswith(_DALI_NOISE)), None)
-    if reason is None:
-        reason = "" if operator else lines[-1]
-    reason = re.sub(r"\s+:", ":", _DALI_SAMPLE.sub("", reason)).rstrip(" :")
-    if operator is None:
-        return reason
-    operator = operator.rstrip(",")
-    return f"{operator}: {reason}" if reason else operator
-
-
 @dataclass
 class Classification:
-    """The endpoint's outputs for one request: ``[N, K]`` each."""
+    """The endpoint's outputs for one request: ``[N, K]`` each, and the full ``[N, C]`` softmax."""
 
     scores: np.ndarray
     class_ids: np.ndarray
     labels: np.ndarray
+    probabilities: np.ndarray
 
 
-def classify_request(logits: np.ndarray, k: int, labels: Sequence[str]) -> Classification:
+def classify_request(logits: np.ndarray, k: int, labels: Sequence[str] | np.ndarray) -> Classification:
     """Softmax, top-k and label names for the ``[N, C]`` logits of one request."""
     probabilities = softmax(logits)
     scores, class_ids = top_k(probabilities, k)
-    return Classification(scores=scores, class_ids=class_ids, labels=map_labels(class_ids, labels))
+    return Classification(
+        scores=scores, class_ids=class_ids, labels=map_labels(class_ids, labels), probabilities=probabilities
+    )
 
 
 def request_error(results: Sequence[np.ndarray | BlsPipelineError]) -> BlsPipelineError | None:

@@ -1,7 +1,7 @@
 """Run the DALI preprocessing pipeline in this process.
 
 Used by the ``preprocessing`` model of a ``--target local`` repository (a Python-backend model
-hosting the same ``dali.py`` that the DALI backend serves in the NVIDIA Triton container), by
+hosting the same ``dali.py`` or ``model.dali`` that the DALI backend serves in the NVIDIA Triton container), by
 the in-process reference of the tests and by the benchmark.
 
 The decoder runs where ``preprocessing.json`` says (``decoder_device``: ``cpu`` or ``mixed``,
@@ -12,6 +12,7 @@ Example::
     runner = DaliPreprocessor.from_file(repo / "preprocessing" / "1" / "dali.py", max_batch_size=64)
     images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224], host memory
     on_gpu = runner.on_gpu(rows)                             # torch CUDA tensor (mixed decoder only)
+    served = DaliPreprocessor.from_version_dir(repo / "preprocessing" / "1", on_device=False, max_batch_size=64)
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import logging
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+from bls_pipeline.contract import DALI_INPUT
+from bls_pipeline.model_sources import model_source
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +36,9 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
-PACKAGED_PIPELINE = Path(__file__).resolve().parents[2] / "model_repository" / "preprocessing" / "1" / "dali.py"
+PACKAGED_PIPELINE = model_source("preprocessing", "dali.py")
+# A serialized pipeline (what Triton's DALI backend loads first); its input is DALI_INPUT.
+SERIALIZED_FILE = "model.dali"
 # Runs between two returns of free heap memory to the OS (see release_free_memory).
 TRIM_EVERY_RUNS = 64
 
@@ -72,47 +78,33 @@ def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> Mo
 class DaliPreprocessor:
     """A built DALI pipeline that turns encoded images into a float32 ``[N, 3, H, W]`` batch.
 
-    The decoder device is the settings' ``decoder_device``; ``gpu_id`` only says which GPU a
-    ``mixed`` decoder uses. Batches larger than ``max_batch_size`` run in chunks. A decoding
+    ``make_pipeline`` returns a new pipeline each time it is called (after a decoder failure
+    the pipeline is rebuilt); ``on_device`` says whether its output is in GPU memory (a
+    ``mixed`` decoder). Batches larger than ``max_batch_size`` run in chunks. A decoding
     error raises ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
     """
 
     def __init__(
         self,
-        module: ModuleType,
+        make_pipeline: Callable[[], Any],
         *,
+        input_name: str,
         max_batch_size: int,
-        num_threads: int | None = None,
-        gpu_id: int = 0,
-        settings: dict | None = None,
+        on_device: bool,
+        description: str = "",
     ) -> None:
-        self.settings = dict(module.load_settings(None) if settings is None else settings)
         self.max_batch_size = max_batch_size
-        decoder_device = self.settings["decoder_device"]
-        self.on_device = decoder_device != "cpu"
-        device_id = gpu_id if self.on_device else None
-        self.input_name = module.INPUT_NAME
-        self._make_pipeline = lambda: module.preprocessing(
-            batch_size=max_batch_size,
-            num_threads=num_threads or self.settings["num_threads"],
-            device_id=device_id,
-            # One fed batch per run: the pipeline must not wait for a second one.
-            prefetch_queue_depth=1,
-            resize_shorter=self.settings["resize_shorter"],
-            crop=self.settings["crop"],
-            interpolation=self.settings["interpolation"],
-            mean=self.settings["mean"],
-            std=self.settings["std"],
-            decoder_device=decoder_device,
-        )
+        self.on_device = on_device
+        self.input_name = input_name
+        self._make_pipeline = make_pipeline
         self._pipe = self._build()
         self._runs = 0
-        LOGGER.info(
-            "DALI preprocessing built: max batch %d, %s decoder, settings %s",
-            max_batch_size,
-            decoder_device,
-            self.settings,
-        )
+        LOGGER.info("DALI preprocessing built: max batch %d, %s", max_batch_size, description)
+
+    @property
+    def decoder_device(self) -> str:
+        """DALI's decoder placement: ``mixed`` (GPU) or ``cpu``."""
+        return "mixed" if self.on_device else "cpu"
 
     def _build(self):
         pipe = self._make_pipeline()
@@ -128,15 +120,83 @@ class DaliPreprocessor:
         num_threads: int | None = None,
         gpu_id: int = 0,
     ) -> "DaliPreprocessor":
-        """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``."""
+        """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``.
+
+        The decoder device is the settings' ``decoder_device``; ``gpu_id`` only says which GPU
+        a ``mixed`` decoder uses.
+        """
         module = load_pipeline_module(path)
-        return cls(
-            module,
-            max_batch_size=max_batch_size,
-            num_threads=num_threads,
-            gpu_id=gpu_id,
-            settings=module.load_settings(Path(path).resolve().parent),
+        settings = module.load_settings(Path(path).resolve().parent)
+        decoder_device = settings["decoder_device"]
+        on_device = decoder_device != "cpu"
+        make_pipeline = lambda: module.preprocessing(  # noqa: E731
+            batch_size=max_batch_size,
+            num_threads=num_threads or settings["num_threads"],
+            device_id=gpu_id if on_device else None,
+            # One fed batch per run: the pipeline must not wait for a second one.
+            prefetch_queue_depth=1,
+            resize_shorter=settings["resize_shorter"],
+            crop=settings["crop"],
+            interpolation=settings["interpolation"],
+            mean=settings["mean"],
+            std=settings["std"],
+            decoder_device=decoder_device,
         )
+        return cls(
+            make_pipeline,
+            input_name=module.INPUT_NAME,
+            max_batch_size=max_batch_size,
+            on_device=on_device,
+            description=f"{decoder_device} decoder, settings {settings}",
+        )
+
+    @classmethod
+    def from_serialized(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_batch_size: int,
+        on_device: bool,
+        num_threads: int | None = None,
+        gpu_id: int = 0,
+    ) -> "DaliPreprocessor":
+        """Build from a serialized pipeline (``model.dali``) whose input is ``DALI_INPUT``.
+
+        Its decoder device is part of the graph, written from the repository's device setting;
+        ``on_device`` is that setting (the model's instance kind): a ``mixed`` decoder needs it.
+        """
+        from nvidia.dali.pipeline import Pipeline
+
+        serialized = Path(path).read_bytes()
+        overrides = {"num_threads": num_threads} if num_threads else {}
+        make_pipeline = lambda: Pipeline.deserialize(  # noqa: E731
+            serialized,
+            batch_size=max_batch_size,
+            device_id=gpu_id if on_device else None,
+            prefetch_queue_depth=1,
+            **overrides,
+        )
+        return cls(
+            make_pipeline,
+            input_name=DALI_INPUT,
+            max_batch_size=max_batch_size,
+            on_device=on_device,
+            description=f"serialized pipeline {path}",
+        )
+
+    @classmethod
+    def from_version_dir(
+        cls, directory: str | os.PathLike[str], *, on_device: bool, **options: Any
+    ) -> "DaliPreprocessor":
+        """The pipeline of a ``preprocessing/1`` folder: ``model.dali`` if there is one, else ``dali.py``.
+
+        ``on_device`` (the model's instance kind) matters for ``model.dali`` only: ``dali.py``
+        takes its decoder device from ``preprocessing.json``.
+        """
+        serialized = Path(directory) / SERIALIZED_FILE
+        if serialized.is_file():
+            return cls.from_serialized(serialized, on_device=on_device, **options)
+        return cls.from_file(Path(directory) / "dali.py", **options)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]`` on the host."""
@@ -155,7 +215,7 @@ class DaliPreprocessor:
         import torch
 
         if not self.on_device:
-            raise RuntimeError("on_gpu() needs a mixed (GPU) decoder; preprocessing.json says cpu")
+            raise RuntimeError("on_gpu() needs a mixed (GPU) decoder; this pipeline decodes on the CPU")
         chunks = [torch.from_dlpack(self._run(chunk).as_tensor()).clone() for chunk in self._chunks(images)]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 

@@ -29,6 +29,7 @@ LOGGER = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
+TORCH_WEIGHTS_FILE = "model.pt"
 
 
 class Network(Protocol):
@@ -137,6 +138,26 @@ def tensorrt_importable() -> bool:
     return True
 
 
+def gpu_runtime_missing() -> str | None:
+    """Why the network cannot run on a GPU here, or ``None`` when a GPU runtime is installed."""
+    if tensorrt_importable():
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    except ImportError:
+        pass
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "no GPU network runtime: neither TensorRT, torch with CUDA nor ONNX Runtime is importable"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None
+    return "no GPU network runtime: no TensorRT, torch sees no CUDA device and ONNX Runtime has no CUDAExecutionProvider"
+
+
 def network_options(parameters: Mapping[str, str]) -> dict[str, Any]:
     """The :func:`load_network` keywords that a network model's config ``parameters`` set.
 
@@ -156,13 +177,16 @@ def load_network(
     gpu_id: int = 0,
     intra_op_threads: int = 0,
     allow_spinning: bool = True,
+    max_batch_size: int = 64,
 ) -> Network:
     """The network of a model version directory, on ``device``.
 
     ``cpu``: ``model.onnx`` on ONNX Runtime's CPU provider (``intra_op_threads`` and
     ``allow_spinning`` apply). ``gpu``: ``model.plan`` on TensorRT when it exists and TensorRT
-    is importable, else ``model.onnx`` on ONNX Runtime's CUDA provider (an error when that
-    provider is missing: a GPU repository is never served on the CPU by accident).
+    is importable, else the build's ``model.pt`` on torch CUDA (FP16, one CUDA graph per batch
+    bucket up to ``max_batch_size``: measured fastest where TensorRT is missing, see docs/gpu.md),
+    else ``model.onnx`` on ONNX Runtime's CUDA provider (an error when that provider is missing:
+    a GPU repository is never served on the CPU by accident).
     """
     version_dir = Path(version_dir)
     plan, onnx_path = version_dir / PLAN_FILE, version_dir / ONNX_FILE
@@ -171,7 +195,12 @@ def load_network(
         if plan.is_file() and tensorrt_importable():
             return TensorRTNetwork(plan, gpu_id=gpu_id)
         if plan.is_file():
-            LOGGER.warning("%s exists but TensorRT is not importable: using %s", plan, onnx_path)
+            LOGGER.warning("%s exists but TensorRT is not importable: using the next GPU runtime", plan)
+        torch_weights = version_dir / TORCH_WEIGHTS_FILE
+        if torch_weights.is_file():
+            from bls_pipeline.runtime.torch_network import TorchCudaNetwork
+
+            return TorchCudaNetwork.from_file(torch_weights, max_batch_size=max_batch_size, device=f"cuda:{gpu_id}")
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no network file: expected {onnx_path} (or {plan} with TensorRT installed)")
     return OnnxRuntimeNetwork(

@@ -1,10 +1,14 @@
-"""The only module that talks to the Python backend (``triton_python_backend_utils``).
+"""The Python-backend models: adapters from ``triton_python_backend_utils`` to ``bls_pipeline``.
 
 The classes here implement the Python backend's ``TritonPythonModel`` interface
 (``initialize(args)``, ``execute(requests)``), so each ``model.py`` of the repository is one
 import: :class:`ClassifierModel` (the BLS endpoint), :class:`PreprocessingModel` (DALI
 hosted in Python, ``--target local``) and :class:`NetworkModel` (TensorRT or ONNX Runtime
-hosted in Python, ``--target local``). :func:`call_model` performs every BLS call and its error check.
+hosted in Python, ``--target local``). Every BLS call goes through :mod:`bls_pipeline.serving.bls`.
+
+Each instance runs on the device of its instance kind (``args["model_instance_kind"]``),
+which the build wrote from the repository's one device setting. On a GPU the preprocessed
+batch stays in GPU memory from DALI to the network (DLPack), and only logits reach the host.
 
 This module imports only numpy and ``bls_pipeline``'s light modules at import time, because
 the classifier runs in the NVIDIA Triton container where torch and DALI are not installed.
@@ -20,51 +24,28 @@ from typing import Any, Sequence
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bls_pipeline.request.orchestration import (
-    ClassifierSettings,
-    Orchestrator,
-    blames_input,
-    classify_request,
-    summarize_dali_error,
-    prepare_request,
-    request_error,
+from bls_pipeline.contract import (
+    CLASS_IDS_OUTPUT,
+    DALI_INPUT,
+    DALI_OUTPUT,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    NETWORK,
+    NETWORK_INPUT,
+    NETWORK_OUTPUT,
+    PREPROCESSING,
+    PROBABILITIES_OUTPUT,
+    SCORES_OUTPUT,
 )
-from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
-from bls_pipeline.request.postprocess import load_labels
-from bls_pipeline.runtime.device import device_of_instance_kind
+from bls_pipeline.errors import BlsPipelineError, InvalidRequestError
+from bls_pipeline.request.faults import blames_input, summarize_dali_error
+from bls_pipeline.request.orchestration import ClassifierSettings, Orchestrator, classify_request, prepare_request, request_error
+from bls_pipeline.request.postprocess import label_table, load_labels
+from bls_pipeline.runtime.device import GPU, device_of_instance_kind
+from bls_pipeline.serving.bls import call_model, error_response, host_array
+from bls_pipeline.serving.metrics import ClassifierMetrics, StageTimer, refusal_reason
 
 LOGGER = logging.getLogger(__name__)
-
-# Names of the contract; duplicated from model_config on purpose: that module needs
-# tritonclient's protobufs, which the NVIDIA Triton container does not have.
-IMAGE_INPUT, SCORES_OUTPUT, CLASS_IDS_OUTPUT, LABELS_OUTPUT = "IMAGE", "SCORES", "CLASS_IDS", "LABELS"
-DALI_INPUT, DALI_OUTPUT = "DALI_INPUT", "DALI_OUTPUT"
-NETWORK_INPUT, NETWORK_OUTPUT = "INPUT", "OUTPUT"
-
-
-def call_model(model_name: str, inputs: dict[str, np.ndarray], output_name: str) -> np.ndarray:
-    """Run one BLS request on ``model_name`` and return one output; errors name the model."""
-    request = pb_utils.InferenceRequest(
-        model_name=model_name,
-        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
-        requested_output_names=[output_name],
-    )
-    response = request.exec()
-    if response.has_error():
-        error = response.error()
-        invalid = error.code() == pb_utils.TritonError.INVALID_ARG or blames_input(error.message())
-        raise SubModelError(model_name, error.message(), invalid_input=invalid)
-    output = pb_utils.get_output_tensor_by_name(response, output_name)
-    if output is None:
-        raise SubModelError(model_name, f"response has no output {output_name!r}")
-    return output.as_numpy()
-
-
-def error_response(error: BlsPipelineError | Exception) -> Any:
-    """A failed response: ``INVALID_ARG`` for bad input, ``INTERNAL`` for everything else."""
-    if isinstance(error, (InvalidImageError, InvalidRequestError)):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INTERNAL))
 
 
 def _parameters(model_config: dict) -> dict[str, str]:
@@ -80,6 +61,11 @@ def _gpu_id(args: dict) -> int:
     return int(args.get("model_instance_device_id", 0))
 
 
+def _internal_error(message: str) -> Any:
+    # The full text: the classifier reads it to tell a server fault from a bad image.
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
+
 def _version_dir(args: dict) -> Path:
     return Path(args["model_repository"]) / args["model_version"]
 
@@ -93,16 +79,29 @@ def request_top_k(request: Any) -> object:
     return json.loads(request.parameters() or "{}").get("top_k")
 
 
-def classification_response(logits: np.ndarray, k: int, labels: Sequence[str]) -> Any:
-    """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits."""
+def wants_probabilities(request: Any) -> bool:
+    """Whether the request asked for ``PROBABILITIES`` (Triton's classification extension).
+
+    Only then is the ``[N, classes]`` tensor sent through shared memory; Triton turns it into
+    ``"score:index:label"`` strings itself when the client set ``class_count``.
+    """
+    return PROBABILITIES_OUTPUT in request.requested_output_names()
+
+
+def classification_response(
+    logits: np.ndarray, k: int, labels: Sequence[str] | np.ndarray, *, probabilities: bool = False
+) -> Any:
+    """The endpoint's answer to one request: ``SCORES``, ``CLASS_IDS``, ``LABELS`` of its logits,
+    and with ``probabilities`` the full softmax as ``PROBABILITIES``."""
     outputs = classify_request(logits, k, labels)
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
-            pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
-            pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
-        ]
-    )
+    tensors = [
+        pb_utils.Tensor(SCORES_OUTPUT, outputs.scores),
+        pb_utils.Tensor(CLASS_IDS_OUTPUT, outputs.class_ids),
+        pb_utils.Tensor(LABELS_OUTPUT, outputs.labels),
+    ]
+    if probabilities:
+        tensors.append(pb_utils.Tensor(PROBABILITIES_OUTPUT, outputs.probabilities))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 class ClassifierModel:
@@ -113,40 +112,60 @@ class ClassifierModel:
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
-        self.labels = load_labels(_version_dir(args) / parameters["labels_file"])
-        preprocessing = parameters.get("preprocessing_model", "preprocessing")
-        network = parameters.get("network_model", "efficientnet-b0")
+        self.labels = label_table(load_labels(_version_dir(args) / parameters["labels_file"]))
+        preprocessing = parameters.get("preprocessing_model", PREPROCESSING)
+        network = parameters.get("network_model", NETWORK)
+        # On a GPU the preprocessed batch is asked for in this GPU's memory and handed to the
+        # network as it is; the logits are asked for in host memory.
+        gpu_id = _gpu_id(args) if _device(args) == GPU else None
+        self.timer = StageTimer()
+        self.metrics = ClassifierMetrics(
+            model=args["model_name"], version=args["model_version"], max_batch_size=config["max_batch_size"]
+        )
         self.orchestrator = Orchestrator(
-            preprocess=lambda batch: call_model(preprocessing, {DALI_INPUT: batch}, DALI_OUTPUT),
-            infer=lambda images: call_model(network, {NETWORK_INPUT: images}, NETWORK_OUTPUT),
+            preprocess=self.timer.timed(
+                "preprocessing", lambda rows: call_model(preprocessing, {DALI_INPUT: rows}, DALI_OUTPUT, gpu_id=gpu_id)
+            ),
+            infer=self.timer.timed(
+                "network", lambda batch: host_array(network, call_model(network, {NETWORK_INPUT: batch}, NETWORK_OUTPUT))
+            ),
             max_batch_size=config["max_batch_size"],
         )
+
+    def _refuse(self, error: BlsPipelineError, *, decoded: bool) -> Any:
+        self.metrics.refused(refusal_reason(error, decoded=decoded))
+        return error_response(error)
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """One response per request; every valid image of every request goes in one batch."""
         responses: list[Any] = [None] * len(requests)
         prepared = {}
-        for index, request in enumerate(requests):
-            try:
-                prepared[index] = prepare_request(
-                    _input(request, IMAGE_INPUT),
-                    top_k=request_top_k(request),
-                    settings=self.settings,
-                    num_classes=len(self.labels),
-                )
-            except BlsPipelineError as exc:
-                responses[index] = error_response(exc)
+        with self.timer.stage("trim_check"):
+            for index, request in enumerate(requests):
+                try:
+                    prepared[index] = prepare_request(
+                        _input(request, IMAGE_INPUT),
+                        top_k=request_top_k(request),
+                        settings=self.settings,
+                        num_classes=len(self.labels),
+                    )
+                except BlsPipelineError as exc:
+                    responses[index] = self._refuse(exc, decoded=False)
         images = [image for item in prepared.values() for image in item.images]
         results = self.orchestrator(images) if images else []
         offset = 0
-        for index, item in prepared.items():
-            own = results[offset : offset + len(item.images)]
-            offset += len(item.images)
-            error = request_error(own)
-            if error is not None:
-                responses[index] = error_response(error)
-                continue
-            responses[index] = classification_response(np.stack(own), item.top_k, self.labels)
+        with self.timer.stage("postprocessing"):
+            for index, item in prepared.items():
+                own = results[offset : offset + len(item.images)]
+                offset += len(item.images)
+                error = request_error(own)
+                if error is not None:
+                    responses[index] = self._refuse(error, decoded=True)
+                    continue
+                responses[index] = classification_response(
+                    np.stack(own), item.top_k, self.labels, probabilities=wants_probabilities(requests[index])
+                )
+        self.metrics.record(self.timer, images=len(images))
         return responses
 
 
@@ -155,8 +174,27 @@ def _split_rows(requests: Sequence[Any], name: str) -> tuple[list[np.ndarray], l
     return arrays, [len(array) for array in arrays]
 
 
+def _gpu_batch(requests: Sequence[Any], name: str, gpu_id: int) -> tuple[Any, list[int]]:
+    """The inputs ``name`` of ``requests`` as one torch tensor on GPU ``gpu_id``, and their row counts.
+
+    GPU inputs are read through DLPack, without a copy; host inputs (a client that sent them
+    directly) are copied up.
+    """
+    import torch
+
+    device = torch.device("cuda", gpu_id)
+    parts = []
+    for request in requests:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor.is_cpu():
+            parts.append(torch.from_numpy(tensor.as_numpy()).to(device))
+        else:
+            parts.append(torch.from_dlpack(tensor.to_dlpack()))
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), [len(part) for part in parts]
+
+
 class PreprocessingModel:
-    """The DALI pipeline of ``1/dali.py`` hosted in a Python-backend model (``--target local``)."""
+    """The DALI pipeline of ``1/model.dali`` or ``1/dali.py`` hosted in a Python-backend model (``--target local``)."""
 
     def initialize(self, args: dict) -> None:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
@@ -164,25 +202,48 @@ class PreprocessingModel:
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
-        # The decoder device comes from preprocessing.json (the repository's device setting).
-        self.runner = DaliPreprocessor.from_file(
-            _version_dir(args) / "dali.py",
+        # The decoder device is the repository's device setting: in preprocessing.json for
+        # dali.py, in the graph of model.dali (and this instance's kind) for a user pipeline.
+        self.runner = DaliPreprocessor.from_version_dir(
+            _version_dir(args),
+            on_device=_device(args) == GPU,
             max_batch_size=config["max_batch_size"],
             num_threads=int(parameters.get("num_threads", 0)) or None,
             gpu_id=_gpu_id(args),
         )
+        memory = f"GPU {_gpu_id(args)}" if self.runner.on_device else "host"
+        pb_utils.Logger.log_info(
+            f"preprocessing: DALI {self.runner.decoder_device} decoder, outputs in {memory} memory"
+        )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
-        """Decode every row of every request as one DALI batch; isolate failures per request."""
+        """Decode every row of every request as one DALI batch; isolate failures per request.
+
+        A decoder failure on the data fails the request that holds the image (``INVALID_ARG``;
+        with several requests, each is retried alone to find it). Any other failure (a CUDA
+        error, out of memory) is the server's: every request fails ``INTERNAL`` at once, with
+        the full DALI text, which the classifier reads and logs.
+        """
         arrays, counts = _split_rows(requests, DALI_INPUT)
         rows = [row for array in arrays for row in array]
         try:
-            outputs = np.split(self.runner(rows), np.cumsum(counts)[:-1])
+            outputs = self._outputs(rows, counts)
         except RuntimeError as exc:
+            message = str(exc)
+            if not blames_input(message):
+                return [_internal_error(message)] * len(requests)
             if len(requests) == 1:
-                return [error_response(InvalidRequestError(summarize_dali_error(str(exc))))]
+                return [error_response(InvalidRequestError(summarize_dali_error(message)))]
             return [response for request in requests for response in self.execute([request])]
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(DALI_OUTPUT, out)]) for out in outputs]
+        return [pb_utils.InferenceResponse(output_tensors=[output]) for output in outputs]
+
+    def _outputs(self, rows: list[np.ndarray], counts: list[int]) -> list[Any]:
+        """One ``DALI_OUTPUT`` tensor per request: in GPU memory for a mixed decoder, else host."""
+        if self.runner.on_device:
+            import torch
+
+            return [pb_utils.Tensor.from_dlpack(DALI_OUTPUT, part) for part in torch.split(self.runner.on_gpu(rows), counts)]
+        return [pb_utils.Tensor(DALI_OUTPUT, part) for part in np.split(self.runner(rows), np.cumsum(counts)[:-1])]
 
 
 class NetworkModel:
@@ -192,15 +253,24 @@ class NetworkModel:
         """Set up from the Python backend's ``args`` (called once per model instance)."""
         from bls_pipeline.runtime.network import load_network, network_options
 
-        parameters = _parameters(json.loads(args["model_config"]))
+        config = json.loads(args["model_config"])
+        self.device, self.gpu_id = _device(args), _gpu_id(args)
         self.network = load_network(
-            _version_dir(args), device=_device(args), gpu_id=_gpu_id(args), **network_options(parameters)
+            _version_dir(args),
+            device=self.device,
+            gpu_id=self.gpu_id,
+            max_batch_size=config["max_batch_size"],
+            **network_options(_parameters(config)),
         )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
-        """Run every request's images through the network as one batch."""
-        arrays, counts = _split_rows(requests, NETWORK_INPUT)
-        logits = self.network(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+        """Run every request's images through the network as one batch; logits go back in host memory."""
+        if self.device == GPU:
+            batch, counts = _gpu_batch(requests, NETWORK_INPUT, self.gpu_id)
+        else:
+            arrays, counts = _split_rows(requests, NETWORK_INPUT)
+            batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        logits = self.network(batch)
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(NETWORK_OUTPUT, out)])
             for out in np.split(logits, np.cumsum(counts)[:-1])

@@ -87,3 +87,28 @@ def scores_by_class(prediction) -> np.ndarray:
     vector = np.zeros(1000, np.float64)
     vector[prediction.class_ids] = prediction.scores
     return vector
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[tuple[str, frozenset], float]:
+    """The server's ``/metrics`` (Prometheus text format) as ``{(name, labels): value}``."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+    metrics = {}
+    for line in text.splitlines():
+        match = sample.match(line)
+        if match is None:  # comments (# HELP, # TYPE) and blank lines
+            continue
+        name, labels, value = match.groups()
+        pairs = frozenset(re.findall(r'(\w+)="([^"]*)"', labels or ""))
+        metrics[(name, pairs)] = float(value)
+    return metrics
+
+
+def metric(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (key, pairs), value in metrics.items() if key == name and wanted <= pairs)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bls_pipeline.devtools.cli import ExitCode
 from bls_pipeline.devtools.server import free_port
 from tests.conftest import PHOTOS
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT / "samples"
-TOOLS = ["build_repo", "build_backends", "serve", "classify"]
+TOOLS = ["build_repo", "build_backends", "serve", "classify", "capacity"]
 SAMPLE_FILES = {"chelsea.jpg": "chelsea", "coffee.jpg": "coffee", "rocket.png": "rocket"}
 EXPECTED_LABELS = {"chelsea": "Egyptian cat", "coffee": "espresso", "rocket": "missile"}
 
@@ -88,12 +89,23 @@ def test_help_exits_0_and_documents_every_flag(tool):
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_unknown_flag_exits_2_with_one_error_line(tool):
-    # classify's required PATH is given, so that the flag is what argparse complains about.
-    result = run_tool(tool, "--no-such-flag", *(["samples/"] if tool == "classify" else []))
+    # Required arguments are given, so that the flag is what argparse complains about.
+    required = {"classify": ["samples/"], "capacity": ["--images-per-s", "1", "--p99-ms", "100"]}
+    result = run_tool(tool, "--no-such-flag", *required.get(tool, []))
 
     assert result.returncode == 2
     line = assert_one_line_error(result, tool)
     assert "--no-such-flag" in line
+
+
+@pytest.mark.parametrize("tool", [*TOOLS, "soak", "bench", "demo", "build_backends"])
+def test_help_documents_the_exit_codes_every_tool_shares(tool):
+    result = run_tool(tool, "--help")
+
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for code in ExitCode:
+        assert re.search(rf"(?<!\d){code.value} [a-z]", text), f"{tool} --help does not explain exit code {code.value}"
 
 
 def test_classify_help_shows_an_example():
@@ -113,7 +125,7 @@ def test_build_repo_refuses_a_non_empty_output_without_force(tmp_path):
 
     result = run_tool("build_repo", "--output", str(output))
 
-    assert result.returncode != 0
+    assert result.returncode == ExitCode.INPUT
     line = assert_one_line_error(result, "build_repo")
     assert str(output) in line and "--force" in line
     assert (output / "keep.txt").read_text() == "precious"
@@ -124,7 +136,7 @@ def test_build_repo_names_a_missing_checkpoint(tmp_path):
 
     result = run_tool("build_repo", "--checkpoint", str(missing), "--output", str(tmp_path / "repo"))
 
-    assert result.returncode != 0
+    assert result.returncode == ExitCode.INPUT
     assert str(missing) in assert_one_line_error(result, "build_repo")
 
 
@@ -136,7 +148,7 @@ def test_classify_reports_an_unreachable_server_in_one_line():
 
     result = run_tool("classify", "--url", url, "samples/chelsea.jpg", timeout=60)
 
-    assert result.returncode == 1
+    assert result.returncode == ExitCode.SERVER
     assert url in assert_one_line_error(result, "classify")
     assert result.stdout == ""
 
@@ -150,28 +162,14 @@ def test_classify_reports_an_unreachable_server_in_one_line():
     ],
     ids=["missing-path", "folder-without-images", "glob-without-matches"],
 )
-def test_classify_path_errors_exit_1_before_contacting_a_server(tmp_path, make_argument, message):
+def test_classify_path_errors_exit_with_the_input_code_before_contacting_a_server(tmp_path, make_argument, message):
     (tmp_path / "notes.txt").write_text("not an image")
 
     # A server is never asked: the URL is unreachable and the error is about the path.
     result = run_tool("classify", "--url", f"127.0.0.1:{free_port()}", make_argument(tmp_path), timeout=60)
 
-    assert result.returncode == 1
+    assert result.returncode == ExitCode.INPUT
     assert message in assert_one_line_error(result, "classify")
-
-
-def test_classify_collects_folders_recursively_by_case_insensitive_extension(tmp_path):
-    from tools.classify import collect_files
-
-    for name in ["a.JPG", "sub/b.png", "sub/deeper/c.WebP", "sub/notes.txt", "d.tiff", "e.gif"]:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"x")
-
-    found = collect_files([str(tmp_path), str(tmp_path / "**" / "*.png"), str(tmp_path / "sub" / "notes.txt")])
-
-    relative = [p.relative_to(tmp_path).as_posix() for p in found]
-    # Duplicates from the glob are dropped; a file named explicitly is taken whatever its name.
-    assert relative == ["a.JPG", "d.tiff", "sub/b.png", "sub/deeper/c.WebP", "sub/notes.txt"]
 
 
 # --- classify: against the session's server -----------------------------------------------
@@ -234,3 +232,56 @@ def test_a_file_over_max_bytes_is_reported_without_being_sent(triton_server):
     assert "larger than --max-bytes" in rows["samples/rocket.png"]
     assert EXPECTED_LABELS["coffee"] in rows["samples/coffee.jpg"]
     assert "1 of 3 files failed" in result.stderr
+
+
+def jsonl_folder(tmp_path: Path, copies: int) -> list[str]:
+    """``copies`` of each sample photo, and one broken file among them; their sorted names."""
+    for index in range(copies):
+        for file in SAMPLE_FILES:
+            shutil.copy(SAMPLES / file, tmp_path / f"{index:03d}-{file}")
+    (tmp_path / "001-broken.png").write_text("this is text, not a PNG")
+    return sorted(path.name for path in tmp_path.iterdir())
+
+
+def test_jsonl_has_one_object_per_file_in_order_with_errors_in_place(triton_server, tmp_path):
+    names = jsonl_folder(tmp_path, copies=3)
+
+    result = run_tool(
+        "classify", "--url", triton_server.url, "--jsonl", "--top-k", "2", "--batch-size", "2", str(tmp_path)
+    )
+
+    assert result.returncode == ExitCode.FAILED
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(line["file"]).name for line in lines] == names
+    for name, line in zip(names, lines):
+        if name == "001-broken.png":
+            assert "not an image" in line["error"] and "predictions" not in line
+        else:
+            photo = SAMPLE_FILES[name[4:]]
+            assert [p["class_id"] for p in line["predictions"]][0] == PHOTOS[photo]
+            assert len(line["predictions"]) == 2
+    assert f"1 of {len(names)} files failed" in result.stderr
+
+
+def test_jsonl_lines_arrive_while_later_files_are_still_being_classified(triton_server, tmp_path):
+    names = jsonl_folder(tmp_path, copies=30)
+    command = [sys.executable, "tools/classify.py", "--url", triton_server.url, "--jsonl",
+               "--batch-size", "1", "--concurrency", "1", str(tmp_path)]
+
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        first = process.stdout.readline()
+        # 90 more one-image requests, one at a time, are still to come when the first line is out.
+        still_running = process.poll() is None
+        rest, errors = process.communicate(timeout=300)
+
+    assert still_running, "the first JSON line only came when the whole run was over"
+    assert Path(json.loads(first)["file"]).name == names[0]
+    assert len(rest.splitlines()) == len(names) - 1
+    assert "Traceback" not in errors
+
+
+def test_no_progress_bar_frames_reach_a_redirected_stderr(triton_server):
+    result = run_tool("classify", "--url", triton_server.url, "--json", "samples/")
+
+    assert result.returncode == 0
+    assert result.stderr == ""

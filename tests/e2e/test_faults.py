@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bls_pipeline.build import model_config as mc
 from bls_pipeline.devtools.client import ClassifierClient, ClientError
 from bls_pipeline.errors import ServerError
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 from tests.conftest import encode
-from tests.e2e._support import copy_repository, hosting_of, start_server, stub_of
+from bls_pipeline.request.padding import pad_batch
+from tests.e2e._support import copy_repository, hosting_of, raw_infer, start_server, stub_of
 
 pytestmark = pytest.mark.e2e
 
@@ -147,6 +149,46 @@ def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(
     assert time.monotonic() - started < 60
     assert str(raised.value).startswith("tritonserver exited with code 1 while starting")
     assert message.format(path=onnx) in str(raised.value)
+
+
+# A step in front of DALI's decoder that fails as a GPU out of memory does: DALI reports it
+# as an operator error, the text the classifier once took for a bad image.
+CUDA_FAULT = '''
+
+def _cuda_fault(sample):
+    raise RuntimeError("CUDA runtime API error cudaErrorMemoryAllocation (2):\\nout of memory")
+'''
+
+
+def test_a_cuda_error_in_preprocessing_is_internal_logged_and_not_retried_image_by_image(
+    built_repository, tmp_path, cat_jpeg
+):
+    repository = copy_repository(built_repository, tmp_path / "repository")
+    dali = repository / "preprocessing" / "1" / "dali.py"
+    decoder = "    images = fn.decoders.image("
+    source = dali.read_text()
+    assert decoder in source
+    failing = "    encoded = fn.python_function(encoded, function=_cuda_fault)\n" + decoder
+    dali.write_text(source.replace(decoder, failing) + CUDA_FAULT)
+    # The fault is for requests: the warmup samples would hit it first and fail the load.
+    config_path = repository / "preprocessing" / "config.pbtxt"
+    config = mc.read_config(config_path)
+    del config.model_warmup[:]
+    mc.write_config(config_path, config)
+    log_path = tmp_path / "tritonserver.log"
+    server = start_server(repository, log_path)
+    try:
+        result, status, message = raw_infer(server.url, pad_batch([cat_jpeg, cat_jpeg, cat_jpeg]))
+    finally:
+        server.stop()
+
+    assert result is None and status == "500"  # the server's fault (INTERNAL), not 400
+    assert message.startswith("preprocessing: Error in CPU operator `nvidia.dali.fn.python_function`")
+    assert message.endswith("out of memory") and "\n" not in message
+    log = log_path.read_text()
+    # One failed BLS call, logged with DALI's full text: no image-by-image retry.
+    assert log.count("preprocessing failed: ") == 1
+    assert "cudaErrorMemoryAllocation" in log
 
 
 # --- security -----------------------------------------------------------------------------------

@@ -234,3 +234,17 @@ def test_load_requests_carry_padded_rows_of_consecutive_images(per_request):
 def test_images_per_request_must_be_positive(tmp_path):
     with pytest.raises(BenchError, match="images-per-request"):
         BenchOptions(repository=tmp_path, images_per_request=0)
+
+
+def test_the_naive_model_declares_the_classifiers_top_k_outputs_only():
+    from bls_pipeline import contract
+    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.build.repository import RepositorySpec
+    from bls_pipeline.devtools.bench.repository import naive_config
+
+    configs = RepositorySpec(target="local", max_batch_size=4, num_classes=10).configs()
+
+    naive = naive_config(configs[mc.CLASSIFIER], configs[mc.NETWORK])
+
+    assert [output.name for output in naive.output] == [spec.name for spec in contract.CLASSIFIER_OUTPUTS]
+    assert contract.PROBABILITIES_OUTPUT in [output.name for output in configs[mc.CLASSIFIER].output]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bls_pipeline.request.orchestration import Orchestrator, blames_input, request_error, summarize_dali_error
+from bls_pipeline.request.faults import blames_input, summarize_dali_error
+from bls_pipeline.request.orchestration import Orchestrator, request_error
 from bls_pipeline.errors import InvalidImageError, SubModelError
 
 # What DALI 2.4 raises for a JPEG cut in half (the decoder's own reason goes to stderr).
@@ -30,6 +31,13 @@ DALI_DECODE_ERROR = (
         ),
         ("Stub process 'preprocessing_0_0' is not healthy.", "Stub process 'preprocessing_0_0' is not healthy."),
         ("", ""),
+        (
+            "Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.python_function`,\n"
+            "encountered:\n\nDLTensorPythonFunction error: RuntimeError: CUDA runtime API error (2):\nout of memory\n\n"
+            "At:\n  /repo/dali.py(4): boom\n  /site-packages/nvidia/dali/python_function.py(210): func\n\n"
+            "Current pipeline object is no longer valid.",
+            "Error in CPU operator `nvidia.dali.fn.python_function`: out of memory",
+        ),
     ],
 )
 def test_dali_errors_are_summarized_in_one_line_without_dali_sample_numbers(message, summary):
@@ -113,6 +121,72 @@ def test_a_sub_model_that_dies_during_the_retry_fails_the_rest_of_the_batch():
 )
 def test_only_dali_operator_errors_blame_the_input(message, about_input):
     assert blames_input(message) is about_input
+
+
+def _decoder_error(reason: str, device: str = "MIXED") -> str:
+    return DALI_DECODE_ERROR.replace("CPU operator", f"{device} operator").replace("Failed to decode sample #3 : ", reason)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _decoder_error("CUDA runtime API error cudaErrorMemoryAllocation (2):\nout of memory"),
+        _decoder_error("CUDA driver API error CUDA_ERROR_ILLEGAL_ADDRESS (700):\nan illegal memory access was encountered"),
+        _decoder_error("Can't allocate 38535168 bytes on device 0."),
+        _decoder_error("std::bad_alloc", device="CPU"),
+        _decoder_error("nvJPEG error (NVJPEG_STATUS_EXECUTION_FAILED)"),
+        "DALI Backend error: Critical error in pipeline:\nError in MIXED operator `nvidia.dali.fn.decoders.image`\nout of memory",
+        "Error in CPU operator `nvidia.dali.fn.resize`: Failed",  # not the decoder: not about one image
+        "Request timed out",
+        "Model 'preprocessing' is not ready: the model is reloading",
+    ],
+)
+def test_cuda_errors_memory_and_timeouts_never_blame_the_image(message):
+    assert blames_input(message) is False
+
+
+@pytest.mark.parametrize(
+    ("message", "system_fault"),
+    [
+        (_decoder_error("CUDA runtime API error cudaErrorMemoryAllocation (2):\nout of memory"), True),
+        (DALI_DECODE_ERROR, False),
+        # A traceback path is no reason, whatever it is called.
+        (DALI_DECODE_ERROR.replace("/repo/preprocessing", "/srv/cuda error out of memory/preprocessing"), False),
+    ],
+)
+def test_a_system_fault_is_read_from_the_reason_not_the_traceback(message, system_fault):
+    from bls_pipeline.request.faults import is_system_fault
+
+    assert is_system_fault(message) is system_fault
+    assert blames_input(message) is not system_fault
+
+
+def test_a_cuda_error_in_a_batch_fails_every_image_once_without_a_retry():
+    calls = []
+
+    def out_of_memory(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        message = _decoder_error("CUDA runtime API error cudaErrorMemoryAllocation (2):\nout of memory")
+        raise SubModelError("preprocessing", message, invalid_input=blames_input(message))
+
+    results = Orchestrator(preprocess=out_of_memory, infer=_network, max_batch_size=8)([b"\x01ok", b"\x02ok"])
+
+    assert calls == [2]
+    assert all(type(r) is SubModelError for r in results)
+
+
+def test_only_the_images_that_decode_are_preprocessed_again_as_one_batch_for_the_network():
+    batches: list[int] = []
+    preprocessing = FakePreprocessing()
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        batches.append(len(batch))
+        return preprocessing(batch)
+
+    results = Orchestrator(preprocess=counting, infer=_network, max_batch_size=8)([b"\x01ok", b"bad", b"\x02ok"])
+
+    assert batches == [3, 1, 1, 1, 2]  # the batch, each image, then the good ones together
+    assert [r[0] for r in (results[0], results[2])] == [1.0, 2.0]
 
 
 def _settings(**kwargs):

@@ -85,7 +85,7 @@ def test_a_model_that_cannot_be_hosted_natively_here_is_refused(native, kwargs, 
 
 
 def test_a_natively_hosted_local_repository_ships_a_serialized_pipeline_and_no_model_py(tmp_path):
-    from bls_pipeline.build.repository import DALI_FILE, MODEL_FILE, SERIALIZED_PIPELINE_FILE, write_repository
+    from bls_pipeline.build.repository import DALI_FILE, MODEL_FILE, SERIALIZED_FILE, write_repository
 
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"onnx")
@@ -94,8 +94,8 @@ def test_a_natively_hosted_local_repository_ships_a_serialized_pipeline_and_no_m
     write_repository(output, local_spec(frozenset({mc.PREPROCESSING, mc.NETWORK})), labels=list("abcde"), network_files=[onnx])
 
     files = {path.relative_to(output).as_posix() for path in output.rglob("*") if path.is_file()}
-    assert f"{mc.PREPROCESSING}/1/{SERIALIZED_PIPELINE_FILE}" in files
+    assert f"{mc.PREPROCESSING}/1/{SERIALIZED_FILE}" in files
     assert f"{mc.PREPROCESSING}/1/{DALI_FILE}" in files
     assert {f"{mc.PREPROCESSING}/1/{MODEL_FILE}", f"{mc.NETWORK}/1/{MODEL_FILE}"}.isdisjoint(files)
     # The serialized pipeline is DALI's protobuf, naming the external source the classifier feeds.
-    assert b"DALI_INPUT" in (output / mc.PREPROCESSING / "1" / SERIALIZED_PIPELINE_FILE).read_bytes()
+    assert b"DALI_INPUT" in (output / mc.PREPROCESSING / "1" / SERIALIZED_FILE).read_bytes()

@@ -12,7 +12,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from bls_pipeline.errors import InvalidRequestError
-from bls_pipeline.request.padding import detect_format, pad_batch, trim_padding
+from bls_pipeline.request.image_formats import detect_format
+from bls_pipeline.request.padding import pad_batch, trim_padding
 from tests.conftest import encode
 
 EOI = b"\xff\xd9"
@@ -288,30 +289,6 @@ def test_pad_batch_rejects_an_empty_batch() -> None:
 def test_trim_padding_rejects_rows_that_are_not_1d_uint8(row: np.ndarray) -> None:
     with pytest.raises(InvalidRequestError, match="1-D uint8"):
         trim_padding(row)
-
-
-@pytest.mark.parametrize(
-    ("head", "fmt"),
-    [
-        (b"\xff\xd8\xff\xdb", "jpeg"),
-        (b"\x89PNG\r\n\x1a\n", "png"),
-        (b"GIF87a", "gif"),
-        (b"GIF89a", "gif"),
-        (b"BM", "bmp"),
-        (b"II*\x00", "tiff"),
-        (b"MM\x00*", "tiff"),
-        (b"RIFF\x00\x00\x00\x00WEBP", "webp"),
-        (b"RIFF\x00\x00\x00\x00WAVE", None),
-        (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"),
-        (b"\xff\x4f\xff\x51", "jpeg2000"),
-        (b"P6\n", "pnm"),
-        (b"PK\x03\x04", None),
-        (b"", None),
-    ],
-)
-def test_detect_format_reads_magic_bytes(head: bytes, fmt: str | None) -> None:
-    assert detect_format(head) == fmt
-    assert detect_format(memoryview(head)) == fmt
 
 
 def test_trimming_a_multi_megabyte_row_keeps_the_image(encoded_images: Images) -> None:

@@ -17,6 +17,8 @@ from bls_pipeline.build.repository import (
     LABELS_FILE,
     MODEL_FILE,
     SETTINGS_FILE,
+    WARMUP_DIR,
+    WARMUP_IMAGE,
     RepositorySpec,
     prepare_output,
     preprocessing_defaults,
@@ -99,6 +101,43 @@ def test_the_three_configs_agree_on_names_and_shapes(spec: RepositorySpec) -> No
     if preprocessing.output:
         assert _dims(preprocessing.output, mc.DALI_OUTPUT) == _dims(network.input, mc.NETWORK_INPUT)
         assert _dims(preprocessing.input, mc.DALI_INPUT) == [-1]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_classifier_offers_the_full_probabilities_with_its_labels_file_for_class_count(spec: RepositorySpec) -> None:
+    classifier = spec.configs()[mc.CLASSIFIER]
+
+    (output,) = [output for output in classifier.output if output.name == mc.PROBABILITIES_OUTPUT]
+    assert output.data_type == mc.model_config_pb2.TYPE_FP32
+    assert list(output.dims) == [NUM_CLASSES]
+    # Triton resolves it against the model's directory; the classifier reads the same file.
+    assert output.label_filename == f"1/{mc.parameters_of(classifier)['labels_file']}"
+    assert [o.name for o in classifier.output if o.label_filename] == [mc.PROBABILITIES_OUTPUT]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_sub_models_warm_up_at_one_image_and_the_max_batch_before_ready(spec: RepositorySpec) -> None:
+    configs = spec.configs()
+    crop = spec.preprocessing.crop
+
+    # A BLS request fails while the server starts ("Server not ready"): the classifier cannot warm up.
+    assert not configs[mc.CLASSIFIER].model_warmup
+    for name, input_name in ((mc.PREPROCESSING, mc.DALI_INPUT), (mc.NETWORK, mc.NETWORK_INPUT)):
+        samples = configs[name].model_warmup
+        assert [sample.batch_size for sample in samples] == [1, spec.max_batch_size]
+        assert all(list(sample.inputs) == [input_name] for sample in samples)
+    image = configs[mc.PREPROCESSING].model_warmup[0].inputs[mc.DALI_INPUT]
+    assert (image.input_data_file, list(image.dims)) == (WARMUP_IMAGE.name, [WARMUP_IMAGE.stat().st_size])
+    zeros = configs[mc.NETWORK].model_warmup[0].inputs[mc.NETWORK_INPUT]
+    assert zeros.zero_data and list(zeros.dims) == [3, crop, crop]
+
+
+def test_warmup_image_is_a_real_jpeg_photograph() -> None:
+    from bls_pipeline.request.image_header import check_image
+
+    data = WARMUP_IMAGE.read_bytes()
+    check_image(data, max_bytes=len(data), max_pixels=10**7)
+    assert data[:3] == b"\xff\xd8\xff" and len(data) > 10_000
 
 
 @pytest.mark.parametrize("spec", [spec for spec in SPECS if spec.values[0].target == "triton"])
@@ -257,6 +296,7 @@ def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, targe
         f"{mc.PREPROCESSING}/config.pbtxt",
         f"{mc.PREPROCESSING}/1/{DALI_FILE}",
         f"{mc.PREPROCESSING}/1/{SETTINGS_FILE}",
+        f"{mc.PREPROCESSING}/{WARMUP_DIR}/{WARMUP_IMAGE.name}",
         f"{mc.NETWORK}/config.pbtxt",
         f"{mc.NETWORK}/1/model.onnx",
     }

@@ -45,8 +45,57 @@ class FakeTensor:
     def name(self) -> str:
         return self._name
 
+    def is_cpu(self) -> bool:
+        return True
+
     def as_numpy(self) -> np.ndarray:
         return self._array
+
+    def to_dlpack(self) -> "FakeCapsule":
+        return FakeCapsule(self._array, on_gpu=not self.is_cpu())
+
+    @staticmethod
+    def from_dlpack(name: str, capsule: "FakeCapsule") -> "FakeTensor":
+        return (FakeGpuTensor if capsule.on_gpu else FakeTensor)(name, capsule.array)
+
+
+class FakeGpuTensor(FakeTensor):
+    """A tensor in GPU memory: like the real one, it refuses ``as_numpy``."""
+
+    def is_cpu(self) -> bool:
+        return False
+
+    def as_numpy(self) -> np.ndarray:
+        raise RuntimeError("as_numpy() can only be called on a CPU tensor")
+
+
+class FakeCapsule:
+    """What ``to_dlpack`` hands over: the same memory, no copy."""
+
+    def __init__(self, array: np.ndarray, *, on_gpu: bool) -> None:
+        self.array, self.on_gpu = array, on_gpu
+
+
+class FakePreferredMemory:
+    def __init__(self, memory_type: int, device_id: int = 0) -> None:
+        self.memory_type, self.device_id = memory_type, device_id
+
+
+class FakeLogger:
+    errors: list[str] = []
+    infos: list[str] = []
+
+    @classmethod
+    def log_error(cls, message: str) -> None:
+        cls.errors.append(message)
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls.infos.append(message)
+
+
+class FakeModelException(Exception):
+    pass
 
 
 class FakeResponse:
@@ -61,18 +110,53 @@ class FakeResponse:
         return self._error
 
 
+class FakeMetric:
+    def __init__(self, labels: dict[str, str], buckets: list[float] | None = None) -> None:
+        self.labels, self.buckets, self.values = labels, buckets, []
+
+    def increment(self, value: float) -> None:
+        self.values.append(value)
+
+    observe = increment
+
+
+class FakeMetricFamily:
+    """Records every value sent, by family name; the real one is checked in tests/e2e."""
+
+    COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+    created: dict[str, list[FakeMetric]] = {}
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.kind = name, kind
+        self.created[name] = []
+
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> FakeMetric:  # noqa: N802 (backend's name)
+        if (buckets is not None) != (self.kind == self.HISTOGRAM):
+            raise ValueError("buckets are required for histograms only")
+        metric = FakeMetric(labels, buckets)
+        self.created[self.name].append(metric)
+        return metric
+
+
 class FakeRequest:
     """A client request, or a BLS request whose ``exec`` runs the named in-process model."""
 
     models: dict[str, object] = {}
 
-    def __init__(self, model_name: str = "", inputs: list[FakeTensor] = (), requested_output_names=(), parameters=None) -> None:
+    def __init__(
+        self, model_name: str = "", inputs: list[FakeTensor] = (), requested_output_names=(), parameters=None, preferred_memory=None
+    ) -> None:
         self.model_name = model_name
+        self.preferred_memory = preferred_memory
         self.inputs = {t.name(): t for t in inputs}
+        self._requested = list(requested_output_names)
         self._parameters = json.dumps(parameters or {})
 
     def parameters(self) -> str:
         return self._parameters
+
+    def requested_output_names(self) -> list[str]:
+        return self._requested
 
     def exec(self) -> FakeResponse:
         (response,) = self.models[self.model_name].execute([self])
@@ -85,27 +169,34 @@ def _fake_module() -> types.ModuleType:
     module.InferenceRequest = FakeRequest
     module.InferenceResponse = FakeResponse
     module.TritonError = FakeTritonError
+    module.TritonModelException = FakeModelException
+    module.PreferredMemory = FakePreferredMemory
+    module.TRITONSERVER_MEMORY_CPU, module.TRITONSERVER_MEMORY_GPU = 0, 2
+    module.Logger = FakeLogger
+    module.MetricFamily = FakeMetricFamily
     module.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
     module.get_output_tensor_by_name = lambda response, name: response.outputs.get(name)
     return module
 
 
-def _args(repository: Path, name: str) -> dict:
+def _args(repository: Path, name: str, kind: str = "CPU") -> dict:
     config = mc.read_config(repository / name / "config.pbtxt")
     return {
         "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+        "model_name": name,
         "model_repository": str(repository / name),
         "model_version": "1",
-        "model_instance_kind": "CPU",
+        "model_instance_kind": kind,
+        "model_instance_device_id": "0",
     }
 
 
-def _load_model_py(repository: Path, name: str):
+def _load_model_py(repository: Path, name: str, kind: str = "CPU"):
     spec = importlib.util.spec_from_file_location(f"model_{name.replace('-', '_')}", repository / name / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     instance = module.TritonPythonModel()
-    instance.initialize(_args(repository, name))
+    instance.initialize(_args(repository, name, kind))
     return instance
 
 
@@ -115,20 +206,27 @@ def models(python_repository: Path):
     saved = sys.modules.get("triton_python_backend_utils")
     sys.modules["triton_python_backend_utils"] = _fake_module()
     sys.modules.pop("bls_pipeline.serving.models", None)
+    sys.modules.pop("bls_pipeline.serving.bls", None)
     try:
         loaded = {name: _load_model_py(python_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")}
         FakeRequest.models = loaded
         yield loaded
     finally:
         sys.modules.pop("bls_pipeline.serving.models", None)
+        sys.modules.pop("bls_pipeline.serving.bls", None)
         if saved is None:
             sys.modules.pop("triton_python_backend_utils", None)
         else:
             sys.modules["triton_python_backend_utils"] = saved
 
 
-def _request(images: list[bytes], **parameters: object) -> FakeRequest:
-    return FakeRequest(inputs=[FakeTensor("IMAGE", pad_batch(images))], parameters=parameters)
+def _request(images: list[bytes], outputs: tuple[str, ...] = (), **parameters: object) -> FakeRequest:
+    return FakeRequest(inputs=[FakeTensor("IMAGE", pad_batch(images))], requested_output_names=outputs, parameters=parameters)
+
+
+def _sent(family: str, label: str) -> dict[str, float]:
+    """Everything the classifier sent to a metric family so far, summed by one label's value."""
+    return {metric.labels[label]: sum(metric.values) for metric in FakeMetricFamily.created[family]}
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +291,183 @@ def test_a_bad_top_k_is_an_invalid_argument(models, jpegs, top_k):
 
     assert response.has_error() and response.error().code() == INVALID_ARG
     assert "top_k" in response.error().message()
+
+
+def test_full_probabilities_are_sent_only_to_requests_that_ask_for_them(models, jpegs):
+    asked, plain = models["classifier"].execute(
+        [_request([jpegs["coffee"]], outputs=("PROBABILITIES", "SCORES")), _request([jpegs["rocket"]])]
+    )
+
+    probabilities = asked.outputs["PROBABILITIES"].as_numpy()
+    assert probabilities.shape == (1, 1000) and probabilities.dtype == np.float32
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    assert probabilities[0].argmax() == 967
+    assert probabilities[0, 967] == pytest.approx(asked.outputs["SCORES"].as_numpy()[0, 0])
+    assert "PROBABILITIES" not in plain.outputs
+
+
+def test_each_execute_sends_its_stage_times_and_image_count_once(models, jpegs):
+    from bls_pipeline.serving.metrics import EXECUTE_IMAGES, STAGE_DURATION, STAGES
+
+    stages_before = {m.labels["stage"]: len(m.values) for m in FakeMetricFamily.created[STAGE_DURATION]}
+    (images,) = FakeMetricFamily.created[EXECUTE_IMAGES]
+    observed_before = len(images.values)
+
+    models["classifier"].execute([_request([jpegs["coffee"], jpegs["rocket"]]), _request([jpegs["chelsea"]])])
+
+    assert images.values[observed_before:] == [3.0]
+    assert images.buckets[-1] == 16.0 and images.labels == {"model": "classifier", "version": "1"}
+    for metric in FakeMetricFamily.created[STAGE_DURATION]:
+        assert len(metric.values) == stages_before[metric.labels["stage"]] + 1
+        assert metric.values[-1] > 0, metric.labels["stage"]
+    assert sorted(stages_before) == sorted(STAGES)
+
+
+def test_refusals_are_counted_by_reason(models, jpegs, photos):
+    from bls_pipeline.devtools.soak import corrupt_png_data
+    from bls_pipeline.serving.metrics import REFUSALS
+
+    before = _sent(REFUSALS, "reason")
+    # Its header is sound, its pixel data is not: the decoder refuses it.
+    corrupt = corrupt_png_data(encode(photos["coffee"], "PNG"))
+    requests = [
+        _request([jpegs["coffee"]], top_k=0),
+        _request([b"not an image at all"]),
+        _request([corrupt]),
+        _request([jpegs["coffee"]]),
+    ]
+
+    responses = models["classifier"].execute(requests)
+
+    assert [response.has_error() for response in responses] == [True, True, True, False]
+    after = _sent(REFUSALS, "reason")
+    assert {reason: after[reason] - before[reason] for reason in after} == {
+        "invalid_request": 1,
+        "invalid_image": 1,
+        "undecodable": 1,
+        "submodel_failure": 0,
+    }
+
+
+# --- tensors in GPU memory ------------------------------------------------------------------
+
+
+class AnswersInGpuMemory:
+    """The real preprocessing model, answering in GPU memory as a mixed-decoder DALI model does."""
+
+    def __init__(self, model) -> None:
+        self.model, self.requests = model, []
+
+    def execute(self, requests):
+        self.requests.extend(requests)
+        return [
+            FakeResponse([FakeGpuTensor(t.name(), t.as_numpy()) for t in response.outputs.values()])
+            for response in self.model.execute(requests)
+        ]
+
+
+class ComputesOnGpuInputs:
+    """The real network, reading its input through DLPack as the network model on a GPU does."""
+
+    def __init__(self, model) -> None:
+        self.model, self.requests = model, []
+
+    def execute(self, requests):
+        self.requests.extend(requests)
+        (request,) = requests
+        images = request.inputs["INPUT"]
+        assert not images.is_cpu(), "the preprocessed batch came back to the host"
+        return [FakeResponse([FakeTensor("OUTPUT", self.model.network(images.to_dlpack().array))])]
+
+
+def test_on_a_gpu_the_preprocessed_batch_goes_to_the_network_without_reaching_the_host(
+    models, jpegs, python_repository, monkeypatch
+):
+    preprocessing = AnswersInGpuMemory(models["preprocessing"])
+    network = ComputesOnGpuInputs(models["efficientnet-b0"])
+    monkeypatch.setattr(FakeRequest, "models", {"preprocessing": preprocessing, "efficientnet-b0": network})
+    classifier = _load_model_py(python_repository, "classifier", kind="GPU")
+
+    first, second = classifier.execute(
+        [_request([jpegs["coffee"]], top_k=1), _request([jpegs["rocket"], jpegs["chelsea"]], top_k=1)]
+    )
+
+    assert first.outputs["CLASS_IDS"].as_numpy().tolist() == [[967]]
+    assert second.outputs["CLASS_IDS"].as_numpy().tolist() == [[657], [285]]
+    ((to_preprocessing, to_network),) = zip(preprocessing.requests, network.requests)
+    # Preprocessing is asked to answer in this GPU's memory, the network in host memory.
+    assert (to_preprocessing.preferred_memory.memory_type, to_preprocessing.preferred_memory.device_id) == (2, 0)
+    assert to_network.preferred_memory.memory_type == 0
+
+
+def test_the_preprocessing_model_logs_where_its_decoder_and_outputs_are(models):
+    # The CPU repository: a cpu decoder answering in host memory.
+    assert "preprocessing: DALI cpu decoder, outputs in host memory" in FakeLogger.infos
+
+
+def test_a_gpu_tensor_where_host_logits_were_asked_for_is_a_clear_internal_error(models, jpegs, monkeypatch):
+    network = AnswersInGpuMemory(models["efficientnet-b0"])
+    monkeypatch.setattr(FakeRequest, "models", {**models, "efficientnet-b0": network})
+
+    (response,) = models["classifier"].execute([_request([jpegs["coffee"]])])
+
+    assert response.has_error() and response.error().code() == INTERNAL
+    assert response.error().message() == "efficientnet-b0: returned OUTPUT in GPU memory where host memory was asked for"
+
+
+# --- errors that blame the right party ------------------------------------------------------
+
+# What DALI raises when the GPU decoder runs out of device memory: the decoder's operator
+# error, with CUDA's reason.
+CUDA_OUT_OF_MEMORY = (
+    "Critical error in pipeline:\n"
+    "Error in MIXED operator `nvidia.dali.fn.decoders.image`,\n"
+    "which was used in the pipeline definition with the following traceback:\n\n"
+    '  File "/repo/preprocessing/1/dali.py", line 82, in preprocessing\n'
+    "    images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)\n\n"
+    "encountered:\n\nCUDA runtime API error cudaErrorMemoryAllocation (2):\nout of memory\n"
+    "Current pipeline object is no longer valid."
+)
+
+
+def test_a_cuda_error_in_preprocessing_is_internal_logged_and_not_retried_image_by_image(models, jpegs, monkeypatch):
+    calls = []
+
+    class OutOfMemory:
+        """A DALI pipeline whose run fails as on a GPU without memory left."""
+
+        def feed_input(self, name, rows):
+            calls.append(len(rows))
+
+        def run(self):
+            raise RuntimeError(CUDA_OUT_OF_MEMORY)
+
+    # The runner rebuilds a real pipeline after the failure, as it does after any.
+    monkeypatch.setattr(models["preprocessing"].runner, "_pipe", OutOfMemory())
+    monkeypatch.setattr(FakeLogger, "errors", [])
+    requests = [_request([jpegs["coffee"], jpegs["rocket"]]), _request([jpegs["chelsea"]])]
+
+    responses = models["classifier"].execute(requests)
+
+    assert calls == [3]  # one batch: no image-by-image and no request-by-request retry
+    for response in responses:
+        assert response.has_error() and response.error().code() == INTERNAL
+        assert response.error().message() == (
+            "preprocessing: Error in MIXED operator `nvidia.dali.fn.decoders.image`: out of memory"
+        )
+    (logged,) = FakeLogger.errors
+    assert logged == f"preprocessing failed: {CUDA_OUT_OF_MEMORY}"
+
+
+def test_a_sub_model_that_cannot_be_called_is_internal_and_logged(models, jpegs, monkeypatch):
+    def restarting(self):
+        raise FakeModelException("Failed to open the cudaIpcHandle / model 'preprocessing' is not ready")
+
+    monkeypatch.setattr(FakeRequest, "exec", restarting)
+    monkeypatch.setattr(FakeLogger, "errors", [])
+
+    (response,) = models["classifier"].execute([_request([jpegs["coffee"], jpegs["rocket"]])])
+
+    assert response.has_error() and response.error().code() == INTERNAL
+    assert response.error().message().startswith("preprocessing: ")
+    assert len(FakeLogger.errors) == 1

@@ -22,7 +22,7 @@ from PIL import Image
 from bls_pipeline.request.orchestration import ClassifierSettings, prepare_request
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError
 from bls_pipeline.devtools.bench.naive import PilPreprocessor
-from bls_pipeline.request.postprocess import load_labels, parse_top_k
+from bls_pipeline.request.postprocess import label_table, load_labels, parse_top_k
 from bls_pipeline.serving.models import (
     IMAGE_INPUT,
     _device,
@@ -31,9 +31,9 @@ from bls_pipeline.serving.models import (
     _parameters,
     _version_dir,
     classification_response,
-    error_response,
     request_top_k,
 )
+from bls_pipeline.serving.bls import error_response
 
 LOGITS_INPUT = "LOGITS"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -45,7 +45,7 @@ class PostprocessModel:
     def initialize(self, args: dict) -> None:
         """Read the labels named by the ``labels_file`` parameter."""
         parameters = _parameters(json.loads(args["model_config"]))
-        self.labels = load_labels(_version_dir(args) / parameters["labels_file"])
+        self.labels = label_table(load_labels(_version_dir(args) / parameters["labels_file"]))
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """One response per request; ``top_k`` as the ``classifier`` reads it."""
@@ -70,7 +70,7 @@ class NaiveClassifierModel:
         parameters = _parameters(config)
         version_dir = _version_dir(args)
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
-        self.labels = load_labels(version_dir / parameters["labels_file"])
+        self.labels = label_table(load_labels(version_dir / parameters["labels_file"]))
         self.preprocess = PilPreprocessor.from_file(version_dir / PREPROCESSING_FILE)
         self.network = load_network(
             version_dir, device=_device(args), gpu_id=_gpu_id(args), **network_options(parameters)

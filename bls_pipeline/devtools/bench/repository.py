@@ -31,6 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
+from bls_pipeline import contract
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.build.hosting import AUTO, choose_hosting
 from bls_pipeline.build.preprocessing import PreprocessingSettings
@@ -38,7 +39,7 @@ from bls_pipeline.build.repository import (
     DALI_FILE,
     LABELS_FILE,
     MODEL_FILE,
-    SERIALIZED_PIPELINE_FILE,
+    SERIALIZED_FILE,
     SETTINGS_FILE,
     TEMPLATE_DIR,
     RepositorySpec,
@@ -75,14 +76,6 @@ def _write_model_py(version_dir: Path, name: str, cls: str) -> None:
     (version_dir / MODEL_FILE).write_text(_MODEL_PY.format(name=name, cls=cls))
 
 
-def _classifier_outputs() -> list[dict]:
-    return [
-        mc.tensor_spec(mc.SCORES_OUTPUT, "TYPE_FP32", [-1]),
-        mc.tensor_spec(mc.CLASS_IDS_OUTPUT, "TYPE_INT64", [-1]),
-        mc.tensor_spec(mc.LABELS_OUTPUT, "TYPE_STRING", [-1]),
-    ]
-
-
 def postprocess_config(*, max_batch_size: int, num_classes: int, max_queue_delay_us: int) -> mc.ModelConfig:
     """``classifier_postprocess``: logits ``[C]`` in, the classifier's three outputs out."""
     config = mc.ModelConfig()
@@ -106,8 +99,8 @@ def classifier_ensemble_config(
     return mc.ensemble_config(
         name=name,
         max_batch_size=max_batch_size,
-        inputs=[{**mc.tensor_spec(mc.IMAGE_INPUT, "TYPE_UINT8", [-1])}],
-        outputs=_classifier_outputs(),
+        inputs=[contract.IMAGE.config()],
+        outputs=[spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
         steps=[
             mc.EnsembleStep(preprocessing, {mc.DALI_INPUT: mc.IMAGE_INPUT}, {mc.DALI_OUTPUT: "preprocessed"}),
             mc.EnsembleStep(network, {mc.NETWORK_INPUT: "preprocessed"}, {mc.NETWORK_OUTPUT: "logits"}),
@@ -125,6 +118,10 @@ def naive_config(classifier: mc.ModelConfig, network: mc.ModelConfig) -> mc.Mode
     config = mc.ModelConfig()
     config.CopyFrom(classifier)
     config.name = NAIVE
+    # The top-k outputs only: the naive model does not offer Triton's classification extension.
+    top_k = [output for output in config.output if output.name != contract.PROBABILITIES_OUTPUT]
+    del config.output[:]
+    config.output.extend(top_k)
     config.parameters.clear()
     config.parameters["labels_file"].string_value = LABELS_FILE
     for key, value in mc.parameters_of(network).items():
@@ -177,12 +174,12 @@ def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: s
         version.mkdir(parents=True)
         for path in (built / model / "1").iterdir():
             # The pipeline and its settings, the network files; model.py and model.dali follow the hosting.
-            if path.is_file() and path.name not in (MODEL_FILE, SERIALIZED_PIPELINE_FILE):
+            if path.is_file() and path.name not in (MODEL_FILE, SERIALIZED_FILE):
                 os.link(path, version / path.name)
         if not spec.native(model):
             shutil.copyfile(TEMPLATE_DIR / model / "1" / MODEL_FILE, version / MODEL_FILE)
         elif model == mc.PREPROCESSING:
-            serialize_pipeline(version / DALI_FILE, version / SERIALIZED_PIPELINE_FILE)
+            serialize_pipeline(version / DALI_FILE, version / SERIALIZED_FILE)
         config = configs[model]
         config.name = name
         mc.write_config(output / name / "config.pbtxt", config)

@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bls_pipeline import contract
 from bls_pipeline.devtools.client import host_port, image_input, requested_outputs
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.request.padding import pad_batch
@@ -436,7 +437,7 @@ def closed_loop_load(
                 return
             try:
                 result = client.infer(model, requests[index % len(requests)], outputs=outputs)
-                result.as_numpy("CLASS_IDS")
+                result.as_numpy(contract.CLASS_IDS_OUTPUT)
             except Exception as exc:  # noqa: BLE001 - gevent/HTTP errors have no common base
                 errors.append(" ".join(str(exc).split()))
                 return
@@ -529,11 +530,15 @@ class _InProcess:
     def from_repository(cls, repository: Path, max_batch_size: int) -> "_InProcess":
         from bls_pipeline.build import model_config as mc
         from bls_pipeline.runtime.dali import DaliPreprocessor
+        from bls_pipeline.runtime.device import GPU
         from bls_pipeline.runtime.network import load_network, network_options
 
-        dali_threads = int(mc.parameters_of(mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt")).get("num_threads", 0))
-        preprocess = DaliPreprocessor.from_file(
-            repository / mc.PREPROCESSING / "1" / "dali.py",
+        preprocessing_config = mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt")
+        dali_threads = int(mc.parameters_of(preprocessing_config).get("num_threads", 0))
+        # dali.py, or the model.dali of a user's pipeline (build_repo --dali-pipeline).
+        preprocess = DaliPreprocessor.from_version_dir(
+            repository / mc.PREPROCESSING / "1",
+            on_device=mc.device_of(preprocessing_config) == GPU,
             max_batch_size=max_batch_size,
             num_threads=dali_threads or None,
         )
@@ -881,13 +886,13 @@ def perf_analyzer_data(images: Sequence[BenchImage]) -> dict[str, Any]:
     length = max(len(image.data) for image in images)
     return {
         "data": [
-            {"IMAGE": {"b64": base64.b64encode(image.data.ljust(length, b"\0")).decode("ascii"), "shape": [length]}}
+            {contract.IMAGE_INPUT: {"b64": base64.b64encode(image.data.ljust(length, b"\0")).decode("ascii"), "shape": [length]}}
             for image in images
         ]
     }
 
 
-def perf_analyzer_command(data_file: str, url: str = "127.0.0.1:8000", model: str = "classifier") -> str:
+def perf_analyzer_command(data_file: str, url: str = "127.0.0.1:8000", model: str = contract.CLASSIFIER) -> str:
     """The perf_analyzer command line that loads ``model`` with the padded photographs."""
     return (
         f"perf_analyzer -m {model} -u {url} -i http --input-data {data_file} -b 1 "

@@ -1,0 +1,262 @@
+"""The benchmark on a GPU: the in-process limit, then the served endpoints under perf_analyzer.
+
+Same table as the CPU benchmark (:mod:`bls_pipeline.devtools.bench.run`), measured on one
+GPU in one run, so that every ratio compares numbers of the same machine and minute:
+
+1. DALI alone, the network alone and both in one process (the *in-process limit*), at the
+   repository's batch sizes: DALI's ``mixed`` decoder from the repository's own ``dali.py``
+   and the network runtime the server hosts (:class:`TorchCudaNetwork`), the batch handed
+   from DALI to torch on the GPU, one batch at a time as Triton's DALI backend runs it;
+2. ``classifier`` and the ensemble of the same two models, one image per request, driven by
+   ``perf_analyzer`` over gRPC and HTTP at rising concurrency, with Triton's per-model
+   statistics (mean batch, queue and compute time per execution) and GPU utilization;
+3. single-image latency at concurrency 1, in process and through ``classifier``.
+
+Example::
+
+    result = run_gpu_benchmark(GpuBenchOptions(repository=Path("build/gpu_repository")), benchmark_images())
+    print(format_gpu_table(result))
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from bls_pipeline.devtools.bench.perf import (
+    GpuSampler,
+    gpu_process_memory,
+    model_statistics,
+    run_perf_analyzer,
+    statistics_delta,
+    write_input_data,
+)
+from bls_pipeline.devtools.bench.run import BenchError, BenchImage, machine_info
+
+DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 128, 256)
+DEFAULT_GPU_BATCHES = (1, 8, 32, 64, 128)
+
+
+@dataclass
+class GpuBenchOptions:
+    """What one GPU run measures."""
+
+    repository: Path
+    concurrencies: tuple[int, ...] = DEFAULT_GPU_CONCURRENCIES
+    batch_sizes: tuple[int, ...] = DEFAULT_GPU_BATCHES
+    protocols: tuple[str, ...] = ("grpc", "http")
+    endpoints: tuple[str, ...] = ("bls", "ensemble")
+    inprocess_duration_s: float = 3.0
+    measurement_ms: int = 4000
+    server_log: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class InProcessGpu:
+    """DALI (``mixed``) feeding the served network runtime in this process, on GPU 0."""
+
+    def __init__(self, repository: Path, max_batch_size: int, *, overrides: Mapping[str, Any] | None = None) -> None:
+        import torch
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        from bls_pipeline.build import model_config as mc
+        from bls_pipeline.runtime.dali import load_pipeline_module
+        from bls_pipeline.runtime.network import TORCH_WEIGHTS_FILE
+        from bls_pipeline.runtime.torch_network import TorchCudaNetwork
+
+        self._torch, self._feed_ndarray = torch, feed_ndarray
+        version = repository / mc.PREPROCESSING / "1"
+        module = load_pipeline_module(version / "dali.py")
+        # overrides: DALI knobs to try without rebuilding (num_threads, hw_decoder_load).
+        settings = {**module.load_settings(version), **(overrides or {})}
+        self.settings = settings
+        self.crop = settings["crop"]
+        self._pipe = module.preprocessing(
+            batch_size=max_batch_size,
+            num_threads=settings["num_threads"],
+            device_id=0,
+            # One batch at a time, as Triton's DALI backend runs its pipeline.
+            prefetch_queue_depth=1,
+            resize_shorter=settings["resize_shorter"],
+            crop=settings["crop"],
+            interpolation=settings["interpolation"],
+            mean=settings["mean"],
+            std=settings["std"],
+            decoder_device="mixed",
+            **({"hw_decoder_load": settings["hw_decoder_load"]} if "hw_decoder_load" in settings else {}),
+        )
+        self._pipe.build()
+        self.input_name = module.INPUT_NAME
+        self.network = TorchCudaNetwork.from_file(
+            repository / mc.NETWORK / "1" / TORCH_WEIGHTS_FILE, max_batch_size=max_batch_size
+        )
+        self._staging = torch.empty((max_batch_size, 3, self.crop, self.crop), device="cuda", dtype=torch.float32)
+
+    def _to_torch(self, output) -> Any:
+        tensor = output.as_tensor()
+        count = tensor.shape()[0]
+        target = self._staging[:count]
+        self._feed_ndarray(tensor, target, cuda_stream=self._torch.cuda.current_stream())
+        return target
+
+    def preprocess(self, batch: list[np.ndarray]) -> Any:
+        """Encoded rows -> the preprocessed batch on the GPU (synchronous)."""
+        self._pipe.feed_input(self.input_name, batch)
+        (output,) = self._pipe.run()
+        return self._to_torch(output)
+
+    def throughput(self, batches: Sequence[list[np.ndarray]], stage: str, duration_s: float) -> float:
+        """Images/s of ``stage`` (``preprocessing``, ``network`` or ``inprocess``) over ``batches``."""
+        torch = self._torch
+        size = len(batches[0])
+        runs, start = 0, time.perf_counter()
+        if stage == "network":
+            # Random input: DALI's output is not needed to time the network alone.
+            tensor = torch.randn((size, 3, self.crop, self.crop), device="cuda")
+            while time.perf_counter() - start < duration_s:
+                self.network.logits(tensor)
+                runs += 1
+            torch.cuda.synchronize()
+        else:
+            while time.perf_counter() - start < duration_s:
+                images = self.preprocess(batches[runs % len(batches)])
+                if stage == "inprocess":
+                    self.network.logits(images).cpu()
+                else:
+                    torch.cuda.current_stream().synchronize()
+                runs += 1
+        return runs * size / (time.perf_counter() - start)
+
+    def single_image_ms(self, images: Sequence[BenchImage], repeats: int = 200) -> float:
+        """Median latency of one image, bytes to logits on the host (synchronous pipeline)."""
+        times = []
+        for index in range(repeats):
+            row = [np.frombuffer(images[index % len(images)].data, np.uint8)]
+            start = time.perf_counter()
+            self.network.logits(self.preprocess(row)).cpu()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+
+def _batches(images: Sequence[BenchImage], size: int) -> list[list[np.ndarray]]:
+    return [
+        [np.frombuffer(images[(offset + i) % len(images)].data, np.uint8) for i in range(size)]
+        for offset in range(0, max(len(images), size * 4), size)
+    ]
+
+
+def measure_in_process(repository: Path, images: Sequence[BenchImage], options: GpuBenchOptions, max_batch_size: int,
+                       progress: Callable[[str], None], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The in-process rows: images/s per stage, mode and batch size; single-image latency."""
+    parts = InProcessGpu(repository, max_batch_size, overrides=overrides)
+    rows: dict[str, Any] = {"settings": {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}}
+    for size in (s for s in options.batch_sizes if s <= max_batch_size):
+        batches = _batches(images, size)
+        for stage in ("preprocessing", "network", "inprocess"):
+            parts.throughput(batches, stage, 0.5)  # warm-up
+            rate = parts.throughput(batches, stage, options.inprocess_duration_s)
+            rows.setdefault(stage, {})[size] = rate
+            progress(f"in process {stage:13s} batch {size:<3d} {rate:8.0f} images/s")
+    rows["single_image_ms"] = parts.single_image_ms(images)
+    progress(f"in process single image {rows['single_image_ms']:.2f} ms")
+    return rows
+
+
+def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
+                      progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Measure everything in the module docstring; returns the JSON-ready result."""
+    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.devtools.bench.repository import write_bench_repository
+    from bls_pipeline.devtools.client import host_port
+    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+
+    repository = Path(options.repository)
+    if not (repository / mc.CLASSIFIER / "config.pbtxt").is_file():
+        raise BenchError(f"{repository} is not a built repository: run tools/build_repo.py --device gpu first")
+    max_batch_size = mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt").max_batch_size
+    result: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in vars(options).items()}}
+    result["in_process"] = measure_in_process(repository, images, options, max_batch_size, progress)
+
+    endpoints: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bls-gpu-bench-") as workdir:
+        bench_repo = Path(workdir) / "model_repository"
+        names = write_bench_repository(repository, bench_repo)
+        data = write_input_data(images, Path(workdir) / "data.json")
+        server_options = ServerOptions(model_repository=bench_repo, http_port=0, grpc_port=0, metrics_port=0,
+                                       log_path=options.server_log)
+        with LocalTritonServer(server_options) as server:
+            http_url = host_port(server.url)
+            grpc_url = f"{server.options.host}:{server.options.grpc_port}"
+            result["gpu_memory_mib"] = gpu_process_memory()
+            for protocol in options.protocols:
+                url = grpc_url if protocol == "grpc" else http_url
+                for key in options.endpoints:
+                    run_perf_analyzer(names[key], data, url=url, protocol=protocol, concurrency=8, measurement_ms=1500)
+                    for concurrency in options.concurrencies:
+                        before = model_statistics(http_url)
+                        with GpuSampler() as sampler:
+                            point = run_perf_analyzer(names[key], data, url=url, protocol=protocol,
+                                                      concurrency=concurrency, measurement_ms=options.measurement_ms)
+                        point.gpu_util_percent = sampler.mean()
+                        point.extra["models"] = statistics_delta(before, model_statistics(http_url))
+                        point.extra["endpoint"] = key
+                        endpoints.append(point.as_dict())
+                        progress(f"{key:8s} {protocol:4s} c={concurrency:<4d} {point.images_per_s:8.0f} images/s "
+                                 f"p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms GPU {point.gpu_util_percent or 0:4.0f} %")
+    result["endpoints"] = endpoints
+    result["summary"] = summarize(result)
+    return result
+
+
+def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[str, Any]:
+    """Best points and the issue's ratios: classifier vs in-process limit, vs ensemble; latency."""
+    in_process = result["in_process"]
+    limit = max(in_process.get("inprocess", {0: 0}).values())
+
+    def best(endpoint: str) -> Mapping[str, Any] | None:
+        points = [p for p in result["endpoints"] if p["extra"]["endpoint"] == endpoint and p["p99_ms"] <= p99_limit_ms]
+        return max(points, key=lambda p: p["images_per_s"], default=None)
+
+    bls, ensemble = best("bls"), best("ensemble")
+    single = [p for p in result["endpoints"] if p["extra"]["endpoint"] == "bls" and p["concurrency"] == 1]
+    summary: dict[str, Any] = {"in_process_limit": limit, "p99_limit_ms": p99_limit_ms}
+    if bls:
+        summary["bls_best"] = {k: bls[k] for k in ("images_per_s", "protocol", "concurrency", "p99_ms")}
+        summary["bls_over_in_process"] = bls["images_per_s"] / limit if limit else None
+    if bls and ensemble:
+        summary["bls_over_ensemble"] = bls["images_per_s"] / ensemble["images_per_s"]
+    if single:
+        summary["bls_single_image_p50_ms"] = min(p["p50_ms"] for p in single)
+        summary["in_process_single_image_ms"] = in_process.get("single_image_ms")
+    return summary
+
+
+def format_gpu_table(result: Mapping[str, Any]) -> str:
+    """The human-readable table of a :func:`run_gpu_benchmark` result."""
+    lines = ["IN PROCESS (images/s)", f"{'stage':28s} " + " ".join(f"{'b=' + str(b):>8s}" for b in _sizes(result))]
+    for stage, rates in result["in_process"].items():
+        if isinstance(rates, dict):
+            lines.append(f"{stage:28s} " + " ".join(f"{rates.get(b, rates.get(str(b), 0)):8.0f}" for b in _sizes(result)))
+    lines.append(f"single image, bytes to logits: {result['in_process'].get('single_image_ms', 0):.2f} ms")
+    lines += ["", "SERVED, one image per request (perf_analyzer)",
+              f"{'endpoint':9s} {'proto':5s} {'conc':>5s} {'images/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'GPU %':>6s}  per-model mean batch / compute ms"]
+    for p in result["endpoints"]:
+        models = "; ".join(f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items())
+        lines.append(f"{p['extra']['endpoint']:9s} {p['protocol']:5s} {p['concurrency']:5d} {p['images_per_s']:9.0f} "
+                     f"{p['p50_ms']:7.1f} {p['p99_ms']:7.1f} {p['gpu_util_percent'] or 0:6.0f}  {models}")
+    lines += ["", "SUMMARY"] + [f"  {k}: {v}" for k, v in result["summary"].items()]
+    return "\n".join(lines)
+
+
+def _sizes(result: Mapping[str, Any]) -> list[int]:
+    sizes = set()
+    for rates in result["in_process"].values():
+        if isinstance(rates, dict):
+            sizes.update(int(b) for b in rates)
+    return sorted(sizes)

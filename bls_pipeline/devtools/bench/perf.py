@@ -1,0 +1,231 @@
+"""Server-side load with ``perf_analyzer`` and what the server says about it.
+
+A Python load generator on the server's own host tops out before a GPU server does (the
+prototype's clients used 44-76 % of the H100 host's cores), so the GPU benchmark drives the
+endpoints with ``perf_analyzer`` (PyPI ``perf-analyzer``; needs glibc 2.38, so it runs on the
+GPU machine but not on the 2-core development machine) and reads, next to its numbers,
+Triton's per-model statistics and the GPU's utilization.
+
+Example::
+
+    data = write_input_data(images, tmp / "data.json")
+    point = run_perf_analyzer("classifier", data, url="127.0.0.1:8001", protocol="grpc", concurrency=64)
+    print(point.images_per_s, point.p99_ms)
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import shutil
+import subprocess
+import threading
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from bls_pipeline.devtools.bench.run import BenchError, BenchImage
+
+# perf_analyzer's CSV columns (microseconds) that this module reports.
+_LATENCY_COLUMNS = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency"}
+_SERVER_COLUMNS = {"server_queue_ms": "Server Queue", "server_compute_ms": "Server Compute Infer"}
+
+
+@dataclass
+class PerfPoint:
+    """One perf_analyzer measurement of one model at one concurrency."""
+
+    model: str
+    protocol: str
+    concurrency: int
+    images_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    server_queue_ms: float
+    server_compute_ms: float
+    gpu_util_percent: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def perf_analyzer_binary() -> str:
+    """The ``perf_analyzer`` executable, or a :class:`BenchError` that says how to get it."""
+    found = shutil.which("perf_analyzer")
+    if found:
+        return found
+    try:
+        import perf_analyzer  # the PyPI wheel keeps the binary inside the package
+    except ImportError as exc:
+        raise BenchError("perf_analyzer not found: pip install perf-analyzer (needs glibc >= 2.38)") from exc
+    binary = Path(perf_analyzer.__file__).parent / "bin" / "perf_analyzer"
+    if not binary.is_file():
+        raise BenchError(f"the perf-analyzer package has no binary at {binary}")
+    return str(binary)
+
+
+def write_input_data(images: Sequence[BenchImage], path: Path) -> Path:
+    """The ``--input-data`` JSON: one photograph per request, each row its own length.
+
+    One image per request needs no padding, so none is sent: the request carries exactly the
+    file's bytes, and the server's dynamic (ragged) batching forms the batches.
+    """
+    entries = [{"IMAGE": {"b64": base64.b64encode(image.data).decode("ascii"), "shape": [len(image.data)]}} for image in images]
+    path = Path(path)
+    path.write_text(json.dumps({"data": entries}))
+    return path
+
+
+def parse_perf_csv(text: str) -> dict[str, float]:
+    """The last row of perf_analyzer's ``-f`` CSV: throughput and latencies (ms).
+
+    >>> parse_perf_csv("Concurrency,Inferences/Second,p50 latency,p90 latency,p99 latency,Server Queue,Server Compute Infer\\n"
+    ...                "8,1000.5,2000,3000,4000,100,1500\\n")["p99_ms"]
+    4.0
+    """
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise BenchError("perf_analyzer wrote no measurement")
+    row = {key.strip(): value for key, value in rows[-1].items() if key}
+    parsed = {"images_per_s": float(row["Inferences/Second"])}
+    for key, column in {**_LATENCY_COLUMNS, **_SERVER_COLUMNS}.items():
+        parsed[key] = float(row.get(column) or 0.0) / 1000.0
+    return parsed
+
+
+def run_perf_analyzer(
+    model: str,
+    input_data: Path,
+    *,
+    url: str,
+    protocol: str,
+    concurrency: int,
+    measurement_ms: int = 4000,
+    workdir: Path | None = None,
+) -> PerfPoint:
+    """Measure ``model`` at one concurrency with one image per request; raise on failure."""
+    workdir = Path(workdir or input_data.parent)
+    csv_path = workdir / f"perf-{model}-{protocol}-{concurrency}.csv"
+    command = [
+        perf_analyzer_binary(),
+        "-m", model, "-u", url, "-i", protocol,
+        "--input-data", str(input_data), "-b", "1",
+        "--concurrency-range", f"{concurrency}:{concurrency}",
+        "--measurement-interval", str(measurement_ms),
+        "--stability-percentage", "20", "--max-trials", "6",
+        "-f", str(csv_path),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not csv_path.is_file():
+        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-4:])
+        raise BenchError(f"perf_analyzer failed on {model} at concurrency {concurrency}: {tail}")
+    return PerfPoint(model=model, protocol=protocol, concurrency=concurrency, **parse_perf_csv(csv_path.read_text()))
+
+
+def model_statistics(http_url: str) -> dict[str, dict[str, float]]:
+    """Per model: executions, inferences, requests, and the mean queue/compute time of a request (ms).
+
+    From Triton's ``/v2/models/stats``. Its queue and compute times are summed over *requests*
+    (each request of a batched execution adds that execution's compute time), so a mean per
+    request is the time one batched execution took. The mean batch an execution saw is
+    ``inferences / executions``: the number that says whether dynamic batching works.
+    """
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/stats", timeout=30) as response:
+        stats = json.load(response)
+    summary = {}
+    for model in stats.get("model_stats", []):
+        inference = model.get("inference_stats", {})
+        summary[model["name"]] = {
+            "executions": int(model.get("execution_count", 0)),
+            "inferences": int(model.get("inference_count", 0)),
+            "requests": int(inference.get("success", {}).get("count", 0)),
+            "queue_ns": int(inference.get("queue", {}).get("ns", 0)),
+            "compute_ns": int(inference.get("compute_infer", {}).get("ns", 0)),
+        }
+    return summary
+
+
+def statistics_delta(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """What happened between two :func:`model_statistics` readings.
+
+    Per model: executions, the mean batch of an execution, and the mean queue and compute
+    time of a request in ms (the compute time of a request is that of its batched execution).
+    """
+    delta = {}
+    for name, now in after.items():
+        was = before.get(name, {})
+        change = {key: now[key] - was.get(key, 0) for key in now}
+        if change["executions"] <= 0 or change["requests"] <= 0:
+            continue
+        delta[name] = {
+            "executions": change["executions"],
+            "mean_batch": change["inferences"] / change["executions"],
+            "queue_ms": change["queue_ns"] / change["requests"] / 1e6,
+            "compute_ms": change["compute_ns"] / change["requests"] / 1e6,
+        }
+    return delta
+
+
+class GpuSampler:
+    """Samples ``nvidia-smi`` utilization (GPU and JPEG engine) in a thread while in use.
+
+    ``with GpuSampler() as sampler: ...`` then ``sampler.mean()``; without nvidia-smi it
+    records nothing and ``mean()`` is ``None``.
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self.memory_mib: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "GpuSampler":
+        if shutil.which("nvidia-smi"):
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.strip().splitlines()[0]
+                util, memory = (float(part) for part in out.split(","))
+                self.samples.append(util)
+                self.memory_mib.append(memory)
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+            self._stop.wait(self.interval_s)
+
+    def mean(self) -> float | None:
+        """Mean GPU utilization (%) over the samples, or ``None`` when there were none."""
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def gpu_process_memory() -> dict[str, float]:
+    """GPU memory (MiB) of every process on the GPUs, by ``pid:name``, from nvidia-smi."""
+    if not shutil.which("nvidia-smi"):
+        return {}
+    out = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True, timeout=10,
+    ).stdout
+    memory = {}
+    for line in out.strip().splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) == 3 and parts[2].replace(".", "", 1).isdigit():
+            memory[f"{parts[0]}:{Path(parts[1]).name}"] = float(parts[2])
+    return memory
+

@@ -1,0 +1,33 @@
+"""Where the ``model_repository/`` sources are: in the installed package, or in the checkout.
+
+The product owner fixed ``model_repository/`` (the ``model.py`` shells and
+``preprocessing/1/dali.py``) at the top of the project, beside ``bls_pipeline/``. A checkout
+or an editable install reads that folder; a built wheel carries a copy of its sources as
+``bls_pipeline/model_repository/`` (``setup.py`` copies them at build time), because an
+installed package has no project folder around it. Example::
+
+    shutil.copyfile(model_source("classifier", "model.py"), version_dir / "model.py")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# The folder name is the same in both places, so a wheel mirrors the checkout's layout.
+_FOLDER = "model_repository"
+
+
+def model_sources_dir() -> Path:
+    """The folder holding ``<model>/1/<file>`` sources: the installed copy if there is one.
+
+    The installed copy wins: in a checkout it does not exist, and in an installed package
+    the folder beside ``site-packages/bls_pipeline`` is not this project's.
+    """
+    installed = _PACKAGE_DIR / _FOLDER
+    return installed if installed.is_dir() else _PACKAGE_DIR.parent / _FOLDER
+
+
+def model_source(model: str, file: str) -> Path:
+    """The source ``file`` of ``model``'s version directory, e.g. ``("classifier", "model.py")``."""
+    return model_sources_dir() / model / "1" / file

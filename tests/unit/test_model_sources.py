@@ -1,0 +1,25 @@
+"""``bls_pipeline.model_sources`` finds the ``model_repository/`` sources in a checkout.
+
+The installed-package case (a wheel in a fresh venv) is ``tests/e2e/test_install.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bls_pipeline.build.repository import TEMPLATE_DIR
+from bls_pipeline.model_sources import model_source, model_sources_dir
+from bls_pipeline.runtime.dali import PACKAGED_PIPELINE
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_checkout_reads_the_top_level_model_repository_folder():
+    assert model_sources_dir() == REPO_ROOT / "model_repository"
+    assert model_source("classifier", "model.py") == REPO_ROOT / "model_repository" / "classifier" / "1" / "model.py"
+
+
+def test_the_repository_build_and_the_dali_runtime_use_the_one_helper():
+    assert TEMPLATE_DIR == model_sources_dir()
+    assert PACKAGED_PIPELINE == model_source("preprocessing", "dali.py")
+    assert PACKAGED_PIPELINE.is_file()

@@ -1,0 +1,37 @@
+"""The GPU serving knobs of a repository: hardware-decoder share and instance counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from bls_pipeline.build import model_config as mc
+from bls_pipeline.build.repository import RepositorySpec
+from bls_pipeline.errors import ConfigError
+
+
+def test_instance_counts_reach_the_preprocessing_and_network_configs():
+    spec = RepositorySpec(
+        target="triton", device="gpu", max_batch_size=64, num_classes=1000,
+        preprocessing_instances=2, network_instances=3, classifier_instances=4,
+    )
+    configs = spec.configs()
+    assert [(g.kind, g.count) for g in configs[mc.PREPROCESSING].instance_group] == [(mc.model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)]
+    assert [g.count for g in configs[mc.NETWORK].instance_group] == [3]
+    assert [g.count for g in configs[mc.CLASSIFIER].instance_group] == [4]
+
+
+def test_the_hardware_decoder_share_is_written_for_dali():
+    spec = RepositorySpec(target="local", device="gpu", max_batch_size=8, num_classes=10, hw_decoder_load=1.0)
+    assert spec.dali_settings()["hw_decoder_load"] == 1.0
+    assert spec.dali_settings()["decoder_device"] == "mixed"
+
+
+@pytest.mark.parametrize("load", [-0.1, 1.5])
+def test_a_share_outside_0_to_1_is_refused(load):
+    with pytest.raises(ConfigError, match="hw_decoder_load"):
+        RepositorySpec(target="local", device="gpu", max_batch_size=8, num_classes=10, hw_decoder_load=load)
+
+
+def test_zero_instances_are_refused():
+    with pytest.raises(ConfigError, match="instance count"):
+        RepositorySpec(target="local", device="cpu", max_batch_size=8, num_classes=10, network_instances=0).configs()

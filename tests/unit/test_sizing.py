@@ -1,0 +1,93 @@
+"""The server's memory pools are sized from the repository it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bls_pipeline.build import model_config as mc
+from bls_pipeline.build.repository import RepositorySpec
+from bls_pipeline.devtools.sizing import MIB, MIN_CUDA_POOL_BYTES, MIN_SHM_BYTES, ServerSizing, dev_shm_bytes
+
+IMAGE_BYTES = 3 * 224 * 224 * 4
+
+
+def _repository(tmp_path: Path, **spec) -> Path:
+    for name, config in RepositorySpec(num_classes=1000, **spec).configs().items():
+        (tmp_path / name).mkdir()
+        mc.write_config(tmp_path / name / "config.pbtxt", config)
+    return tmp_path
+
+
+def test_a_cpu_repository_gets_no_cuda_pool(tmp_path):
+    sizing = ServerSizing.from_repository(_repository(tmp_path, target="local", device="cpu", max_batch_size=16))
+    assert sizing.cuda_pool_bytes == 0 and sizing.gpus == ()
+    assert sizing.shm_default_bytes == MIN_SHM_BYTES
+    assert not any(arg.startswith("--cuda-memory-pool") for arg in sizing.server_args())
+
+
+def test_a_gpu_repository_pools_every_instance_twice_a_full_batch(tmp_path):
+    repository = _repository(
+        tmp_path, target="local", device="gpu", max_batch_size=128, preprocessing_instances=2, network_instances=2
+    )
+    sizing = ServerSizing.from_repository(repository)
+    batch = 128 * IMAGE_BYTES
+    assert sizing.batch_bytes == batch
+    # 4 instances hold an input and an output batch each.
+    assert sizing.cuda_pool_bytes >= 2 * batch * 4 > MIN_CUDA_POOL_BYTES
+    assert sizing.cuda_pool_bytes % MIB == 0
+    assert f"--cuda-memory-pool-byte-size=0:{sizing.cuda_pool_bytes}" in sizing.server_args()
+    # A batch crosses the Python backend's shared memory in one piece.
+    assert sizing.shm_default_bytes >= batch
+
+
+def test_a_repository_of_other_models_keeps_the_defaults(tmp_path):
+    (tmp_path / "some_model").mkdir()
+    assert ServerSizing.from_repository(tmp_path) is None
+    assert ServerSizing.defaults().server_args() == [
+        f"--backend-config=python,shm-default-byte-size={MIN_SHM_BYTES}",
+        f"--backend-config=python,shm-growth-byte-size={MIN_SHM_BYTES}",
+    ]
+
+
+# --- /dev/shm of the container ------------------------------------------------------------
+
+SHM_IMAGE = 4 * MIB
+# max batch 64, 224x224 crops, 1000 classes
+SHM_IMAGES, SHM_DALI, SHM_LOGITS = 64 * SHM_IMAGE, 64 * IMAGE_BYTES, 64 * 1000 * 4
+
+
+def _configs(target: str, **overrides: object) -> dict:
+    values = {"target": target, "max_batch_size": 64, "num_classes": 1000, "max_image_bytes": SHM_IMAGE}
+    return RepositorySpec(**{**values, **overrides}).configs()
+
+
+def test_dev_shm_of_a_triton_repository_counts_only_the_classifier_stub():
+    exact = MIN_SHM_BYTES + 2 * SHM_IMAGES + 2 * SHM_DALI + 6 * SHM_LOGITS
+
+    assert dev_shm_bytes(_configs("triton"), shm_default_byte_size=MIN_SHM_BYTES, unit=1) == exact
+
+
+def test_dev_shm_of_a_local_repository_adds_the_python_hosted_preprocessing_and_network():
+    triton = dev_shm_bytes(_configs("triton"), shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    local = dev_shm_bytes(_configs("local"), shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    assert local - triton == 2 * MIN_SHM_BYTES + (SHM_IMAGES + SHM_DALI) + (SHM_DALI + SHM_LOGITS)
+
+
+def test_every_instance_of_a_python_model_has_its_own_shm_region():
+    configs = _configs("local", preprocessing_instances=3)
+    one = dev_shm_bytes(_configs("local"), shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    more = dev_shm_bytes(configs, shm_default_byte_size=MIN_SHM_BYTES, unit=1)
+
+    assert more - one == 2 * (MIN_SHM_BYTES + SHM_IMAGES + SHM_DALI)
+
+
+@pytest.mark.parametrize(("max_image_bytes", "mib"), [(SHM_IMAGE, 704), (None, 2240)])
+def test_dev_shm_rounds_up_to_64_mib(max_image_bytes, mib):
+    configs = _configs("triton", max_image_bytes=max_image_bytes)
+
+    assert dev_shm_bytes(configs, shm_default_byte_size=MIN_SHM_BYTES) == mib * MIB

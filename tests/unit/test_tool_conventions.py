@@ -1,0 +1,73 @@
+"""Specification of ``bls_pipeline.devtools.cli``: one exit code per kind of failure, progress bars."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import select
+import struct
+import termios
+
+import pytest
+
+from bls_pipeline.devtools.cli import ExitCode, exit_code_for, progress_bar, report_error
+from bls_pipeline.devtools.client import ClientError
+from bls_pipeline.errors import CheckpointError, ConfigError, ServerError
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ServerError("tritonserver exited"), ExitCode.SERVER),
+        (ClientError("cannot reach a Triton server at 127.0.0.1:1"), ExitCode.SERVER),
+        (CheckpointError("looks like torchvision"), ExitCode.INPUT),
+        (ConfigError("exists and is not empty: use --force"), ExitCode.INPUT),
+        (FileNotFoundError("missing.pth"), ExitCode.INPUT),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED),
+    ],
+    ids=["server", "client", "checkpoint", "config", "os", "ctrl-c"],
+)
+def test_the_exit_code_follows_the_kind_of_failure(error, code):
+    assert exit_code_for(error) == code
+
+
+def test_exit_codes_are_distinct_and_usage_is_argparse_s():
+    assert len({code.value for code in ExitCode}) == len(ExitCode)
+    assert ExitCode.USAGE == 2 and ExitCode.OK == 0
+
+
+def test_report_error_prints_one_line_and_returns_the_code(capsys):
+    assert report_error("classify", ClientError("model 'classifier' is not ready")) == 4
+    assert report_error("soak", ValueError("requests must be at least 1"), ExitCode.USAGE) == 2
+    assert capsys.readouterr().err == (
+        "classify: error: model 'classifier' is not ready\nsoak: error: requests must be at least 1\n"
+    )
+
+
+def test_the_progress_bar_is_off_when_the_stream_is_not_a_terminal(tmp_path):
+    read_end, write_end = os.pipe()
+    with open(write_end, "w") as pipe, open(tmp_path / "log", "w") as file:
+        for stream in (io.StringIO(), pipe, file):
+            with progress_bar(10, "file", stream=stream) as bar:
+                assert bar.disable
+                bar.update(10)
+    with open(read_end) as pipe:
+        assert pipe.read() == ""
+    assert (tmp_path / "log").read_text() == ""
+
+
+def test_the_progress_bar_draws_on_a_terminal():
+    leader, follower = os.openpty()
+    # A pseudo-terminal starts 0 columns wide, where tqdm draws nothing; a real one has a size.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with open(follower, "w") as terminal:
+        with progress_bar(10, "file", stream=terminal) as bar:
+            assert not bar.disable
+            bar.update(4)
+            bar.refresh()
+            terminal.flush()
+            readable, _, _ = select.select([leader], [], [], 5)
+            drawn = os.read(leader, 4096).decode() if readable else ""
+    os.close(leader)
+    assert "4/10" in drawn
