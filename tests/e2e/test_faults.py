@@ -94,7 +94,8 @@ def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recove
         assert recovered, f"no request succeeded after the last error; errors: {errors[-3:]}"
         # Every failure names the dead model's stub and is the server's (500), not the image's (400).
         assert STUB_ERRORS[model] in errors, set(errors)
-        assert all(e.startswith(f"{model}: ") or f"'{model}_0_0'" in e for e in errors), set(errors)
+        # While the classifier itself reloads, Triton answers "unknown model: 'classifier' ...".
+        assert all(e.startswith(f"{model}: ") or f"'{model}" in e for e in errors), set(errors)
         assert last_error - killed_at < 20, f"failures went on for {last_error - killed_at:.1f} s"
         assert server.reloaded_models == [model]
         assert server.process is not None and server.process.pid == server_pid  # no restart
@@ -161,9 +162,11 @@ def _cuda_fault(sample):
 
 
 def test_a_cuda_error_in_preprocessing_is_internal_logged_and_not_retried_image_by_image(
-    built_repository, tmp_path, cat_jpeg
+    python_repository, tmp_path, cat_jpeg
 ):
-    repository = copy_repository(built_repository, tmp_path / "repository")
+    # The Python hosting: Triton's DALI backend serves the model.dali serialized at build, and
+    # a pipeline with a python_function (the injected fault) cannot be serialized.
+    repository = copy_repository(python_repository, tmp_path / "repository")
     dali = repository / "preprocessing" / "1" / "dali.py"
     decoder = "    images = fn.decoders.image("
     source = dali.read_text()
