@@ -29,12 +29,13 @@ from bls_pipeline.devtools.bench.run import (
     run_benchmark,
     write_json,
 )
+from bls_pipeline.devtools.bench.gpu import DEFAULT_GPU_CONCURRENCIES, GpuBenchOptions, format_gpu_table, run_gpu_benchmark
 from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, report_error
 from bls_pipeline.errors import BlsPipelineError
 
 EPILOG = f"""
 perf_analyzer (needs glibc >= 2.38; PyPI perf-analyzer) against a running server, with the
-same photographs zero-padded into the classifier's IMAGE rows:
+same photographs, one unpadded image per request:
 
   python tools/bench.py --write-perf-analyzer-data classifier_data.json
   python tools/serve.py --model-repository build/model_repository &
@@ -106,7 +107,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--write-perf-analyzer-data",
         type=Path,
         metavar="FILE",
-        help="write perf_analyzer --input-data JSON (the padded image rows) to FILE and exit",
+        help="write perf_analyzer --input-data JSON (one image per request) to FILE and exit",
+    )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU benchmark (docs/gpu.md) of a --device gpu repository: the in-process limit "
+        "(DALI mixed decoder into the torch CUDA-graph network), then classifier_native, its ensemble "
+        "and the Python-hosted classifier under perf_analyzer over gRPC and HTTP "
+        f"(--concurrency default {','.join(map(str, DEFAULT_GPU_CONCURRENCIES))})",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the package's INFO messages")
     return parser.parse_args(argv)
@@ -119,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         images = load_images(args.images) if args.images else benchmark_images()
         if args.write_perf_analyzer_data:
             args.write_perf_analyzer_data.write_text(json.dumps(perf_analyzer_data(images)) + "\n")
-            print(f"wrote {len(images)} padded images to {args.write_perf_analyzer_data}; run:")
+            print(f"wrote {len(images)} images, one per request, to {args.write_perf_analyzer_data}; run:")
             print(perf_analyzer_command(str(args.write_perf_analyzer_data)))
             return 0
+        if args.gpu:
+            return _gpu_main(args, images)
         endpoints = tuple(part.strip() for part in args.endpoints.split(",") if part.strip())
         unknown = set(endpoints) - set(ENDPOINT_KEYS)
         if unknown or not endpoints:
@@ -151,6 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot_result(result, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _gpu_main(args: argparse.Namespace, images) -> int:
+    options = GpuBenchOptions(
+        repository=args.repository,
+        server_log=args.server_log,
+        **({"concurrencies": args.concurrency} if args.concurrency != DEFAULT_CONCURRENCIES else {}),
+    )
+    result = run_gpu_benchmark(options, images, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_gpu_table(result))
+    if args.json_out:
+        write_json(result, args.json_out)
+        print(f"wrote {args.json_out}")
     return 0
 
 

@@ -115,20 +115,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "arguments used only by the reader (data_dir, shard_id, ...) need none",
     )
     tuning = parser.add_argument_group("serving")
-    tuning.add_argument("--dali-threads", type=int, default=2, help="DALI CPU worker threads")
+    tuning.add_argument("--dali-threads", type=int, help="DALI CPU worker threads (default: 2 on cpu, 8 on gpu)")
     tuning.add_argument(
         "--hw-decoder-load",
         type=float,
-        default=0.65,
-        help="GPU only: share of JPEGs for the hardware JPEG decoder, 0..1 (DALI's default 0.65)",
+        help="GPU only: share of JPEGs for the hardware JPEG decoder, 0..1 (default: DALI's 0.65)",
     )
     tuning.add_argument("--preprocessing-instances", type=int, default=1, help="instances of the preprocessing model")
     tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
     tuning.add_argument(
         "--classifier-instances",
         type=int,
-        default=1,
-        help="instances of the classifier (its Python work limits a GPU server: see docs/gpu.md)",
+        help="instances of the classifier; its Python work limits a GPU server (default: 1 on cpu, 4 on gpu; docs/gpu.md)",
     )
     tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
     tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")

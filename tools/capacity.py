@@ -25,7 +25,7 @@ from bls_pipeline.devtools.capacity import (
     operating_points,
     plan_capacity,
 )
-from bls_pipeline.devtools.cli import HelpFormatter, positive_float
+from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, HelpFormatter, positive_float, report_error
 from bls_pipeline.errors import CapacityError
 
 PROG = "capacity"
@@ -42,7 +42,7 @@ def _point(text: str) -> OperatingPoint:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (tests read its flags)."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     parser.add_argument(
         "benchmark",
         nargs="?",
@@ -89,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             points, images_per_s=args.images_per_s, p99_ms=args.p99_ms, utilization=args.utilization, spare=args.spare
         )
     except CapacityError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return report_error(PROG, exc, ExitCode.INPUT)
     if args.json:
         print(
             json.dumps(
@@ -105,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         print(describe(plan))
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Callable
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
 from bls_pipeline.build.user_pipeline import ConvertedPipeline, PipelineSource, convert_for_repository
-from bls_pipeline.runtime.device import GPU, check_device, detect_device
+from bls_pipeline.runtime.device import CPU, GPU, check_device, detect_device
 from bls_pipeline.build.hosting import AUTO, ModelHosting, choose_hosting
 from bls_pipeline.build.repository import (
     RepositorySpec,
@@ -33,6 +33,16 @@ from bls_pipeline.build.repository import (
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_ARCH = "efficientnet-lite0"
+
+
+# Serving defaults per device, chosen by measurement (docs/gpu.md, docs/benchmark.md). On a
+# GPU the mixed decoder's CPU side (Huffman decoding of what the hardware decoder does not
+# take) needs more threads than 2 (in process, batch 128: 2,165 images/s with 2, 13,770
+# with 8), and the classifier's Python work limits one instance to about 1,000 images/s.
+DEVICE_DEFAULTS = {
+    CPU: {"dali_threads": 2, "hw_decoder_load": 0.65, "classifier_instances": 1},
+    GPU: {"dali_threads": 8, "hw_decoder_load": 0.65, "classifier_instances": 4},
+}
 
 
 @dataclass
@@ -51,11 +61,12 @@ class BuildOptions:
     force: bool = False
     preprocessing: PreprocessingSettings | None = None
     dali_autoconfig: bool = False
-    dali_threads: int = 2
-    hw_decoder_load: float = 0.65
+    # None: the device's default (DEVICE_DEFAULTS), measured on each device.
+    dali_threads: int | None = None
+    hw_decoder_load: float | None = None
     preprocessing_instances: int = 1
     network_instances: int = 1
-    classifier_instances: int = 1
+    classifier_instances: int | None = None
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
@@ -84,6 +95,11 @@ class BuildReport:
     user_pipeline: ConvertedPipeline | None = None
 
 
+def serving_tuning(options: BuildOptions, device: str) -> dict[str, int | float]:
+    """The serving knobs of ``options``, each left unset taking ``device``'s default."""
+    return {key: default if getattr(options, key) is None else getattr(options, key) for key, default in DEVICE_DEFAULTS[device].items()}
+
+
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
     """Build the repository described by ``options``; see the module docstring."""
     from bls_pipeline.build.checkpoints import default_checkpoint_path, load_checkpoint
@@ -105,13 +121,14 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
     else:
         device, device_reason = check_device(options.device), "--device given"
     progress(f"device: {device} ({device_reason})")
+    tuning = serving_tuning(options, device)
     converted = None
     if options.dali_pipeline is not None:
         converted = convert_for_repository(
             options.dali_pipeline,
             device=device,
             max_batch_size=options.max_batch_size,
-            num_threads=options.dali_threads,
+            num_threads=tuning["dali_threads"],
             progress=progress,
         )
     # The network's input size: the user pipeline's output, else the built-in crop.
@@ -170,11 +187,11 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             # The config's runtime: a Python-backend network picks torch itself from model.pt.
             runtime="onnxruntime" if runtime == "torch-cuda" else runtime,
             preprocessing=preprocessing,
-            dali_threads=options.dali_threads,
-            hw_decoder_load=options.hw_decoder_load,
+            dali_threads=tuning["dali_threads"],
+            hw_decoder_load=tuning["hw_decoder_load"],
             preprocessing_instances=options.preprocessing_instances,
             network_instances=options.network_instances,
-            classifier_instances=options.classifier_instances,
+            classifier_instances=tuning["classifier_instances"],
             dali_autoconfig=options.dali_autoconfig,
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,

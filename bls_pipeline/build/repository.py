@@ -28,7 +28,7 @@ from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.build.preprocessing import PreprocessingSettings
 from bls_pipeline.runtime.dali import SERIALIZED_FILE
 from bls_pipeline.model_sources import model_sources_dir
-from bls_pipeline.runtime.device import CPU, decoder_device
+from bls_pipeline.runtime.device import CPU, GPU, decoder_device, detect_device
 
 if TYPE_CHECKING:
     from bls_pipeline.build.user_pipeline import ConvertedPipeline
@@ -264,8 +264,13 @@ def write_repository(
             shutil.copyfile(TEMPLATE_DIR / name / "1" / MODEL_FILE, versions[name] / MODEL_FILE)
     if spec.target == "local" and spec.native(mc.PREPROCESSING) and not spec.user_pipeline:
         # Serialized with the DALI that will serve it: the DALI backend then loads it directly
-        # instead of running python3 to autoserialize dali.py at every load.
-        serialize_pipeline(versions[mc.PREPROCESSING] / DALI_FILE, versions[mc.PREPROCESSING] / SERIALIZED_FILE)
+        # instead of running python3 to autoserialize dali.py at every load. DALI cannot
+        # create a GPU pipeline without CUDA, so a GPU repository built on a machine without
+        # one leaves that to the backend, which serializes dali.py when it loads the model.
+        if spec.device == CPU or detect_device()[0] == GPU:
+            serialize_pipeline(versions[mc.PREPROCESSING] / DALI_FILE, versions[mc.PREPROCESSING] / SERIALIZED_FILE)
+        else:
+            LOGGER.warning("no CUDA here: model.dali is left to the DALI backend, which serializes dali.py at load")
     if spec.target == "triton":
         # The NVIDIA Triton container has no bls_pipeline: ship its light modules beside the
         # classifier's model.py, where the Python backend's import path finds them.

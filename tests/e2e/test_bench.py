@@ -75,4 +75,4 @@ def test_perf_analyzer_data_is_written_without_a_server(tmp_path):
 
     assert main(["--write-perf-analyzer-data", str(path)]) == 0
     rows = json.loads(path.read_text())["data"]
-    assert len(rows) == 8 and len({tuple(row["IMAGE"]["shape"]) for row in rows}) == 1
+    assert len(rows) == 8 and all(row["IMAGE"]["shape"][0] > 1000 for row in rows)

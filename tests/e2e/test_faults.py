@@ -164,8 +164,8 @@ def _cuda_fault(sample):
 def test_a_cuda_error_in_preprocessing_is_internal_logged_and_not_retried_image_by_image(
     python_repository, tmp_path, cat_jpeg
 ):
-    # The Python hosting: Triton's DALI backend serves the model.dali serialized at build, and
-    # a pipeline with a python_function (the injected fault) cannot be serialized.
+    # Python-hosted only: the fault is injected into dali.py as a python_function, which the
+    # native backend (serving the model.dali serialized at build) cannot run.
     repository = copy_repository(python_repository, tmp_path / "repository")
     dali = repository / "preprocessing" / "1" / "dali.py"
     decoder = "    images = fn.decoders.image("

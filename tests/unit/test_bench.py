@@ -174,14 +174,14 @@ def test_rendered_photo_is_a_deterministic_500x375_jpeg():
         assert (image.format, image.size) == ("JPEG", (500, 375))
 
 
-def test_perf_analyzer_data_pads_every_row_to_the_longest_image():
+def test_perf_analyzer_data_sends_each_image_unpadded_as_one_request():
     images = [BenchImage("a", b"\xff\xd8abc\xff\xd9", 1, 1), BenchImage("b", b"\xff\xd8a\xff\xd9", 1, 1)]
 
     data = perf_analyzer_data(images)["data"]
 
     rows = [base64.b64decode(entry["IMAGE"]["b64"]) for entry in data]
-    assert [entry["IMAGE"]["shape"] for entry in data] == [[7], [7]]
-    assert rows == [b"\xff\xd8abc\xff\xd9", b"\xff\xd8a\xff\xd9\0\0"]
+    assert [entry["IMAGE"]["shape"] for entry in data] == [[7], [5]]
+    assert rows == [image.data for image in images]
 
 
 def test_ensemble_config_round_trips_and_chains_its_steps(tmp_path):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import json
-
 import pytest
 
-from bls_pipeline.devtools.bench.perf import parse_perf_csv, statistics_delta, write_input_data
-from bls_pipeline.devtools.bench.run import BenchError, BenchImage
+from bls_pipeline.devtools.bench.perf import parse_perf_csv, statistics_delta
+from bls_pipeline.devtools.bench.run import BenchError
 
 CSV = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
@@ -54,11 +51,3 @@ def test_statistics_delta_gives_the_mean_batch_and_request_times_of_the_window()
     assert delta["classifier"]["mean_batch"] == 32.0
     assert delta["classifier"]["compute_ms"] == pytest.approx(8.0)
     assert "idle" not in delta
-
-
-def test_input_data_sends_each_photograph_as_one_request(tmp_path):
-    images = [BenchImage("a", b"\xff\xd8abc\xff\xd9", 1, 1), BenchImage("b", b"\xff\xd8a\xff\xd9", 1, 1)]
-    data = json.loads(write_input_data(images, tmp_path / "data.json").read_text())
-    # One image per request: no zero padding, each row exactly the file.
-    assert [entry["IMAGE"]["shape"] for entry in data["data"]] == [[7], [5]]
-    assert [base64.b64decode(entry["IMAGE"]["b64"]) for entry in data["data"]] == [image.data for image in images]

@@ -100,8 +100,8 @@ def test_cli_plans_from_points_given_by_hand(capsys):
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["--images-per-s", "10", "--p99-ms", "1"], 1, "capacity: no measured point has a p99 under 1 ms"),
-        (["missing.json", "--images-per-s", "10", "--p99-ms", "100"], 1, "capacity: cannot read missing.json"),
+        (["--images-per-s", "10", "--p99-ms", "1"], 3, "capacity: error: no measured point has a p99 under 1 ms"),
+        (["missing.json", "--images-per-s", "10", "--p99-ms", "100"], 3, "capacity: error: cannot read missing.json"),
         (["--point", "fast", "--images-per-s", "10", "--p99-ms", "100"], 2, "expected IMAGES_PER_S:P99_MS"),
         (["--images-per-s", "-3", "--p99-ms", "100"], 2, "must be greater than 0"),
         ([str(BENCHMARK), "--point", "1:1", "--images-per-s", "1", "--p99-ms", "1"], 2, "not both"),

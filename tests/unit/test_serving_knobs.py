@@ -35,3 +35,17 @@ def test_a_share_outside_0_to_1_is_refused(load):
 def test_zero_instances_are_refused():
     with pytest.raises(ConfigError, match="instance count"):
         RepositorySpec(target="local", device="cpu", max_batch_size=8, num_classes=10, network_instances=0).configs()
+
+
+@pytest.mark.parametrize(
+    ("device", "given", "expected"),
+    [
+        ("cpu", {}, {"dali_threads": 2, "hw_decoder_load": 0.65, "classifier_instances": 1}),
+        ("gpu", {}, {"dali_threads": 8, "hw_decoder_load": 0.65, "classifier_instances": 4}),
+        ("gpu", {"dali_threads": 12, "hw_decoder_load": 1.0}, {"dali_threads": 12, "hw_decoder_load": 1.0, "classifier_instances": 4}),
+    ],
+)
+def test_unset_knobs_take_the_devices_measured_defaults(tmp_path, device, given, expected):
+    from bls_pipeline.build.pipeline import BuildOptions, serving_tuning
+
+    assert serving_tuning(BuildOptions(output=tmp_path, **given), device) == expected

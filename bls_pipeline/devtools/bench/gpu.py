@@ -39,7 +39,7 @@ from bls_pipeline.devtools.bench.perf import (
 )
 from bls_pipeline.devtools.bench.run import BenchError, BenchImage, machine_info
 
-DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 128, 256)
+DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
 DEFAULT_GPU_BATCHES = (1, 8, 32, 64, 128)
 
 
@@ -51,9 +51,13 @@ class GpuBenchOptions:
     concurrencies: tuple[int, ...] = DEFAULT_GPU_CONCURRENCIES
     batch_sizes: tuple[int, ...] = DEFAULT_GPU_BATCHES
     protocols: tuple[str, ...] = ("grpc", "http")
-    endpoints: tuple[str, ...] = ("bls", "ensemble")
+    # HTTP is measured for these endpoints only: one comparison of the protocols is enough.
+    http_endpoints: tuple[str, ...] = ("bls_native",)
+    # The native DALI backend with the GPU network, as served (bls_native), its ensemble, and
+    # the Python-hosted DALI fallback (bls).
+    endpoints: tuple[str, ...] = ("bls_native", "ensemble_native", "bls")
     inprocess_duration_s: float = 3.0
-    measurement_ms: int = 4000
+    measurement_ms: int = 3000
     server_log: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -187,6 +191,9 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
     with tempfile.TemporaryDirectory(prefix="bls-gpu-bench-") as workdir:
         bench_repo = Path(workdir) / "model_repository"
         names = write_bench_repository(repository, bench_repo)
+        missing = [key for key in options.endpoints if key not in names]
+        if missing:
+            raise BenchError(f"the benchmark repository has no {missing}: build the native backends (tools/build_backends.py)")
         data = write_input_data(images, Path(workdir) / "data.json")
         server_options = ServerOptions(model_repository=bench_repo, http_port=0, grpc_port=0, metrics_port=0,
                                        log_path=options.server_log)
@@ -197,14 +204,23 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
             for protocol in options.protocols:
                 url = grpc_url if protocol == "grpc" else http_url
                 for key in options.endpoints:
+                    if protocol == "http" and key not in options.http_endpoints:
+                        continue
                     run_perf_analyzer(names[key], data, url=url, protocol=protocol, concurrency=8, measurement_ms=1500)
                     for concurrency in options.concurrencies:
-                        before = model_statistics(http_url)
+                        before, cpu_before = model_statistics(http_url), server.cpu_seconds()
                         with GpuSampler() as sampler:
                             point = run_perf_analyzer(names[key], data, url=url, protocol=protocol,
                                                       concurrency=concurrency, measurement_ms=options.measurement_ms)
                         point.gpu_util_percent = sampler.mean()
                         point.extra["models"] = statistics_delta(before, model_statistics(http_url))
+                        # Over all of perf_analyzer's windows, warm-up included: CPU time of the
+                        # server and its stubs per image the server answered in that time.
+                        answered = point.extra["models"].get(names[key], {})
+                        images = answered.get("executions", 0) * answered.get("mean_batch", 0)
+                        point.extra["server_cpu_ms_per_image"] = (
+                            (server.cpu_seconds() - cpu_before) * 1e3 / images if images else None
+                        )
                         point.extra["endpoint"] = key
                         endpoints.append(point.as_dict())
                         progress(f"{key:8s} {protocol:4s} c={concurrency:<4d} {point.images_per_s:8.0f} images/s "
@@ -223,8 +239,8 @@ def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[st
         points = [p for p in result["endpoints"] if p["extra"]["endpoint"] == endpoint and p["p99_ms"] <= p99_limit_ms]
         return max(points, key=lambda p: p["images_per_s"], default=None)
 
-    bls, ensemble = best("bls"), best("ensemble")
-    single = [p for p in result["endpoints"] if p["extra"]["endpoint"] == "bls" and p["concurrency"] == 1]
+    bls, ensemble = best("bls_native"), best("ensemble_native")
+    single = [p for p in result["endpoints"] if p["extra"]["endpoint"] == "bls_native" and p["concurrency"] == 1]
     summary: dict[str, Any] = {"in_process_limit": limit, "p99_limit_ms": p99_limit_ms}
     if bls:
         summary["bls_best"] = {k: bls[k] for k in ("images_per_s", "protocol", "concurrency", "p99_ms")}

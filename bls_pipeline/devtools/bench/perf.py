@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bls_pipeline.devtools.bench.run import BenchError, BenchImage
+from bls_pipeline.devtools.bench.run import BenchError, BenchImage, perf_analyzer_data
 
 # perf_analyzer's CSV columns (microseconds) that this module reports.
 _LATENCY_COLUMNS = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency"}
@@ -71,14 +70,9 @@ def perf_analyzer_binary() -> str:
 
 
 def write_input_data(images: Sequence[BenchImage], path: Path) -> Path:
-    """The ``--input-data`` JSON: one photograph per request, each row its own length.
-
-    One image per request needs no padding, so none is sent: the request carries exactly the
-    file's bytes, and the server's dynamic (ragged) batching forms the batches.
-    """
-    entries = [{"IMAGE": {"b64": base64.b64encode(image.data).decode("ascii"), "shape": [len(image.data)]}} for image in images]
+    """Write :func:`perf_analyzer_data` of ``images`` to ``path``."""
     path = Path(path)
-    path.write_text(json.dumps({"data": entries}))
+    path.write_text(json.dumps(perf_analyzer_data(images)))
     return path
 
 
@@ -118,7 +112,7 @@ def run_perf_analyzer(
         "--input-data", str(input_data), "-b", "1",
         "--concurrency-range", f"{concurrency}:{concurrency}",
         "--measurement-interval", str(measurement_ms),
-        "--stability-percentage", "20", "--max-trials", "6",
+        "--stability-percentage", "20", "--max-trials", "4",
         "-f", str(csv_path),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

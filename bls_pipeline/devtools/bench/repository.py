@@ -42,6 +42,7 @@ from bls_pipeline.build.repository import (
     SERIALIZED_FILE,
     SETTINGS_FILE,
     TEMPLATE_DIR,
+    WARMUP_DIR,
     RepositorySpec,
     serialize_pipeline,
 )
@@ -155,7 +156,16 @@ def _spec(built: Path, configs: dict[str, mc.ModelConfig], native_models: frozen
         queue_delay_us=configs[mc.CLASSIFIER].dynamic_batching.max_queue_delay_microseconds,
         native_models=native_models,
         preprocessing=_preprocessing_settings(built),
+        # The serving knobs of the built repository carry over to every variant.
+        hw_decoder_load=float(json.loads((built / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text()).get("hw_decoder_load", 0.65)),
+        preprocessing_instances=_instance_count(configs[mc.PREPROCESSING]),
+        network_instances=_instance_count(network),
+        classifier_instances=_instance_count(configs[mc.CLASSIFIER]),
     )
+
+
+def _instance_count(config: mc.ModelConfig) -> int:
+    return sum(group.count for group in config.instance_group) or 1
 
 
 def _preprocessing_settings(built: Path) -> PreprocessingSettings:
@@ -179,6 +189,8 @@ def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: s
             # first), the network files; model.py follows the hosting.
             if path.is_file() and path.name != MODEL_FILE:
                 os.link(path, version / path.name)
+        if (built / model / WARMUP_DIR).is_dir():
+            shutil.copytree(built / model / WARMUP_DIR, output / name / WARMUP_DIR)
         if not spec.native(model):
             shutil.copyfile(TEMPLATE_DIR / model / "1" / MODEL_FILE, version / MODEL_FILE)
         elif model == mc.PREPROCESSING and not (version / SERIALIZED_FILE).is_file():

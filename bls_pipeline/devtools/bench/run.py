@@ -881,19 +881,22 @@ def plot_result(result: Mapping[str, Any], path: Path) -> Path:
 
 
 def perf_analyzer_data(images: Sequence[BenchImage]) -> dict[str, Any]:
-    """perf_analyzer ``--input-data`` JSON: each image one request, rows zero-padded to the
-    longest image (the classifier's contract), bytes base64-encoded."""
-    length = max(len(image.data) for image in images)
+    """perf_analyzer ``--input-data`` JSON: each photograph one request, bytes base64-encoded.
+
+    One image per request needs no padding, so none is sent: each row is exactly the file
+    (its own ``shape``), and the server's dynamic ragged batching forms the batches. A
+    64-image zero-padded request of ImageNet-sized photos carries 20-39 MB for 7 MB of JPEG.
+    """
     return {
         "data": [
-            {contract.IMAGE_INPUT: {"b64": base64.b64encode(image.data.ljust(length, b"\0")).decode("ascii"), "shape": [length]}}
+            {contract.IMAGE_INPUT: {"b64": base64.b64encode(image.data).decode("ascii"), "shape": [len(image.data)]}}
             for image in images
         ]
     }
 
 
 def perf_analyzer_command(data_file: str, url: str = "127.0.0.1:8000", model: str = contract.CLASSIFIER) -> str:
-    """The perf_analyzer command line that loads ``model`` with the padded photographs."""
+    """The perf_analyzer command line that loads ``model`` with the photographs, one per request."""
     return (
         f"perf_analyzer -m {model} -u {url} -i http --input-data {data_file} -b 1 "
         "--concurrency-range 1:16:2 --measurement-interval 5000 --stability-percentage 10 "
