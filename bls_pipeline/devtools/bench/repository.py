@@ -180,10 +180,8 @@ def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: s
     names = (mc.PREPROCESSING + suffix, mc.NETWORK + suffix)
     configs = spec.configs()
     for model, name in zip((mc.PREPROCESSING, mc.NETWORK), names):
-        # Beside the version folder: the warm-up samples its config names.
-        shutil.copytree(built / model, output / name, ignore=shutil.ignore_patterns("1", "config.pbtxt", "__pycache__"))
         version = output / name / "1"
-        version.mkdir()
+        version.mkdir(parents=True)
         for path in (built / model / "1").iterdir():
             # The pipeline (dali.py and its settings, or model.dali: either hosting loads it
             # first), the network files; model.py follows the hosting.
@@ -272,7 +270,10 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     _write_model_py(naive_dir, NAIVE, "NaiveClassifierModel")
     shutil.copyfile(labels, naive_dir / LABELS_FILE)
     shutil.copyfile(output / mc.PREPROCESSING / "1" / SETTINGS_FILE, naive_dir / SETTINGS_FILE)
-    os.link(output / mc.NETWORK / "1" / "model.onnx", naive_dir / "model.onnx")
+    # The same network files as the served model: on a GPU, model.pt runs on torch CUDA.
+    for network_file in (output / mc.NETWORK / "1").glob("model.*"):
+        if network_file.name != MODEL_FILE:
+            os.link(network_file, naive_dir / network_file.name)
     mc.write_config(
         output / NAIVE / "config.pbtxt", naive_config(classifier, mc.read_config(output / mc.NETWORK / "config.pbtxt"))
     )
