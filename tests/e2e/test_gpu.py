@@ -25,8 +25,9 @@ pytestmark = pytest.mark.e2e
 # cannot install the shipped weights' package; otherwise the test builds one.
 PREBUILT_ENV = "BLS_TEST_GPU_REPOSITORY"
 # Tolerance of the mixed (nvJPEG) decoder against the CPU decoder: they round differently
-# (measured max difference 0.004 on the samples); the classes must agree exactly.
-DECODER_PROBABILITY_TOLERANCE = 0.02
+# (measured on an H100: max probability difference 0.026 over 11 photographs); the classes
+# must agree exactly.
+DECODER_PROBABILITY_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,9 @@ def _in_process_probabilities(repository: Path, decoder: str, images: list[bytes
 def test_the_mixed_decoder_gives_the_classes_of_the_cpu_decoder(gpu_repository, photos):
     from bls_pipeline.devtools.bench.run import benchmark_images
 
+    # JPEGs decode on the GPU, the PNGs on the CPU side of the mixed pipeline (dali.py).
     images = [encode(photos[name], "JPEG", quality=90) for name in PHOTOS] + [i.data for i in benchmark_images()]
+    images += [encode(photos[name], "PNG") for name in PHOTOS]
     on_gpu = _in_process_probabilities(gpu_repository, "mixed", images)
     on_cpu = _in_process_probabilities(gpu_repository, "cpu", images)
     assert (on_gpu.argmax(axis=1) == on_cpu.argmax(axis=1)).all()

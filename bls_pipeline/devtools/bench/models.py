@@ -73,7 +73,11 @@ class NaiveClassifierModel:
         self.labels = label_table(load_labels(version_dir / parameters["labels_file"]))
         self.preprocess = PilPreprocessor.from_file(version_dir / PREPROCESSING_FILE)
         self.network = load_network(
-            version_dir, device=_device(args), gpu_id=_gpu_id(args), **network_options(parameters)
+            version_dir,
+            device=_device(args),
+            gpu_id=_gpu_id(args),
+            max_batch_size=config["max_batch_size"],
+            **network_options(parameters),
         )
 
     def _preprocess_request(self, request: Any) -> tuple[list[np.ndarray], int]:

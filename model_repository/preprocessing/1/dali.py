@@ -67,6 +67,21 @@ def load_settings(directory: Path | None = None) -> dict:
 _SETTINGS = load_settings()
 
 
+def _decode_on_gpu(encoded, hw_decoder_load: float):
+    """JPEGs on the GPU (nvJPEG, hardware decoder first), every other format on the CPU.
+
+    The mixed decoder decodes what nvImageCodec's GPU and CPU extensions can; the PyPI build
+    (0.9) has none for PNG or WebP, so with the mixed decoder alone a valid PNG "fails to
+    decode" (measured on an H100). The batch is split on the JPEG start marker instead (the
+    classifier has checked every image's format) and merged on the GPU.
+    """
+    if (encoded[0] == 0xFF) & (encoded[1] == 0xD8):
+        images = fn.decoders.image(encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
+    else:
+        images = fn.decoders.image(encoded, device="cpu", output_type=types.RGB).gpu()
+    return images
+
+
 @autoserialize
 @pipeline_def(
     batch_size=_SETTINGS["max_batch_size"],
@@ -75,6 +90,8 @@ _SETTINGS = load_settings()
     device_id=None if _SETTINGS["decoder_device"] == "cpu" else 0,
     output_dtype=types.FLOAT,
     output_ndim=3,
+    # Splits a GPU batch by format (_decode_on_gpu); a CPU pipeline has no condition in it.
+    enable_conditionals=True,
 )
 def preprocessing(
     resize_shorter: int = _SETTINGS["resize_shorter"],
@@ -87,9 +104,10 @@ def preprocessing(
 ):
     """Encoded image bytes -> normalized float32 CHW ``[3, crop, crop]`` per sample."""
     encoded = fn.external_source(name=INPUT_NAME, dtype=types.UINT8, ndim=1)
-    # hw_decoder_load exists only for the mixed decoder; the CPU one refuses the argument.
-    gpu_only = {"hw_decoder_load": hw_decoder_load} if decoder_device == "mixed" else {}
-    images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB, **gpu_only)
+    if decoder_device == "mixed":
+        images = _decode_on_gpu(encoded, hw_decoder_load)
+    else:
+        images = fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
     images = fn.resize(
         images,
         resize_shorter=resize_shorter,
