@@ -274,6 +274,9 @@ class LocalTritonServer:
         if self.native_backends is not None:
             # Links, not copies: their RUNPATHs name this environment's DALI and ONNX Runtime.
             for name in BACKENDS:
+                # A copy that `build_backends.py --install` put into pytriton's own folder has
+                # $ORIGIN-relative RUNPATHs, which do not resolve from this staged folder.
+                shutil.rmtree(backends / name, ignore_errors=True)
                 (backends / name).symlink_to(self.native_backends / name, target_is_directory=True)
         return backends
 

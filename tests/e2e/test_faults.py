@@ -94,7 +94,8 @@ def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recove
         assert recovered, f"no request succeeded after the last error; errors: {errors[-3:]}"
         # Every failure names the dead model's stub and is the server's (500), not the image's (400).
         assert STUB_ERRORS[model] in errors, set(errors)
-        assert all(e.startswith(f"{model}: ") or f"'{model}_0_0'" in e for e in errors), set(errors)
+        # While the classifier itself reloads, Triton answers "unknown model: 'classifier' ...".
+        assert all(e.startswith(f"{model}: ") or f"'{model}" in e for e in errors), set(errors)
         assert last_error - killed_at < 20, f"failures went on for {last_error - killed_at:.1f} s"
         assert server.reloaded_models == [model]
         assert server.process is not None and server.process.pid == server_pid  # no restart

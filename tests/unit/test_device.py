@@ -60,15 +60,15 @@ def test_the_default_device_is_gpu_only_when_the_driver_shows_a_device(monkeypat
     assert dev.detect_device() == expected
 
 
-def test_the_cpu_device_runs_onnx_runtime_on_the_cpu_provider_alone(built_repository: Path):
+def test_the_cpu_device_runs_onnx_runtime_on_the_cpu_provider_alone(python_repository: Path):
     from bls_pipeline.runtime.network import load_network
 
-    network = load_network(built_repository / "efficientnet-b0" / "1", device="cpu")
+    network = load_network(python_repository / "efficientnet-b0" / "1", device="cpu")
 
     assert network._session.get_providers() == ["CPUExecutionProvider"]
 
 
-def test_the_gpu_device_never_falls_back_to_the_cpu(built_repository: Path):
+def test_the_gpu_device_never_falls_back_to_the_cpu(python_repository: Path):
     import onnxruntime as ort
 
     from bls_pipeline.runtime.network import load_network
@@ -76,7 +76,7 @@ def test_the_gpu_device_never_falls_back_to_the_cpu(built_repository: Path):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this ONNX Runtime has CUDA: the refusal is for a machine without it")
     with pytest.raises(RuntimeError, match="device is gpu but this ONNX Runtime has no CUDAExecutionProvider"):
-        load_network(built_repository / "efficientnet-b0" / "1", device="gpu")
+        load_network(python_repository / "efficientnet-b0" / "1", device="gpu")
 
 
 def test_the_dali_runner_decodes_where_preprocessing_json_says(tmp_path: Path):

@@ -261,3 +261,15 @@ def test_a_site_without_the_server_library_is_named(tmp_path):
     site = fake_site(tmp_path)
     with pytest.raises(BackendBuildError, match="expected one libtritonserver-\\*.so in .*, found none"):
         needed_replacements(site)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["onnxruntime/onnxruntime_c_api.h", "onnxruntime/include/onnxruntime/core/session/onnxruntime_c_api.h"],
+    ids=["shared archive (flat)", "onnxruntime's own tree"],
+)
+def test_the_onnxruntime_headers_are_found_in_either_layout(tmp_path, layout):
+    header = tmp_path / layout
+    header.parent.mkdir(parents=True)
+    header.write_text("#define ORT_API_VERSION 23\n")
+    assert sources.ort_include_dir(tmp_path) == header.parent

@@ -102,7 +102,10 @@ def _extract(archive: Path, dest: Path) -> None:
 def ort_include_dir(tree: Path) -> Path:
     """The folder of ``onnxruntime_c_api.h`` in the unpacked headers (flat in the shared
     archive, ``include/onnxruntime/core/session`` in ONNX Runtime's own tree)."""
-    found = sorted((tree / "onnxruntime").rglob("onnxruntime_c_api.h"))
+    upstream = tree / "onnxruntime" / "include" / "onnxruntime" / "core" / "session"
+    if (upstream / "onnxruntime_c_api.h").is_file():
+        return upstream
+    found = sorted((tree / "onnxruntime").glob("onnxruntime_c_api.h"))
     if not found:
         raise BackendBuildError(f"no onnxruntime_c_api.h under {tree / 'onnxruntime'}")
     return found[0].parent

@@ -183,14 +183,15 @@ def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: s
         version = output / name / "1"
         version.mkdir(parents=True)
         for path in (built / model / "1").iterdir():
-            # The pipeline and its settings, the network files; model.py and model.dali follow the hosting.
-            if path.is_file() and path.name not in (MODEL_FILE, SERIALIZED_FILE):
+            # The pipeline (dali.py and its settings, or model.dali: either hosting loads it
+            # first), the network files; model.py follows the hosting.
+            if path.is_file() and path.name != MODEL_FILE:
                 os.link(path, version / path.name)
         if (built / model / WARMUP_DIR).is_dir():
             shutil.copytree(built / model / WARMUP_DIR, output / name / WARMUP_DIR)
         if not spec.native(model):
             shutil.copyfile(TEMPLATE_DIR / model / "1" / MODEL_FILE, version / MODEL_FILE)
-        elif model == mc.PREPROCESSING:
+        elif model == mc.PREPROCESSING and not (version / SERIALIZED_FILE).is_file():
             serialize_pipeline(version / DALI_FILE, version / SERIALIZED_FILE)
         config = configs[model]
         config.name = name
