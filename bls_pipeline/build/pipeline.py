@@ -35,13 +35,13 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_ARCH = "efficientnet-lite0"
 
 
-# Serving defaults per device, chosen by measurement (docs/gpu.md, docs/benchmark.md). On a
-# GPU the mixed decoder's CPU side (Huffman decoding of what the hardware decoder does not
-# take) needs more threads than 2 (in process, batch 128: 2,165 images/s with 2, 13,770
-# with 8), and the classifier's Python work limits one instance to about 1,000 images/s.
+# Serving defaults per device, chosen by measurement on an H100 (docs/gpu.md). The mixed
+# decoder's CPU side (Huffman decoding of what the hardware decoder does not take) needs more
+# than 2 threads (in process, batch 128: 2,165 images/s with 2, 13,770 with 8); the
+# classifier's Python work limits one instance to about 1,300 images/s (8 instances: 3,688).
 DEVICE_DEFAULTS = {
     CPU: {"dali_threads": 2, "hw_decoder_load": 0.65, "classifier_instances": 1},
-    GPU: {"dali_threads": 8, "hw_decoder_load": 0.65, "classifier_instances": 4},
+    GPU: {"dali_threads": 8, "hw_decoder_load": 0.65, "classifier_instances": 8},
 }
 
 
