@@ -75,6 +75,31 @@ def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> Mo
     return module
 
 
+def pipeline_from_settings(
+    module: ModuleType, settings: dict, *, max_batch_size: int, num_threads: int, device_id: int | None
+) -> Any:
+    """The (unbuilt) pipeline of a ``dali.py`` module with every setting of its
+    ``preprocessing.json`` passed explicitly, fed one batch per run.
+
+    One batch per run (``prefetch_queue_depth=1``): the pipeline must not wait for a second
+    fed batch, and it is how Triton's DALI backend runs a pipeline too.
+    """
+    optional = {key: settings[key] for key in ("hw_decoder_load",) if key in settings}
+    return module.preprocessing(
+        batch_size=max_batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        prefetch_queue_depth=1,
+        resize_shorter=settings["resize_shorter"],
+        crop=settings["crop"],
+        interpolation=settings["interpolation"],
+        mean=settings["mean"],
+        std=settings["std"],
+        decoder_device=settings["decoder_device"],
+        **optional,
+    )
+
+
 class DaliPreprocessor:
     """A built DALI pipeline that turns encoded images into a float32 ``[N, 3, H, W]`` batch.
 
@@ -129,18 +154,12 @@ class DaliPreprocessor:
         settings = module.load_settings(Path(path).resolve().parent)
         decoder_device = settings["decoder_device"]
         on_device = decoder_device != "cpu"
-        make_pipeline = lambda: module.preprocessing(  # noqa: E731
-            batch_size=max_batch_size,
+        make_pipeline = lambda: pipeline_from_settings(  # noqa: E731
+            module,
+            settings,
+            max_batch_size=max_batch_size,
             num_threads=num_threads or settings["num_threads"],
             device_id=gpu_id if on_device else None,
-            # One fed batch per run: the pipeline must not wait for a second one.
-            prefetch_queue_depth=1,
-            resize_shorter=settings["resize_shorter"],
-            crop=settings["crop"],
-            interpolation=settings["interpolation"],
-            mean=settings["mean"],
-            std=settings["std"],
-            decoder_device=decoder_device,
         )
         return cls(
             make_pipeline,

@@ -70,7 +70,7 @@ class InProcessGpu:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         from bls_pipeline.build import model_config as mc
-        from bls_pipeline.runtime.dali import load_pipeline_module
+        from bls_pipeline.runtime.dali import load_pipeline_module, pipeline_from_settings
         from bls_pipeline.runtime.network import TORCH_WEIGHTS_FILE
         from bls_pipeline.runtime.torch_network import TorchCudaNetwork
 
@@ -81,19 +81,9 @@ class InProcessGpu:
         settings = {**module.load_settings(version), **(overrides or {})}
         self.settings = settings
         self.crop = settings["crop"]
-        self._pipe = module.preprocessing(
-            batch_size=max_batch_size,
-            num_threads=settings["num_threads"],
-            device_id=0,
-            # One batch at a time, as Triton's DALI backend runs its pipeline.
-            prefetch_queue_depth=1,
-            resize_shorter=settings["resize_shorter"],
-            crop=settings["crop"],
-            interpolation=settings["interpolation"],
-            mean=settings["mean"],
-            std=settings["std"],
-            decoder_device="mixed",
-            **({"hw_decoder_load": settings["hw_decoder_load"]} if "hw_decoder_load" in settings else {}),
+        self._pipe = pipeline_from_settings(
+            module, {**settings, "decoder_device": "mixed"}, max_batch_size=max_batch_size,
+            num_threads=settings["num_threads"], device_id=0,
         )
         self._pipe.build()
         self.input_name = module.INPUT_NAME
