@@ -28,6 +28,16 @@ from bls_pipeline.runtime.device import DEVICES
 from bls_pipeline.build.hosting import AUTO, HOSTINGS
 
 
+def _gpu_list(text: str) -> tuple[int, ...]:
+    try:
+        gpus = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated GPU ids, got {text!r}") from None
+    if min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"GPU ids must be distinct and >= 0, got {text!r}")
+    return gpus
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="build_repo",
@@ -121,6 +131,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="GPU only: share of JPEGs for the hardware JPEG decoder, 0..1 (default: DALI's 0.65)",
     )
+    tuning.add_argument(
+        "--gpus",
+        type=_gpu_list,
+        default=(),
+        help="GPU ids to place every model's instances on, e.g. 0,1 (default: each visible GPU; the "
+        "instance counts are per GPU)",
+    )
     tuning.add_argument("--preprocessing-instances", type=int, default=1, help="instances of the preprocessing model")
     tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
     tuning.add_argument(
@@ -194,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             preprocessing_instances=args.preprocessing_instances,
             network_instances=args.network_instances,
             classifier_instances=args.classifier_instances,
+            gpus=args.gpus,
             network_threads=args.network_threads,
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,

@@ -66,10 +66,17 @@ def _dynamic_batching(max_queue_delay_us: int) -> dict[str, Any]:
     return {"max_queue_delay_microseconds": max_queue_delay_us}
 
 
-def _instances(device: str, count: int = 1) -> list[dict[str, Any]]:
+def _instances(device: str, count: int = 1, gpus: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """One instance group: ``count`` instances on each of ``gpus`` (empty: on every visible GPU,
+    Triton's rule for ``KIND_GPU``; on the CPU, ``count`` in all)."""
     if count < 1:
         raise ConfigError(f"instance count must be at least 1, got {count}")
-    return [{"kind": instance_kind(device), "count": count}]
+    group: dict[str, Any] = {"kind": instance_kind(device), "count": count}
+    if gpus:
+        if device != GPU:
+            raise ConfigError("--gpus places instances on GPUs: it needs --device gpu")
+        group["gpus"] = list(gpus)
+    return [group]
 
 
 def _python_backend_parameters(parameters: Mapping[str, object] | None, *, gpu_inputs: bool) -> dict[str, object]:
@@ -88,6 +95,7 @@ def classifier_config(
     parameters: Mapping[str, object] | None = None,
     max_queue_delay_us: int = 0,
     instances: int = 1,
+    gpus: Sequence[int] = (),
 ) -> ModelConfig:
     """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
 
@@ -103,7 +111,7 @@ def classifier_config(
             "input": [{**contract.IMAGE.config(), "allow_ragged_batch": True}],
             "output": [spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
             "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-            "instance_group": _instances(device, instances),
+            "instance_group": _instances(device, instances, gpus),
             "parameters": _string_parameters(_python_backend_parameters(parameters, gpu_inputs=False)),
         }
     )
@@ -120,6 +128,7 @@ def preprocessing_config(
     max_queue_delay_us: int = 0,
     instances: int = 1,
     native: bool | None = None,
+    gpus: Sequence[int] = (),
 ) -> ModelConfig:
     """The DALI preprocessing model: ``DALI_INPUT`` bytes -> ``DALI_OUTPUT`` FP32 ``[3, crop, crop]``.
 
@@ -137,7 +146,7 @@ def preprocessing_config(
         "name": PREPROCESSING,
         "max_batch_size": max_batch_size,
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "instance_group": _instances(device, instances),
+        "instance_group": _instances(device, instances, gpus),
     }
     if native:
         config["backend"] = "dali"
@@ -164,6 +173,7 @@ def network_config(
     parameters: Mapping[str, object] | None = None,
     instances: int = 1,
     native: bool | None = None,
+    gpus: Sequence[int] = (),
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
 
@@ -181,7 +191,7 @@ def network_config(
         "input": [contract.preprocessed(NETWORK_INPUT, crop).config()],
         "output": [contract.logits(num_classes).config()],
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "instance_group": _instances(device, instances),
+        "instance_group": _instances(device, instances, gpus),
     }
     if native:
         if runtime == "tensorrt":

@@ -67,6 +67,7 @@ class BuildOptions:
     preprocessing_instances: int = 1
     network_instances: int = 1
     classifier_instances: int | None = None
+    gpus: tuple[int, ...] = ()
     network_threads: int = 0
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None
@@ -192,6 +193,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
             preprocessing_instances=options.preprocessing_instances,
             network_instances=options.network_instances,
             classifier_instances=tuning["classifier_instances"],
+            gpus=tuple(options.gpus),
             dali_autoconfig=options.dali_autoconfig,
             network_threads=options.network_threads,
             max_image_bytes=options.max_image_bytes,

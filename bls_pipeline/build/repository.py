@@ -85,6 +85,8 @@ class RepositorySpec:
     # The classifier's Python work (trimming, checks, responses) runs one execution at a time
     # per instance: on a GPU it, not the sub-models, limits throughput (docs/gpu.md).
     classifier_instances: int = 1
+    # GPUs to place every model's instances on; empty: each visible GPU (Triton's KIND_GPU rule).
+    gpus: tuple[int, ...] = ()
     network_threads: int = 0
     # ONNX Runtime's idle pool threads busy-wait by default; on a CPU shared with DALI and the
     # Python stubs that costs throughput (docs/benchmark.md: +12 % at concurrency 8 without).
@@ -147,6 +149,7 @@ class RepositorySpec:
                 parameters=classifier_parameters,
                 max_queue_delay_us=self.queue_delay_us,
                 instances=self.classifier_instances,
+                gpus=self.gpus,
             ),
             mc.PREPROCESSING: mc.preprocessing_config(
                 target=self.target,
@@ -158,6 +161,7 @@ class RepositorySpec:
                 max_queue_delay_us=self.queue_delay_us,
                 instances=self.preprocessing_instances,
                 native=self.native(mc.PREPROCESSING),
+                gpus=self.gpus,
             ),
             mc.NETWORK: mc.network_config(
                 target=self.target,
@@ -170,6 +174,7 @@ class RepositorySpec:
                 parameters=network_parameters,
                 instances=self.network_instances,
                 native=self.native(mc.NETWORK),
+                gpus=self.gpus,
             ),
         }
         mc.add_classification_output(

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from bls_pipeline.runtime.device import visible_gpu_count
 from typing import Mapping
 
 MIB = 1024 * 1024
@@ -55,9 +57,11 @@ class ServerSizing:
         return cls(cuda_pool_bytes=0, shm_default_bytes=MIN_SHM_BYTES, shm_growth_bytes=MIN_SHM_BYTES, gpus=(), batch_bytes=0)
 
     @classmethod
-    def from_repository(cls, repository: Path, gpus: tuple[int, ...] = (0,)) -> "ServerSizing | None":
+    def from_repository(cls, repository: Path, gpus: tuple[int, ...] | None = None) -> "ServerSizing | None":
         """Read the preprocessing and network configs of ``repository`` and size for them.
 
+        ``gpus``: the devices to give a pool; default the ones the configs name, else every
+        visible GPU (an instance group without ``gpus`` places its instances on each).
         ``None`` when the repository has no such models (a test's or a user's own models).
         """
         from bls_pipeline.build import model_config as mc
@@ -66,6 +70,9 @@ class ServerSizing:
         if not all(path.is_file() for path in paths):
             return None
         preprocessing, network = (mc.read_config(path) for path in paths)
+        if gpus is None:
+            named = sorted({gpu for config in (preprocessing, network) for group in config.instance_group for gpu in group.gpus})
+            gpus = tuple(named) or tuple(range(max(visible_gpu_count(), 1)))
         return cls.from_configs(preprocessing, network, gpus)
 
     @classmethod
@@ -79,6 +86,7 @@ class ServerSizing:
             per_image *= max(int(dim), 1)
         max_batch = max(preprocessing.max_batch_size, network.max_batch_size, 1)
         batch_bytes = per_image * max_batch
+        # An instance group's count is per GPU: the pool of one GPU serves that many of each.
         instances = _instances(preprocessing) + _instances(network)
         on_gpu = any(_on_gpu(config) for config in (preprocessing, network))
         in_flight = 2 * batch_bytes * instances

@@ -54,6 +54,18 @@ def device_of_instance_kind(kind: str) -> str:
     return GPU if kind.upper() == "GPU" else CPU
 
 
+def visible_gpu_count() -> int:
+    """How many CUDA devices the driver shows (``CUDA_VISIBLE_DEVICES`` honoured); 0 without one."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def detect_device() -> tuple[str, str]:
     """The default device for a build on this machine, and why.
 

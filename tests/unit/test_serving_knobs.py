@@ -49,3 +49,31 @@ def test_unset_knobs_take_the_devices_measured_defaults(tmp_path, device, given,
     from bls_pipeline.build.pipeline import BuildOptions, serving_tuning
 
     assert serving_tuning(BuildOptions(output=tmp_path, **given), device) == expected
+
+
+def test_gpus_place_every_models_instances_on_those_gpus():
+    spec = RepositorySpec(target="local", device="gpu", max_batch_size=8, num_classes=10, gpus=(0, 1), network_instances=2)
+    for config in spec.configs().values():
+        (group,) = config.instance_group
+        assert list(group.gpus) == [0, 1]
+    assert spec.configs()[mc.NETWORK].instance_group[0].count == 2  # per GPU
+
+
+def test_without_gpus_triton_places_instances_on_every_visible_gpu():
+    spec = RepositorySpec(target="local", device="gpu", max_batch_size=8, num_classes=10)
+    assert all(not group.gpus for config in spec.configs().values() for group in config.instance_group)
+
+
+def test_gpus_need_the_gpu_device():
+    with pytest.raises(ConfigError, match="needs --device gpu"):
+        RepositorySpec(target="local", device="cpu", max_batch_size=8, num_classes=10, gpus=(0,)).configs()
+
+
+@pytest.mark.parametrize("text", ["0,x", "0,0", "-1"])
+def test_build_repo_refuses_a_bad_gpu_list(text, capsys):
+    from tools.build_repo import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--gpus", text])
+    assert raised.value.code == 2
+    assert "--gpus" in capsys.readouterr().err

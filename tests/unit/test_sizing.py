@@ -91,3 +91,11 @@ def test_dev_shm_rounds_up_to_64_mib(max_image_bytes, mib):
     configs = _configs("triton", max_image_bytes=max_image_bytes)
 
     assert dev_shm_bytes(configs, shm_default_byte_size=MIN_SHM_BYTES) == mib * MIB
+
+
+def test_every_gpu_the_configs_name_gets_its_own_pool(tmp_path):
+    repository = _repository(tmp_path, target="local", device="gpu", max_batch_size=64, gpus=(1, 3))
+    sizing = ServerSizing.from_repository(repository)
+    assert sizing.gpus == (1, 3)
+    pools = [arg for arg in sizing.server_args() if arg.startswith("--cuda-memory-pool-byte-size=")]
+    assert pools == [f"--cuda-memory-pool-byte-size={gpu}:{sizing.cuda_pool_bytes}" for gpu in (1, 3)]
