@@ -3,8 +3,8 @@
 The package is the project's logic; Triton's ``model.py`` files only adapt it. Its floors,
 each importing only the ones below it:
 
-- ``devtools``: the libraries of the command-line tools: ``server`` (the local launcher) and
-  ``sizing`` (its memory pools), ``client`` and ``files``, ``bench`` (CPU and GPU benchmark),
+- ``devtools``: the libraries of the command-line tools: ``server`` (the local launcher),
+  ``processes`` (its stubs, CPU time and shared memory, from /proc) and ``sizing`` (its memory pools), ``client`` and ``files``, ``bench`` (CPU and GPU benchmark),
   ``soak``, ``capacity``, ``backends`` (building Triton's own DALI and ONNX Runtime backends),
   ``cli`` (what the tools share)
 - ``build``: the repository build: ``checkpoints``, ``networks``, ``export``, ``model_config``,

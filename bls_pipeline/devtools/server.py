@@ -40,20 +40,24 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bls_pipeline.build.model_config import read_config
 from bls_pipeline.devtools.backends import BACKENDS, native_backends_dir
+from bls_pipeline.devtools.processes import (
+    SHM_DIR,
+    StubProcess,
+    cpu_seconds,
+    models_with_dead_stubs,
+    shm_segments,
+    stub_processes,
+)
 from bls_pipeline.devtools.sizing import ServerSizing
 from bls_pipeline.errors import ConfigError, ServerError
 
 LOGGER = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
-# The Python backend names its segments after this prefix (one per stub).
-SHM_PREFIX = "triton_python_backend_shm_region"
 LOG_TAIL_LINES = 25
 # The platforms that Triton's own backends (tools/build_backends.py) serve.
 NATIVE_PLATFORMS = {"onnxruntime_onnx": "onnxruntime"}
@@ -151,74 +155,6 @@ def stub_numpy_version(env: dict[str, str]) -> str:
         reason = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
         raise ServerError(f"numpy cannot be imported by {sys.executable}: {reason}")
     return result.stdout.strip()
-
-
-@dataclass(frozen=True)
-class StubProcess:
-    """A Python-backend stub process of a server: one per model instance."""
-
-    pid: int
-    model: str
-    shm_region: str
-
-
-def proc_status(pid: int | str, proc: Path = Path("/proc")) -> dict[str, str]:
-    """The fields of ``/proc/<pid>/status`` by name (``"PPid"``, ``"State"``, ``"VmRSS"``, ...),
-    values as written there; empty when the process is gone."""
-    try:
-        status = (proc / str(pid) / "status").read_text()
-    except OSError:
-        return {}
-    return dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-
-
-def cpu_seconds(pid: int | str, proc: Path = Path("/proc")) -> float:
-    """User + system CPU time of a process so far, in seconds; 0 when it is gone."""
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return 0.0
-    # Fields after the command name, which may contain spaces, in parentheses: utime is the
-    # 14th field of the line, stime the 15th.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stub_processes(server_pid: int) -> list[StubProcess]:
-    """The live Python-backend stubs that ``server_pid`` started (zombies left out).
-
-    A stub's command line is ``stub <repo>/<model>/<version>/model.py <shm region> ...``.
-    """
-    stubs = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = proc_status(entry.name)
-        if fields.get("PPid") != str(server_pid) or fields.get("State", "").startswith(("Z", "X")):
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # it exited meanwhile
-            continue
-        if len(argv) < 3 or not argv[0].endswith(b"triton_python_backend_stub"):
-            continue
-        model_file = Path(os.fsdecode(argv[1]))
-        stubs.append(StubProcess(int(entry.name), model_file.parent.parent.name, os.fsdecode(argv[2])))
-    return stubs
-
-
-def models_with_dead_stubs(before: list[StubProcess], now: list[StubProcess]) -> set[str]:
-    """Models that have fewer live stubs now than ``before`` (a reloaded model has new pids)."""
-    expected = Counter(stub.model for stub in before)
-    alive = Counter(stub.model for stub in now)
-    return {model for model, count in expected.items() if alive[model] < count}
-
-
-def shm_segments() -> set[str]:
-    """Names of the Python backend's shared-memory segments now in ``/dev/shm``."""
-    if not SHM_DIR.is_dir():
-        return set()
-    return {path.name for path in SHM_DIR.iterdir() if path.name.startswith(SHM_PREFIX)}
 
 
 class LocalTritonServer:

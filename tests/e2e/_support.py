@@ -10,7 +10,8 @@ import numpy as np
 
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.devtools.client import host_port
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, StubProcess, native_backend_models
+from bls_pipeline.devtools.processes import StubProcess
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, native_backend_models
 
 
 def copy_repository(

@@ -27,7 +27,8 @@ import pytest
 
 from bls_pipeline.devtools.client import ClassifierClient
 from bls_pipeline.errors import ServerError
-from bls_pipeline.devtools.server import SHM_DIR, SHM_PREFIX, LocalTritonServer, ServerOptions, shm_segments
+from bls_pipeline.devtools.processes import SHM_DIR, SHM_PREFIX, shm_segments
+from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
 
 pytestmark = pytest.mark.e2e
 

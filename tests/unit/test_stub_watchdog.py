@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.devtools.server import ServerOptions, StubProcess, models_with_dead_stubs, stub_processes
+from bls_pipeline.devtools.processes import StubProcess, models_with_dead_stubs, stub_processes
+from bls_pipeline.devtools.server import ServerOptions
 
 
 def stub(pid: int, model: str) -> StubProcess:
