@@ -60,3 +60,7 @@ class BackendBuildError(BlsPipelineError):
 
 class CapacityError(BlsPipelineError):
     """A benchmark file lacks what a capacity plan needs, or no measured point meets the target."""
+
+
+class BenchError(BlsPipelineError):
+    """The benchmark cannot run: no images, no repository, a failing endpoint."""

@@ -15,20 +15,16 @@ import logging
 import sys
 from pathlib import Path
 
-from bls_pipeline.devtools.bench.run import (
-    DEFAULT_CONCURRENCIES,
-    BenchError,
-    BenchOptions,
-    ENDPOINT_KEYS,
-    benchmark_images,
+from bls_pipeline.devtools.bench.run import DEFAULT_CONCURRENCIES, BenchOptions, ENDPOINT_KEYS, run_benchmark
+from bls_pipeline.devtools.bench.images import benchmark_images, load_images
+from bls_pipeline.devtools.bench.report import (
     format_table,
-    load_images,
     perf_analyzer_command,
     perf_analyzer_data,
     plot_result,
-    run_benchmark,
     write_json,
 )
+from bls_pipeline.errors import BenchError
 from bls_pipeline.devtools.bench.gpu import DEFAULT_GPU_CONCURRENCIES, GpuBenchOptions, format_gpu_table, run_gpu_benchmark
 from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, report_error
 from bls_pipeline.errors import BlsPipelineError

@@ -93,7 +93,7 @@ def _in_process_probabilities(repository: Path, decoder: str, images: list[bytes
 
 
 def test_the_mixed_decoder_gives_the_classes_of_the_cpu_decoder(gpu_repository, photos):
-    from bls_pipeline.devtools.bench.run import benchmark_images
+    from bls_pipeline.devtools.bench.images import benchmark_images
 
     # PNGs too: the mixed decoder hands them to nvImageCodec's CPU (OpenCV) extension.
     images = [encode(photos[name], "JPEG", quality=90) for name in PHOTOS] + [i.data for i in benchmark_images()]

@@ -12,22 +12,20 @@ from PIL import Image
 
 from bls_pipeline.build import model_config as mc
 from bls_pipeline.devtools.bench.run import (
-    BenchError,
-    BenchImage,
     BenchOptions,
     LoadSample,
     Spread,
     _request_inputs,
     assemble_result,
-    benchmark_images,
     check_result_schema,
     check_targets,
     compute_ratios,
     latency_percentiles,
     percentile,
-    perf_analyzer_data,
-    render_photo,
 )
+from bls_pipeline.devtools.bench.images import BenchImage, benchmark_images, render_photo
+from bls_pipeline.devtools.bench.report import perf_analyzer_data
+from bls_pipeline.errors import BenchError
 from bls_pipeline.errors import ConfigError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bls_pipeline.devtools.bench.perf import parse_perf_csv, statistics_delta
-from bls_pipeline.devtools.bench.run import BenchError
+from bls_pipeline.errors import BenchError
 
 CSV = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"

@@ -61,9 +61,10 @@ def test_dali_py_keeps_a_copy_of_the_contract_that_equals_it():
 def test_the_export_client_and_benchmark_use_the_contract_names():
     from bls_pipeline.build import export
     from bls_pipeline.devtools import client
-    from bls_pipeline.devtools.bench import run
+    from bls_pipeline.devtools.bench.images import BenchImage
+    from bls_pipeline.devtools.bench.report import perf_analyzer_data
 
     assert (export.INPUT_NAME, export.OUTPUT_NAME) == (contract.NETWORK_INPUT, contract.NETWORK_OUTPUT)
     assert client.MODEL_NAME == contract.CLASSIFIER
     assert client.OUTPUT_NAMES == (contract.SCORES_OUTPUT, contract.CLASS_IDS_OUTPUT, contract.LABELS_OUTPUT)
-    assert list(run.perf_analyzer_data([run.BenchImage("x", b"ab", 1, 1)])["data"][0]) == [contract.IMAGE_INPUT]
+    assert list(perf_analyzer_data([BenchImage("x", b"ab", 1, 1)])["data"][0]) == [contract.IMAGE_INPUT]

@@ -37,7 +37,9 @@ from bls_pipeline.devtools.bench.perf import (
     statistics_delta,
     write_input_data,
 )
-from bls_pipeline.devtools.bench.run import BenchError, BenchImage, machine_info
+from bls_pipeline.devtools.bench.run import machine_info
+from bls_pipeline.devtools.bench.images import BenchImage
+from bls_pipeline.errors import BenchError
 
 DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
 DEFAULT_GPU_BATCHES = (1, 8, 32, 64, 128)

@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bls_pipeline.devtools.bench.run import BenchError, BenchImage, perf_analyzer_data
+from bls_pipeline.devtools.bench.images import BenchImage
+from bls_pipeline.devtools.bench.report import perf_analyzer_data
+from bls_pipeline.errors import BenchError
 
 # perf_analyzer's CSV columns (microseconds) that this module reports.
 _LATENCY_COLUMNS = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency"}

@@ -1,0 +1,89 @@
+"""The benchmark's photographs: scikit-image's, rendered as ImageNet-sized JPEGs, or a folder.
+
+Example::
+
+    images = benchmark_images()            # 500x375 JPEG, quality 90
+    mine = load_images(Path("photos/"))
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bls_pipeline.errors import BenchError
+
+# ImageNet's typical photograph: 500x375, JPEG quality 90.
+IMAGE_SIZE = (500, 375)
+JPEG_QUALITY = 90
+# skimage's real photographs (all in the wheel, no download); rendered landscape 500x375.
+PHOTO_NAMES = (
+    "chelsea",
+    "coffee",
+    "rocket",
+    "astronaut",
+    "stereo_motorcycle",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+)
+
+
+@dataclass(frozen=True)
+class BenchImage:
+    """One encoded image of the fixed set."""
+
+    name: str
+    data: bytes
+    width: int
+    height: int
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
+        image = image[0]
+    return image
+
+
+def render_photo(array: np.ndarray, size: tuple[int, int] = IMAGE_SIZE, quality: int = JPEG_QUALITY) -> bytes:
+    """``array`` scaled to cover ``size`` (Lanczos), centre-cropped to it, as a JPEG.
+
+    Deterministic for a given Pillow: the same pixels and encoder settings every run.
+    """
+    from PIL import Image
+
+    image = Image.fromarray(array).convert("RGB")
+    width, height = image.size
+    scale = max(size[0] / width, size[1] / height)
+    scaled = image.resize((max(size[0], round(width * scale)), max(size[1], round(height * scale))), Image.Resampling.LANCZOS)
+    left, top = (scaled.width - size[0]) // 2, (scaled.height - size[1]) // 2
+    buffer = io.BytesIO()
+    scaled.crop((left, top, left + size[0], top + size[1])).save(buffer, "JPEG", quality=quality, optimize=False)
+    return buffer.getvalue()
+
+
+def benchmark_images(names: Sequence[str] = PHOTO_NAMES, size: tuple[int, int] = IMAGE_SIZE) -> list[BenchImage]:
+    """The fixed image set: skimage photographs as ImageNet-sized quality-90 JPEGs."""
+    return [BenchImage(name, render_photo(_photo(name), size), *size) for name in names]
+
+
+def load_images(directory: Path) -> list[BenchImage]:
+    """Every JPEG or PNG file of ``directory``, sorted by name (so the set is fixed)."""
+    from PIL import Image
+
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise BenchError(f"no .jpg, .jpeg or .png files in {directory}")
+    images = []
+    for path in paths:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            images.append(BenchImage(path.name, data, *image.size))
+    return images
