@@ -350,6 +350,11 @@ def device_of(config: ModelConfig) -> str:
     return GPU if "KIND_GPU" in kinds else CPU
 
 
+def instance_count(config: ModelConfig) -> int:
+    """Instances a config asks for (per GPU for ``KIND_GPU``); a group without a count has one."""
+    return sum(max(group.count, 1) for group in config.instance_group) or 1
+
+
 def parameters_of(config: ModelConfig) -> dict[str, str]:
     """The ``parameters`` of a config as a plain ``{key: string_value}`` dict."""
     return {key: value.string_value for key, value in config.parameters.items()}

@@ -31,8 +31,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bls_pipeline.runtime.device import visible_gpu_count
 from typing import Mapping
+
+from bls_pipeline.runtime.device import GPU, visible_gpu_count
 
 MIB = 1024 * 1024
 # Triton's own minimum worth keeping when a repository needs less (its default is 64 MB).
@@ -78,17 +79,19 @@ class ServerSizing:
     @classmethod
     def from_configs(cls, preprocessing, network, gpus: tuple[int, ...] = (0,)) -> "ServerSizing":
         """Size for the ``preprocessing`` and network configs (``ModelConfig`` messages)."""
+        from bls_pipeline.build import model_config as mc
+
         # The network's input is the preprocessed image with concrete dims (the DALI model's
         # output may be declared [-1, -1, -1] when autoconfigured).
         image = network.input[0]
-        per_image = BYTES_PER_ELEMENT.get(_type_name(image.data_type), 4)
+        per_image = BYTES_PER_ELEMENT.get(mc.model_config_pb2.DataType.Name(image.data_type), 4)
         for dim in image.dims:
             per_image *= max(int(dim), 1)
         max_batch = max(preprocessing.max_batch_size, network.max_batch_size, 1)
         batch_bytes = per_image * max_batch
         # An instance group's count is per GPU: the pool of one GPU serves that many of each.
-        instances = _instances(preprocessing) + _instances(network)
-        on_gpu = any(_on_gpu(config) for config in (preprocessing, network))
+        instances = mc.instance_count(preprocessing) + mc.instance_count(network)
+        on_gpu = GPU in (mc.device_of(preprocessing), mc.device_of(network))
         in_flight = 2 * batch_bytes * instances
         return cls(
             cuda_pool_bytes=max(MIN_CUDA_POOL_BYTES, _round_up(in_flight)) if on_gpu else 0,
@@ -119,22 +122,6 @@ class ServerSizing:
             f"sized for a {self.batch_bytes / MIB:.1f} MiB preprocessed batch: {pool}; "
             f"Python-backend shared memory {self.shm_default_bytes // MIB} MiB (+{self.shm_growth_bytes // MIB} MiB steps)"
         )
-
-
-def _type_name(data_type: int) -> str:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2.DataType.Name(data_type)
-
-
-def _instances(config) -> int:
-    return sum(max(group.count, 1) for group in config.instance_group) or 1
-
-
-def _on_gpu(config) -> bool:
-    from tritonclient.grpc import model_config_pb2
-
-    return any(group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU for group in config.instance_group)
 
 
 def _round_up(size: int, unit: int = MIB) -> int:
@@ -175,7 +162,7 @@ def dev_shm_bytes(configs: Mapping[str, object], *, shm_default_byte_size: int, 
         mc.NETWORK: dali + logits,
     }
     total = sum(
-        _instances(configs[name]) * (shm_default_byte_size + working_set)
+        mc.instance_count(configs[name]) * (shm_default_byte_size + working_set)
         for name, working_set in working_sets.items()
         if configs[name].backend == "python"
     )

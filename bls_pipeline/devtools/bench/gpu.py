@@ -23,7 +23,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -61,7 +61,6 @@ class GpuBenchOptions:
     inprocess_duration_s: float = 3.0
     measurement_ms: int = 3000
     server_log: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class InProcessGpu:

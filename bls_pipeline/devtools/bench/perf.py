@@ -169,7 +169,7 @@ def statistics_delta(before: Mapping[str, Mapping[str, float]], after: Mapping[s
 
 
 class GpuSampler:
-    """Samples ``nvidia-smi`` utilization (GPU and JPEG engine) in a thread while in use.
+    """Samples the GPU's utilization (``nvidia-smi``) in a thread while in use.
 
     ``with GpuSampler() as sampler: ...`` then ``sampler.mean()``; without nvidia-smi it
     records nothing and ``mean()`` is ``None``.
@@ -178,7 +178,6 @@ class GpuSampler:
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.samples: list[float] = []
-        self.memory_mib: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -194,13 +193,11 @@ class GpuSampler:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
         while not self._stop.is_set():
             try:
                 out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.strip().splitlines()[0]
-                util, memory = (float(part) for part in out.split(","))
-                self.samples.append(util)
-                self.memory_mib.append(memory)
+                self.samples.append(float(out))
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 pass
             self._stop.wait(self.interval_s)

@@ -144,6 +144,7 @@ def _spec(built: Path, configs: dict[str, mc.ModelConfig], native_models: frozen
     network = configs[mc.NETWORK]
     threads, spinning = network_threading(network)
     runtime = "tensorrt" if (built / mc.NETWORK / "1" / "model.plan").is_file() else "onnxruntime"
+    settings = json.loads((built / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
     return RepositorySpec(
         target="local",
         max_batch_size=configs[mc.CLASSIFIER].max_batch_size,
@@ -155,21 +156,17 @@ def _spec(built: Path, configs: dict[str, mc.ModelConfig], native_models: frozen
         network_spinning=spinning,
         queue_delay_us=configs[mc.CLASSIFIER].dynamic_batching.max_queue_delay_microseconds,
         native_models=native_models,
-        preprocessing=_preprocessing_settings(built),
+        preprocessing=_preprocessing_settings(settings),
         # The serving knobs of the built repository carry over to every variant.
-        hw_decoder_load=float(json.loads((built / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text()).get("hw_decoder_load", 0.65)),
-        preprocessing_instances=_instance_count(configs[mc.PREPROCESSING]),
-        network_instances=_instance_count(network),
-        classifier_instances=_instance_count(configs[mc.CLASSIFIER]),
+        hw_decoder_load=float(settings.get("hw_decoder_load", 0.65)),
+        preprocessing_instances=mc.instance_count(configs[mc.PREPROCESSING]),
+        network_instances=mc.instance_count(network),
+        classifier_instances=mc.instance_count(configs[mc.CLASSIFIER]),
     )
 
 
-def _instance_count(config: mc.ModelConfig) -> int:
-    return sum(group.count for group in config.instance_group) or 1
-
-
-def _preprocessing_settings(built: Path) -> PreprocessingSettings:
-    settings = json.loads((built / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
+def _preprocessing_settings(settings: dict) -> PreprocessingSettings:
+    """The built repository's ``preprocessing.json`` as the build's settings."""
     fields = {field.name for field in dataclasses.fields(PreprocessingSettings)}
     values = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items() if key in fields}
     return PreprocessingSettings(**values)

@@ -533,7 +533,7 @@ def _repository_settings(repository: Path) -> dict[str, Any]:
         config = mc.read_config(repository / name / "config.pbtxt")
         settings[name] = {
             "max_batch_size": config.max_batch_size,
-            "instances": sum(group.count for group in config.instance_group) or 1,
+            "instances": mc.instance_count(config),
             "max_queue_delay_us": config.dynamic_batching.max_queue_delay_microseconds,
             "preferred_batch_size": list(config.dynamic_batching.preferred_batch_size),
             "parameters": mc.parameters_of(config),
