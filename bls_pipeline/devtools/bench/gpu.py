@@ -37,7 +37,7 @@ from bls_pipeline.devtools.bench.perf import (
     statistics_delta,
     write_input_data,
 )
-from bls_pipeline.devtools.bench.run import machine_info
+from bls_pipeline.devtools.bench.run import encoded_batch, machine_info
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.errors import BenchError
 
@@ -140,10 +140,7 @@ class InProcessGpu:
 
 
 def _batches(images: Sequence[BenchImage], size: int) -> list[list[np.ndarray]]:
-    return [
-        [np.frombuffer(images[(offset + i) % len(images)].data, np.uint8) for i in range(size)]
-        for offset in range(0, max(len(images), size * 4), size)
-    ]
+    return [encoded_batch(images, size, offset) for offset in range(0, max(len(images), size * 4), size)]
 
 
 def measure_in_process(repository: Path, images: Sequence[BenchImage], options: GpuBenchOptions, max_batch_size: int,

@@ -478,7 +478,8 @@ class _InProcess:
         )
 
 
-def _batch(images: Sequence[BenchImage], size: int, offset: int = 0) -> list[np.ndarray]:
+def encoded_batch(images: Sequence[BenchImage], size: int, offset: int = 0) -> list[np.ndarray]:
+    """``size`` images as uint8 rows for DALI, starting at ``offset`` and wrapping around."""
     return [np.frombuffer(images[(offset + i) % len(images)].data, np.uint8) for i in range(size)]
 
 
@@ -488,7 +489,7 @@ def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options
     out: dict[str, dict[int, float]] = {"preprocessing": {}, "network": {}, "inprocess": {}, "cpu_ms_per_image": {}}
     single_ms = []
     for size in options.batch_sizes:
-        batches = [_batch(images, size, offset) for offset in range(len(images))]
+        batches = [encoded_batch(images, size, offset) for offset in range(len(images))]
         tensors = [parts.preprocess(batch) for batch in batches]
         counter = {"pre": 0, "net": 0, "both": 0}
 
