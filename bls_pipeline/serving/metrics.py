@@ -2,8 +2,12 @@
 
 The Python backend's custom metrics (``pb_utils.MetricFamily``) reach the server's metrics
 endpoint beside ``nv_inference_*``, with the same ``model`` and ``version`` labels. Every
-update is a message from the stub to the server, so one ``execute`` sends one increment per
-stage and one observation, whatever the number of requests in it.
+update is a synchronous message from the stub to the server (a round trip through shared
+memory), so updates are not sent from ``execute``: it only adds to local totals, and a
+background thread sends them at most once per :data:`FLUSH_INTERVAL_S` (and when the model
+unloads). Sending five updates from every ``execute`` added their round trips to each
+response: at concurrency 1 on a GPU that was a measurable part of the latency budget.
+Prometheus scrapes every 15-30 s, so a second's delay changes nothing it shows.
 
 What is exported (names are the constants below; the dashboard, the deploy tests and
 ``docs/metrics.md`` read them from here):
@@ -25,12 +29,15 @@ Example (inside ``ClassifierModel``)::
     infer = timer.timed("network", lambda batch: call_model(...))
     with timer.stage("trim_check"):
         ...
-    metrics.record(timer, images=12)        # sends, then zeroes the timer
+    metrics.record(timer, images=12)        # adds up, then zeroes the timer; sent within a second
+    metrics.close()                          # at unload: send what is left
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -50,6 +57,9 @@ REFUSAL_REASONS = (
 )
 
 T = TypeVar("T")
+
+# Seconds between two sends of the totals to the server (see the module docstring).
+FLUSH_INTERVAL_S = 1.0
 
 
 def refusal_reason(error: BlsPipelineError | Exception, *, decoded: bool) -> str:
@@ -110,9 +120,14 @@ class StageTimer:
 
 
 class ClassifierMetrics:
-    """The classifier's metric families and their metrics, created once per model instance."""
+    """The classifier's metric families and their metrics, created once per model instance.
 
-    def __init__(self, *, model: str, version: str, max_batch_size: int) -> None:
+    :meth:`record` and :meth:`refused` only add to totals held here; a daemon thread sends
+    them (:meth:`flush`) at most every ``flush_interval_s``, so no ``execute`` waits on the
+    server for its metrics.
+    """
+
+    def __init__(self, *, model: str, version: str, max_batch_size: int, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
         import triton_python_backend_utils as pb_utils
 
         labels = {"model": model, "version": version}
@@ -127,14 +142,60 @@ class ClassifierMetrics:
         self._stages = {name: stages.Metric(labels={**labels, "stage": name}) for name in STAGES}
         self._images = images.Metric(labels=labels, buckets=execute_buckets(max_batch_size))
         self._refusals = {name: refusals.Metric(labels={**labels, "reason": name}) for name in REFUSAL_REASONS}
+        # Totals not sent yet; the lock guards them between execute and the sending thread.
+        self._lock = threading.Lock()
+        # One send at a time: a flush returns once everything recorded before it was sent.
+        self._send_lock = threading.Lock()
+        self._stage_us: Counter[str] = Counter()
+        self._execute_images: list[float] = []
+        self._refused: Counter[str] = Counter()
+        self._pending = threading.Event()
+        self._closed = threading.Event()
+        self._interval_s = flush_interval_s
+        self._sender = threading.Thread(target=self._send_periodically, name="classifier-metrics", daemon=True)
+        self._sender.start()
 
     def record(self, timer: StageTimer, *, images: int) -> None:
-        """Send one ``execute``'s stage times and image count, then zero ``timer``."""
-        for name, duration_us in timer.durations_us.items():
-            self._stages[name].increment(duration_us)
-        self._images.observe(float(images))
+        """Add one ``execute``'s stage times and image count to the totals, then zero ``timer``."""
+        with self._lock:
+            self._stage_us.update(timer.durations_us)
+            self._execute_images.append(float(images))
         timer.reset()
+        self._pending.set()
 
     def refused(self, reason: str) -> None:
         """Count one failed request under ``reason`` (one of :data:`REFUSAL_REASONS`)."""
-        self._refusals[reason].increment(1.0)
+        with self._lock:
+            self._refused[reason] += 1
+        self._pending.set()
+
+    def flush(self) -> None:
+        """Send the totals gathered since the last send, and zero them."""
+        with self._send_lock:
+            with self._lock:
+                stage_us, self._stage_us = self._stage_us, Counter()
+                execute_images, self._execute_images = self._execute_images, []
+                refused, self._refused = self._refused, Counter()
+            for name, duration_us in stage_us.items():
+                self._stages[name].increment(duration_us)
+            for value in execute_images:
+                self._images.observe(value)
+            for reason, count in refused.items():
+                self._refusals[reason].increment(float(count))
+
+    def close(self) -> None:
+        """Stop the sending thread and send what is left (at model unload)."""
+        self._closed.set()
+        self._pending.set()
+        self._sender.join(timeout=5.0)
+        self.flush()
+
+    def _send_periodically(self) -> None:
+        while not self._closed.is_set():
+            self._pending.wait()
+            self._pending.clear()
+            if self._closed.is_set():
+                return
+            self.flush()
+            # Whatever arrives meanwhile waits for the next send.
+            self._closed.wait(self._interval_s)

@@ -168,6 +168,10 @@ class ClassifierModel:
         self.metrics.record(self.timer, images=len(images))
         return responses
 
+    def finalize(self) -> None:
+        """Send the metrics not sent yet (the Python backend calls this at unload)."""
+        self.metrics.close()
+
 
 def _split_rows(requests: Sequence[Any], name: str) -> tuple[list[np.ndarray], list[int]]:
     arrays = [_input(request, name) for request in requests]

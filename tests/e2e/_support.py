@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -107,6 +108,32 @@ def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[tuple[str, frozen
         pairs = frozenset(re.findall(r'(\w+)="([^"]*)"', labels or ""))
         metrics[(name, pairs)] = float(value)
     return metrics
+
+
+def settled_metrics(port: int) -> dict[tuple[str, frozenset], float]:
+    """:func:`scrape_metrics` once everything the classifier recorded so far has been sent
+    (its metrics thread sends at most every ``FLUSH_INTERVAL_S``)."""
+    from bls_pipeline.serving.metrics import FLUSH_INTERVAL_S
+
+    time.sleep(1.5 * FLUSH_INTERVAL_S)
+    return scrape_metrics(port)
+
+
+def scrape_metrics_until(
+    port: int, settled: Callable[[dict[tuple[str, frozenset], float]], bool], timeout_s: float = 10.0
+) -> dict[tuple[str, frozenset], float]:
+    """:func:`scrape_metrics` again until ``settled(metrics)`` holds or ``timeout_s`` passes.
+
+    The classifier sends its own metrics from a thread at most once a second
+    (:mod:`bls_pipeline.serving.metrics`), so they reach the endpoint a little after the
+    responses.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = scrape_metrics(port)
+        if settled(metrics) or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.1)
 
 
 def metric(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:

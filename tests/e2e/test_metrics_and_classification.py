@@ -10,7 +10,7 @@ from bls_pipeline.devtools.client import host_port
 from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.serving.metrics import EXECUTE_IMAGES, REFUSALS, STAGE_DURATION, STAGES
 from tests.conftest import PHOTOS, encode
-from tests.e2e._support import metric, raw_infer, scrape_metrics
+from tests.e2e._support import metric, raw_infer, scrape_metrics, scrape_metrics_until, settled_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -75,10 +75,12 @@ def test_without_class_count_the_probabilities_are_the_full_softmax(triton_serve
 def test_stage_metrics_count_every_image_and_add_up_to_the_classifier_compute_time(triton_server, client, jpegs):
     port = triton_server.options.metrics_port
     client.classify(jpegs)  # the first request of a fresh stub pays one-time costs
-    before = scrape_metrics(port)
+    executions = f"{EXECUTE_IMAGES}_count"
+    before = settled_metrics(port)
     for _ in range(10):
         client.classify(jpegs)
-    after = scrape_metrics(port)
+    baseline = metric(before, executions, model=mc.CLASSIFIER)
+    after = scrape_metrics_until(port, lambda now: metric(now, executions, model=mc.CLASSIFIER) >= baseline + 10)
 
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, model=mc.CLASSIFIER, **labels) - metric(before, name, model=mc.CLASSIFIER, **labels)
@@ -96,12 +98,14 @@ def test_stage_metrics_count_every_image_and_add_up_to_the_classifier_compute_ti
 
 def test_refusals_appear_by_reason_on_the_metrics_endpoint(triton_server, jpegs):
     port = triton_server.options.metrics_port
-    before = scrape_metrics(port)
+    before = settled_metrics(port)
 
     _, status, _ = raw_infer(triton_server.url, pad_batch([b"not an image at all"]))
     _, bad_k, _ = raw_infer(triton_server.url, pad_batch(jpegs[:1]), parameters={"top_k": 0})
 
-    after = scrape_metrics(port)
+    after = scrape_metrics_until(
+        port, lambda now: metric(now, REFUSALS, reason="invalid_request") > metric(before, REFUSALS, reason="invalid_request")
+    )
     assert (status, bad_k) == ("400", "400")
     for reason, count in {"invalid_image": 1, "invalid_request": 1, "undecodable": 0, "submodel_failure": 0}.items():
         assert metric(after, REFUSALS, reason=reason) - metric(before, REFUSALS, reason=reason) == count, reason

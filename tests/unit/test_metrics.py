@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -57,3 +58,73 @@ def test_stage_timer_counts_a_stage_that_raises():
         raise ValueError("refused")
 
     assert timer.durations_us["preprocessing"] >= 1_500
+
+
+class _SlowMetric:
+    """A metric whose every update takes as long as a round trip to a busy server."""
+
+    def __init__(self, labels: dict[str, str], buckets: list[float] | None = None) -> None:
+        self.labels, self.values = labels, []
+
+    def increment(self, value: float) -> None:
+        time.sleep(0.02)
+        self.values.append(value)
+
+    observe = increment
+
+
+class _Family:
+    COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.metrics = name, []
+
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> _SlowMetric:  # noqa: N802 (backend's name)
+        metric = _SlowMetric(labels, buckets)
+        self.metrics.append(metric)
+        return metric
+
+
+@pytest.fixture()
+def classifier_metrics(monkeypatch):
+    import types
+
+    from bls_pipeline.serving.metrics import ClassifierMetrics
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.SimpleNamespace(MetricFamily=_Family))
+    metrics = ClassifierMetrics(model="classifier", version="1", max_batch_size=16, flush_interval_s=0.05)
+    yield metrics
+    metrics.close()
+
+
+def _sent(metrics, family: int, label: str) -> dict[str, float]:
+    return {m.labels[label]: sum(m.values) for m in metrics._families[family].metrics}
+
+
+def test_recording_does_not_wait_for_the_server_and_everything_recorded_is_sent(classifier_metrics):
+    timer = StageTimer()
+    started = time.perf_counter()
+    for images in (3, 5, 8):
+        timer.durations_us["network"] = 100.0
+        classifier_metrics.record(timer, images=images)
+        classifier_metrics.refused("invalid_image")
+    # 15 updates of 20 ms each, if they were sent from execute.
+    assert time.perf_counter() - started < 0.1
+
+    classifier_metrics.close()
+
+    assert _sent(classifier_metrics, 0, "stage")["network"] == 300.0
+    assert sorted(classifier_metrics._families[1].metrics[0].values) == [3.0, 5.0, 8.0]
+    assert _sent(classifier_metrics, 2, "reason") == {"invalid_request": 0, "invalid_image": 3.0, "undecodable": 0, "submodel_failure": 0}
+
+
+def test_the_sending_thread_sends_without_a_flush(classifier_metrics):
+    timer = StageTimer()
+    timer.durations_us["trim_check"] = 7.0
+    classifier_metrics.record(timer, images=1)
+
+    deadline = time.monotonic() + 5
+    while _sent(classifier_metrics, 0, "stage")["trim_check"] != 7.0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert _sent(classifier_metrics, 0, "stage")["trim_check"] == 7.0

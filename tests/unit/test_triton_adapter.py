@@ -306,14 +306,17 @@ def test_full_probabilities_are_sent_only_to_requests_that_ask_for_them(models, 
     assert "PROBABILITIES" not in plain.outputs
 
 
-def test_each_execute_sends_its_stage_times_and_image_count_once(models, jpegs):
+def test_each_execute_adds_its_stage_times_and_image_count_once(models, jpegs):
     from bls_pipeline.serving.metrics import EXECUTE_IMAGES, STAGE_DURATION, STAGES
 
+    metrics = models["classifier"].metrics
+    metrics.flush()  # what earlier tests left
     stages_before = {m.labels["stage"]: len(m.values) for m in FakeMetricFamily.created[STAGE_DURATION]}
     (images,) = FakeMetricFamily.created[EXECUTE_IMAGES]
     observed_before = len(images.values)
 
     models["classifier"].execute([_request([jpegs["coffee"], jpegs["rocket"]]), _request([jpegs["chelsea"]])])
+    metrics.flush()  # sent by the metrics thread within a second, or now
 
     assert images.values[observed_before:] == [3.0]
     assert images.buckets[-1] == 16.0 and images.labels == {"model": "classifier", "version": "1"}
@@ -327,6 +330,8 @@ def test_refusals_are_counted_by_reason(models, jpegs, photos):
     from bls_pipeline.devtools.soak import corrupt_png_data
     from bls_pipeline.serving.metrics import REFUSALS
 
+    metrics = models["classifier"].metrics
+    metrics.flush()
     before = _sent(REFUSALS, "reason")
     # Its header is sound, its pixel data is not: the decoder refuses it.
     corrupt = corrupt_png_data(encode(photos["coffee"], "PNG"))
@@ -340,6 +345,7 @@ def test_refusals_are_counted_by_reason(models, jpegs, photos):
     responses = models["classifier"].execute(requests)
 
     assert [response.has_error() for response in responses] == [True, True, True, False]
+    metrics.flush()
     after = _sent(REFUSALS, "reason")
     assert {reason: after[reason] - before[reason] for reason in after} == {
         "invalid_request": 1,
