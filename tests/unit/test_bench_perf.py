@@ -62,6 +62,14 @@ def _point(endpoint, concurrency, images_per_s, p99_ms, p50_ms=5.0):
     }
 
 
+def _form(form: str, images: str, per_request: int, images_per_s: float, p99_ms: float) -> dict:
+    return {
+        "protocol": "grpc", "form": form, "images_per_request": per_request, "concurrency": 8, "processes": 4,
+        "images_per_s": images_per_s, "p50_ms": p99_ms / 2, "p99_ms": p99_ms, "request_bytes": 1.5e6,
+        "extra": {"images": images, "models": {"preprocessing": {"mean_batch": 64.0, "compute_ms": 12.0}}},
+    }
+
+
 def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table_prints():
     from bls_pipeline.devtools.bench.gpu import format_gpu_table, summarize
 
@@ -79,6 +87,11 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
             _point("bls_native", 256, 7000.0, 300.0),  # over the p99 limit: not the best
             _point("ensemble_native", 64, 5000.0, 80.0),
         ],
+        "forms": [
+            _form("bytes", "same size", 32, 7200.0, 120.0),
+            _form("padded", "same size", 32, 7400.0, 200.0),  # over the p99 limit
+            _form("padded", "varied sizes", 32, 9000.0, 100.0),  # other photographs: not comparable
+        ],
     }
     result["summary"] = summary = summarize(result)
     assert summary["in_process_limit"] == 8000.0
@@ -86,5 +99,50 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
     assert summary["bls_over_in_process"] == 0.75
     assert summary["bls_over_ensemble"] == 1.2
     assert summary["bls_single_image_p50_ms"] == 4.4
+    assert summary["bls_best_multi_image"]["form"] == "bytes"
+    assert summary["bls_multi_image_over_in_process"] == 0.9
     table = format_gpu_table(result)
+    assert "request forms" in table and "varied sizes" in table
     assert "inprocess" in table and "8000" in table and "bls_native" in table and "settings" not in table
+
+
+def test_request_groups_cycle_through_the_photographs_and_forms_count_their_bytes():
+    from bls_pipeline.devtools.bench.forms import request_bytes, request_groups
+    from bls_pipeline.devtools.bench.images import BenchImage
+
+    images = [BenchImage(name, b"x" * size, 1, 1) for name, size in (("a", 10), ("b", 100), ("c", 30))]
+    groups = request_groups(images, 2)
+
+    assert [[len(image) for image in group] for group in groups] == [[10, 100], [100, 30], [30, 10]]
+    # Padded: every row as long as the longest; bytes: each file and its 4-byte length.
+    assert request_bytes(groups[0], "padded") == 200
+    assert request_bytes(groups[0], "bytes") == 118
+
+
+def test_an_unknown_form_is_refused():
+    from bls_pipeline.devtools.bench.forms import request_bytes
+    from bls_pipeline.errors import BenchError
+
+    with pytest.raises(BenchError, match="unknown request form 'json'"):
+        request_bytes([b"x"], "json")
+
+
+def test_form_loads_put_the_two_forms_of_a_point_back_to_back():
+    from bls_pipeline.devtools.bench.forms import form_loads
+
+    loads = form_loads("classifier", {"grpc": "h:8001", "http": "h:8000"}, protocols=("grpc", "http"), points=((8, 32), (32, 8)))
+
+    assert [(l.images_per_request, l.protocol, l.form) for l in loads] == [
+        (8, "grpc", "padded"), (8, "grpc", "bytes"), (8, "http", "padded"), (8, "http", "bytes"),
+        (32, "grpc", "padded"), (32, "grpc", "bytes"), (32, "http", "padded"), (32, "http", "bytes"),
+    ]
+    assert {l.url for l in loads if l.protocol == "grpc"} == {"h:8001"} and {l.model for l in loads} == {"classifier"}
+
+
+def test_varied_images_span_imagenets_sizes():
+    from bls_pipeline.devtools.bench.images import varied_images
+
+    images = varied_images()
+    sizes = sorted(len(image.data) for image in images)
+
+    assert len(images) == 8 and sizes[-1] > 5 * sizes[0]

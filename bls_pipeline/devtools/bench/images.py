@@ -3,6 +3,7 @@
 Example::
 
     images = benchmark_images()            # 500x375 JPEG, quality 90
+    mixed = varied_images()                # the same photographs at ImageNet's spread of sizes
     mine = load_images(Path("photos/"))
 """
 
@@ -31,6 +32,10 @@ PHOTO_NAMES = (
     "immunohistochemistry",
     "retina",
 )
+# ImageNet's photographs vary: most near 500x375, some several times larger. One size per
+# photograph, so a multi-image request mixes 30 KB and 700 KB files as real ones do
+# (mean about 160 KB; the largest sets the padded row length).
+VARIED_SIZES = ((500, 375), (400, 300), (640, 480), (500, 333), (1024, 768), (375, 500), (2048, 1536), (800, 600))
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,14 @@ def render_photo(array: np.ndarray, size: tuple[int, int] = IMAGE_SIZE, quality:
 def benchmark_images(names: Sequence[str] = PHOTO_NAMES, size: tuple[int, int] = IMAGE_SIZE) -> list[BenchImage]:
     """The fixed image set: skimage photographs as ImageNet-sized quality-90 JPEGs."""
     return [BenchImage(name, render_photo(_photo(name), size), *size) for name in names]
+
+
+def varied_images(names: Sequence[str] = PHOTO_NAMES) -> list[BenchImage]:
+    """The fixed photographs at :data:`VARIED_SIZES` (one size each), for the request-form comparison."""
+    return [
+        BenchImage(name, render_photo(_photo(name), size), *size)
+        for name, size in zip(names, VARIED_SIZES * (len(names) // len(VARIED_SIZES) + 1))
+    ]
 
 
 def load_images(directory: Path) -> list[BenchImage]:

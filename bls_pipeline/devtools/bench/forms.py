@@ -1,0 +1,181 @@
+"""The request forms side by side, driven by the project's own client.
+
+The ``classifier`` takes its images in one of two forms (:mod:`bls_pipeline.contract`):
+zero-padded rows of ``IMAGE`` (``[N, L]`` uint8, every row as long as the longest file) or
+``IMAGE_BYTES`` (``[N, 1]`` BYTES, every file as it is). With one image per request the two
+carry the same bytes; with several, padding sends ``N x max(len)`` bytes for ``sum(len)`` of
+files. This module measures both forms, over gRPC and HTTP, at several images per request,
+with :class:`~bls_pipeline.devtools.client.ClassifierClient` itself as the load generator
+(the numbers are what a user of the client gets), spread over several processes so that the
+client's Python does not starve the server.
+
+Example::
+
+    point = measure_form(FormLoad(url="127.0.0.1:8001", model="classifier", protocol="grpc", form="bytes",
+                                  images_per_request=32, concurrency=8), images)
+    print(point.images_per_s, point.p99_ms, point.request_bytes)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence
+
+from bls_pipeline.devtools.bench.images import BenchImage
+from bls_pipeline.errors import BenchError
+
+FORMS = ("padded", "bytes")
+# (images per request, requests in flight): 256 images in flight at every point, the load at
+# which the classifier peaked with one image per request.
+DEFAULT_FORM_POINTS = ((8, 32), (32, 8), (64, 4))
+# Client processes at most: each drives its share of the requests in flight.
+MAX_PROCESSES = 4
+# Seconds the client processes get to start (spawn, imports) before the load begins.
+_START_DELAY_S = 4.0
+# BYTES elements travel with a 4-byte length each.
+_BYTES_LENGTH_PREFIX = 4
+
+
+def request_groups(images: Sequence[BenchImage], images_per_request: int) -> list[list[bytes]]:
+    """One request per starting image: it and the next ``images_per_request - 1`` (cyclic)."""
+    return [[images[(start + i) % len(images)].data for i in range(images_per_request)] for start in range(len(images))]
+
+
+def request_bytes(group: Sequence[bytes], form: str) -> int:
+    """The image payload of one request in ``form``: padded rows, or files with their lengths."""
+    if form == "padded":
+        return len(group) * max(len(image) for image in group)
+    if form == "bytes":
+        return sum(len(image) + _BYTES_LENGTH_PREFIX for image in group)
+    raise BenchError(f"unknown request form {form!r}: choose among {', '.join(FORMS)}")
+
+
+@dataclass(frozen=True)
+class FormLoad:
+    """One point to measure: the client's protocol and form, the request size and the load."""
+
+    url: str
+    model: str
+    protocol: str
+    form: str
+    images_per_request: int
+    concurrency: int
+    duration_s: float = 3.0
+    warmup_s: float = 1.5
+
+
+@dataclass
+class FormPoint:
+    """What one :class:`FormLoad` gave."""
+
+    protocol: str
+    form: str
+    images_per_request: int
+    concurrency: int
+    processes: int
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    # Mean image payload of a request (what the form puts on the wire, headers aside).
+    request_bytes: float
+    extra: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Share:
+    """One client process's part of a load: its requests in flight and the window (epoch s)."""
+
+    load: FormLoad
+    groups: list[list[bytes]]
+    concurrency: int
+    first: int
+    window_start: float
+    window_end: float
+
+
+def _drive(share: _Share) -> list[float]:
+    """Closed loop in one process: ``share.concurrency`` requests always in flight; returns
+    the latency (s) of every request sent and answered inside the window."""
+    from bls_pipeline.devtools.client import ClassifierClient
+
+    load = share.load
+    latencies: list[float] = []
+    with ClassifierClient(
+        load.url, model_name=load.model, protocol=load.protocol, form=load.form, concurrency=share.concurrency
+    ) as client:
+        time.sleep(max(0.0, share.window_start - load.warmup_s - time.time()))
+        in_flight: deque = deque()
+        index = share.first
+
+        def send() -> None:
+            nonlocal index
+            in_flight.append((time.time(), client.submit(share.groups[index % len(share.groups)])))
+            index += 1
+
+        for _ in range(share.concurrency):
+            send()
+        while in_flight:
+            sent, pending = in_flight.popleft()
+            pending.result()
+            done = time.time()
+            if sent >= share.window_start and done <= share.window_end:
+                latencies.append(done - sent)
+            if done < share.window_end:
+                send()
+    return latencies
+
+
+def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int | None = None) -> FormPoint:
+    """Measure ``load`` with the client in up to :data:`MAX_PROCESSES` processes."""
+    groups = request_groups(images, load.images_per_request)
+    for group in groups[:1]:
+        request_bytes(group, load.form)  # refuses an unknown form before any process starts
+    count = max(1, min(processes or MAX_PROCESSES, load.concurrency))
+    window_start = time.time() + _START_DELAY_S + load.warmup_s
+    window_end = window_start + load.duration_s
+    shares = [
+        _Share(load, groups, load.concurrency // count + (1 if i < load.concurrency % count else 0), i * 7,
+               window_start, window_end)
+        for i in range(count)
+    ]
+    with multiprocessing.get_context("spawn").Pool(count) as pool:
+        try:
+            per_process = pool.map(_drive, shares)
+        except Exception as exc:  # noqa: BLE001 - the client's errors come back pickled, any type
+            raise BenchError(f"{load.form} over {load.protocol}, {load.images_per_request} images per request: {exc}") from None
+    latencies = sorted(latency for part in per_process for latency in part)
+    if not latencies:
+        raise BenchError(f"no request completed within {load.duration_s} s ({load.form}, {load.protocol})")
+    return FormPoint(
+        protocol=load.protocol,
+        form=load.form,
+        images_per_request=load.images_per_request,
+        concurrency=load.concurrency,
+        processes=count,
+        images_per_s=len(latencies) * load.images_per_request / load.duration_s,
+        p50_ms=statistics.median(latencies) * 1e3,
+        p99_ms=latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3,
+        request_bytes=statistics.fmean(request_bytes(group, load.form) for group in groups),
+        extra={},
+    )
+
+
+def form_loads(model: str, urls: dict[str, str], *, protocols: Sequence[str], points: Sequence[tuple[int, int]] = DEFAULT_FORM_POINTS,
+               forms: Sequence[str] = FORMS) -> list[FormLoad]:
+    """Every (images per request, concurrency) point in every protocol and form, forms adjacent
+    so that each pair is measured back to back."""
+    loads = []
+    for images_per_request, concurrency in points:
+        for protocol in protocols:
+            base = FormLoad(url=urls[protocol], model=model, protocol=protocol, form=forms[0],
+                            images_per_request=images_per_request, concurrency=concurrency)
+            loads.extend(replace(base, form=form) for form in forms)
+    return loads
