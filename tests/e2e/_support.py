@@ -39,6 +39,14 @@ def copy_repository(
     return destination
 
 
+def decoding_failure(device: str) -> str:
+    """The classifier's reason for an image DALI's decoder fails on (corrupt PNG pixel data),
+    on ``device``: DALI names the decoder ``CPU`` or, on a GPU, ``MIXED`` operator; PNGs go to
+    the same CPU codec either way, so its reason is the same."""
+    operator = "MIXED" if device == "gpu" else "CPU"
+    return f"cannot be decoded (preprocessing: Error in {operator} operator `nvidia.dali.fn.decoders.image`: Failed to decode)"
+
+
 def hosting_of(repository: Path) -> str:
     """``native`` when a model of ``repository`` runs on Triton's own backends, else ``python``."""
     return "native" if native_backend_models(repository) else "python"
