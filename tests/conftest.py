@@ -52,13 +52,11 @@ def require_native_backends() -> None:
         pytest.skip(reason)
 
 
-def _build(tmp_path_factory: pytest.TempPathFactory, hosting: str, device: str = "cpu", max_batch_size: int = 16) -> Path:
+def _build(tmp_path_factory: pytest.TempPathFactory, hosting: str, device: str = "cpu") -> Path:
     from bls_pipeline.build.pipeline import BuildOptions, build_repository
 
     output = tmp_path_factory.mktemp(f"repository-{device}-{hosting}") / "model_repository"
-    build_repository(
-        BuildOptions(output=output, target="local", device=device, max_batch_size=max_batch_size, hosting=hosting)
-    )
+    build_repository(BuildOptions(output=output, target="local", device=device, max_batch_size=16, hosting=hosting))
     return output
 
 
@@ -182,7 +180,7 @@ def device_of(repository: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def device(built_repository: Path) -> str:
+def repository_device(built_repository: Path) -> str:
     """The device of ``built_repository``: ``cpu`` or ``gpu``."""
     return device_of(built_repository)
 

@@ -21,13 +21,20 @@ def copy_repository(
     classifier_parameters: Mapping[str, object] | None = None,
     queue_delay_us: int | None = None,
     models: tuple[str, ...] = (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK),
+    instances: int | None = None,
 ) -> Path:
-    """A copy of a built repository (only ``models``), with classifier config changes.
+    """A copy of a built repository (only ``models``), with classifier config changes, and
+    with ``instances`` instances of every model when given (a GPU build runs 8 classifiers).
 
     Cheaper than a build (no ONNX export), and the configs stay protobuf messages.
     """
     for model in models:
         shutil.copytree(source / model, destination / model)
+        if instances is not None:
+            config = mc.read_config(destination / model / "config.pbtxt")
+            for group in config.instance_group:
+                group.count = instances
+            mc.write_config(destination / model / "config.pbtxt", config)
     path = destination / mc.CLASSIFIER / "config.pbtxt"
     if mc.CLASSIFIER in models and (classifier_parameters or queue_delay_us is not None):
         config = mc.read_config(path)

@@ -103,8 +103,8 @@ def test_every_accepted_variant_of_the_cat_photo_is_classified_as_a_cat(valid_pr
         ("JPEG with garbage after its end marker", "JPEG progressive", 0.05),
     ],
 )
-def test_equivalent_encodings_give_the_same_scores(valid_predictions, device, variant, reference, atol):
-    if device == "gpu":
+def test_equivalent_encodings_give_the_same_scores(valid_predictions, repository_device, variant, reference, atol):
+    if repository_device == "gpu":
         # The mixed decoder sends each image to the hardware JPEG decoder, nvJPEG's CUDA one
         # or a CPU codec by format and batch, which round differently, and the network runs
         # in FP16: the same pixels may score apart by the decoder tolerance.
@@ -166,9 +166,9 @@ BAD_IMAGES = [
 
 @pytest.mark.parametrize(("name", "make", "message"), BAD_IMAGES, ids=[case[0] for case in BAD_IMAGES])
 def test_a_bad_image_is_refused_with_invalid_arg_naming_the_image_and_the_reason(
-    triton_server, device, cat, cat_jpeg, name, make, message
+    triton_server, repository_device, cat, cat_jpeg, name, make, message
 ):
-    message = message.format(decoding_failure=decoding_failure(device))
+    message = message.format(decoding_failure=decoding_failure(repository_device))
     _, status, text = raw_infer(triton_server.url, pad_batch([make(cat, cat_jpeg)]))
 
     assert (status, text[: len(message)]) == ("400", message)

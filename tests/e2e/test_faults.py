@@ -63,7 +63,9 @@ def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recove
     request, hosting, model, tmp_path, cat_jpeg
 ):
     built = request.getfixturevalue(repository_fixture(hosting))
-    repository = copy_repository(built, tmp_path / "repository")
+    # One stub per model, so that the killed one serves every request (a GPU build runs 8
+    # classifier instances).
+    repository = copy_repository(built, tmp_path / "repository", instances=1)
     server = start_server(repository, tmp_path / "tritonserver.log")
     try:
         assert server.process is not None

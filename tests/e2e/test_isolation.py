@@ -38,21 +38,21 @@ def good_images(photos) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def score_atol(device) -> float:
+def score_atol(repository_device) -> float:
     """How far a good image's scores may move with the batch it is decoded and run in.
 
     On the CPU not at all (float32 on the same kernels). On a GPU the mixed decoder sends
     each JPEG to the hardware decoder or nvJPEG's CUDA one by its place in the batch, and
     the FP16 network runs one CUDA graph per batch size: they round differently.
     """
-    return DECODER_PROBABILITY_TOLERANCE if device == "gpu" else 1e-5
+    return DECODER_PROBABILITY_TOLERANCE if repository_device == "gpu" else 1e-5
 
 
 @pytest.fixture(scope="module")
-def bad_images(photos, device) -> dict[str, tuple[bytes, str]]:
+def bad_images(photos, repository_device) -> dict[str, tuple[bytes, str]]:
     jpeg = encode(photos["coffee"], "JPEG")
     return {
-        "corrupt PNG data": (corrupt_png_data(encode(photos["rocket"], "PNG")), f"image 0: {decoding_failure(device)}"),
+        "corrupt PNG data": (corrupt_png_data(encode(photos["rocket"], "PNG")), f"image 0: {decoding_failure(repository_device)}"),
         "cut JPEG": (jpeg[: len(jpeg) // 2], "image 0: truncated JPEG (no end-of-image marker after the frame header)"),
         "65000x65000 header": (huge_jpeg_header(), "image 0: declares 65000x65000 = 4225000000 pixels, over the limit of 40000000 pixels"),
     }
