@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.gpu_suite]
 @pytest.fixture(scope="module")
 def batching_server(built_repository, tmp_path_factory):
     directory = tmp_path_factory.mktemp("batching")
-    repository = copy_repository(built_repository, directory / "repository", queue_delay_us=20_000)
+    # One instance per model, so that concurrent requests queue for the one classifier and
+    # batch there (a GPU build runs 8 classifier instances).
+    repository = copy_repository(built_repository, directory / "repository", queue_delay_us=20_000, instances=1)
     server = start_server(repository, directory / "tritonserver.log")
     try:
         yield server
