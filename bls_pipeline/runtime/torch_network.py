@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import pickle
 from typing import Any, Sequence
 
 import numpy as np
@@ -100,7 +101,12 @@ class TorchCudaNetwork:
 
         from bls_pipeline.build.checkpoints import load_checkpoint
 
-        header = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            header = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            # torch's text names no file and runs over many lines: a failed server start must
+            # say which file is corrupt.
+            raise ValueError(f"{path} is not a readable torch network file ({type(exc).__name__})") from exc
         try:
             arch, image_size = str(header["arch"]), int(header["image_size"])
         except (KeyError, TypeError, ValueError) as exc:

@@ -22,13 +22,20 @@ def copy_repository(
     classifier_parameters: Mapping[str, object] | None = None,
     queue_delay_us: int | None = None,
     models: tuple[str, ...] = (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK),
+    instances: int | None = None,
 ) -> Path:
-    """A copy of a built repository (only ``models``), with classifier config changes.
+    """A copy of a built repository (only ``models``), with classifier config changes, and
+    with ``instances`` instances of every model when given (a GPU build runs 8 classifiers).
 
     Cheaper than a build (no ONNX export), and the configs stay protobuf messages.
     """
     for model in models:
         shutil.copytree(source / model, destination / model)
+        if instances is not None:
+            config = mc.read_config(destination / model / "config.pbtxt")
+            for group in config.instance_group:
+                group.count = instances
+            mc.write_config(destination / model / "config.pbtxt", config)
     path = destination / mc.CLASSIFIER / "config.pbtxt"
     if mc.CLASSIFIER in models and (classifier_parameters or queue_delay_us is not None):
         config = mc.read_config(path)
@@ -38,6 +45,14 @@ def copy_repository(
             config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
         mc.write_config(path, config)
     return destination
+
+
+def decoding_failure(device: str) -> str:
+    """The classifier's reason for an image DALI's decoder fails on (corrupt PNG pixel data),
+    on ``device``: DALI names the decoder ``CPU`` or, on a GPU, ``MIXED`` operator; PNGs go to
+    the same CPU codec either way, so its reason is the same."""
+    operator = "MIXED" if device == "gpu" else "CPU"
+    return f"cannot be decoded (preprocessing: Error in {operator} operator `nvidia.dali.fn.decoders.image`: Failed to decode)"
 
 
 def hosting_of(repository: Path) -> str:

@@ -6,50 +6,22 @@ Runs only where a CUDA GPU and a GPU network runtime are; elsewhere it skips and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bls_pipeline.build.pipeline import BuildOptions, build_repository
 from bls_pipeline.devtools.client import ClassifierClient
-from bls_pipeline.runtime.device import detect_device
-from bls_pipeline.runtime.network import gpu_runtime_missing
-from tests.conftest import PHOTOS, encode
+from tests.conftest import DECODER_PROBABILITY_TOLERANCE, PHOTOS, encode
 from tests.e2e._support import start_server
 
 pytestmark = pytest.mark.e2e
 
-# A GPU repository built elsewhere (`build_repo.py --device gpu`), for a GPU machine that
-# cannot install the shipped weights' package; otherwise the test builds one.
-PREBUILT_ENV = "BLS_TEST_GPU_REPOSITORY"
-# Tolerance of the mixed (nvJPEG) decoder against the CPU decoder: they round differently
-# (measured on an H100: max probability difference 0.026 over 11 JPEG photographs); the classes
-# must agree exactly.
-DECODER_PROBABILITY_TOLERANCE = 0.05
-
 
 @pytest.fixture(scope="module")
-def gpu_repository(tmp_path_factory: pytest.TempPathFactory):
-    device, reason = detect_device()
-    if device != "gpu":
-        pytest.skip(f"no CUDA GPU here ({reason}): this test runs on a GPU machine")
-    missing = gpu_runtime_missing()
-    if missing:
-        pytest.skip(missing)
-    prebuilt = os.environ.get(PREBUILT_ENV)
-    if prebuilt:
-        # The benchmark's repository of it: "classifier" there runs the Python-hosted DALI
-        # model whatever hosting the prebuilt one chose.
-        from bls_pipeline.devtools.bench.repository import write_bench_repository
-
-        output = tmp_path_factory.mktemp("gpu") / "model_repository"
-        write_bench_repository(Path(prebuilt), output, native=False)
-        return output
-    output = tmp_path_factory.mktemp("gpu") / "model_repository"
-    build_repository(BuildOptions(output=output, target="local", device="gpu", max_batch_size=16))
-    return output
+def gpu_repository(gpu_python_repository: Path) -> Path:
+    """The Python-hosted DALI model on the GPU (skips where no GPU is; see tests/conftest.py)."""
+    return gpu_python_repository
 
 
 def test_a_python_hosted_dali_model_returning_a_gpu_tensor_is_classified_correctly_through_the_bls(

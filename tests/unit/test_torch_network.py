@@ -56,6 +56,16 @@ def test_a_file_without_arch_is_refused(tmp_path):
         TorchCudaNetwork.from_file(tmp_path / "model.pt", max_batch_size=4, device="cpu")
 
 
+@pytest.mark.parametrize("content", [b"not an ONNX model\x00\xff" * 1000, b""], ids=["garbage", "empty"])
+def test_a_corrupt_file_is_refused_naming_it(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as raised:
+        TorchCudaNetwork.from_file(path, max_batch_size=4, device="cpu")
+    assert str(raised.value).startswith(f"{path} is not a readable torch network file (")
+    assert "\n" not in str(raised.value)
+
+
 def test_fp16_weights_are_half_the_size(tmp_path):
     model = networks.dle_efficientnet_b0(num_classes=10)
     full = save_torch_weights(model, tmp_path / "fp32.pt", arch="efficientnet-b0", image_size=224, fp16=False).stat().st_size
