@@ -99,6 +99,9 @@ def classifier_config(
 ) -> ModelConfig:
     """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
 
+    Its inputs are the contract's two forms, both optional: ``IMAGE`` (padded rows, ragged
+    batching) and ``IMAGE_BYTES`` (one BYTES element per image).
+
     Outputs are ``[-1]`` per image because ``top_k`` is a per-request parameter. On a GPU its
     instances are ``KIND_GPU`` so that each knows the GPU its sub-models' outputs stay on;
     its own input (encoded bytes from the client) is host memory either way.
@@ -108,7 +111,12 @@ def classifier_config(
             "name": CLASSIFIER,
             "backend": "python",
             "max_batch_size": max_batch_size,
-            "input": [{**contract.IMAGE.config(), "allow_ragged_batch": True}],
+            # Each request carries one of the two forms (contract.IMAGE_BYTES says why two). Triton
+            # batches only requests that carry the same inputs, so a batch is never mixed.
+            "input": [
+                {**contract.IMAGE.config(), "allow_ragged_batch": True, "optional": True},
+                {**contract.IMAGE_BYTES.config(), "optional": True},
+            ],
             "output": [spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
             "dynamic_batching": _dynamic_batching(max_queue_delay_us),
             "instance_group": _instances(device, instances, gpus),

@@ -8,6 +8,7 @@ Example (in process)::
     settings = ClassifierSettings(max_batch_size=64)
     classify = Orchestrator(preprocess=dali_on_rows, infer=network, max_batch_size=64)  # rows -> handle -> logits
     request = prepare_request(padded_rows, top_k="3", settings=settings, num_classes=1000)
+    request = prepare_request(encoded=files, top_k=None, settings=settings, num_classes=1000)   # IMAGE_BYTES [N, 1]
     results = classify(request.images)          # per image: logits or an InvalidImageError
 """
 
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from bls_pipeline.contract import IMAGE_BYTES_INPUT, IMAGE_INPUT
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
 from bls_pipeline.request.faults import summarize_dali_error
 from bls_pipeline.request.image_header import ImageHeaderError, check_image
@@ -41,8 +43,9 @@ class ClassifierSettings:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     default_top_k: int = DEFAULT_TOP_K
-    # The whole padded IMAGE tensor; None: max_batch_size full-size images. Checked before
-    # any row is scanned, so megabytes of padding cost nothing.
+    # The whole IMAGE tensor (padding included) or the sum of IMAGE_BYTES' files; None:
+    # max_batch_size full-size images. Checked before any image is read, so megabytes of
+    # padding cost nothing.
     max_request_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -54,7 +57,7 @@ class ClassifierSettings:
 
     @property
     def request_byte_limit(self) -> int:
-        """The most bytes one request's ``IMAGE`` tensor may hold, padding included."""
+        """The most bytes one request's ``IMAGE`` tensor may hold (padding included), or its ``IMAGE_BYTES`` files together."""
         if self.max_request_bytes is not None:
             return self.max_request_bytes
         return self.max_batch_size * self.max_image_bytes
@@ -78,40 +81,75 @@ class PreparedRequest:
 
 
 def prepare_request(
-    rows: np.ndarray,
+    rows: np.ndarray | None = None,
     *,
+    encoded: np.ndarray | None = None,
     top_k: object,
     settings: ClassifierSettings,
     num_classes: int,
 ) -> PreparedRequest:
-    """Validate one request's ``IMAGE`` tensor and ``top_k``; trim every row's padding.
+    """Validate one request's images and ``top_k``; return the images without padding.
 
-    Raises :class:`InvalidRequestError` for the request as a whole and
-    :class:`InvalidImageError` naming the first bad image.
+    The request carries exactly one of the contract's two forms: ``rows``, the ``IMAGE``
+    tensor (uint8 ``[N, L]``, every row's padding trimmed), or ``encoded``, the
+    ``IMAGE_BYTES`` tensor (a ``[N, 1]`` object array of ``bytes``, one file each, taken as
+    they are). Either way the image count and the tensor's bytes are checked before any image
+    is read, then every image's header. Raises :class:`InvalidRequestError` for the request as
+    a whole and :class:`InvalidImageError` naming the first bad image.
     """
-    if rows.dtype != np.uint8:
-        raise InvalidRequestError(f"IMAGE must be UINT8, got {rows.dtype}")
-    if rows.ndim != 2:
-        raise InvalidRequestError(f"IMAGE must have shape [batch, bytes], got {list(rows.shape)}")
-    if rows.shape[0] > settings.max_batch_size:
-        raise InvalidRequestError(
-            f"request holds {rows.shape[0]} images, over the max batch size of {settings.max_batch_size}"
-        )
-    if rows.nbytes > settings.request_byte_limit:
-        raise InvalidRequestError(
-            f"IMAGE is {rows.nbytes} bytes (shape {list(rows.shape)}), "
-            f"over the limit of {settings.request_byte_limit} bytes per request"
-        )
+    if (rows is None) == (encoded is None):
+        given = "both" if rows is not None else "neither"
+        raise InvalidRequestError(f"a request carries exactly one of the inputs {IMAGE_INPUT} or {IMAGE_BYTES_INPUT}, got {given}")
+    images = _padded_images(rows, settings) if rows is not None else _encoded_images(encoded, settings)
     k = parse_top_k(top_k, num_classes, default=settings.default_top_k)
-    images = []
-    for index, row in enumerate(rows):
-        image = trim_padding(row)
+    checked = []
+    for index, image in enumerate(images):
         try:
             check_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         except ImageHeaderError as exc:
             raise InvalidImageError(index, str(exc)) from None
-        images.append(image)
-    return PreparedRequest(images=images, top_k=k)
+        checked.append(image)
+    return PreparedRequest(images=checked, top_k=k)
+
+
+def _check_count(count: int, settings: ClassifierSettings) -> None:
+    if count > settings.max_batch_size:
+        raise InvalidRequestError(f"request holds {count} images, over the max batch size of {settings.max_batch_size}")
+
+
+def _check_bytes(name: str, size: int, shape: Sequence[int], settings: ClassifierSettings) -> None:
+    if size > settings.request_byte_limit:
+        raise InvalidRequestError(
+            f"{name} is {size} bytes (shape {list(shape)}), over the limit of {settings.request_byte_limit} bytes per request"
+        )
+
+
+def _padded_images(rows: np.ndarray, settings: ClassifierSettings) -> Iterator[bytes]:
+    """The trimmed rows of an ``IMAGE`` tensor, lazily, once its shape and size are checked."""
+    if rows.dtype != np.uint8:
+        raise InvalidRequestError(f"{IMAGE_INPUT} must be UINT8, got {rows.dtype}")
+    if rows.ndim != 2:
+        raise InvalidRequestError(f"{IMAGE_INPUT} must have shape [batch, bytes], got {list(rows.shape)}")
+    _check_count(rows.shape[0], settings)
+    _check_bytes(IMAGE_INPUT, rows.nbytes, rows.shape, settings)
+    return (trim_padding(row) for row in rows)
+
+
+def _encoded_images(encoded: np.ndarray, settings: ClassifierSettings) -> list[bytes]:
+    """The files of an ``IMAGE_BYTES`` tensor, once its shape, count and total size are checked.
+
+    The total comes from the elements' lengths alone: no file is read before it is known to
+    fit. An empty element is left for :func:`check_image`, which calls it an empty image, as
+    it does an all-zero padded row.
+    """
+    if encoded.ndim != 2 or encoded.shape[1] != 1:
+        raise InvalidRequestError(f"{IMAGE_BYTES_INPUT} must have shape [batch, 1], got {list(encoded.shape)}")
+    _check_count(encoded.shape[0], settings)
+    files = list(encoded[:, 0])
+    if not all(isinstance(data, bytes) for data in files):
+        raise InvalidRequestError(f"{IMAGE_BYTES_INPUT} must hold BYTES elements, got {encoded.dtype}")
+    _check_bytes(IMAGE_BYTES_INPUT, sum(map(len, files)), encoded.shape, settings)
+    return files
 
 
 @dataclass

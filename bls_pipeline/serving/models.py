@@ -28,6 +28,7 @@ from bls_pipeline.contract import (
     CLASS_IDS_OUTPUT,
     DALI_INPUT,
     DALI_OUTPUT,
+    IMAGE_BYTES_INPUT,
     IMAGE_INPUT,
     LABELS_OUTPUT,
     NETWORK,
@@ -39,7 +40,14 @@ from bls_pipeline.contract import (
 )
 from bls_pipeline.errors import BlsPipelineError, InvalidRequestError
 from bls_pipeline.request.faults import blames_input, summarize_dali_error
-from bls_pipeline.request.orchestration import ClassifierSettings, Orchestrator, classify_request, prepare_request, request_error
+from bls_pipeline.request.orchestration import (
+    ClassifierSettings,
+    Orchestrator,
+    PreparedRequest,
+    classify_request,
+    prepare_request,
+    request_error,
+)
 from bls_pipeline.request.postprocess import label_table, load_labels
 from bls_pipeline.runtime.device import GPU, device_of_instance_kind
 from bls_pipeline.serving.bls import call_model, error_response, host_array
@@ -72,6 +80,22 @@ def _version_dir(args: dict) -> Path:
 
 def _input(request: Any, name: str) -> np.ndarray:
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+
+def _optional_input(request: Any, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def prepare_images(request: Any, settings: ClassifierSettings, num_classes: int) -> PreparedRequest:
+    """:func:`prepare_request` on whichever of ``IMAGE`` / ``IMAGE_BYTES`` the request carries."""
+    return prepare_request(
+        _optional_input(request, IMAGE_INPUT),
+        encoded=_optional_input(request, IMAGE_BYTES_INPUT),
+        top_k=request_top_k(request),
+        settings=settings,
+        num_classes=num_classes,
+    )
 
 
 def request_top_k(request: Any) -> object:
@@ -143,12 +167,7 @@ class ClassifierModel:
         with self.timer.stage("trim_check"):
             for index, request in enumerate(requests):
                 try:
-                    prepared[index] = prepare_request(
-                        _input(request, IMAGE_INPUT),
-                        top_k=request_top_k(request),
-                        settings=self.settings,
-                        num_classes=len(self.labels),
-                    )
+                    prepared[index] = prepare_images(request, self.settings, len(self.labels))
                 except BlsPipelineError as exc:
                     responses[index] = self._refuse(exc, decoded=False)
         images = [image for item in prepared.values() for image in item.images]

@@ -477,3 +477,16 @@ def test_a_sub_model_that_cannot_be_called_is_internal_and_logged(models, jpegs,
     assert response.has_error() and response.error().code() == INTERNAL
     assert response.error().message().startswith("preprocessing: ")
     assert len(FakeLogger.errors) == 1
+
+
+def test_a_request_in_the_bytes_form_is_answered_like_the_padded_one(models, jpegs):
+    images = [jpegs["coffee"], jpegs["rocket"]]
+    files = np.empty((len(images), 1), dtype=object)
+    files[:, 0] = images
+    by_bytes = FakeRequest(inputs=[FakeTensor("IMAGE_BYTES", files)], parameters={"top_k": 3})
+
+    bytes_response, padded_response = models["classifier"].execute([by_bytes, _request(images, top_k=3)])
+
+    for name in ("CLASS_IDS", "SCORES", "LABELS"):
+        np.testing.assert_array_equal(bytes_response.outputs[name].as_numpy(), padded_response.outputs[name].as_numpy())
+    assert list(bytes_response.outputs["CLASS_IDS"].as_numpy()[:, 0]) == [967, 657]

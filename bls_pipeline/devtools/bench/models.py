@@ -19,18 +19,18 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from bls_pipeline.request.orchestration import ClassifierSettings, prepare_request
+from bls_pipeline.request.orchestration import ClassifierSettings
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError
 from bls_pipeline.devtools.bench.naive import PilPreprocessor
 from bls_pipeline.request.postprocess import label_table, load_labels, parse_top_k
 from bls_pipeline.serving.models import (
-    IMAGE_INPUT,
     _device,
     _gpu_id,
     _input,
     _parameters,
     _version_dir,
     classification_response,
+    prepare_images,
     request_top_k,
 )
 from bls_pipeline.serving.bls import error_response
@@ -81,12 +81,7 @@ class NaiveClassifierModel:
         )
 
     def _preprocess_request(self, request: Any) -> tuple[list[np.ndarray], int]:
-        prepared = prepare_request(
-            _input(request, IMAGE_INPUT),
-            top_k=request_top_k(request),
-            settings=self.settings,
-            num_classes=len(self.labels),
-        )
+        prepared = prepare_images(request, self.settings, len(self.labels))
         arrays = []
         for index, image in enumerate(prepared.images):
             try:

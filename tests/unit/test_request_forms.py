@@ -1,0 +1,118 @@
+"""The classifier's two input forms: padded ``IMAGE`` rows and ``IMAGE_BYTES`` files, one request, one form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bls_pipeline import contract
+from bls_pipeline.build import model_config as mc
+from bls_pipeline.errors import InvalidImageError, InvalidRequestError
+from bls_pipeline.request.orchestration import ClassifierSettings, prepare_request
+from bls_pipeline.request.padding import pad_batch
+from tests.conftest import encode
+
+SETTINGS = ClassifierSettings(max_batch_size=4, max_image_bytes=100_000)
+
+
+def _files(images: list[bytes]) -> np.ndarray:
+    """An ``IMAGE_BYTES`` tensor as the Python backend hands it over: object ``[N, 1]`` of bytes."""
+    tensor = np.empty((len(images), 1), dtype=object)
+    for row, image in zip(tensor, images):
+        row[0] = image
+    return tensor
+
+
+@pytest.fixture(scope="module")
+def images(photos) -> list[bytes]:
+    # BMP stores rows bottom-up: a black top row ends the file in zero bytes, which both
+    # forms must keep.
+    black_top = photos["coffee"][:64, :64].copy()
+    black_top[:8] = 0
+    bmp = encode(black_top, "BMP")
+    assert bmp.endswith(b"\0" * 64)
+    return [encode(photos["chelsea"][:80, :80], "JPEG"), bmp, encode(photos["rocket"][:64, :64], "PNG")]
+
+
+def _prepare(rows=None, encoded=None, *, top_k=None, settings=SETTINGS):
+    return prepare_request(rows, encoded=encoded, top_k=top_k, settings=settings, num_classes=10)
+
+
+def test_both_forms_give_the_same_images_and_top_k(images):
+    padded = _prepare(pad_batch(images), top_k=3)
+    files = _prepare(encoded=_files(images), top_k=3)
+
+    assert files.images == padded.images == images
+    assert files.top_k == padded.top_k == 3
+
+
+@pytest.mark.parametrize(
+    ("rows", "encoded", "given"),
+    [(None, None, "neither"), (np.ones((1, 4), np.uint8), _files([b"abcd"]), "both")],
+)
+def test_a_request_carries_exactly_one_form(rows, encoded, given):
+    with pytest.raises(InvalidRequestError) as raised:
+        _prepare(rows, encoded)
+
+    assert str(raised.value) == f"a request carries exactly one of the inputs IMAGE or IMAGE_BYTES, got {given}"
+
+
+def test_an_empty_file_is_the_same_empty_image_as_an_all_zero_row(images):
+    with pytest.raises(InvalidImageError) as from_files:
+        _prepare(encoded=_files([images[0], b""]))
+    with pytest.raises(InvalidImageError) as from_rows:
+        _prepare(np.vstack([pad_batch([images[0]]), np.zeros((1, len(images[0])), np.uint8)]))
+
+    assert str(from_files.value) == str(from_rows.value) == "image 1: empty image"
+
+
+def test_a_bad_file_is_refused_naming_its_index(images):
+    with pytest.raises(InvalidImageError) as raised:
+        _prepare(encoded=_files([images[0], images[1], b"not an image at all"]))
+
+    assert str(raised.value).startswith("image 2: ")
+
+
+def test_more_files_than_the_max_batch_size_are_refused():
+    with pytest.raises(InvalidRequestError, match="request holds 5 images, over the max batch size of 4"):
+        _prepare(encoded=_files([b"x"] * 5))
+
+
+def test_files_over_the_request_byte_limit_are_refused_before_any_is_read():
+    settings = ClassifierSettings(max_batch_size=4, max_image_bytes=1000, max_request_bytes=2500)
+    # Unreadable files: refused for their size first, so their content is never looked at.
+    at_limit, over = _files([b"\xff\xd8\xff" + b"x" * 1247] * 2), _files([b"\xff\xd8\xff" + b"x" * 1248] * 2)
+
+    with pytest.raises(InvalidImageError):
+        _prepare(encoded=at_limit, settings=settings)
+    with pytest.raises(InvalidRequestError) as raised:
+        _prepare(encoded=over, settings=settings)
+    assert str(raised.value) == "IMAGE_BYTES is 2502 bytes (shape [2, 1]), over the limit of 2500 bytes per request"
+
+
+@pytest.mark.parametrize(
+    ("encoded", "message"),
+    [
+        (np.array([b"ab", b"cd"], dtype=object), "IMAGE_BYTES must have shape [batch, 1], got [2]"),
+        (np.array([["ab"]], dtype=object), "IMAGE_BYTES must hold BYTES elements, got object"),
+    ],
+)
+def test_a_malformed_bytes_tensor_is_refused(encoded, message):
+    with pytest.raises(InvalidRequestError) as raised:
+        _prepare(encoded=encoded)
+
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("target", mc.TARGETS)
+def test_both_forms_are_optional_inputs_of_the_classifier_on_every_target(target):
+    from bls_pipeline.build.repository import RepositorySpec
+
+    inputs = {i.name: i for i in RepositorySpec(target=target, max_batch_size=4, num_classes=7).configs()[contract.CLASSIFIER].input}
+
+    assert set(inputs) == {contract.IMAGE_INPUT, contract.IMAGE_BYTES_INPUT}
+    assert all(i.optional for i in inputs.values())
+    assert inputs[contract.IMAGE_INPUT].allow_ragged_batch
+    assert mc.model_config_pb2.DataType.Name(inputs[contract.IMAGE_BYTES_INPUT].data_type) == "TYPE_STRING"
+    assert list(inputs[contract.IMAGE_BYTES_INPUT].dims) == [1]
+    assert contract.IMAGE_BYTES.datatype == "BYTES"
