@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bls_pipeline import contract
 from bls_pipeline.devtools.bench.run import DEFAULT_CONCURRENCIES, BenchOptions, ENDPOINT_KEYS, run_benchmark
 from bls_pipeline.devtools.bench.images import benchmark_images, load_images
 from bls_pipeline.devtools.bench.report import (
@@ -92,8 +93,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--images-per-request",
         type=int,
         default=1,
-        help="images in each request of every endpoint (zero-padded rows); 1 is a client per image, "
+        help="images in each request of every endpoint (in --request-form); 1 is a client per image, "
         "more is what tools/classify.py does with a folder",
+    )
+    parser.add_argument(
+        "--request-form",
+        choices=tuple(contract.FORMS),
+        default=contract.PADDED_FORM,
+        help="input form of every request: 'padded' zero-padded IMAGE rows (default: keeps the CPU numbers "
+        "comparable), or 'bytes' one unpadded IMAGE_BYTES element per image (classifier and naive only: "
+        "the ensembles take padded rows)",
     )
     parser.add_argument("--quick", action="store_true", help="CI-sized run: 1 repeat, concurrency 1 and 4, 1 s windows")
     parser.add_argument("--json-out", type=Path, help="write the full result as JSON here")
@@ -136,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"unknown endpoints {sorted(unknown)}: choose among {', '.join(ENDPOINT_KEYS)}")
         if args.quick:
             options = BenchOptions.quick_options(
-                args.repository, server_log=args.server_log, endpoints=endpoints, images_per_request=args.images_per_request
+                args.repository,
+                server_log=args.server_log,
+                endpoints=endpoints,
+                images_per_request=args.images_per_request,
+                request_form=args.request_form,
             )
         else:
             options = BenchOptions(
@@ -148,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 server_log=args.server_log,
                 endpoints=endpoints,
                 images_per_request=args.images_per_request,
+                request_form=args.request_form,
             )
         result = run_benchmark(options, images, progress=lambda line: print(line, file=sys.stderr, flush=True))
     except (BlsPipelineError, OSError) as exc:

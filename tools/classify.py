@@ -2,7 +2,8 @@
 """Classify image files through a running ``classifier`` endpoint and print the top classes.
 
     python tools/classify.py samples/                          # every image under samples/
-    python tools/classify.py cat.jpg 'photos/**/*.png' --top-k 3 --url 127.0.0.1:9000
+    python tools/classify.py cat.jpg 'photos/**/*.png' --top-k 3 --url 127.0.0.1:9001
+    python tools/classify.py samples/ --protocol http --form padded   # HTTP, zero-padded rows
     python tools/classify.py samples/ --json > predictions.json
     python tools/classify.py photos/ --jsonl | tee predictions.jsonl   # one line per file, as it completes
 
@@ -17,7 +18,16 @@ import sys
 from typing import Sequence
 
 from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, positive_float, progress_bar, report_error
-from bls_pipeline.devtools.client import ClassifierClient, ClientError
+from bls_pipeline.devtools.client import (
+    DEFAULT_FORM,
+    DEFAULT_PORTS,
+    DEFAULT_PROTOCOL,
+    FORMS,
+    PROTOCOLS,
+    ClassifierClient,
+    ClientError,
+    endpoint,
+)
 from bls_pipeline.devtools.files import (
     IMAGE_EXTENSIONS,
     FileResult,
@@ -34,7 +44,8 @@ EPILOG = f"""\
 examples:
   classify samples/                                 every image under samples/, recursively
   classify 'photos/**/*.jpg' --top-k 3              a glob (quoted: expanded here, recursively)
-  classify cat.jpg --url 10.0.0.5:8000 --json       one JSON document on stdout
+  classify cat.jpg --url 10.0.0.5:8001 --json       one JSON document on stdout
+  classify cat.jpg --url http://10.0.0.5:8000       HTTP: the scheme names the protocol
   classify photos/ --jsonl > out.jsonl              one JSON object per line, written as files complete
 
 Folders are searched recursively for {' '.join(sorted(IMAGE_EXTENSIONS))} (any case);
@@ -71,7 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="image files, folders (searched recursively for image extensions) or glob patterns",
     )
-    parser.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP address, host:port (default: %(default)s)")
+    parser.add_argument(
+        "--url",
+        help="the server's address, host:port; a scheme (http://, grpc://) names the protocol "
+        f"(default: 127.0.0.1 on Triton's port for the protocol: {DEFAULT_PORTS['grpc']} gRPC, {DEFAULT_PORTS['http']} HTTP)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help=f"talk to the server over gRPC or HTTP (default: the scheme of --url if it has one, else {DEFAULT_PROTOCOL})",
+    )
+    parser.add_argument(
+        "--form",
+        choices=FORMS,
+        default=DEFAULT_FORM,
+        help="how the images travel: 'bytes' sends each file as it is (IMAGE_BYTES, no padding); "
+        "'padded' sends zero-padded rows (IMAGE), each as long as the longest file of its request "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--top-k",
         type=_positive_int,
@@ -135,14 +163,21 @@ def _batch_size(client: ClassifierClient, requested: int | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        endpoint(args.url, args.protocol)
+    except ClientError as exc:
+        parser.error(str(exc))
     try:
         files = collect_files(args.paths)
     except PathError as exc:
         return report_error(PROG, exc, ExitCode.INPUT)
     results: list[FileResult] = []
     try:
-        with ClassifierClient(args.url, concurrency=args.concurrency, timeout_s=args.timeout) as client:
+        with ClassifierClient(
+            args.url, protocol=args.protocol, form=args.form, concurrency=args.concurrency, timeout_s=args.timeout
+        ) as client:
             client.check_ready()
             batch_size = _batch_size(client, args.batch_size)
             with progress_bar(len(files), "file") as bar:

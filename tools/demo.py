@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bls_pipeline.build.pipeline import BuildOptions, build_repository
 from bls_pipeline.devtools.cli import EXIT_CODES_HELP, report_error
+from bls_pipeline.devtools.client import DEFAULT_PROTOCOL
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.backends import native_backends_dir
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting, native_backend_models
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         with LocalTritonServer(ServerOptions(model_repository=args.repository, http_port=0, grpc_port=0, metrics_port=0)) as server:
             print(describe_hosting(server), flush=True)
             print(f"ready at {server.url}; classifying {' '.join(args.images)}", flush=True)
-            code = classify.main(["--url", server.url, "--top-k", "3", *args.images])
+            # The client's default protocol, on whichever port the server picked for it.
+            url = server.grpc_url if DEFAULT_PROTOCOL == "grpc" else server.url
+            code = classify.main(["--url", url, "--top-k", "3", *args.images])
         print("server stopped")
         return code
     except BlsPipelineError as exc:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_hosting(server), flush=True)
     try:
         print(f"memory: {server.sizing.describe() if server.sizing else 'Triton defaults'}", flush=True)
-        print(f"ready: {server.url} (gRPC {options.host}:{options.grpc_port}, metrics "
+        print(f"ready: {server.url} (gRPC {server.grpc_url}, metrics "
               f"{options.host}:{options.metrics_port}); log: {server.log_path}; Ctrl-C stops", flush=True)
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:

@@ -1,19 +1,26 @@
-"""A client for the ``classifier`` endpoint: pads images into one request, sends, parses.
+"""A client for the ``classifier`` endpoint: sends images in either input form, over gRPC or HTTP.
 
 Example::
 
-    client = ClassifierClient("127.0.0.1:8000")
+    client = ClassifierClient("127.0.0.1:8001")                  # DEFAULT_PROTOCOL, DEFAULT_FORM
     for prediction in client.classify([Path("cat.jpg").read_bytes()], top_k=3):
         print(prediction.labels[0], prediction.scores[0])
+    ClassifierClient("http://127.0.0.1:8000", form="padded")     # a URL's scheme names its protocol
 
-``tritonclient.http`` is built on gevent and a client object must stay on one thread; for
-concurrency this class uses the client's own connection pool (``async_infer``).
+The form is how the images travel (``contract.FORMS``): ``"bytes"`` sends each file as one
+element of ``IMAGE_BYTES``, unpadded; ``"padded"`` sends zero-padded ``IMAGE`` rows. The
+protocol is ``"grpc"`` (``tritonclient.grpc``, one channel that multiplexes every request in
+flight) or ``"http"`` (``tritonclient.http``: built on gevent, so a client object must stay
+on one thread; for concurrency it uses the client's own connection pool).
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 from dataclasses import dataclass
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -23,6 +30,16 @@ from bls_pipeline.request.padding import pad_batch
 
 MODEL_NAME = contract.CLASSIFIER
 OUTPUT_NAMES = tuple(spec.name for spec in contract.CLASSIFIER_OUTPUTS)
+PROTOCOLS = ("grpc", "http")
+FORMS = tuple(contract.FORMS)
+# Triton's default ports; a URL without a port is not accepted by either tritonclient.
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+# What a URL's scheme says about its protocol (tritonclient itself takes host:port only).
+_SCHEMES = {"http://": "http", "https://": "http", "grpc://": "grpc"}
+
+# Chosen by the GPU measurement in docs/gpu.md.
+DEFAULT_FORM = contract.BYTES_FORM
+DEFAULT_PROTOCOL = "grpc"
 
 
 class ClientError(BlsPipelineError):
@@ -43,46 +60,106 @@ def _one_line(exc: Exception) -> str:
     return " ".join(message.split())
 
 
-def image_input(httpclient, batch: np.ndarray):
-    """The ``IMAGE`` input of a zero-padded ``[N, L]`` uint8 batch, for ``httpclient``
-    (the ``tritonclient.http`` module, imported by the caller)."""
-    tensor = httpclient.InferInput(contract.IMAGE.name, list(batch.shape), contract.IMAGE.datatype)
-    tensor.set_data_from_numpy(batch, binary_data=True)
-    return tensor
+def endpoint(url: str | None, protocol: str | None = None) -> tuple[str, str]:
+    """``(protocol, host:port)`` of a server address.
 
-
-def requested_outputs(httpclient) -> list:
-    """The endpoint's three outputs, requested as binary data."""
-    return [httpclient.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
+    ``protocol`` given: it, and ``url`` must not name another one by its scheme. Not given:
+    the scheme of ``url`` (``http://``, ``https://``, ``grpc://``), else :data:`DEFAULT_PROTOCOL`.
+    No ``url``: 127.0.0.1 on Triton's default port for the protocol. Raises :class:`ClientError`.
+    """
+    scheme = next((name for prefix, name in _SCHEMES.items() if url and url.startswith(prefix)), None)
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ClientError(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if protocol is not None and scheme is not None and scheme != protocol:
+        raise ClientError(f"the scheme of {url} says {scheme}, but the protocol is {protocol}")
+    protocol = protocol or scheme or DEFAULT_PROTOCOL
+    return protocol, host_port(url) if url else f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
 
 
 def host_port(url: str) -> str:
-    """``host:port`` of a server URL, as ``tritonclient.http`` takes it: no scheme, no trailing slash."""
-    return url.removeprefix("http://").removeprefix("https://").rstrip("/")
+    """``host:port`` of a server URL, as ``tritonclient`` takes it: no scheme, no trailing slash."""
+    for prefix in _SCHEMES:
+        url = url.removeprefix(prefix)
+    return url.rstrip("/")
+
+
+def tritonclient_module(protocol: str) -> ModuleType:
+    """``tritonclient.grpc`` or ``tritonclient.http``."""
+    return importlib.import_module(f"tritonclient.{protocol}")
+
+
+def _is_http(tritonclient: ModuleType) -> bool:
+    return tritonclient.__name__ == "tritonclient.http"
+
+
+def files_batch(images: Sequence[bytes]) -> np.ndarray:
+    """The ``IMAGE_BYTES`` tensor of ``images``: an object array ``[N, 1]``, one file per element."""
+    batch = np.empty((len(images), 1), dtype=object)
+    for row, image in zip(batch, images):
+        row[0] = bytes(image)
+    return batch
+
+
+def check_form(form: str) -> None:
+    """Raise :class:`ClientError` unless ``form`` is one of :data:`FORMS`."""
+    if form not in contract.FORMS:
+        raise ClientError(f"unknown input form {form!r}: expected one of {', '.join(FORMS)}")
+
+
+def image_input(tritonclient: ModuleType, images: Sequence[bytes], form: str) -> Any:
+    """The endpoint's input holding ``images`` in ``form`` (``"padded"``: ``IMAGE``, ``"bytes"``:
+    ``IMAGE_BYTES``), for ``tritonclient`` (``tritonclient.http`` or ``.grpc``, imported by the caller)."""
+    check_form(form)
+    spec = contract.FORMS[form]
+    data = pad_batch(images) if form == contract.PADDED_FORM else files_batch(images)
+    tensor = tritonclient.InferInput(spec.name, list(data.shape), spec.datatype)
+    if _is_http(tritonclient):
+        tensor.set_data_from_numpy(data, binary_data=True)
+    else:
+        tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def requested_outputs(tritonclient: ModuleType) -> list:
+    """The endpoint's three outputs (binary data over HTTP; gRPC has no other kind)."""
+    binary = {"binary_data": True} if _is_http(tritonclient) else {}
+    return [tritonclient.InferRequestedOutput(name, **binary) for name in OUTPUT_NAMES]
 
 
 class ClassifierClient:
-    """Classify encoded images through a Triton server's ``classifier`` model over HTTP."""
+    """Classify encoded images through a Triton server's ``classifier`` model.
+
+    ``url``: ``host:port`` or a URL whose scheme names the protocol (see :func:`endpoint`);
+    ``protocol``: ``"grpc"`` or ``"http"``; ``form``: ``"bytes"`` or ``"padded"``.
+    ``concurrency`` sizes the HTTP connection pool (gRPC multiplexes one channel).
+    """
 
     def __init__(
         self,
-        url: str = "127.0.0.1:8000",
+        url: str | None = None,
         *,
+        protocol: str | None = None,
+        form: str = DEFAULT_FORM,
         model_name: str = MODEL_NAME,
         concurrency: int = 1,
         timeout_s: float = 120.0,
     ) -> None:
-        import tritonclient.http as httpclient
-
-        self._http = httpclient
-        self.url = host_port(url)
+        check_form(form)
+        self.protocol, self.url = endpoint(url, protocol)
+        self.form = form
         self.model_name = model_name
-        self._client = httpclient.InferenceServerClient(
-            self.url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s
-        )
+        self._triton = tritonclient_module(self.protocol)
+        if _is_http(self._triton):
+            self._client = self._triton.InferenceServerClient(
+                self.url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+            self._timeout: dict[str, float] = {}
+        else:
+            self._client = self._triton.InferenceServerClient(self.url)
+            self._timeout = {"client_timeout": timeout_s}
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connections."""
         self._client.close()
 
     def __enter__(self) -> "ClassifierClient":
@@ -94,13 +171,13 @@ class ClassifierClient:
     def check_ready(self) -> None:
         """Raise :class:`ClientError` unless the server is live and the model is ready."""
         try:
-            live = self._client.is_server_live()
-        except Exception as exc:  # noqa: BLE001 - gevent/socket errors have no common base
-            raise ClientError(f"cannot reach a Triton server at {self.url}: {_one_line(exc)}") from None
+            live = self._client.is_server_live(**self._timeout)
+        except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC errors have no common base
+            raise ClientError(f"cannot reach a Triton server at {self.url} ({self.protocol}): {_one_line(exc)}") from None
         if not live:
             raise ClientError(f"the Triton server at {self.url} is not live")
         try:
-            ready = self._client.is_model_ready(self.model_name)
+            ready = self._client.is_model_ready(self.model_name, **self._timeout)
         except Exception as exc:  # noqa: BLE001
             raise ClientError(f"cannot ask {self.url} about model {self.model_name!r}: {_one_line(exc)}") from None
         if not ready:
@@ -109,12 +186,22 @@ class ClassifierClient:
     def max_batch_size(self) -> int:
         """The endpoint's ``max_batch_size`` (the most images one request may hold)."""
         try:
-            return int(self._client.get_model_config(self.model_name)["max_batch_size"])
+            if _is_http(self._triton):
+                config = self._client.get_model_config(self.model_name)
+            else:
+                config = self._client.get_model_config(self.model_name, as_json=True, **self._timeout)["config"]
+            return int(config["max_batch_size"])
         except Exception as exc:  # noqa: BLE001
             raise ClientError(f"cannot read the config of {self.model_name!r} at {self.url}: {_one_line(exc)}") from None
 
-    def _request(self, images: Sequence[bytes]) -> tuple[list, list]:
-        return [image_input(self._http, pad_batch(images))], requested_outputs(self._http)
+    def _request(self, images: Sequence[bytes], top_k: int | None) -> dict[str, Any]:
+        """The keyword arguments of ``infer``/``async_infer`` for one request."""
+        return {
+            "inputs": [image_input(self._triton, images, self.form)],
+            "outputs": requested_outputs(self._triton),
+            "parameters": None if top_k is None else {"top_k": top_k},
+            **self._timeout,
+        }
 
     @staticmethod
     def _parse(result) -> list[Prediction]:
@@ -130,34 +217,31 @@ class ClassifierClient:
             for i in range(len(scores))
         ]
 
-    @staticmethod
-    def _parameters(top_k: int | None) -> dict | None:
-        return None if top_k is None else {"top_k": top_k}
-
     def classify(self, images: Sequence[bytes], *, top_k: int | None = None) -> list[Prediction]:
         """Classify ``images`` in one request; raises :class:`ClientError` if it fails."""
-        inputs, outputs = self._request(images)
+        request = self._request(images, top_k)
         try:
-            result = self._client.infer(self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k))
+            result = self._client.infer(self.model_name, **request)
         except Exception as exc:  # noqa: BLE001
             raise ClientError(_one_line(exc)) from None
         return self._parse(result)
 
     def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> "PendingRequest":
         """Send ``images`` as one request without waiting; :meth:`PendingRequest.result` waits."""
-        inputs, outputs = self._request(images)
+        request = self._request(images, top_k)
         try:
-            handle = self._client.async_infer(
-                self.model_name, inputs, outputs=outputs, parameters=self._parameters(top_k)
-            )
+            if _is_http(self._triton):
+                return PendingRequest(self._client.async_infer(self.model_name, **request))
+            answer = _GrpcAnswer()
+            self._client.async_infer(self.model_name, callback=answer, **request)
+            return PendingRequest(answer)
         except Exception as exc:  # noqa: BLE001
             raise ClientError(_one_line(exc)) from None
-        return PendingRequest(handle)
 
     def classify_batches(
         self, batches: Sequence[Sequence[bytes]], *, top_k: int | None = None
     ) -> list[list[Prediction] | ClientError]:
-        """Send every batch as its own request, all in flight at once (up to the pool size).
+        """Send every batch as its own request, all in flight at once (over HTTP, up to the pool size).
 
         Returns per batch its predictions or the :class:`ClientError` of that request, so
         one refused request does not hide the others' results.
@@ -172,8 +256,31 @@ class ClassifierClient:
         return results
 
 
+class _GrpcAnswer:
+    """The callback of one gRPC ``async_infer``, and the wait for what it is called with.
+
+    gRPC calls it once, on its own thread, with the result or the error (the request's
+    ``client_timeout`` bounds the wait); ``get_result`` mirrors the HTTP client's handle.
+    """
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: Exception | None = None
+
+    def __call__(self, result: Any, error: Exception | None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    def get_result(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class PendingRequest:
-    """A request in flight (``tritonclient``'s async handle), read once with :meth:`result`."""
+    """A request in flight (``tritonclient.http``'s async handle or a gRPC answer), read once with :meth:`result`."""
 
     def __init__(self, handle) -> None:
         self._handle = handle
@@ -182,7 +289,7 @@ class PendingRequest:
         """Wait for the answer; raises :class:`ClientError` if the request failed."""
         try:
             return ClassifierClient._parse(self._handle.get_result())
-        except Exception as exc:  # noqa: BLE001 - gevent/socket/server errors have no common base
+        except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC/server errors have no common base
             raise ClientError(_one_line(exc)) from None
 
 

@@ -3,7 +3,7 @@
 The library behind ``tools/classify.py``. Example::
 
     files = collect_files(["samples/", "shots/**/*.jpg"])
-    with ClassifierClient("127.0.0.1:8000", concurrency=2) as client:
+    with ClassifierClient("127.0.0.1:8001", concurrency=2) as client:
         results = []
         for result in classify_files(client, files, batch_size=8, concurrency=2):
             print(result.to_json())        # one file at a time, in the order of ``files``

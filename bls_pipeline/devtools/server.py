@@ -20,6 +20,7 @@ Example::
 
     with LocalTritonServer(ServerOptions(model_repository=Path("build/model_repository"))) as server:
         print(server.url)          # http://127.0.0.1:8000
+        print(server.grpc_url)     # grpc://127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -182,6 +183,11 @@ class LocalTritonServer:
     def url(self) -> str:
         """The HTTP endpoint, ``http://host:port``."""
         return f"http://{self.options.host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """The gRPC endpoint, ``grpc://host:port`` (the scheme tells a client its protocol)."""
+        return f"grpc://{self.options.host}:{self.options.grpc_port}"
 
     def __enter__(self) -> "LocalTritonServer":
         self.start()

@@ -30,10 +30,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bls_pipeline.contract import SCORES_OUTPUT
+from bls_pipeline.contract import PADDED_FORM, SCORES_OUTPUT
 from bls_pipeline.devtools.bench.run import percentile
 from bls_pipeline.devtools.client import MODEL_NAME, host_port, image_input, requested_outputs
-from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.devtools.processes import proc_status, stub_processes
 
 # skimage photographs that EfficientNet-Lite0 classifies as one clear class.
@@ -307,7 +306,7 @@ def _send(client, httpclient, sample: Sample) -> tuple[str | None, str | None]:
     """Send one request; (``None``, ``None``) on success, else (HTTP status, message)."""
     from tritonclient.utils import InferenceServerException
 
-    inputs = [image_input(httpclient, pad_batch(list(sample.images)))]
+    inputs = [image_input(httpclient, sample.images, PADDED_FORM)]
     parameters = None if sample.top_k is None else {"top_k": sample.top_k}
     try:
         result = client.infer(MODEL_NAME, inputs, outputs=requested_outputs(httpclient), parameters=parameters)

@@ -115,7 +115,7 @@ def test_a_wheel_installed_in_a_fresh_venv_builds_and_serves_the_repository(tmp_
     with subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
         try:
             wait_until_ready(server, deadline_s=300)
-            with ClassifierClient(f"127.0.0.1:{port}") as client:
+            with ClassifierClient(f"127.0.0.1:{port}", protocol="http") as client:
                 (prediction,) = client.classify([(REPO_ROOT / "samples" / "chelsea.jpg").read_bytes()], top_k=1)
         finally:
             server.terminate()

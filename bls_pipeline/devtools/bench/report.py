@@ -46,7 +46,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         "bls_native": "7a. classifier, native",
         "ensemble_native": "7b. ensemble, native",
     }
-    lines.append(f"endpoints over HTTP, {result['config']['images_per_request']} image(s) per request")
+    # Results written before the bytes form existed sent padded rows.
+    form = result["config"].get("request_form", "padded")
+    lines.append(f"endpoints over HTTP, {result['config']['images_per_request']} image(s) per request, {form} form")
     lines.append(
         f"{'endpoint over HTTP':22s} {'conc':>4s}  {'images/s':>22s}  {'p50 ms':>22s}  {'p90 ms':>8s}  {'p99 ms':>8s}  {'CPU ms/img':>10s}"
     )

@@ -46,7 +46,6 @@ from bls_pipeline import contract
 from bls_pipeline.devtools.client import host_port, image_input, requested_outputs
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.errors import BenchError
-from bls_pipeline.request.padding import pad_batch
 
 LOGGER = logging.getLogger(__name__)
 
@@ -310,13 +309,14 @@ class LoadSample:
         return self.server_cpu_s * 1e3 / (self.requests * self.images_per_request)
 
 
-def _request_inputs(httpclient, images: Sequence[BenchImage], images_per_request: int) -> list[list]:
-    """One request per starting image: it and the next ones, zero-padded rows (the contract)."""
-    inputs = []
-    for offset in range(len(images)):
-        rows = pad_batch([images[(offset + i) % len(images)].data for i in range(images_per_request)])
-        inputs.append([image_input(httpclient, rows)])
-    return inputs
+def _request_inputs(
+    httpclient, images: Sequence[BenchImage], images_per_request: int, form: str = contract.PADDED_FORM
+) -> list[list]:
+    """One request per starting image: it and the next ones, in the contract's ``form``."""
+    return [
+        [image_input(httpclient, [images[(offset + i) % len(images)].data for i in range(images_per_request)], form)]
+        for offset in range(len(images))
+    ]
 
 
 def closed_loop_load(
@@ -329,6 +329,7 @@ def closed_loop_load(
     warmup_s: float,
     images_per_request: int = 1,
     server_cpu: Callable[[], float] | None = None,
+    form: str = contract.PADDED_FORM,
 ) -> LoadSample:
     """``concurrency`` requests of ``images_per_request`` images always in flight for
     ``warmup_s + duration_s``.
@@ -337,13 +338,14 @@ def closed_loop_load(
     ``concurrency`` greenlets on this thread (the client is gevent-based and must not be
     shared across threads). Requests completed inside the window after the warm-up count;
     each request's latency is its own, from send to parsed response. ``server_cpu`` (the
-    server's CPU seconds so far) is read at the window's start and end.
+    server's CPU seconds so far) is read at the window's start and end. ``form`` is the
+    input form of the requests (``"padded"`` rows or ``"bytes"``: see ``contract.FORMS``).
     """
     import gevent
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120)
-    requests = _request_inputs(httpclient, images, images_per_request)
+    requests = _request_inputs(httpclient, images, images_per_request, form)
     outputs = requested_outputs(httpclient)
     latencies: list[float] = []
     errors: list[str] = []
@@ -412,8 +414,18 @@ class BenchOptions:
     server_log: Path | None = None
     endpoints: tuple[str, ...] = ENDPOINT_KEYS
     images_per_request: int = 1
+    # The input form of every request (contract.FORMS); padded keeps the CPU numbers comparable.
+    request_form: str = contract.PADDED_FORM
 
     def __post_init__(self) -> None:
+        if self.request_form not in contract.FORMS:
+            raise BenchError(f"unknown request form {self.request_form!r}: expected one of {', '.join(contract.FORMS)}")
+        ensembles = [key for key in self.endpoints if key.startswith("ensemble")]
+        if self.request_form != contract.PADDED_FORM and ensembles:
+            # Their first step is DALI, whose input is the padded rows: they have no IMAGE_BYTES.
+            raise BenchError(
+                f"the ensembles take padded rows only: --request-form {self.request_form} needs --endpoints without {', '.join(ensembles)}"
+            )
         if self.images_per_request < 1:
             raise BenchError(f"--images-per-request must be at least 1, got {self.images_per_request}")
         if self.repeats < 1:
@@ -582,7 +594,9 @@ def run_benchmark(
             url = host_port(server.url)
             progress("warming up every endpoint")
             for key in endpoint_keys:
-                closed_loop_load(url, names[key], images, concurrency=max(options.concurrencies), duration_s=0.5, warmup_s=1.0)
+                closed_loop_load(
+                    url, names[key], images, concurrency=max(options.concurrencies), duration_s=0.5, warmup_s=1.0, form=options.request_form
+                )
             for repeat in range(options.repeats):
                 progress(f"repeat {repeat + 1}/{options.repeats}: in process, batch sizes {list(batch_sizes)}")
                 in_process_runs.append(_measure_in_process(parts, images, options))
@@ -597,6 +611,7 @@ def run_benchmark(
                             warmup_s=options.warmup_s,
                             images_per_request=options.images_per_request,
                             server_cpu=server.cpu_seconds,
+                            form=options.request_form,
                         )
                         endpoint_runs[key][concurrency].append(sample)
                         progress(
@@ -683,6 +698,7 @@ def assemble_result(
             "warmup_s": options.warmup_s,
             "inprocess_duration_s": options.inprocess_duration_s,
             "images_per_request": options.images_per_request,
+            "request_form": options.request_form,
             "images": [{"name": i.name, "bytes": len(i.data), "width": i.width, "height": i.height} for i in images],
             "runtime": dict(runtime_settings),
             "repository": dict(repository_settings),
