@@ -7,20 +7,23 @@ import pytest
 
 from bls_pipeline import contract
 from bls_pipeline.build import model_config as mc
+from bls_pipeline.devtools.client import (
+    DEFAULT_PORTS,
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    ClassifierClient,
+    ClientError,
+    endpoint,
+    files_batch,
+    image_input,
+    tritonclient_module,
+)
 from bls_pipeline.errors import InvalidImageError, InvalidRequestError
 from bls_pipeline.request.orchestration import ClassifierSettings, prepare_request
 from bls_pipeline.request.padding import pad_batch
 from tests.conftest import encode
 
 SETTINGS = ClassifierSettings(max_batch_size=4, max_image_bytes=100_000)
-
-
-def _files(images: list[bytes]) -> np.ndarray:
-    """An ``IMAGE_BYTES`` tensor as the Python backend hands it over: object ``[N, 1]`` of bytes."""
-    tensor = np.empty((len(images), 1), dtype=object)
-    for row, image in zip(tensor, images):
-        row[0] = image
-    return tensor
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def _prepare(rows=None, encoded=None, *, top_k=None, settings=SETTINGS):
 
 def test_both_forms_give_the_same_images_and_top_k(images):
     padded = _prepare(pad_batch(images), top_k=3)
-    files = _prepare(encoded=_files(images), top_k=3)
+    files = _prepare(encoded=files_batch(images), top_k=3)
 
     assert files.images == padded.images == images
     assert files.top_k == padded.top_k == 3
@@ -48,7 +51,7 @@ def test_both_forms_give_the_same_images_and_top_k(images):
 
 @pytest.mark.parametrize(
     ("rows", "encoded", "given"),
-    [(None, None, "neither"), (np.ones((1, 4), np.uint8), _files([b"abcd"]), "both")],
+    [(None, None, "neither"), (np.ones((1, 4), np.uint8), files_batch([b"abcd"]), "both")],
 )
 def test_a_request_carries_exactly_one_form(rows, encoded, given):
     with pytest.raises(InvalidRequestError) as raised:
@@ -59,7 +62,7 @@ def test_a_request_carries_exactly_one_form(rows, encoded, given):
 
 def test_an_empty_file_is_the_same_empty_image_as_an_all_zero_row(images):
     with pytest.raises(InvalidImageError) as from_files:
-        _prepare(encoded=_files([images[0], b""]))
+        _prepare(encoded=files_batch([images[0], b""]))
     with pytest.raises(InvalidImageError) as from_rows:
         _prepare(np.vstack([pad_batch([images[0]]), np.zeros((1, len(images[0])), np.uint8)]))
 
@@ -68,20 +71,20 @@ def test_an_empty_file_is_the_same_empty_image_as_an_all_zero_row(images):
 
 def test_a_bad_file_is_refused_naming_its_index(images):
     with pytest.raises(InvalidImageError) as raised:
-        _prepare(encoded=_files([images[0], images[1], b"not an image at all"]))
+        _prepare(encoded=files_batch([images[0], images[1], b"not an image at all"]))
 
     assert str(raised.value).startswith("image 2: ")
 
 
 def test_more_files_than_the_max_batch_size_are_refused():
     with pytest.raises(InvalidRequestError, match="request holds 5 images, over the max batch size of 4"):
-        _prepare(encoded=_files([b"x"] * 5))
+        _prepare(encoded=files_batch([b"x"] * 5))
 
 
 def test_files_over_the_request_byte_limit_are_refused_before_any_is_read():
     settings = ClassifierSettings(max_batch_size=4, max_image_bytes=1000, max_request_bytes=2500)
     # Unreadable files: refused for their size first, so their content is never looked at.
-    at_limit, over = _files([b"\xff\xd8\xff" + b"x" * 1247] * 2), _files([b"\xff\xd8\xff" + b"x" * 1248] * 2)
+    at_limit, over = files_batch([b"\xff\xd8\xff" + b"x" * 1247] * 2), files_batch([b"\xff\xd8\xff" + b"x" * 1248] * 2)
 
     with pytest.raises(InvalidImageError):
         _prepare(encoded=at_limit, settings=settings)
@@ -116,3 +119,85 @@ def test_both_forms_are_optional_inputs_of_the_classifier_on_every_target(target
     assert mc.model_config_pb2.DataType.Name(inputs[contract.IMAGE_BYTES_INPUT].data_type) == "TYPE_STRING"
     assert list(inputs[contract.IMAGE_BYTES_INPUT].dims) == [1]
     assert contract.IMAGE_BYTES.datatype == "BYTES"
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol", "expected"),
+    [
+        (None, None, (DEFAULT_PROTOCOL, f"127.0.0.1:{DEFAULT_PORTS[DEFAULT_PROTOCOL]}")),
+        (None, "http", ("http", "127.0.0.1:8000")),
+        (None, "grpc", ("grpc", "127.0.0.1:8001")),
+        ("10.0.0.5:9001", None, (DEFAULT_PROTOCOL, "10.0.0.5:9001")),
+        ("10.0.0.5:9000", "http", ("http", "10.0.0.5:9000")),
+        ("http://10.0.0.5:9000/", None, ("http", "10.0.0.5:9000")),
+        ("https://example.org:443", None, ("http", "example.org:443")),
+        ("grpc://10.0.0.5:9001", None, ("grpc", "10.0.0.5:9001")),
+        ("grpc://10.0.0.5:9001", "grpc", ("grpc", "10.0.0.5:9001")),
+    ],
+)
+def test_the_protocol_comes_from_the_argument_the_url_scheme_or_the_default(url, protocol, expected):
+    assert endpoint(url, protocol) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol", "message"),
+    [
+        ("http://10.0.0.5:8000", "grpc", "the scheme of http://10.0.0.5:8000 says http, but the protocol is grpc"),
+        ("grpc://10.0.0.5:8001", "http", "the scheme of grpc://10.0.0.5:8001 says grpc, but the protocol is http"),
+        (None, "udp", "unknown protocol 'udp': expected one of grpc, http"),
+    ],
+)
+def test_a_protocol_that_contradicts_the_url_is_refused(url, protocol, message):
+    with pytest.raises(ClientError) as raised:
+        endpoint(url, protocol)
+
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("form", "name", "datatype"), [("padded", "IMAGE", "UINT8"), ("bytes", "IMAGE_BYTES", "BYTES")]
+)
+def test_the_client_input_of_each_form_on_each_protocol(protocol, form, name, datatype):
+    images = [b"\xff\xd8abc", b"\x89PNG-longer-file"]
+
+    tensor = image_input(tritonclient_module(protocol), images, form)
+
+    assert (tensor.name(), tensor.datatype()) == (name, datatype)
+    assert tensor.shape() == ([2, len(images[1])] if form == "padded" else [2, 1])
+
+
+def test_the_bytes_form_holds_each_file_as_it_is():
+    batch = files_batch([b"ab", b"", bytearray(b"c\0")])
+
+    assert batch.shape == (3, 1) and batch.dtype == object
+    assert list(batch[:, 0]) == [b"ab", b"", b"c\0"]
+
+
+def test_an_unknown_form_is_refused_by_the_client():
+    with pytest.raises(ClientError, match="unknown input form 'json': expected one of padded, bytes"):
+        ClassifierClient("127.0.0.1:1", form="json")
+
+
+def test_the_load_generator_sends_either_form():
+    import tritonclient.http as httpclient
+
+    from bls_pipeline.devtools.bench.images import benchmark_images
+    from bls_pipeline.devtools.bench.run import _request_inputs
+
+    images = benchmark_images()[:3]
+
+    (first, *_) = _request_inputs(httpclient, images, 2, "bytes")
+
+    assert (first[0].name(), first[0].datatype(), first[0].shape()) == ("IMAGE_BYTES", "BYTES", [2, 1])
+
+
+def test_the_bench_sends_the_bytes_form_only_to_endpoints_that_take_it(tmp_path):
+    from bls_pipeline.devtools.bench.run import BenchOptions
+    from bls_pipeline.errors import BenchError
+
+    assert BenchOptions(repository=tmp_path, endpoints=("bls", "naive"), request_form="bytes").request_form == "bytes"
+    with pytest.raises(BenchError, match="ensembles take padded rows only"):
+        BenchOptions(repository=tmp_path, endpoints=("bls", "ensemble"), request_form="bytes")
+    with pytest.raises(BenchError, match="unknown request form"):
+        BenchOptions(repository=tmp_path, request_form="json")

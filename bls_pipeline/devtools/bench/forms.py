@@ -25,10 +25,11 @@ from collections import deque
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
+from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.errors import BenchError
 
-FORMS = ("padded", "bytes")
+FORMS = tuple(contract.FORMS)
 # (images per request, requests in flight): 256 images in flight at every point, the load at
 # which the classifier peaked with one image per request.
 DEFAULT_FORM_POINTS = ((8, 32), (32, 8), (64, 4))
