@@ -32,7 +32,7 @@ MODEL_NAME = contract.CLASSIFIER
 OUTPUT_NAMES = tuple(spec.name for spec in contract.CLASSIFIER_OUTPUTS)
 PROTOCOLS = ("grpc", "http")
 FORMS = tuple(contract.FORMS)
-# Triton's default ports; a URL without a port is not accepted by either tritonclient.
+# Triton's default ports: where a client given no URL looks.
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 # What a URL's scheme says about its protocol (tritonclient itself takes host:port only).
 _SCHEMES = {"http://": "http", "https://": "http", "grpc://": "grpc"}
@@ -153,10 +153,11 @@ class ClassifierClient:
             self._client = self._triton.InferenceServerClient(
                 self.url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s
             )
-            self._timeout: dict[str, float] = {}
+            self._per_call: dict[str, float] = {}
         else:
+            # A gRPC client takes its timeout with every call instead.
             self._client = self._triton.InferenceServerClient(self.url)
-            self._timeout = {"client_timeout": timeout_s}
+            self._per_call = {"client_timeout": timeout_s}
 
     def close(self) -> None:
         """Close the connections."""
@@ -171,13 +172,13 @@ class ClassifierClient:
     def check_ready(self) -> None:
         """Raise :class:`ClientError` unless the server is live and the model is ready."""
         try:
-            live = self._client.is_server_live(**self._timeout)
+            live = self._client.is_server_live(**self._per_call)
         except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC errors have no common base
             raise ClientError(f"cannot reach a Triton server at {self.url} ({self.protocol}): {_one_line(exc)}") from None
         if not live:
             raise ClientError(f"the Triton server at {self.url} is not live")
         try:
-            ready = self._client.is_model_ready(self.model_name, **self._timeout)
+            ready = self._client.is_model_ready(self.model_name, **self._per_call)
         except Exception as exc:  # noqa: BLE001
             raise ClientError(f"cannot ask {self.url} about model {self.model_name!r}: {_one_line(exc)}") from None
         if not ready:
@@ -189,7 +190,7 @@ class ClassifierClient:
             if _is_http(self._triton):
                 config = self._client.get_model_config(self.model_name)
             else:
-                config = self._client.get_model_config(self.model_name, as_json=True, **self._timeout)["config"]
+                config = self._client.get_model_config(self.model_name, as_json=True, **self._per_call)["config"]
             return int(config["max_batch_size"])
         except Exception as exc:  # noqa: BLE001
             raise ClientError(f"cannot read the config of {self.model_name!r} at {self.url}: {_one_line(exc)}") from None
@@ -200,7 +201,7 @@ class ClassifierClient:
             "inputs": [image_input(self._triton, images, self.form)],
             "outputs": requested_outputs(self._triton),
             "parameters": None if top_k is None else {"top_k": top_k},
-            **self._timeout,
+            **self._per_call,
         }
 
     @staticmethod
