@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bls_pipeline.build import model_config as mc
+from bls_pipeline.devtools.client import FORMS, ClassifierClient
 from bls_pipeline.request.orchestration import classify_request
 from bls_pipeline.runtime.dali import DaliPreprocessor
 from bls_pipeline.runtime.network import OnnxRuntimeNetwork
@@ -36,8 +37,16 @@ def in_process_reference(built_repository, mixed_images):
     return classify_request(logits, 5, imagenet_labels())
 
 
-def test_one_padded_batch_of_real_photos_is_classified_correctly(client, mixed_images):
-    predictions = client.classify(mixed_images)
+@pytest.fixture(params=FORMS)
+def form_client(triton_server, request):
+    """A client of the session's server that sends each input form in turn."""
+    with ClassifierClient(triton_server.url, form=request.param) as client:
+        yield client
+
+
+def test_one_padded_batch_of_real_photos_is_classified_correctly(triton_server, mixed_images):
+    with ClassifierClient(triton_server.url, form="padded") as client:
+        predictions = client.classify(mixed_images)
 
     top1 = [p.class_ids[0] for p in predictions]
     assert top1[:5] == [PHOTOS[name] for name, _ in MIXED_REQUEST[:5]]
@@ -45,8 +54,8 @@ def test_one_padded_batch_of_real_photos_is_classified_correctly(client, mixed_i
     assert set(predictions[5].class_ids[:2]) == NEAR_TIE[5]
 
 
-def test_server_scores_equal_the_in_process_reference(client, mixed_images, in_process_reference):
-    predictions = client.classify(mixed_images)
+def test_server_scores_equal_the_in_process_reference(form_client, mixed_images, in_process_reference):
+    predictions = form_client.classify(mixed_images)
 
     scores = np.array([p.scores for p in predictions], np.float32)
     class_ids = np.array([p.class_ids for p in predictions])

@@ -38,8 +38,18 @@ def _url(server, protocol: str) -> str:
 
 @pytest.fixture(scope="module")
 def varied_photos(photos) -> list[bytes]:
-    """The photographs at their three sizes in JPEG and PNG: the rows of a padded request differ a lot."""
-    return [encode(photos[name], fmt) for fmt in ("JPEG", "PNG") for name in PHOTOS]
+    """The photographs at their three sizes in every format whose end the server finds its own
+    way (markers, chunks, size fields): the padded rows differ a lot, and the bytes form is the
+    truth that trimming must give back. The last BMP ends in zero bytes (BMP rows are stored
+    bottom-up, and its top rows are black)."""
+    black_top = photos["coffee"].copy()
+    black_top[:40] = 0
+    return [encode(photos[name], fmt) for fmt in ("JPEG", "PNG") for name in PHOTOS] + [
+        encode(photos["chelsea"], "BMP"),
+        encode(photos["coffee"], "TIFF"),
+        encode(photos["rocket"], "WEBP"),
+        encode(black_top, "BMP"),
+    ]
 
 
 def _refusal(server, protocol: str, inputs: list) -> tuple[str, str]:
