@@ -81,9 +81,11 @@ def test_the_bytes_form_gives_the_classes_and_scores_of_the_padded_form(triton_s
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_a_bad_image_in_the_bytes_form_fails_only_its_request_naming_its_index(triton_server, varied_photos, protocol):
+def test_a_bad_image_in_the_bytes_form_fails_only_its_request_naming_its_index(
+    triton_server, varied_photos, max_batch_size, protocol
+):
     with ClassifierClient(_url(triton_server, protocol), form="bytes", concurrency=3) as client:
-        assert client.max_batch_size() == 16
+        assert client.max_batch_size() == max_batch_size
         good, bad, empty = client.classify_batches(
             [varied_photos[:2], [varied_photos[0], b"not an image at all"], [varied_photos[1], varied_photos[2], b""]]
         )
@@ -125,15 +127,17 @@ def test_a_request_with_neither_form_is_refused_by_triton_as_an_invalid_argument
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_more_images_than_the_max_batch_size_in_the_bytes_form_is_an_invalid_argument(triton_server, varied_photos, protocol):
-    images = (varied_photos * 3)[:17]
+def test_more_images_than_the_max_batch_size_in_the_bytes_form_is_an_invalid_argument(
+    triton_server, varied_photos, max_batch_size, protocol
+):
+    images = (varied_photos * (max_batch_size // len(varied_photos) + 1))[: max_batch_size + 1]
 
     status, message = _refusal(
         triton_server, protocol, [image_input(tritonclient_module(protocol), images, contract.BYTES_FORM)]
     )
 
     assert status == INVALID_ARG[protocol]
-    assert "16" in message
+    assert f"batch-size must be <= {max_batch_size}" in message
 
 
 @pytest.mark.parametrize(("protocol", "form"), [("grpc", "bytes"), ("http", "padded")])
