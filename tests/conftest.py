@@ -14,8 +14,9 @@ runtime are; elsewhere, CI included, they skip and say why. On a GPU machine::
     # max batch size), re-hosted both ways
     BLS_TEST_GPU_REPOSITORY=/path/to/model_repository pytest -rs tests/e2e/test_bad_input.py ...
 
-``-k "gpu"`` selects the GPU variants only; ``gpu-native`` also needs Triton's native backends
-built GPU-enabled (``tools/build_backends.py``).
+With ``BLS_TEST_GPU_REPOSITORY`` set, the CPU hostings skip (a GPU machine that cannot build
+runs the GPU variants only; the development machine and CI run the CPU ones). ``gpu-native``
+also needs Triton's native backends built GPU-enabled (``tools/build_backends.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def require_native_backends() -> None:
 
 def _build(tmp_path_factory: pytest.TempPathFactory, hosting: str, device: str = "cpu") -> Path:
     from bls_pipeline.build.pipeline import BuildOptions, build_repository
+
+    if device == "cpu" and os.environ.get(PREBUILT_GPU_ENV):
+        pytest.skip(f"{PREBUILT_GPU_ENV} is set: a GPU run on a prebuilt repository; the CPU hostings run elsewhere")
 
     output = tmp_path_factory.mktemp(f"repository-{device}-{hosting}") / "model_repository"
     build_repository(BuildOptions(output=output, target="local", device=device, max_batch_size=16, hosting=hosting))

@@ -138,7 +138,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="GPU ids to place every model's instances on, e.g. 0,1 (default: each visible GPU; the "
         "instance counts are per GPU)",
     )
-    tuning.add_argument("--preprocessing-instances", type=int, default=1, help="instances of the preprocessing model")
+    tuning.add_argument(
+        "--preprocessing-instances",
+        type=int,
+        help="instances of the preprocessing model (default: 1 on cpu, 2 on gpu, where two overlap; docs/gpu.md)",
+    )
     tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
     tuning.add_argument(
         "--classifier-instances",

@@ -100,10 +100,13 @@ def _build_command() -> list[str]:
 @pytest.fixture(scope="module")
 def deployed_configs() -> dict:
     """The configs of the repository that deploy/README.md builds (the default ImageNet labels)."""
+    from bls_pipeline.build.pipeline import serving_tuning
     from tools.build_repo import parse_args
 
     args = parse_args(_build_command())
     assert (args.target, args.device) == ("triton", "gpu")
+    # The knobs left unset take the device's defaults, as the build does.
+    tuning = serving_tuning(args, args.device)
     spec = RepositorySpec(
         target=args.target,
         device=args.device,
@@ -111,7 +114,7 @@ def deployed_configs() -> dict:
         num_classes=1000,
         max_image_bytes=args.max_image_bytes,
         max_request_bytes=args.max_request_bytes,
-        preprocessing_instances=args.preprocessing_instances,
+        preprocessing_instances=tuning["preprocessing_instances"],
         network_instances=args.network_instances,
     )
     return spec.configs()

@@ -40,9 +40,13 @@ def test_zero_instances_are_refused():
 @pytest.mark.parametrize(
     ("device", "given", "expected"),
     [
-        ("cpu", {}, {"dali_threads": 2, "hw_decoder_load": 0.65, "classifier_instances": 1}),
-        ("gpu", {}, {"dali_threads": 8, "hw_decoder_load": 0.65, "classifier_instances": 8}),
-        ("gpu", {"dali_threads": 12, "hw_decoder_load": 1.0}, {"dali_threads": 12, "hw_decoder_load": 1.0, "classifier_instances": 8}),
+        ("cpu", {}, {"dali_threads": 2, "hw_decoder_load": 0.65, "preprocessing_instances": 1, "classifier_instances": 1}),
+        ("gpu", {}, {"dali_threads": 8, "hw_decoder_load": 0.65, "preprocessing_instances": 2, "classifier_instances": 8}),
+        (
+            "gpu",
+            {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1},
+            {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1, "classifier_instances": 8},
+        ),
     ],
 )
 def test_unset_knobs_take_the_devices_measured_defaults(tmp_path, device, given, expected):

@@ -202,7 +202,7 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                 for key in options.endpoints:
                     if protocol == "http" and key not in options.http_endpoints:
                         continue
-                    run_perf_analyzer(names[key], data, url=url, protocol=protocol, concurrency=8, measurement_ms=1500)
+                    _warm_up(names[key], data, url, protocol)
                     for concurrency in options.concurrencies:
                         before, cpu_before = model_statistics(http_url), server.cpu_seconds()
                         with GpuSampler() as sampler:
@@ -213,9 +213,9 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                         # Over all of perf_analyzer's windows, warm-up included: CPU time of the
                         # server and its stubs per image the server answered in that time.
                         answered = point.extra["models"].get(names[key], {})
-                        images = answered.get("executions", 0) * answered.get("mean_batch", 0)
+                        served = answered.get("executions", 0) * answered.get("mean_batch", 0)
                         point.extra["server_cpu_ms_per_image"] = (
-                            (server.cpu_seconds() - cpu_before) * 1e3 / images if images else None
+                            (server.cpu_seconds() - cpu_before) * 1e3 / served if served else None
                         )
                         point.extra["endpoint"] = key
                         endpoints.append(point.as_dict())
@@ -227,6 +227,14 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
     result["endpoints"] = endpoints
     result["summary"] = summarize(result)
     return result
+
+
+def _warm_up(model: str, data: Path, url: str, protocol: str) -> None:
+    """A short load before the measured ones; whether perf_analyzer calls it stable does not matter."""
+    try:
+        run_perf_analyzer(model, data, url=url, protocol=protocol, concurrency=8, measurement_ms=1500)
+    except BenchError:
+        pass
 
 
 def _measure_forms(options: GpuBenchOptions, model: str, images: Sequence[BenchImage], urls: dict[str, str],
