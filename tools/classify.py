@@ -20,8 +20,10 @@ from typing import Sequence
 from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, positive_float, progress_bar, report_error
 from bls_pipeline.devtools.client import (
     DEFAULT_FORM,
+    DEFAULT_IMAGES_PER_REQUEST,
     DEFAULT_PORTS,
     DEFAULT_PROTOCOL,
+    DEFAULT_REQUESTS_IN_FLIGHT,
     FORMS,
     PROTOCOLS,
     ClassifierClient,
@@ -123,12 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         metavar="N",
-        help="images per request (default and upper bound: the model's max_batch_size)",
+        help=f"images per request (default: {DEFAULT_IMAGES_PER_REQUEST}, the fastest on a GPU in "
+        "docs/gpu.md; at most the model's max_batch_size)",
     )
     parser.add_argument(
         "--concurrency",
         type=_positive_int,
-        default=2,
+        default=DEFAULT_REQUESTS_IN_FLIGHT,
         metavar="N",
         help="requests in flight at once (default: %(default)s)",
     )
@@ -151,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _batch_size(client: ClassifierClient, requested: int | None) -> int:
-    """``requested`` images per request, at most the model's ``max_batch_size`` (its default)."""
+    """``requested`` images per request (default :data:`DEFAULT_IMAGES_PER_REQUEST`), at most
+    the model's ``max_batch_size``."""
     max_batch_size = max(client.max_batch_size(), 1)
     if requested is not None and requested > max_batch_size:
         print(
@@ -159,7 +163,7 @@ def _batch_size(client: ClassifierClient, requested: int | None) -> int:
             f"max_batch_size {max_batch_size}: using {max_batch_size}",
             file=sys.stderr,
         )
-    return max_batch_size if requested is None else min(requested, max_batch_size)
+    return min(DEFAULT_IMAGES_PER_REQUEST if requested is None else requested, max_batch_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
