@@ -63,4 +63,9 @@ class CapacityError(BlsPipelineError):
 
 
 class BenchError(BlsPipelineError):
-    """The benchmark cannot run: no images, no repository, a failing endpoint."""
+    """The benchmark cannot run: no images, no repository, bad options."""
+
+
+class EndpointFailure(BenchError, ServerError):
+    """A measured endpoint failed a request or answered none: the server's fault, so the
+    tools exit with the server's code (``ExitCode.SERVER``), not the input's."""

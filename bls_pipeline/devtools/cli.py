@@ -90,6 +90,8 @@ def progress_bar(total: int, unit: str, *, stream: TextIO | None = None) -> tqdm
     """
     stream = sys.stderr if stream is None else stream
     return tqdm(total=total, unit=unit, file=stream, disable=not stream.isatty(), dynamic_ncols=True, leave=False)
+
+
 def positive_float(text: str) -> float:
     """An ``argparse`` type: a number greater than 0, else a one-line usage error."""
     try:

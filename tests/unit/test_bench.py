@@ -246,3 +246,12 @@ def test_the_naive_model_declares_the_classifiers_top_k_outputs_only():
 
     assert [output.name for output in naive.output] == [spec.name for spec in contract.CLASSIFIER_OUTPUTS]
     assert contract.PROBABILITIES_OUTPUT in [output.name for output in configs[mc.CLASSIFIER].output]
+
+
+def test_a_failing_endpoint_is_the_servers_fault_for_the_exit_code():
+    from bls_pipeline.devtools.cli import ExitCode, exit_code_for
+    from bls_pipeline.errors import BenchError, EndpointFailure
+
+    assert exit_code_for(EndpointFailure("classifier: a request failed: [500] boom")) == ExitCode.SERVER
+    assert isinstance(EndpointFailure("x"), BenchError)
+    assert exit_code_for(BenchError("no images to benchmark")) == ExitCode.INPUT

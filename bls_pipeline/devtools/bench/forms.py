@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.errors import BenchError
+from bls_pipeline.errors import BenchError, EndpointFailure
 
 FORMS = tuple(contract.FORMS)
 # (images per request, requests in flight): 256 images in flight at every point, the load at
@@ -151,10 +151,10 @@ def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int
         try:
             per_process = pool.map(_drive, shares)
         except Exception as exc:  # noqa: BLE001 - the client's errors come back pickled, any type
-            raise BenchError(f"{load.form} over {load.protocol}, {load.images_per_request} images per request: {exc}") from None
+            raise EndpointFailure(f"{load.form} over {load.protocol}, {load.images_per_request} images per request: {exc}") from None
     latencies = sorted(latency for part in per_process for latency in part)
     if not latencies:
-        raise BenchError(f"no request completed within {load.duration_s} s ({load.form}, {load.protocol})")
+        raise EndpointFailure(f"no request completed within {load.duration_s} s ({load.form}, {load.protocol})")
     return FormPoint(
         protocol=load.protocol,
         form=load.form,

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.report import perf_analyzer_data
-from bls_pipeline.errors import BenchError
+from bls_pipeline.errors import BenchError, EndpointFailure
 
 # perf_analyzer's CSV columns (microseconds) that this module reports.
 _LATENCY_COLUMNS = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency"}
@@ -121,7 +121,7 @@ def run_perf_analyzer(
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 or not csv_path.is_file():
         tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-4:])
-        raise BenchError(f"perf_analyzer failed on {model} at concurrency {concurrency}: {tail}")
+        raise EndpointFailure(f"perf_analyzer failed on {model} at concurrency {concurrency}: {tail}")
     return PerfPoint(model=model, protocol=protocol, concurrency=concurrency, **parse_perf_csv(csv_path.read_text()))
 
 

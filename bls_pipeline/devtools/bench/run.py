@@ -45,7 +45,7 @@ import numpy as np
 from bls_pipeline import contract
 from bls_pipeline.devtools.client import host_port, image_input, requested_outputs
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.errors import BenchError
+from bls_pipeline.errors import BenchError, EndpointFailure
 
 LOGGER = logging.getLogger(__name__)
 
@@ -384,9 +384,9 @@ def closed_loop_load(
     finally:
         client.close()
     if errors:
-        raise BenchError(f"{model}: a request failed: {errors[0]}")
+        raise EndpointFailure(f"{model}: a request failed: {errors[0]}")
     if not latencies:
-        raise BenchError(f"{model}: no request completed within {duration_s} s at concurrency {concurrency}")
+        raise EndpointFailure(f"{model}: no request completed within {duration_s} s at concurrency {concurrency}")
     return LoadSample(
         images_per_s=len(latencies) * images_per_request / duration_s,
         latencies_s=latencies,
