@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -237,11 +238,20 @@ def load_checkpoint(path: str | Path, arch: str) -> nn.Module:
     look like).
     """
     path = Path(path)
-    spec = get_arch(arch)
+    spec = get_arch(arch)  # an unknown architecture fails before the file is read
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     LOGGER.info("loading %s checkpoint %s (weights only)", spec.name, path)
-    state = _unwrap_state_dict(_read_weights_only(path), path)
+    return model_from_checkpoint(_read_weights_only(path), arch, path)
+
+
+def model_from_checkpoint(checkpoint: Any, arch: str, path: str | Path) -> nn.Module:
+    """A new ``arch`` model in eval mode holding ``checkpoint``: what ``torch.load(path,
+    weights_only=True)`` returned (a state dict, maybe wrapped), for a caller that read the
+    file already. Raises :class:`CheckpointError` as :func:`load_checkpoint` does."""
+    path = Path(path)
+    spec = get_arch(arch)
+    state = _unwrap_state_dict(checkpoint, path)
     if spec.rename_key is not None:
         state = {spec.rename_key(key): value for key, value in state.items()}
 

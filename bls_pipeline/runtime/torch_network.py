@@ -99,19 +99,19 @@ class TorchCudaNetwork:
         """
         import torch
 
-        from bls_pipeline.build.checkpoints import load_checkpoint
+        from bls_pipeline.build.checkpoints import model_from_checkpoint
 
         try:
-            header = torch.load(path, map_location="cpu", weights_only=True)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
             # torch's text names no file and runs over many lines: a failed server start must
             # say which file is corrupt.
             raise ValueError(f"{path} is not a readable torch network file ({type(exc).__name__})") from exc
         try:
-            arch, image_size = str(header["arch"]), int(header["image_size"])
+            arch, image_size = str(saved["arch"]), int(saved["image_size"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} is not a network file of this package's build (no arch/image_size)") from exc
-        return cls(load_checkpoint(path, arch), image_size=image_size, max_batch_size=max_batch_size, **kwargs)
+        return cls(model_from_checkpoint(saved, arch, path), image_size=image_size, max_batch_size=max_batch_size, **kwargs)
 
     def _capture(self, bucket: int) -> None:
         torch = self._torch
