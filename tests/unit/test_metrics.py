@@ -108,8 +108,8 @@ def test_recording_does_not_wait_for_the_server_and_everything_recorded_is_sent(
         timer.durations_us["network"] = 100.0
         classifier_metrics.record(timer, images=images)
         classifier_metrics.refused("invalid_image")
-    # 15 updates of 20 ms each, if they were sent from execute.
-    assert time.perf_counter() - started < 0.1
+    # 15 updates of 20 ms each (0.3 s), if they were sent from execute.
+    assert time.perf_counter() - started < 0.2
 
     classifier_metrics.close()
 
