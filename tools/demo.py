@@ -2,7 +2,7 @@
 """The main job on the embedded default, start to finish (``make demo``).
 
 Builds a ``--target local`` repository from the shipped EfficientNet-Lite0 ImageNet weights
-(skipped when one is already built, unless ``--rebuild``), starts a local Triton on
+(skipped when one is already built and still fits this checkout, unless ``--rebuild``), starts a local Triton on
 127.0.0.1, classifies the bundled sample photos through the ``classifier`` endpoint, and
 stops the server.
 """
@@ -13,6 +13,8 @@ import argparse
 import os
 from pathlib import Path
 
+from bls_pipeline import contract
+from bls_pipeline.build import model_config as mc
 from bls_pipeline.build.pipeline import BuildOptions, build_repository
 from bls_pipeline.devtools.cli import EXIT_CODES_HELP, report_error
 from bls_pipeline.devtools.client import DEFAULT_PROTOCOL
@@ -32,15 +34,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _hosting_changed(repository: Path) -> bool:
-    """Whether Triton's own backends were built (or lost) since ``repository`` was built."""
-    return bool(native_backend_models(repository)) != (native_backends_dir() is not None)
+def rebuild_reason(repository: Path) -> str | None:
+    """Why the repository in ``repository`` must be built again for this checkout, if it must."""
+    config = repository / mc.CLASSIFIER / "config.pbtxt"
+    if not config.is_file():
+        return None if not repository.exists() else f"{config} is missing"
+    if bool(native_backend_models(repository)) != (native_backends_dir() is not None):
+        return "Triton's own backends were built (or lost) since it was built"
+    inputs = {tensor.name for tensor in mc.read_config(config).input}
+    missing = [spec.name for spec in contract.CLASSIFIER_INPUTS if spec.name not in inputs]
+    if missing:
+        return f"its classifier predates this version's inputs ({', '.join(missing)} missing)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.rebuild or not (args.repository / "classifier" / "config.pbtxt").is_file() or _hosting_changed(args.repository):
+        reason = rebuild_reason(args.repository)
+        if reason:
+            print(f"rebuilding {args.repository}: {reason}", flush=True)
+        if args.rebuild or reason or not (args.repository / mc.CLASSIFIER / "config.pbtxt").is_file():
             build_repository(
                 BuildOptions(output=args.repository, force=True), progress=lambda line: print(line, flush=True)
             )

@@ -63,6 +63,22 @@ class Prediction:
     labels: list[str]
 
 
+def request_failure(exc: Exception) -> ClientError:
+    """The :class:`ClientError` of a failed inference request, in one line.
+
+    A model without ``IMAGE_BYTES`` (a repository built before that input, or an ensemble,
+    which takes padded rows only) gets the way out named: Triton's own text says only that
+    the input is unexpected.
+    """
+    message = _one_line(exc)
+    if f"unexpected inference input '{contract.IMAGE_BYTES_INPUT}'" in message:
+        message += (
+            f" (this model takes no {contract.IMAGE_BYTES_INPUT}: send the padded form, form='padded' or "
+            "--form padded, or rebuild the repository with tools/build_repo.py)"
+        )
+    return ClientError(message)
+
+
 def _one_line(exc: Exception) -> str:
     message = str(getattr(exc, "message", lambda: None)() or exc)
     return " ".join(message.split())
@@ -232,7 +248,7 @@ class ClassifierClient:
         try:
             result = self._client.infer(self.model_name, **request)
         except Exception as exc:  # noqa: BLE001
-            raise ClientError(_one_line(exc)) from None
+            raise request_failure(exc) from None
         return self._parse(result)
 
     def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> "PendingRequest":
@@ -245,7 +261,7 @@ class ClassifierClient:
             self._client.async_infer(self.model_name, callback=answer, **request)
             return PendingRequest(answer)
         except Exception as exc:  # noqa: BLE001
-            raise ClientError(_one_line(exc)) from None
+            raise request_failure(exc) from None
 
     def classify_batches(
         self, batches: Sequence[Sequence[bytes]], *, top_k: int | None = None
@@ -299,7 +315,7 @@ class PendingRequest:
         try:
             return ClassifierClient._parse(self._handle.get_result())
         except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC/server errors have no common base
-            raise ClientError(_one_line(exc)) from None
+            raise request_failure(exc) from None
 
 
 def single_image_reason(error: ClientError) -> str:

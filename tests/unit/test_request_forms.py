@@ -201,3 +201,33 @@ def test_the_bench_sends_the_bytes_form_only_to_endpoints_that_take_it(tmp_path)
         BenchOptions(repository=tmp_path, endpoints=("bls", "ensemble"), request_form="bytes")
     with pytest.raises(BenchError, match="unknown request form"):
         BenchOptions(repository=tmp_path, request_form="json")
+
+
+def test_a_model_without_image_bytes_gets_the_way_out_named():
+    from bls_pipeline.devtools.client import request_failure
+
+    triton = RuntimeError("[StatusCode.INVALID_ARGUMENT] [request id: <id_unknown>] unexpected inference input 'IMAGE_BYTES' for model 'classifier'")
+
+    message = str(request_failure(triton))
+
+    assert "unexpected inference input 'IMAGE_BYTES'" in message and "--form padded" in message and "\n" not in message
+    assert str(request_failure(RuntimeError("[400] image 0: not an image"))) == "[400] image 0: not an image"
+
+
+def test_the_demo_rebuilds_a_repository_from_before_image_bytes(tmp_path, monkeypatch):
+    from bls_pipeline import contract
+    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.build.repository import RepositorySpec
+    from tools import demo
+
+    monkeypatch.setattr(demo, "native_backends_dir", lambda: None)
+    config = RepositorySpec(target="local", device="cpu", max_batch_size=8, num_classes=10).configs()[mc.CLASSIFIER]
+    (tmp_path / mc.CLASSIFIER).mkdir()
+    mc.write_config(tmp_path / mc.CLASSIFIER / "config.pbtxt", config)
+    assert demo.rebuild_reason(tmp_path) is None
+
+    del config.input[[tensor.name for tensor in config.input].index(contract.IMAGE_BYTES_INPUT)]
+    mc.write_config(tmp_path / mc.CLASSIFIER / "config.pbtxt", config)
+
+    assert "IMAGE_BYTES missing" in demo.rebuild_reason(tmp_path)
+    assert demo.rebuild_reason(tmp_path / "absent") is None
