@@ -11,11 +11,10 @@ import tritonclient.http as httpclient
 from PIL import Image
 
 from bls_pipeline.build import model_config as mc
+from bls_pipeline.devtools.bench.load import LoadSample, request_inputs
 from bls_pipeline.devtools.bench.run import (
     BenchOptions,
-    LoadSample,
     Spread,
-    _request_inputs,
     assemble_result,
     check_result_schema,
     check_targets,
@@ -222,7 +221,7 @@ def test_ensemble_config_refuses_broken_chains(steps, message):
 def test_load_requests_carry_padded_rows_of_consecutive_images(per_request):
     images = benchmark_images()[:4]
 
-    requests = _request_inputs(httpclient, images, per_request)
+    requests = request_inputs(httpclient, images, per_request)
 
     assert len(requests) == len(images)
     shape = requests[3][0].shape()

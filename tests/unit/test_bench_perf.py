@@ -107,7 +107,8 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
 
 
 def test_request_groups_cycle_through_the_photographs_and_forms_count_their_bytes():
-    from bls_pipeline.devtools.bench.forms import request_bytes, request_groups
+    from bls_pipeline.devtools.bench.forms import request_bytes
+    from bls_pipeline.devtools.bench.load import request_groups
     from bls_pipeline.devtools.bench.images import BenchImage
 
     images = [BenchImage(name, b"x" * size, 1, 1) for name, size in (("a", 10), ("b", 100), ("c", 30))]

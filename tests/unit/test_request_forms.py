@@ -183,11 +183,11 @@ def test_the_load_generator_sends_either_form():
     import tritonclient.http as httpclient
 
     from bls_pipeline.devtools.bench.images import benchmark_images
-    from bls_pipeline.devtools.bench.run import _request_inputs
+    from bls_pipeline.devtools.bench.load import request_inputs
 
     images = benchmark_images()[:3]
 
-    (first, *_) = _request_inputs(httpclient, images, 2, "bytes")
+    (first, *_) = request_inputs(httpclient, images, 2, "bytes")
 
     assert (first[0].name(), first[0].datatype(), first[0].shape()) == ("IMAGE_BYTES", "BYTES", [2, 1])
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
+from bls_pipeline.devtools.bench.load import request_groups
 from bls_pipeline.errors import BenchError, EndpointFailure
 
 FORMS = tuple(contract.FORMS)
@@ -39,11 +40,6 @@ MAX_PROCESSES = 4
 _START_DELAY_S = 4.0
 # BYTES elements travel with a 4-byte length each.
 _BYTES_LENGTH_PREFIX = 4
-
-
-def request_groups(images: Sequence[BenchImage], images_per_request: int) -> list[list[bytes]]:
-    """One request per starting image: it and the next ``images_per_request - 1`` (cyclic)."""
-    return [[images[(start + i) % len(images)].data for i in range(images_per_request)] for start in range(len(images))]
 
 
 def request_bytes(group: Sequence[bytes], form: str) -> int:

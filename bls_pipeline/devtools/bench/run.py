@@ -43,9 +43,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from bls_pipeline import contract
-from bls_pipeline.devtools.client import host_port, image_input, requested_outputs
+from bls_pipeline.devtools.client import host_port
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.errors import BenchError, EndpointFailure
+from bls_pipeline.devtools.bench.load import LoadSample, closed_loop_load
+from bls_pipeline.errors import BenchError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -288,112 +289,6 @@ def time_calls(function: Callable[[], object], *, duration_s: float, min_calls: 
         function()
         times.append(time.perf_counter() - start)
     return times
-
-
-@dataclass
-class LoadSample:
-    """One measurement window of a closed-loop load on an endpoint."""
-
-    images_per_s: float
-    latencies_s: list[float]
-    requests: int
-    images_per_request: int = 1
-    # CPU seconds the server (tritonserver and its stubs) spent during the window.
-    server_cpu_s: float | None = None
-
-    @property
-    def server_cpu_ms_per_image(self) -> float | None:
-        """Server CPU time per image answered in the window, in milliseconds."""
-        if self.server_cpu_s is None or not self.requests:
-            return None
-        return self.server_cpu_s * 1e3 / (self.requests * self.images_per_request)
-
-
-def _request_inputs(
-    httpclient, images: Sequence[BenchImage], images_per_request: int, form: str = contract.PADDED_FORM
-) -> list[list]:
-    """One request per starting image: it and the next ones, in the contract's ``form``."""
-    return [
-        [image_input(httpclient, [images[(offset + i) % len(images)].data for i in range(images_per_request)], form)]
-        for offset in range(len(images))
-    ]
-
-
-def closed_loop_load(
-    url: str,
-    model: str,
-    images: Sequence[BenchImage],
-    *,
-    concurrency: int,
-    duration_s: float,
-    warmup_s: float,
-    images_per_request: int = 1,
-    server_cpu: Callable[[], float] | None = None,
-    form: str = contract.PADDED_FORM,
-) -> LoadSample:
-    """``concurrency`` requests of ``images_per_request`` images always in flight for
-    ``warmup_s + duration_s``.
-
-    One ``tritonclient.http`` client with a pool of ``concurrency`` connections, driven by
-    ``concurrency`` greenlets on this thread (the client is gevent-based and must not be
-    shared across threads). Requests completed inside the window after the warm-up count;
-    each request's latency is its own, from send to parsed response. ``server_cpu`` (the
-    server's CPU seconds so far) is read at the window's start and end. ``form`` is the
-    input form of the requests (``"padded"`` rows or ``"bytes"``: see ``contract.FORMS``).
-    """
-    import gevent
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120)
-    requests = _request_inputs(httpclient, images, images_per_request, form)
-    outputs = requested_outputs(httpclient)
-    latencies: list[float] = []
-    errors: list[str] = []
-    start = time.perf_counter()
-    window_start, window_end = start + warmup_s, start + warmup_s + duration_s
-
-    def worker(offset: int) -> None:
-        index = offset
-        while not errors:
-            sent = time.perf_counter()
-            if sent >= window_end:
-                return
-            try:
-                result = client.infer(model, requests[index % len(requests)], outputs=outputs)
-                result.as_numpy(contract.CLASS_IDS_OUTPUT)
-            except Exception as exc:  # noqa: BLE001 - gevent/HTTP errors have no common base
-                errors.append(" ".join(str(exc).split()))
-                return
-            done = time.perf_counter()
-            if sent >= window_start and done <= window_end:
-                latencies.append(done - sent)
-            index += concurrency
-
-    cpu_marks: list[float] = []
-
-    def meter() -> None:
-        for mark in (window_start, window_end):
-            gevent.sleep(max(0.0, mark - time.perf_counter()))
-            cpu_marks.append(server_cpu())  # type: ignore[misc]
-
-    greenlets = [gevent.spawn(worker, offset) for offset in range(concurrency)]
-    if server_cpu is not None:
-        greenlets.append(gevent.spawn(meter))
-    try:
-        gevent.joinall(greenlets)
-    finally:
-        client.close()
-    if errors:
-        raise EndpointFailure(f"{model}: a request failed: {errors[0]}")
-    if not latencies:
-        raise EndpointFailure(f"{model}: no request completed within {duration_s} s at concurrency {concurrency}")
-    return LoadSample(
-        images_per_s=len(latencies) * images_per_request / duration_s,
-        latencies_s=latencies,
-        requests=len(latencies),
-        images_per_request=images_per_request,
-        server_cpu_s=cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else None,
-    )
 
 
 # --------------------------------------------------------------------------- the run
