@@ -27,10 +27,10 @@ from typing import Any, Sequence
 
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.devtools.bench.load import request_groups
-from bls_pipeline.errors import BenchError, EndpointFailure
+from bls_pipeline.devtools.bench.load import check_request_form, request_groups
+from bls_pipeline.devtools.client import FORMS
+from bls_pipeline.errors import EndpointFailure
 
-FORMS = tuple(contract.FORMS)
 # (images per request, requests in flight): 256 images in flight at every point, the load at
 # which the classifier peaked with one image per request.
 DEFAULT_FORM_POINTS = ((8, 32), (32, 8), (64, 4))
@@ -44,11 +44,10 @@ _BYTES_LENGTH_PREFIX = 4
 
 def request_bytes(group: Sequence[bytes], form: str) -> int:
     """The image payload of one request in ``form``: padded rows, or files with their lengths."""
-    if form == "padded":
+    check_request_form(form)
+    if form == contract.PADDED_FORM:
         return len(group) * max(len(image) for image in group)
-    if form == "bytes":
-        return sum(len(image) + _BYTES_LENGTH_PREFIX for image in group)
-    raise BenchError(f"unknown request form {form!r}: choose among {', '.join(FORMS)}")
+    return sum(len(image) + _BYTES_LENGTH_PREFIX for image in group)
 
 
 @dataclass(frozen=True)
@@ -132,9 +131,8 @@ def _drive(share: _Share) -> list[float]:
 
 def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int | None = None) -> FormPoint:
     """Measure ``load`` with the client in up to :data:`MAX_PROCESSES` processes."""
+    check_request_form(load.form)  # before any process starts
     groups = request_groups(images, load.images_per_request)
-    for group in groups[:1]:
-        request_bytes(group, load.form)  # refuses an unknown form before any process starts
     count = max(1, min(processes or MAX_PROCESSES, load.concurrency))
     window_start = time.time() + _START_DELAY_S + load.warmup_s
     window_end = window_start + load.duration_s

@@ -195,7 +195,7 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                                        log_path=options.server_log)
         with LocalTritonServer(server_options) as server:
             http_url = host_port(server.url)
-            grpc_url = f"{server.options.host}:{server.options.grpc_port}"
+            grpc_url = host_port(server.grpc_url)
             result["gpu_memory_mib"] = gpu_process_memory()
             for protocol in options.protocols:
                 url = grpc_url if protocol == "grpc" else http_url

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.client import image_input, requested_outputs
-from bls_pipeline.errors import EndpointFailure
+from bls_pipeline.errors import BenchError, EndpointFailure
 
 
 @dataclass
@@ -41,6 +41,12 @@ class LoadSample:
         if self.server_cpu_s is None or not self.requests:
             return None
         return self.server_cpu_s * 1e3 / (self.requests * self.images_per_request)
+
+
+def check_request_form(form: str) -> None:
+    """Raise :class:`BenchError` unless ``form`` names one of the contract's input forms."""
+    if form not in contract.FORMS:
+        raise BenchError(f"unknown request form {form!r}: expected one of {', '.join(contract.FORMS)}")
 
 
 def request_groups(images: Sequence[BenchImage], images_per_request: int) -> list[list[bytes]]:

@@ -45,7 +45,7 @@ import numpy as np
 from bls_pipeline import contract
 from bls_pipeline.devtools.client import host_port
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.devtools.bench.load import LoadSample, closed_loop_load
+from bls_pipeline.devtools.bench.load import LoadSample, check_request_form, closed_loop_load
 from bls_pipeline.errors import BenchError
 
 LOGGER = logging.getLogger(__name__)
@@ -313,8 +313,7 @@ class BenchOptions:
     request_form: str = contract.PADDED_FORM
 
     def __post_init__(self) -> None:
-        if self.request_form not in contract.FORMS:
-            raise BenchError(f"unknown request form {self.request_form!r}: expected one of {', '.join(contract.FORMS)}")
+        check_request_form(self.request_form)
         ensembles = [key for key in self.endpoints if key.startswith("ensemble")]
         if self.request_form != contract.PADDED_FORM and ensembles:
             # Their first step is DALI, whose input is the padded rows: they have no IMAGE_BYTES.
