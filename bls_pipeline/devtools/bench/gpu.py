@@ -223,7 +223,7 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                                  f"p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms GPU {point.gpu_util_percent or 0:4.0f} %")
             if options.form_points:
                 result["forms"] = _measure_forms(options, names["bls_native"], images,
-                                                 {"grpc": grpc_url, "http": http_url}, http_url, progress)
+                                                 {"grpc": grpc_url, "http": http_url}, progress)
     result["endpoints"] = endpoints
     result["summary"] = summarize(result)
     return result
@@ -238,7 +238,7 @@ def _warm_up(model: str, data: Path, url: str, protocol: str) -> None:
 
 
 def _measure_forms(options: GpuBenchOptions, model: str, images: Sequence[BenchImage], urls: dict[str, str],
-                   http_url: str, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+                   progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """Every form point on the benchmark's photographs (all protocols), then the middle point
     on the varied-size ones (gRPC), each with Triton's per-model statistics of its window."""
     varied = varied_images()
@@ -248,9 +248,9 @@ def _measure_forms(options: GpuBenchOptions, model: str, images: Sequence[BenchI
     plan += [("varied sizes", varied, load) for load in form_loads(model, urls, protocols=("grpc",), points=(middle,))]
     points = []
     for label, photos, load in plan:
-        before = model_statistics(http_url)
+        before = model_statistics(urls["http"])
         point = measure_form(load, photos)
-        point.extra = {"images": label, "models": statistics_delta(before, model_statistics(http_url))}
+        point.extra = {"images": label, "models": statistics_delta(before, model_statistics(urls["http"]))}
         points.append(point.as_dict())
         progress(f"form {load.form:6s} {load.protocol:4s} {label:12s} {load.images_per_request:3d}/request c={load.concurrency:<3d} "
                  f"{point.images_per_s:8.0f} images/s p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms "
