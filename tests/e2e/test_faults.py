@@ -115,7 +115,8 @@ def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recove
 
 @pytest.mark.parametrize("hosting", ["python", "gpu-python"])
 def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_ready(request, hosting, tmp_path, cat_jpeg):
-    repository = copy_repository(request.getfixturevalue(repository_fixture(hosting)), tmp_path / "repository")
+    # One preprocessing stub, so that killing it leaves none (a GPU build runs 2 instances).
+    repository = copy_repository(request.getfixturevalue(repository_fixture(hosting)), tmp_path / "repository", instances=1)
     # A model whose stub is dead cannot unload: do not wait the default 10 s for it on stop.
     server = start_server(repository, tmp_path / "tritonserver.log", restart_dead_stubs=False, exit_timeout_s=1)
     try:
