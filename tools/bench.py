@@ -120,8 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the GPU benchmark (docs/gpu.md) of a --device gpu repository: the in-process limit "
         "(DALI mixed decoder into the torch CUDA-graph network), then classifier_native, its ensemble "
         "and the Python-hosted classifier under perf_analyzer over gRPC and HTTP "
-        f"(--concurrency default {','.join(map(str, DEFAULT_GPU_CONCURRENCIES))}), then the request "
-        "forms (padded IMAGE rows vs IMAGE_BYTES, several images per request) through the project's client",
+        f"(--concurrency default {','.join(map(str, DEFAULT_GPU_CONCURRENCIES))}), with the classifier's own "
+        "stage times; each sub-model served alone at concurrency 1 (where one image's latency goes); then "
+        "the request forms (padded IMAGE rows vs IMAGE_BYTES, several images per request) through the project's client",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the package's INFO messages")
     return parser.parse_args(argv)

@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from bls_pipeline.build import model_config as mc
+from bls_pipeline.devtools.bench.perf import scrape_metrics
 from bls_pipeline.devtools.client import host_port
 from bls_pipeline.devtools.processes import StubProcess
 from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, native_backend_models
@@ -106,34 +107,6 @@ def scores_by_class(prediction) -> np.ndarray:
     return vector
 
 
-def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[tuple[str, frozenset], float]:
-    """The server's ``/metrics`` (Prometheus text format) as ``{(name, labels): value}``."""
-    import re
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
-    metrics = {}
-    for line in text.splitlines():
-        match = sample.match(line)
-        if match is None:  # comments (# HELP, # TYPE) and blank lines
-            continue
-        name, labels, value = match.groups()
-        pairs = frozenset(re.findall(r'(\w+)="([^"]*)"', labels or ""))
-        metrics[(name, pairs)] = float(value)
-    return metrics
-
-
-def settled_metrics(port: int) -> dict[tuple[str, frozenset], float]:
-    """:func:`scrape_metrics` once everything the classifier recorded so far has been sent
-    (its metrics thread sends at most every ``FLUSH_INTERVAL_S``)."""
-    from bls_pipeline.serving.metrics import FLUSH_INTERVAL_S
-
-    time.sleep(1.5 * FLUSH_INTERVAL_S)
-    return scrape_metrics(port)
-
-
 def scrape_metrics_until(
     port: int, settled: Callable[[dict[tuple[str, frozenset], float]], bool], timeout_s: float = 10.0
 ) -> dict[tuple[str, frozenset], float]:
@@ -149,9 +122,3 @@ def scrape_metrics_until(
         if settled(metrics) or time.monotonic() > deadline:
             return metrics
         time.sleep(0.1)
-
-
-def metric(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
-    """The sum of every sample of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(value for (key, pairs), value in metrics.items() if key == name and wanted <= pairs)

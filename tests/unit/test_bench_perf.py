@@ -27,6 +27,42 @@ def test_perf_csv_gives_throughput_and_latencies_in_ms():
     }
 
 
+def test_random_perf_analyzer_data_needs_a_folder_for_the_csv():
+    from bls_pipeline.devtools.bench.perf import RANDOM_DATA, run_perf_analyzer
+
+    with pytest.raises(ValueError, match="workdir"):
+        run_perf_analyzer("efficientnet-b0", RANDOM_DATA, url="127.0.0.1:1", protocol="grpc", concurrency=1)
+
+
+def test_perf_analyzer_data_names_the_input_it_is_for(tmp_path):
+    import json
+
+    from bls_pipeline import contract
+    from bls_pipeline.devtools.bench.images import BenchImage
+    from bls_pipeline.devtools.bench.perf import write_input_data
+
+    path = write_input_data([BenchImage("x", b"abc", 1, 1)], tmp_path / "data.json", contract.DALI_INPUT)
+
+    assert json.loads(path.read_text())["data"] == [{contract.DALI_INPUT: {"b64": "YWJj", "shape": [3]}}]
+
+
+def test_the_classifiers_stage_times_are_read_per_execute_between_two_scrapes():
+    from bls_pipeline.devtools.bench.perf import classifier_stages_ms, parse_metrics
+
+    def scrape(executes, trim_us, network_us, other_model_us=0):
+        return parse_metrics(
+            f'bls_classifier_execute_images_count{{model="classifier_native",version="1"}} {executes}\n'
+            f'bls_classifier_stage_duration_us{{model="classifier_native",stage="trim_check",version="1"}} {trim_us}\n'
+            f'bls_classifier_stage_duration_us{{model="classifier_native",stage="network",version="1"}} {network_us}\n'
+            f'bls_classifier_stage_duration_us{{model="classifier",stage="network",version="1"}} {other_model_us}\n'
+        )
+
+    stages = classifier_stages_ms(scrape(10, 1000, 20000), scrape(30, 3000, 60000, other_model_us=9e9), "classifier_native")
+
+    assert stages == {"trim_check": 0.1, "preprocessing": 0.0, "network": 2.0, "postprocessing": 0.0}
+    assert classifier_stages_ms(scrape(10, 0, 0), scrape(10, 0, 0), "classifier_native") == {}
+
+
 def test_an_empty_perf_csv_is_an_error():
     with pytest.raises(BenchError, match="no measurement"):
         parse_perf_csv(CSV.splitlines()[0] + "\n")
@@ -71,7 +107,7 @@ def _form(form: str, images: str, per_request: int, images_per_s: float, p99_ms:
 
 
 def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table_prints():
-    from bls_pipeline.devtools.bench.gpu import format_gpu_table, summarize
+    from bls_pipeline.devtools.bench.gpu import format_gpu_table, latency_breakdown, summarize
 
     result = {
         "in_process": {
@@ -80,12 +116,19 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
             "network": {1: 1500.0, 128: 18000.0},
             "inprocess": {1: 700.0, 128: 8000.0},
             "single_image_ms": 1.5,
+            "single_image_stage_ms": {"preprocessing": 0.6, "network": 0.8},
         },
         "endpoints": [
-            _point("bls_native", 1, 200.0, 6.0, p50_ms=4.4),
+            {**_point("bls_native", 1, 200.0, 6.0, p50_ms=4.4),
+             "extra": {"endpoint": "bls_native", "models": {}, "classifier_stages_ms": {"trim_check": 0.1, "network": 1.9}}},
             _point("bls_native", 64, 6000.0, 90.0),
             _point("bls_native", 256, 7000.0, 300.0),  # over the p99 limit: not the best
             _point("ensemble_native", 64, 5000.0, 80.0),
+            _point("ensemble_native", 1, 250.0, 5.0, p50_ms=3.5),
+        ],
+        "sub_models_alone": [
+            {**_point("preprocessing_native", 1, 900.0, 2.0, p50_ms=1.2), "extra": {"role": "preprocessing", "models": {}}},
+            {**_point("efficientnet-b0", 1, 600.0, 2.5, p50_ms=1.6), "extra": {"role": "network", "models": {}}},
         ],
         "forms": [
             _form("bytes", "same size", 32, 7200.0, 120.0),
@@ -101,7 +144,18 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
     assert summary["bls_single_image_p50_ms"] == 4.4
     assert summary["bls_best_multi_image"]["form"] == "bytes"
     assert summary["bls_multi_image_over_in_process"] == 0.9
+    assert latency_breakdown(result) == {
+        "in_process_preprocessing": 0.6,
+        "in_process_network": 0.8,
+        "in_process_both": 1.5,
+        "served_preprocessing_alone": 1.2,
+        "served_network_alone": 1.6,
+        "ensemble": 3.5,
+        "classifier": 4.4,
+    }
     table = format_gpu_table(result)
+    assert "ONE IMAGE AT CONCURRENCY 1" in table and "served_network_alone" in table
+    assert "classifier's own stages per execute: trim_check 0.10, network 1.90" in table
     assert "request forms" in table and "varied sizes" in table
     assert "inprocess" in table and "8000" in table and "bls_native" in table and "settings" not in table
 

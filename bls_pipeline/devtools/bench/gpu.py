@@ -10,7 +10,8 @@ GPU in one run, so that every ratio compares numbers of the same machine and min
 2. ``classifier`` and the ensemble of the same two models, one image per request, driven by
    ``perf_analyzer`` over gRPC and HTTP at rising concurrency, with Triton's per-model
    statistics (mean batch, queue and compute time per execution) and GPU utilization;
-3. single-image latency at concurrency 1, in process and through ``classifier``;
+3. single-image latency at concurrency 1, where it goes: in process (DALI, the network,
+   both), each sub-model served alone, the ensemble and ``classifier``;
 4. the request forms (:mod:`bls_pipeline.devtools.bench.forms`): zero-padded rows against
    unpadded ``IMAGE_BYTES``, over gRPC and HTTP, at several images per request, with the
    project's client as the load generator; on the same photographs (comparable with the
@@ -36,10 +37,13 @@ import numpy as np
 
 from bls_pipeline.devtools.bench.forms import DEFAULT_FORM_POINTS, form_loads, measure_form
 from bls_pipeline.devtools.bench.perf import (
+    RANDOM_DATA,
     GpuSampler,
+    classifier_stages_ms,
     gpu_process_memory,
     model_statistics,
     run_perf_analyzer,
+    settled_metrics,
     statistics_delta,
     write_input_data,
 )
@@ -49,6 +53,10 @@ from bls_pipeline.errors import BenchError
 
 DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
 DEFAULT_GPU_BATCHES = (1, 8, 32, 64, 128)
+# The in-process stages: DALI alone, the network alone, and both (the in-process limit).
+IN_PROCESS_STAGES = ("preprocessing", "network", "inprocess")
+# The endpoints that are this project's BLS classifier (the others are ensembles).
+BLS_ENDPOINTS = ("bls_native", "bls")
 
 
 @dataclass
@@ -136,13 +144,23 @@ class InProcessGpu:
                 runs += 1
         return runs * size / (time.perf_counter() - start)
 
-    def single_image_ms(self, images: Sequence[BenchImage], repeats: int = 200) -> float:
-        """Median latency of one image, bytes to logits on the host (synchronous pipeline)."""
+    def single_image_ms(self, images: Sequence[BenchImage], stage: str = "inprocess", repeats: int = 200) -> float:
+        """Median latency of one image through ``stage``, synchronous: ``preprocessing`` (bytes to
+        the preprocessed image on the GPU), ``network`` (that image to logits on the host) or
+        ``inprocess`` (both, bytes to logits on the host)."""
+        torch = self._torch
+        prepared = self.preprocess([np.frombuffer(images[0].data, np.uint8)]).clone() if stage == "network" else None
         times = []
         for index in range(repeats):
             row = [np.frombuffer(images[index % len(images)].data, np.uint8)]
             start = time.perf_counter()
-            self.network.logits(self.preprocess(row)).cpu()
+            if stage == "network":
+                self.network.logits(prepared).cpu()
+            elif stage == "preprocessing":
+                self.preprocess(row)
+                torch.cuda.current_stream().synchronize()
+            else:
+                self.network.logits(self.preprocess(row)).cpu()
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1e3
 
@@ -158,13 +176,15 @@ def measure_in_process(repository: Path, images: Sequence[BenchImage], options: 
     rows: dict[str, Any] = {"settings": {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}}
     for size in (s for s in options.batch_sizes if s <= max_batch_size):
         batches = _batches(images, size)
-        for stage in ("preprocessing", "network", "inprocess"):
+        for stage in IN_PROCESS_STAGES:
             parts.throughput(batches, stage, 0.5)  # warm-up
             rate = parts.throughput(batches, stage, options.inprocess_duration_s)
             rows.setdefault(stage, {})[size] = rate
             progress(f"in process {stage:13s} batch {size:<3d} {rate:8.0f} images/s")
     rows["single_image_ms"] = parts.single_image_ms(images)
-    progress(f"in process single image {rows['single_image_ms']:.2f} ms")
+    rows["single_image_stage_ms"] = {stage: parts.single_image_ms(images, stage) for stage in ("preprocessing", "network")}
+    progress(f"in process single image {rows['single_image_ms']:.2f} ms (preprocessing "
+             f"{rows['single_image_stage_ms']['preprocessing']:.2f}, network {rows['single_image_stage_ms']['network']:.2f})")
     return rows
 
 
@@ -204,12 +224,17 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                         continue
                     _warm_up(names[key], data, url, protocol)
                     for concurrency in options.concurrencies:
+                        # The classifiers' own stage times: settled, so that the warm-up's are not counted.
+                        stages_before = settled_metrics(server.options.metrics_port) if key in BLS_ENDPOINTS else None
                         before, cpu_before = model_statistics(http_url), server.cpu_seconds()
                         with GpuSampler() as sampler:
                             point = run_perf_analyzer(names[key], data, url=url, protocol=protocol,
                                                       concurrency=concurrency, measurement_ms=options.measurement_ms)
                         point.gpu_util_percent = sampler.mean()
                         point.extra["models"] = statistics_delta(before, model_statistics(http_url))
+                        if stages_before is not None:
+                            point.extra["classifier_stages_ms"] = classifier_stages_ms(
+                                stages_before, settled_metrics(server.options.metrics_port), names[key])
                         # Over all of perf_analyzer's windows, warm-up included: CPU time of the
                         # server and its stubs per image the server answered in that time.
                         answered = point.extra["models"].get(names[key], {})
@@ -221,12 +246,42 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                         endpoints.append(point.as_dict())
                         progress(f"{key:8s} {protocol:4s} c={concurrency:<4d} {point.images_per_s:8.0f} images/s "
                                  f"p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms GPU {point.gpu_util_percent or 0:4.0f} %")
+            result["sub_models_alone"] = _sub_models_alone(bench_repo / names["bls_native"], images, grpc_url, http_url,
+                                                           Path(workdir), options.measurement_ms, progress)
             if options.form_points:
                 result["forms"] = _measure_forms(options, names["bls_native"], images,
                                                  {"grpc": grpc_url, "http": http_url}, progress)
     result["endpoints"] = endpoints
     result["summary"] = summarize(result)
+    result["single_image_latency_ms"] = latency_breakdown(result)
     return result
+
+
+def _sub_models_alone(classifier: Path, images: Sequence[BenchImage], grpc_url: str, http_url: str, workdir: Path,
+                      measurement_ms: int, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The two models ``classifier`` calls, each loaded alone at concurrency 1 over gRPC, one
+    image per request: what a request costs without the classifier's BLS hops.
+
+    The preprocessing model gets the photographs; the network gets perf_analyzer's random
+    tensors of its input shape, in host memory (the classifier hands it a GPU tensor).
+    """
+    from bls_pipeline import contract
+    from bls_pipeline.build import model_config as mc
+
+    parameters = mc.read_config(classifier / "config.pbtxt").parameters
+    preprocessing = parameters["preprocessing_model"].string_value
+    network = parameters["network_model"].string_value
+    data = write_input_data(images, workdir / "preprocessing_data.json", contract.DALI_INPUT)
+    points = []
+    for role, model, inputs in (("preprocessing", preprocessing, data), ("network", network, RANDOM_DATA)):
+        run_perf_analyzer(model, inputs, url=grpc_url, protocol="grpc", concurrency=1, measurement_ms=1000, workdir=workdir)
+        before = model_statistics(http_url)
+        point = run_perf_analyzer(model, inputs, url=grpc_url, protocol="grpc", concurrency=1,
+                                  measurement_ms=measurement_ms, workdir=workdir)
+        point.extra = {"role": role, "models": statistics_delta(before, model_statistics(http_url))}
+        points.append(point.as_dict())
+        progress(f"{role} alone ({model}) grpc c=1 p50 {point.p50_ms:.2f} ms")
+    return points
 
 
 def _warm_up(model: str, data: Path, url: str, protocol: str) -> None:
@@ -288,13 +343,43 @@ def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[st
     return summary
 
 
+def latency_breakdown(result: Mapping[str, Any]) -> dict[str, float]:
+    """One image at concurrency 1, in ms: in process (each stage and both), each sub-model
+    served alone, the ensemble and the classifier (gRPC p50); what was measured only."""
+    in_process = result["in_process"]
+    rows = {f"in_process_{stage}": ms for stage, ms in in_process.get("single_image_stage_ms", {}).items()}
+    if "single_image_ms" in in_process:
+        rows["in_process_both"] = in_process["single_image_ms"]
+    for point in result.get("sub_models_alone", []):
+        rows[f"served_{point['extra']['role']}_alone"] = point["p50_ms"]
+    for endpoint, key in (("ensemble_native", "ensemble"), ("bls_native", "classifier")):
+        point = single_image_point(result, endpoint)
+        if point:
+            rows[key] = point["p50_ms"]
+    return rows
+
+
+def single_image_point(result: Mapping[str, Any], endpoint: str = "bls_native") -> Mapping[str, Any]:
+    """The gRPC point of ``endpoint`` at concurrency 1, or ``{}`` when it was not measured."""
+    points = [p for p in result["endpoints"]
+              if p["extra"]["endpoint"] == endpoint and p["concurrency"] == 1 and p["protocol"] == "grpc"]
+    return points[0] if points else {}
+
+
 def format_gpu_table(result: Mapping[str, Any]) -> str:
     """The human-readable table of a :func:`run_gpu_benchmark` result."""
     lines = ["IN PROCESS (images/s)", f"{'stage':28s} " + " ".join(f"{'b=' + str(b):>8s}" for b in _sizes(result))]
     for stage, rates in result["in_process"].items():
-        if stage != "settings" and isinstance(rates, dict):
+        if stage in IN_PROCESS_STAGES:
             lines.append(f"{stage:28s} " + " ".join(f"{rates.get(b, rates.get(str(b), 0)):8.0f}" for b in _sizes(result)))
     lines.append(f"single image, bytes to logits: {result['in_process'].get('single_image_ms', 0):.2f} ms")
+    breakdown = latency_breakdown(result)
+    if breakdown:
+        lines += ["", "ONE IMAGE AT CONCURRENCY 1 (ms; served: gRPC p50)"]
+        lines += [f"  {name:36s} {ms:6.2f}" for name, ms in breakdown.items()]
+        stages = single_image_point(result).get("extra", {}).get("classifier_stages_ms")
+        if stages:
+            lines.append("  classifier's own stages per execute: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     lines += ["", "SERVED, one image per request (perf_analyzer)",
               f"{'endpoint':9s} {'proto':5s} {'conc':>5s} {'images/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'GPU %':>6s}  per-model mean batch / compute ms"]
     for p in result["endpoints"]:
@@ -317,6 +402,6 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
 def _sizes(result: Mapping[str, Any]) -> list[int]:
     sizes = set()
     for stage, rates in result["in_process"].items():
-        if stage != "settings" and isinstance(rates, dict):
+        if stage in IN_PROCESS_STAGES:
             sizes.update(int(b) for b in rates)
     return sorted(sizes)

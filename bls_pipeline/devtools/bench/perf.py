@@ -18,21 +18,29 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.report import perf_analyzer_data
 from bls_pipeline.errors import BenchError, EndpointFailure
+from bls_pipeline.serving.metrics import EXECUTE_IMAGES, FLUSH_INTERVAL_S, STAGE_DURATION, STAGES
 
 # perf_analyzer's CSV columns (microseconds) that this module reports.
 _LATENCY_COLUMNS = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency"}
 _SERVER_COLUMNS = {"server_queue_ms": "Server Queue", "server_compute_ms": "Server Compute Infer"}
+_PROMETHEUS_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_PROMETHEUS_LABEL = re.compile(r'(\w+)="([^"]*)"')
+# perf_analyzer's --input-data value for random tensors of the model's own input shapes.
+RANDOM_DATA = "random"
 
 
 @dataclass
@@ -71,10 +79,10 @@ def perf_analyzer_binary() -> str:
     return str(binary)
 
 
-def write_input_data(images: Sequence[BenchImage], path: Path) -> Path:
-    """Write :func:`perf_analyzer_data` of ``images`` to ``path``."""
+def write_input_data(images: Sequence[BenchImage], path: Path, input_name: str = contract.IMAGE_INPUT) -> Path:
+    """Write :func:`perf_analyzer_data` of ``images`` (as input ``input_name``) to ``path``."""
     path = Path(path)
-    path.write_text(json.dumps(perf_analyzer_data(images)))
+    path.write_text(json.dumps(perf_analyzer_data(images, input_name)))
     return path
 
 
@@ -97,7 +105,7 @@ def parse_perf_csv(text: str) -> dict[str, float]:
 
 def run_perf_analyzer(
     model: str,
-    input_data: Path,
+    input_data: Path | str,
     *,
     url: str,
     protocol: str,
@@ -105,8 +113,15 @@ def run_perf_analyzer(
     measurement_ms: int = 4000,
     workdir: Path | None = None,
 ) -> PerfPoint:
-    """Measure ``model`` at one concurrency with one image per request; raise on failure."""
-    workdir = Path(workdir or input_data.parent)
+    """Measure ``model`` at one concurrency with one image per request; raise on failure.
+
+    ``input_data`` is a JSON file of :func:`write_input_data`, or ``RANDOM_DATA`` for
+    perf_analyzer's own random tensors of the model's input shapes (then ``workdir`` says
+    where its CSV goes).
+    """
+    if input_data == RANDOM_DATA and workdir is None:
+        raise ValueError("run_perf_analyzer with random data needs a workdir for its CSV")
+    workdir = Path(workdir or Path(input_data).parent)
     csv_path = workdir / f"perf-{model}-{protocol}-{concurrency}.csv"
     command = [
         perf_analyzer_binary(),
@@ -146,6 +161,58 @@ def model_statistics(http_url: str) -> dict[str, dict[str, float]]:
             "compute_ns": int(inference.get("compute_infer", {}).get("ns", 0)),
         }
     return summary
+
+
+Metrics = dict[tuple[str, frozenset], float]
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> Metrics:
+    """The server's ``/metrics`` as :func:`parse_metrics` gives them."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> Metrics:
+    """Prometheus text format as ``{(name, frozenset of (label, value)): value}``.
+
+    >>> parse_metrics('# TYPE x counter\\nx{model="m",stage="a"} 2.5\\n')[("x", frozenset({("model", "m"), ("stage", "a")}))]
+    2.5
+    """
+    metrics = {}
+    for line in text.splitlines():
+        match = _PROMETHEUS_SAMPLE.match(line)
+        if match is None:  # comments (# HELP, # TYPE) and blank lines
+            continue
+        name, labels, value = match.groups()
+        metrics[(name, frozenset(_PROMETHEUS_LABEL.findall(labels or "")))] = float(value)
+    return metrics
+
+
+def settled_metrics(port: int) -> Metrics:
+    """:func:`scrape_metrics` once everything the classifier recorded so far has been sent
+    (its metrics thread sends at most every ``FLUSH_INTERVAL_S``)."""
+    time.sleep(1.5 * FLUSH_INTERVAL_S)
+    return scrape_metrics(port)
+
+
+def metric(metrics: Metrics, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (key, pairs), value in metrics.items() if key == name and wanted <= pairs)
+
+
+def classifier_stages_ms(before: Metrics, after: Metrics, model: str) -> dict[str, float]:
+    """The classifier ``model``'s own stages between two scrapes, in ms per ``execute``: where
+    its time goes around the two BLS calls (``bls_classifier_stage_duration_us``,
+    docs/metrics.md); empty when it executed nothing in between."""
+    executes = metric(after, f"{EXECUTE_IMAGES}_count", model=model) - metric(before, f"{EXECUTE_IMAGES}_count", model=model)
+    if executes <= 0:
+        return {}
+    return {
+        stage: (metric(after, STAGE_DURATION, model=model, stage=stage) - metric(before, STAGE_DURATION, model=model, stage=stage))
+        / executes / 1e3
+        for stage in STAGES
+    }
 
 
 def statistics_delta(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
