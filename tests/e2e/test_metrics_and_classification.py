@@ -10,7 +10,7 @@ from bls_pipeline.devtools.client import host_port
 from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.serving.metrics import EXECUTE_IMAGES, REFUSALS, STAGE_DURATION, STAGES
 from tests.conftest import PHOTOS, encode
-from bls_pipeline.devtools.bench.perf import metric, scrape_metrics, settled_metrics
+from bls_pipeline.devtools.bench.perf import classifier_stages_ms, metric, scrape_metrics, settled_metrics
 from tests.e2e._support import raw_infer, scrape_metrics_until
 
 pytestmark = pytest.mark.e2e
@@ -95,6 +95,8 @@ def test_stage_metrics_count_every_image_and_add_up_to_the_classifier_compute_ti
     # parameters, padding the batch, the loop) is small.
     assert 0.8 * compute <= sum(stages.values()) <= compute, (stages, compute)
     assert stages["preprocessing"] + stages["network"] > 0.5 * compute
+    # What the GPU benchmark reports from the same two scrapes: ms per execute.
+    assert classifier_stages_ms(before, after, mc.CLASSIFIER) == pytest.approx({k: v / 10 / 1e3 for k, v in stages.items()})
 
 
 def test_refusals_appear_by_reason_on_the_metrics_endpoint(triton_server, jpegs):
