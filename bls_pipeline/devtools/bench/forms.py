@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.load import check_request_form, request_groups
+from bls_pipeline.devtools.bench.run import percentile
 from bls_pipeline.devtools.client import FORMS
 from bls_pipeline.errors import EndpointFailure
 
@@ -146,7 +147,7 @@ def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int
             per_process = pool.map(_drive, shares)
         except Exception as exc:  # noqa: BLE001 - the client's errors come back pickled, any type
             raise EndpointFailure(f"{load.form} over {load.protocol}, {load.images_per_request} images per request: {exc}") from None
-    latencies = sorted(latency for part in per_process for latency in part)
+    latencies = [latency for part in per_process for latency in part]
     if not latencies:
         raise EndpointFailure(f"no request completed within {load.duration_s} s ({load.form}, {load.protocol})")
     return FormPoint(
@@ -156,8 +157,8 @@ def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int
         concurrency=load.concurrency,
         processes=count,
         images_per_s=len(latencies) * load.images_per_request / load.duration_s,
-        p50_ms=statistics.median(latencies) * 1e3,
-        p99_ms=latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3,
+        p50_ms=percentile(latencies, 50) * 1e3,
+        p99_ms=percentile(latencies, 99) * 1e3,
         request_bytes=statistics.fmean(request_bytes(group, load.form) for group in groups),
         extra={},
     )

@@ -39,6 +39,7 @@ from bls_pipeline.devtools.bench.forms import DEFAULT_FORM_POINTS, form_loads, m
 from bls_pipeline.devtools.bench.perf import (
     RANDOM_DATA,
     GpuSampler,
+    PerfPoint,
     classifier_stages_ms,
     gpu_process_memory,
     model_statistics,
@@ -223,18 +224,13 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                     if protocol == "http" and key not in options.http_endpoints:
                         continue
                     _warm_up(names[key], data, url, protocol)
+                    # The classifiers' own stage times, settled after the warm-up; each point's
+                    # closing scrape opens the next one.
+                    stages = settled_metrics(server.options.metrics_port) if key in BLS_ENDPOINTS else None
                     for concurrency in options.concurrencies:
-                        # The classifiers' own stage times: settled, so that the warm-up's are not counted.
-                        stages_before = settled_metrics(server.options.metrics_port) if key in BLS_ENDPOINTS else None
-                        before, cpu_before = model_statistics(http_url), server.cpu_seconds()
-                        with GpuSampler() as sampler:
-                            point = run_perf_analyzer(names[key], data, url=url, protocol=protocol,
-                                                      concurrency=concurrency, measurement_ms=options.measurement_ms)
-                        point.gpu_util_percent = sampler.mean()
-                        point.extra["models"] = statistics_delta(before, model_statistics(http_url))
-                        if stages_before is not None:
-                            point.extra["classifier_stages_ms"] = classifier_stages_ms(
-                                stages_before, settled_metrics(server.options.metrics_port), names[key])
+                        cpu_before = server.cpu_seconds()
+                        point = _point_with_statistics(names[key], data, url=url, protocol=protocol, concurrency=concurrency,
+                                                       measurement_ms=options.measurement_ms, http_url=http_url)
                         # Over all of perf_analyzer's windows, warm-up included: CPU time of the
                         # server and its stubs per image the server answered in that time.
                         answered = point.extra["models"].get(names[key], {})
@@ -242,6 +238,10 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                         point.extra["server_cpu_ms_per_image"] = (
                             (server.cpu_seconds() - cpu_before) * 1e3 / served if served else None
                         )
+                        if stages is not None:
+                            closing = settled_metrics(server.options.metrics_port)
+                            point.extra["classifier_stages_ms"] = classifier_stages_ms(stages, closing, names[key])
+                            stages = closing
                         point.extra["endpoint"] = key
                         endpoints.append(point.as_dict())
                         progress(f"{key:8s} {protocol:4s} c={concurrency:<4d} {point.images_per_s:8.0f} images/s "
@@ -274,20 +274,34 @@ def _sub_models_alone(classifier: Path, images: Sequence[BenchImage], grpc_url: 
     data = write_input_data(images, workdir / "preprocessing_data.json", contract.DALI_INPUT)
     points = []
     for role, model, inputs in (("preprocessing", preprocessing, data), ("network", network, RANDOM_DATA)):
-        run_perf_analyzer(model, inputs, url=grpc_url, protocol="grpc", concurrency=1, measurement_ms=1000, workdir=workdir)
-        before = model_statistics(http_url)
-        point = run_perf_analyzer(model, inputs, url=grpc_url, protocol="grpc", concurrency=1,
-                                  measurement_ms=measurement_ms, workdir=workdir)
-        point.extra = {"role": role, "models": statistics_delta(before, model_statistics(http_url))}
+        _warm_up(model, inputs, grpc_url, "grpc", concurrency=1, workdir=workdir)
+        point = _point_with_statistics(model, inputs, url=grpc_url, protocol="grpc", concurrency=1,
+                                       measurement_ms=measurement_ms, http_url=http_url, workdir=workdir)
+        point.extra["role"] = role
         points.append(point.as_dict())
         progress(f"{role} alone ({model}) grpc c=1 p50 {point.p50_ms:.2f} ms")
     return points
 
 
-def _warm_up(model: str, data: Path, url: str, protocol: str) -> None:
+def _point_with_statistics(model: str, data: Path | str, *, url: str, protocol: str, concurrency: int, measurement_ms: int,
+                           http_url: str, workdir: Path | None = None) -> PerfPoint:
+    """One :func:`run_perf_analyzer` point with the GPU's utilization and Triton's per-model
+    statistics of its window (``extra["models"]``)."""
+    before = model_statistics(http_url)
+    with GpuSampler() as sampler:
+        point = run_perf_analyzer(model, data, url=url, protocol=protocol, concurrency=concurrency,
+                                  measurement_ms=measurement_ms, workdir=workdir)
+    point.gpu_util_percent = sampler.mean()
+    point.extra["models"] = statistics_delta(before, model_statistics(http_url))
+    return point
+
+
+def _warm_up(model: str, data: Path | str, url: str, protocol: str, *, concurrency: int = 8,
+             workdir: Path | None = None) -> None:
     """A short load before the measured ones; whether perf_analyzer calls it stable does not matter."""
     try:
-        run_perf_analyzer(model, data, url=url, protocol=protocol, concurrency=8, measurement_ms=1500)
+        run_perf_analyzer(model, data, url=url, protocol=protocol, concurrency=concurrency, measurement_ms=1500,
+                          workdir=workdir)
     except BenchError:
         pass
 
