@@ -180,7 +180,11 @@ class RepositorySpec:
         mc.add_classification_output(
             configs[mc.CLASSIFIER], num_classes=self.num_classes, label_filename=f"1/{LABELS_FILE}"
         )
-        warmup_sizes = sorted({1, self.max_batch_size})
+        # Largest batch first: nvImageCodec sizes the mixed decoder's share of hardware-decoded
+        # JPEGs once, from the first batch a pipeline runs (hw_decoder_load x that batch, rounded
+        # up to the engines' mini-batch), and keeps it. Warmed at one image first, every later
+        # batch sent only one mini-batch to the hardware JPEG engine and the rest to the CPU.
+        warmup_sizes = sorted({1, self.max_batch_size}, reverse=True)
         image = {"data_type": "TYPE_UINT8", "dims": [WARMUP_IMAGE.stat().st_size], "input_data_file": WARMUP_IMAGE.name}
         mc.add_warmup(configs[mc.PREPROCESSING], inputs={mc.DALI_INPUT: image}, batch_sizes=warmup_sizes)
         zeros = {"data_type": "TYPE_FP32", "dims": [3, crop, crop], "zero_data": True}

@@ -40,16 +40,50 @@ def proc_status(pid: int | str, proc: Path = Path("/proc")) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
 
 
-def cpu_seconds(pid: int | str, proc: Path = Path("/proc")) -> float:
-    """User + system CPU time of a process so far, in seconds; 0 when it is gone."""
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return 0.0
+def _stat_cpu_seconds(stat_file: Path) -> float:
+    """User + system CPU seconds of a ``/proc`` ``stat`` file (a process's or a thread's)."""
+    stat = stat_file.read_text()
     # Fields after the command name, which may contain spaces, in parentheses: utime is the
     # 14th field of the line, stime the 15th.
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str, proc: Path = Path("/proc")) -> float:
+    """User + system CPU time of a process so far, in seconds; 0 when it is gone."""
+    try:
+        return _stat_cpu_seconds(proc / str(pid) / "stat")
+    except OSError:
+        return 0.0
+
+
+def thread_cpu_seconds(pid: int | str, proc: Path = Path("/proc")) -> dict[int, tuple[str, float]]:
+    """``{thread id: (thread name, CPU seconds so far)}`` of a live process; empty when it is gone."""
+    threads = {}
+    for task in (proc / str(pid) / "task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            threads[int(task.name)] = (name, _stat_cpu_seconds(task / "stat"))
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+    return threads
+
+
+def descendants(pid: int, proc: Path = Path("/proc")) -> set[int]:
+    """Every live process below ``pid`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            parent = proc_status(entry.name, proc).get("PPid")
+            if parent and parent.isdigit():
+                children.setdefault(int(parent), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def stub_processes(server_pid: int) -> list[StubProcess]:

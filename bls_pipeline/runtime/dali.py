@@ -76,20 +76,27 @@ def load_pipeline_module(path: str | os.PathLike[str] = PACKAGED_PIPELINE) -> Mo
 
 
 def pipeline_from_settings(
-    module: ModuleType, settings: dict, *, max_batch_size: int, num_threads: int, device_id: int | None
+    module: ModuleType,
+    settings: dict,
+    *,
+    max_batch_size: int,
+    num_threads: int,
+    device_id: int | None,
+    prefetch_queue_depth: int = 1,
 ) -> Any:
     """The (unbuilt) pipeline of a ``dali.py`` module with every setting of its
-    ``preprocessing.json`` passed explicitly, fed one batch per run.
+    ``preprocessing.json`` passed explicitly.
 
-    One batch per run (``prefetch_queue_depth=1``): the pipeline must not wait for a second
-    fed batch, and it is how Triton's DALI backend runs a pipeline too.
+    By default one batch per run (``prefetch_queue_depth=1``): the pipeline must not wait for
+    a second fed batch, and it is how Triton's DALI backend runs a pipeline too. A deeper
+    queue (the benchmark's pipelined in-process limit) needs that many batches fed ahead.
     """
     optional = {key: settings[key] for key in ("hw_decoder_load",) if key in settings}
     return module.preprocessing(
         batch_size=max_batch_size,
         num_threads=num_threads,
         device_id=device_id,
-        prefetch_queue_depth=1,
+        prefetch_queue_depth=prefetch_queue_depth,
         resize_shorter=settings["resize_shorter"],
         crop=settings["crop"],
         interpolation=settings["interpolation"],

@@ -115,6 +115,8 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
             "preprocessing": {1: 1000.0, 128: 13000.0},
             "network": {1: 1500.0, 128: 18000.0},
             "inprocess": {1: 700.0, 128: 8000.0},
+            "pipelined": {128: 12000.0},
+            "pipelined_by_photos": {"imagenet-sized": {128: 10000.0}},
             "single_image_ms": 1.5,
             "single_image_stage_ms": {"preprocessing": 0.6, "network": 0.8},
         },
@@ -134,16 +136,24 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
             _form("bytes", "same size", 32, 7200.0, 120.0),
             _form("padded", "same size", 32, 7400.0, 200.0),  # over the p99 limit
             _form("padded", "varied sizes", 32, 9000.0, 100.0),  # other photographs: not comparable
+            _form("bytes", "imagenet-sized", 32, 8000.0, 90.0),  # against that set's own limit
         ],
     }
+    result["forms"][-1]["extra"].update(
+        server_cpu_ms_per_image=0.9, cpu_ms_per_image={"server: DALI threads": 0.5, "load generator": 0.3, "server total": 0.9}
+    )
     result["summary"] = summary = summarize(result)
-    assert summary["in_process_limit"] == 8000.0
+    # The limit is the pipelined figure; the serial one is reported beside it.
+    assert (summary["in_process_limit"], summary["in_process_serial"]) == (12000.0, 8000.0)
     assert summary["bls_best"]["images_per_s"] == 6000.0
-    assert summary["bls_over_in_process"] == 0.75
+    assert summary["bls_over_in_process"] == 0.5
     assert summary["bls_over_ensemble"] == 1.2
     assert summary["bls_single_image_p50_ms"] == 4.4
     assert summary["bls_best_multi_image"]["form"] == "bytes"
-    assert summary["bls_multi_image_over_in_process"] == 0.9
+    assert summary["bls_multi_image_over_in_process"] == 0.6
+    assert summary["client_default_by_photos"] == {"imagenet-sized": {
+        "images_per_s": 8000.0, "p99_ms": 90.0, "pipelined_limit": 10000.0, "over_pipelined_limit": 0.8,
+        "server_cpu_ms_per_image": 0.9}}
     assert latency_breakdown(result) == {
         "in_process_preprocessing": 0.6,
         "in_process_network": 0.8,
@@ -157,7 +167,9 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
     assert "ONE IMAGE AT CONCURRENCY 1" in table and "served_network_alone" in table
     assert "classifier's own stages per execute: trim_check 0.10, network 1.90" in table
     assert "request forms" in table and "varied sizes" in table
-    assert "inprocess" in table and "8000" in table and "bls_native" in table and "settings" not in table
+    assert "serial: DALI, then network" in table and "pipelined (the limit)" in table and "12000" in table
+    assert "pipelined, imagenet-sized" in table and "bls_native" in table and "settings" not in table
+    assert "bytes imagenet-sized 32x8" in table and "server: DALI threads 0.50" in table
 
 
 def test_request_groups_cycle_through_the_photographs_and_forms_count_their_bytes():
@@ -201,3 +213,25 @@ def test_varied_images_span_imagenets_sizes():
     sizes = sorted(len(image.data) for image in images)
 
     assert len(images) == 8 and sizes[-1] > 5 * sizes[0]
+
+
+def test_imagenet_sized_images_span_shapes_and_50_to_400_kb():
+    from bls_pipeline.devtools.bench.images import imagenet_sized_images
+
+    images = imagenet_sized_images()
+    kilobytes = sorted(len(image.data) / 1000 for image in images)
+
+    assert {(image.width > image.height, image.width == image.height) for image in images} == {
+        (True, False), (False, False), (False, True)}
+    assert 50 <= kilobytes[0] and kilobytes[-1] <= 400 and kilobytes[-1] > 4 * kilobytes[0]
+
+
+def test_dmon_output_gives_the_sm_and_jpeg_utilization_of_its_last_sample():
+    from bls_pipeline.devtools.bench.perf import parse_dmon_utilization
+
+    output = ("# gpu     sm    mem    enc    dec    jpg    ofa \n"
+              "# Idx      %      %      %      %      %      % \n"
+              "    0     61     12      0      0      7      - \n")
+
+    assert parse_dmon_utilization(output) == {"gpu": 0.0, "sm": 61.0, "mem": 12.0, "enc": 0.0, "dec": 0.0, "jpg": 7.0}
+    assert parse_dmon_utilization("No devices were found") == {}

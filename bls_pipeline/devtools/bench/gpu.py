@@ -49,13 +49,21 @@ from bls_pipeline.devtools.bench.perf import (
     write_input_data,
 )
 from bls_pipeline.devtools.bench.run import encoded_batch, machine_info
-from bls_pipeline.devtools.bench.images import BenchImage, varied_images
+from bls_pipeline.devtools.bench.cpu import CpuByRole, CpuSnapshot, cpu_ms_per_image
+from bls_pipeline.devtools.bench.images import BenchImage, imagenet_sized_images, varied_images
 from bls_pipeline.errors import BenchError
 
 DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
 DEFAULT_GPU_BATCHES = (1, 8, 32, 64, 128)
-# The in-process stages: DALI alone, the network alone, and both (the in-process limit).
-IN_PROCESS_STAGES = ("preprocessing", "network", "inprocess")
+# The in-process stages: DALI alone, the network alone, both one batch after the other
+# (serial, how Triton's DALI backend runs its pipeline) and both overlapped (the pipelined
+# in-process limit that the served endpoints are compared with).
+IN_PROCESS_STAGES = ("preprocessing", "network", "inprocess", "pipelined")
+STAGE_LABELS = {"inprocess": "serial: DALI, then network", "pipelined": "pipelined (the limit)"}
+# The photo sets besides the benchmark's own (one size): the client's default form and the
+# pipelined in-process limit are measured on each, since throughput per byte varies most.
+SAME_SIZE = "same size"
+PHOTO_SETS: dict[str, Callable[[], list[BenchImage]]] = {"imagenet-sized": imagenet_sized_images, "varied sizes": varied_images}
 # The endpoints that are this project's BLS classifier (the others are ensembles).
 BLS_ENDPOINTS = ("bls_native", "bls")
 
@@ -75,7 +83,11 @@ class GpuBenchOptions:
     endpoints: tuple[str, ...] = ("bls_native", "ensemble_native", "bls")
     # Request forms: (images per request, requests in flight) points; () skips them.
     form_points: tuple[tuple[int, int], ...] = DEFAULT_FORM_POINTS
+    # Keys of PHOTO_SETS measured besides the benchmark's photographs.
+    other_photo_sets: tuple[str, ...] = ("imagenet-sized", "varied sizes")
     inprocess_duration_s: float = 3.0
+    # The pipelined limit is measured from this batch size up (it needs batches to overlap).
+    pipelined_min_batch: int = 32
     measurement_ms: int = 3000
     server_log: Path | None = None
 
@@ -99,11 +111,18 @@ class InProcessGpu:
         settings = {**module.load_settings(version), **(overrides or {})}
         self.settings = settings
         self.crop = settings["crop"]
-        self._pipe = pipeline_from_settings(
-            module, {**settings, "decoder_device": "mixed"}, max_batch_size=max_batch_size,
-            num_threads=settings["num_threads"], device_id=0,
-        )
-        self._pipe.build()
+        self.max_batch_size = max_batch_size
+
+        def make_pipeline(prefetch_queue_depth: int) -> Any:
+            pipe = pipeline_from_settings(
+                module, {**settings, "decoder_device": "mixed"}, max_batch_size=max_batch_size,
+                num_threads=settings["num_threads"], device_id=0, prefetch_queue_depth=prefetch_queue_depth,
+            )
+            pipe.build()
+            return pipe
+
+        self._make_pipeline = make_pipeline
+        self._pipe = make_pipeline(1)
         self.input_name = module.INPUT_NAME
         self.network = TorchCudaNetwork.from_file(
             repository / mc.NETWORK / "1" / TORCH_WEIGHTS_FILE, max_batch_size=max_batch_size
@@ -122,6 +141,67 @@ class InProcessGpu:
         self._pipe.feed_input(self.input_name, batch)
         (output,) = self._pipe.run()
         return self._to_torch(output)
+
+    def prime(self, full_batch: list[np.ndarray]) -> None:
+        """Run one batch of the maximum size first, as the served model's warm-up does: the
+        mixed decoder sizes its share of hardware-decoded JPEGs from the first batch it runs."""
+        self.preprocess(full_batch)
+        self._torch.cuda.current_stream().synchronize()
+
+    def pipelined_throughput(self, batches: Sequence[list[np.ndarray]], full_batch: list[np.ndarray],
+                             duration_s: float, *, warm_up_s: float = 1.0) -> float:
+        """Images/s of DALI feeding the network the way one process runs it well: a pipeline
+        prefetching two batches (``exec_async``, ``exec_pipelined``) with three batches fed
+        ahead of ``run()``; its GPU output taken through DLPack into one of two staging
+        tensors (DALI reuses its buffer at the next ``run()``); the network on it; the logits
+        copied to pinned host memory asynchronously and waited for one step later, so batch
+        k+1's preprocessing overlaps batch k's network. Primed like :meth:`prime`."""
+        torch = self._torch
+        pipe = self._make_pipeline(2)
+        size = len(batches[0])
+        stream = torch.cuda.current_stream()
+        fed = {"count": 0, "returned": 0}
+
+        def feed_ahead(depth: int = 3) -> None:
+            while fed["count"] - fed["returned"] < depth:
+                pipe.feed_input(self.input_name, batches[fed["count"] % len(batches)])
+                fed["count"] += 1
+
+        def dali_run() -> Any:
+            (output,) = pipe.run()
+            fed["returned"] += 1
+            feed_ahead()
+            return torch.from_dlpack(output.as_tensor())
+
+        with torch.inference_mode():
+            pipe.feed_input(self.input_name, full_batch)  # the first batch run: see prime()
+            fed["count"] += 1
+            feed_ahead()
+            dali_run()
+            stage = [torch.empty((size, 3, self.crop, self.crop), device="cuda") for _ in range(2)]
+            classes = int(self.network.logits(stage[0]).shape[1])
+            host = [torch.empty((size, classes), pin_memory=True) for _ in range(2)]
+            done = [torch.cuda.Event() for _ in range(2)]
+            copied = torch.cuda.Event()
+            steps = {"n": 0}
+
+            def step() -> None:
+                i = steps["n"] % 2
+                stage[i].copy_(dali_run(), non_blocking=True)
+                copied.record(stream)
+                host[i].copy_(self.network.logits(stage[i]), non_blocking=True)
+                done[i].record(stream)
+                if steps["n"] > 0:
+                    done[1 - i].synchronize()  # the previous batch's logits are on the host
+                copied.synchronize()  # before the next run() may reuse DALI's buffer
+                steps["n"] += 1
+
+            rate = _timed(step, size, duration_s, warm_up_s, torch.cuda.synchronize)
+            while fed["returned"] < fed["count"]:  # drain what was fed ahead
+                pipe.run()
+                fed["returned"] += 1
+        del pipe
+        return rate
 
     def throughput(self, batches: Sequence[list[np.ndarray]], stage: str, duration_s: float) -> float:
         """Images/s of ``stage`` (``preprocessing``, ``network`` or ``inprocess``) over ``batches``."""
@@ -166,6 +246,20 @@ class InProcessGpu:
         return statistics.median(times) * 1e3
 
 
+def _timed(step: Callable[[], None], size: int, duration_s: float, warm_up_s: float, sync: Callable[[], None]) -> float:
+    """Images/s of ``step`` (one batch of ``size``) over ``duration_s``, after ``warm_up_s``."""
+    end = time.perf_counter() + warm_up_s
+    while time.perf_counter() < end:
+        step()
+    sync()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < duration_s:
+        step()
+        steps += 1
+    sync()
+    return steps * size / (time.perf_counter() - start)
+
+
 def _batches(images: Sequence[BenchImage], size: int) -> list[list[np.ndarray]]:
     return [encoded_batch(images, size, offset) for offset in range(0, max(len(images), size * 4), size)]
 
@@ -174,14 +268,30 @@ def measure_in_process(repository: Path, images: Sequence[BenchImage], options: 
                        progress: Callable[[str], None], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The in-process rows: images/s per stage, mode and batch size; single-image latency."""
     parts = InProcessGpu(repository, max_batch_size, overrides=overrides)
+    full_batch = encoded_batch(images, max_batch_size, 0)
+    parts.prime(full_batch)
     rows: dict[str, Any] = {"settings": {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}}
     for size in (s for s in options.batch_sizes if s <= max_batch_size):
         batches = _batches(images, size)
         for stage in IN_PROCESS_STAGES:
-            parts.throughput(batches, stage, 0.5)  # warm-up
-            rate = parts.throughput(batches, stage, options.inprocess_duration_s)
+            if stage == "pipelined":
+                if size < options.pipelined_min_batch:
+                    continue
+                rate = parts.pipelined_throughput(batches, full_batch, options.inprocess_duration_s)
+            else:
+                parts.throughput(batches, stage, 0.5)  # warm-up
+                rate = parts.throughput(batches, stage, options.inprocess_duration_s)
             rows.setdefault(stage, {})[size] = rate
             progress(f"in process {stage:13s} batch {size:<3d} {rate:8.0f} images/s")
+    # The pipelined limit on the other photo sets, at the largest batch: the reference of the
+    # client's default form measured on them.
+    largest = max((s for s in options.batch_sizes if s <= max_batch_size), default=max_batch_size)
+    for label in options.other_photo_sets:
+        photos = PHOTO_SETS[label]()
+        rate = parts.pipelined_throughput(_batches(photos, largest), encoded_batch(photos, max_batch_size, 0),
+                                          options.inprocess_duration_s)
+        rows.setdefault("pipelined_by_photos", {})[label] = {largest: rate}
+        progress(f"in process pipelined     batch {largest:<3d} {rate:8.0f} images/s ({label})")
     rows["single_image_ms"] = parts.single_image_ms(images)
     rows["single_image_stage_ms"] = {stage: parts.single_image_ms(images, stage) for stage in ("preprocessing", "network")}
     progress(f"in process single image {rows['single_image_ms']:.2f} ms (preprocessing "
@@ -217,6 +327,7 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
         with LocalTritonServer(server_options) as server:
             http_url = host_port(server.url)
             grpc_url = host_port(server.grpc_url)
+            meter = CpuByRole(server.process.pid)
             result["gpu_memory_mib"] = gpu_process_memory()
             for protocol in options.protocols:
                 url = grpc_url if protocol == "grpc" else http_url
@@ -228,16 +339,12 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                     # closing scrape opens the next one.
                     stages = settled_metrics(server.options.metrics_port) if key in BLS_ENDPOINTS else None
                     for concurrency in options.concurrencies:
-                        cpu_before = server.cpu_seconds()
+                        cpu_before = meter.snapshot()
                         point = _point_with_statistics(names[key], data, url=url, protocol=protocol, concurrency=concurrency,
                                                        measurement_ms=options.measurement_ms, http_url=http_url)
-                        # Over all of perf_analyzer's windows, warm-up included: CPU time of the
-                        # server and its stubs per image the server answered in that time.
-                        answered = point.extra["models"].get(names[key], {})
-                        served = answered.get("executions", 0) * answered.get("mean_batch", 0)
-                        point.extra["server_cpu_ms_per_image"] = (
-                            (server.cpu_seconds() - cpu_before) * 1e3 / served if served else None
-                        )
+                        # Over all of perf_analyzer's windows, warm-up included: CPU time of each
+                        # role per image the server answered in that time.
+                        _add_cpu_per_image(point.extra, meter, cpu_before, names[key])
                         if stages is not None:
                             closing = settled_metrics(server.options.metrics_port)
                             point.extra["classifier_stages_ms"] = classifier_stages_ms(stages, closing, names[key])
@@ -250,7 +357,7 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                                                            Path(workdir), options.measurement_ms, progress)
             if options.form_points:
                 result["forms"] = _measure_forms(options, names["bls_native"], images,
-                                                 {"grpc": grpc_url, "http": http_url}, progress)
+                                                 {"grpc": grpc_url, "http": http_url}, meter, progress)
     result["endpoints"] = endpoints
     result["summary"] = summarize(result)
     result["single_image_latency_ms"] = latency_breakdown(result)
@@ -292,8 +399,18 @@ def _point_with_statistics(model: str, data: Path | str, *, url: str, protocol: 
         point = run_perf_analyzer(model, data, url=url, protocol=protocol, concurrency=concurrency,
                                   measurement_ms=measurement_ms, workdir=workdir)
     point.gpu_util_percent = sampler.mean()
+    point.extra["jpeg_util_percent"] = sampler.mean_jpeg()
     point.extra["models"] = statistics_delta(before, model_statistics(http_url))
     return point
+
+
+def _add_cpu_per_image(extra: dict[str, Any], meter: CpuByRole, before: CpuSnapshot, model: str) -> None:
+    """``extra["cpu_ms_per_image"]``: each role's CPU since ``before`` per image ``model``
+    answered (from ``extra["models"]``); ``extra["server_cpu_ms_per_image"]``: their server total."""
+    answered = extra["models"].get(model, {})
+    served = answered.get("executions", 0) * answered.get("mean_batch", 0)
+    extra["cpu_ms_per_image"] = cpu_ms_per_image(meter.delta(before, meter.snapshot()), served)
+    extra["server_cpu_ms_per_image"] = (extra["cpu_ms_per_image"] or {}).get("server total")
 
 
 def _warm_up(model: str, data: Path | str, url: str, protocol: str, *, concurrency: int = 8,
@@ -307,30 +424,36 @@ def _warm_up(model: str, data: Path | str, url: str, protocol: str, *, concurren
 
 
 def _measure_forms(options: GpuBenchOptions, model: str, images: Sequence[BenchImage], urls: dict[str, str],
-                   progress: Callable[[str], None]) -> list[dict[str, Any]]:
+                   meter: CpuByRole, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """Every form point on the benchmark's photographs (all protocols), then the middle point
-    on the varied-size ones (gRPC), each with Triton's per-model statistics of its window."""
-    varied = varied_images()
+    (the client's default) on each other photo set (gRPC), each with Triton's per-model
+    statistics, the GPU's and JPEG engine's utilization and the CPU per image by role."""
     middle = options.form_points[len(options.form_points) // 2]
-    plan = [("same size", images, load) for load in form_loads(model, urls, protocols=options.protocols,
-                                                                 points=options.form_points)]
-    plan += [("varied sizes", varied, load) for load in form_loads(model, urls, protocols=("grpc",), points=(middle,))]
+    plan = [(SAME_SIZE, images, load) for load in form_loads(model, urls, protocols=options.protocols,
+                                                               points=options.form_points)]
+    for label in options.other_photo_sets:
+        plan += [(label, PHOTO_SETS[label](), load) for load in form_loads(model, urls, protocols=("grpc",), points=(middle,))]
     points = []
     for label, photos, load in plan:
-        before = model_statistics(urls["http"])
-        point = measure_form(load, photos)
-        point.extra = {"images": label, "models": statistics_delta(before, model_statistics(urls["http"]))}
+        before, cpu_before = model_statistics(urls["http"]), meter.snapshot()
+        with GpuSampler() as sampler:
+            point = measure_form(load, photos)
+        point.extra = {"images": label, "models": statistics_delta(before, model_statistics(urls["http"])),
+                       "gpu_util_percent": sampler.mean(), "jpeg_util_percent": sampler.mean_jpeg()}
+        # Over the client processes' whole run (start and warm-up included).
+        _add_cpu_per_image(point.extra, meter, cpu_before, model)
         points.append(point.as_dict())
-        progress(f"form {load.form:6s} {load.protocol:4s} {label:12s} {load.images_per_request:3d}/request c={load.concurrency:<3d} "
+        progress(f"form {load.form:6s} {load.protocol:4s} {label:14s} {load.images_per_request:3d}/request c={load.concurrency:<3d} "
                  f"{point.images_per_s:8.0f} images/s p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms "
-                 f"{point.request_bytes / 1e6:6.2f} MB/request")
+                 f"{point.request_bytes / 1e6:6.2f} MB/request, server CPU {point.extra['server_cpu_ms_per_image'] or 0:.2f} ms/image")
     return points
 
 
 def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[str, Any]:
     """Best points and the issue's ratios: classifier vs in-process limit, vs ensemble; latency."""
     in_process = result["in_process"]
-    limit = max(in_process.get("inprocess", {0: 0}).values())
+    serial = max(in_process.get("inprocess", {0: 0}).values())
+    limit = max(in_process.get("pipelined", {0: serial}).values())
 
     def best(endpoint: str) -> Mapping[str, Any] | None:
         points = [p for p in result["endpoints"] if p["extra"]["endpoint"] == endpoint and p["p99_ms"] <= p99_limit_ms]
@@ -338,7 +461,7 @@ def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[st
 
     bls, ensemble = best("bls_native"), best("ensemble_native")
     single = [p for p in result["endpoints"] if p["extra"]["endpoint"] == "bls_native" and p["concurrency"] == 1]
-    summary: dict[str, Any] = {"in_process_limit": limit, "p99_limit_ms": p99_limit_ms}
+    summary: dict[str, Any] = {"in_process_limit": limit, "in_process_serial": serial, "p99_limit_ms": p99_limit_ms}
     if bls:
         summary["bls_best"] = {k: bls[k] for k in ("images_per_s", "protocol", "concurrency", "p99_ms")}
         summary["bls_over_in_process"] = bls["images_per_s"] / limit if limit else None
@@ -351,6 +474,15 @@ def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[st
             k: best_form[k] for k in ("images_per_s", "protocol", "form", "images_per_request", "concurrency", "p99_ms")
         }
         summary["bls_multi_image_over_in_process"] = best_form["images_per_s"] / limit if limit else None
+    for label, rates in in_process.get("pipelined_by_photos", {}).items():
+        set_limit = max(rates.values())
+        points = [p for p in result.get("forms", []) if p["extra"]["images"] == label and p["form"] == "bytes"]
+        if points and set_limit:
+            summary.setdefault("client_default_by_photos", {})[label] = {
+                "images_per_s": points[0]["images_per_s"], "p99_ms": points[0]["p99_ms"],
+                "pipelined_limit": set_limit, "over_pipelined_limit": points[0]["images_per_s"] / set_limit,
+                "server_cpu_ms_per_image": points[0]["extra"].get("server_cpu_ms_per_image"),
+            }
     if single:
         summary["bls_single_image_p50_ms"] = min(p["p50_ms"] for p in single)
         summary["in_process_single_image_ms"] = in_process.get("single_image_ms")
@@ -385,7 +517,10 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
     lines = ["IN PROCESS (images/s)", f"{'stage':28s} " + " ".join(f"{'b=' + str(b):>8s}" for b in _sizes(result))]
     for stage, rates in result["in_process"].items():
         if stage in IN_PROCESS_STAGES:
-            lines.append(f"{stage:28s} " + " ".join(f"{rates.get(b, rates.get(str(b), 0)):8.0f}" for b in _sizes(result)))
+            label = STAGE_LABELS.get(stage, stage)
+            lines.append(f"{label:28s} " + " ".join(f"{rates.get(b, rates.get(str(b), 0)):8.0f}" for b in _sizes(result)))
+    for label, rates in result["in_process"].get("pipelined_by_photos", {}).items():
+        lines.append(f"pipelined, {label:17s} " + ", ".join(f"b={b}: {rate:.0f}" for b, rate in rates.items()))
     lines.append(f"single image, bytes to logits: {result['in_process'].get('single_image_ms', 0):.2f} ms")
     breakdown = latency_breakdown(result)
     if breakdown:
@@ -395,22 +530,39 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
         if stages:
             lines.append("  classifier's own stages per execute: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     lines += ["", "SERVED, one image per request (perf_analyzer)",
-              f"{'endpoint':9s} {'proto':5s} {'conc':>5s} {'images/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'GPU %':>6s}  per-model mean batch / compute ms"]
+              f"{'endpoint':9s} {'proto':5s} {'conc':>5s} {'images/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'GPU %':>6s} "
+              f"{'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms"]
     for p in result["endpoints"]:
         models = "; ".join(f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items())
         lines.append(f"{p['extra']['endpoint']:9s} {p['protocol']:5s} {p['concurrency']:5d} {p['images_per_s']:9.0f} "
-                     f"{p['p50_ms']:7.1f} {p['p99_ms']:7.1f} {p['gpu_util_percent'] or 0:6.0f}  {models}")
+                     f"{p['p50_ms']:7.1f} {p['p99_ms']:7.1f} {p['gpu_util_percent'] or 0:6.0f} "
+                     f"{p['extra'].get('jpeg_util_percent') or 0:6.1f} {p['extra'].get('server_cpu_ms_per_image') or 0:6.2f}  {models}")
     if result.get("forms"):
         lines += ["", "SERVED, request forms (the project's client as load generator)",
-                  f"{'form':7s} {'proto':5s} {'images':12s} {'img/req':>7s} {'conc':>5s} {'images/s':>9s} "
-                  f"{'p50 ms':>7s} {'p99 ms':>7s} {'MB/req':>7s}  per-model mean batch / compute ms"]
+                  f"{'form':7s} {'proto':5s} {'images':14s} {'img/req':>7s} {'conc':>5s} {'images/s':>9s} "
+                  f"{'p50 ms':>7s} {'p99 ms':>7s} {'MB/req':>7s} {'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms"]
         for p in result["forms"]:
             models = "; ".join(f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items())
-            lines.append(f"{p['form']:7s} {p['protocol']:5s} {p['extra']['images']:12s} {p['images_per_request']:7d} "
+            lines.append(f"{p['form']:7s} {p['protocol']:5s} {p['extra']['images']:14s} {p['images_per_request']:7d} "
                          f"{p['concurrency']:5d} {p['images_per_s']:9.0f} {p['p50_ms']:7.1f} {p['p99_ms']:7.1f} "
-                         f"{p['request_bytes'] / 1e6:7.2f}  {models}")
+                         f"{p['request_bytes'] / 1e6:7.2f} {p['extra'].get('jpeg_util_percent') or 0:6.1f} "
+                         f"{p['extra'].get('server_cpu_ms_per_image') or 0:6.2f}  {models}")
+    lines += ["", "HOST CPU PER IMAGE BY ROLE (ms; over each point's whole run)"] + _cpu_lines(result)
     lines += ["", "SUMMARY"] + [f"  {k}: {v}" for k, v in result["summary"].items()]
     return "\n".join(lines)
+
+
+def _cpu_lines(result: Mapping[str, Any]) -> list[str]:
+    """One line per served point: its CPU milliseconds per image, role by role."""
+    lines = []
+    for p in [*result["endpoints"], *result.get("forms", [])]:
+        roles = p["extra"].get("cpu_ms_per_image")
+        if not roles:
+            continue
+        what = (f"{p['extra']['endpoint']} c={p['concurrency']}" if "endpoint" in p["extra"]
+                else f"{p['form']} {p['extra']['images']} {p['images_per_request']}x{p['concurrency']}")
+        lines.append(f"  {what:32s} " + ", ".join(f"{role} {ms:.2f}" for role, ms in roles.items()))
+    return lines
 
 
 def _sizes(result: Mapping[str, Any]) -> list[int]:

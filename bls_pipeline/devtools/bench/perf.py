@@ -237,15 +237,17 @@ def statistics_delta(before: Mapping[str, Mapping[str, float]], after: Mapping[s
 
 
 class GpuSampler:
-    """Samples the GPU's utilization (``nvidia-smi``) in a thread while in use.
+    """Samples the GPU's utilization (``nvidia-smi dmon``: SM and hardware JPEG engine) in a
+    thread while in use.
 
-    ``with GpuSampler() as sampler: ...`` then ``sampler.mean()``; without nvidia-smi it
-    records nothing and ``mean()`` is ``None``.
+    ``with GpuSampler() as sampler: ...`` then ``sampler.mean()`` and ``sampler.mean_jpeg()``;
+    without nvidia-smi it records nothing and both are ``None``.
     """
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.samples: list[float] = []
+        self.jpeg_samples: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -261,18 +263,39 @@ class GpuSampler:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+        query = ["nvidia-smi", "dmon", "-s", "u", "-c", "1", "-i", "0"]
         while not self._stop.is_set():
             try:
-                out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.strip().splitlines()[0]
-                self.samples.append(float(out))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout
+                sample = parse_dmon_utilization(out)
+                self.samples.append(sample["sm"])
+                if "jpg" in sample:
+                    self.jpeg_samples.append(sample["jpg"])
+            except (OSError, KeyError, subprocess.SubprocessError):
                 pass
             self._stop.wait(self.interval_s)
 
     def mean(self) -> float | None:
-        """Mean GPU utilization (%) over the samples, or ``None`` when there were none."""
+        """Mean SM utilization (%) over the samples, or ``None`` when there were none."""
         return sum(self.samples) / len(self.samples) if self.samples else None
+
+    def mean_jpeg(self) -> float | None:
+        """Mean utilization (%) of the hardware JPEG engines, or ``None`` when not reported."""
+        return sum(self.jpeg_samples) / len(self.jpeg_samples) if self.jpeg_samples else None
+
+
+def parse_dmon_utilization(output: str) -> dict[str, float]:
+    """The last sample of ``nvidia-smi dmon -s u`` by column (``sm``, ``mem``, ``jpg``, ...);
+    columns reported as ``-`` are left out."""
+    header: list[str] = []
+    sample: dict[str, float] = {}
+    for line in output.splitlines():
+        fields = line.split()
+        if line.startswith("#") and "sm" in fields:
+            header = fields[1:]
+        elif header and fields and not line.startswith("#"):
+            sample = {name: float(value) for name, value in zip(header, fields) if value.replace(".", "", 1).isdigit()}
+    return sample
 
 
 def gpu_process_memory() -> dict[str, float]:
