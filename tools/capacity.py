@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How many replicas for N images/s at a p99 under T ms, from a benchmark's JSON.
 
-    python tools/capacity.py --images-per-s 1000 --p99-ms 150                 # docs/benchmark.json
+    python tools/capacity.py --images-per-s 1000 --p99-ms 150                 # docs/measurements/2026-11-25-cpu-benchmark.json
     python tools/capacity.py bench.json --images-per-s 20000 --p99-ms 100 --spare 2
     python tools/capacity.py --point 2108:468 --point 1648:120 --images-per-s 20000 --p99-ms 200
 
@@ -28,7 +28,7 @@ from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, HelpFormatter, 
 from bls_pipeline.errors import CapacityError
 
 PROG = "capacity"
-DEFAULT_BENCHMARK = Path("docs/benchmark.json")
+DEFAULT_BENCHMARK = Path("docs/measurements/2026-11-25-cpu-benchmark.json")
 
 
 def _point(text: str) -> OperatingPoint:

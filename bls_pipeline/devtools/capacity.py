@@ -9,7 +9,7 @@ PodDisruptionBudget allows one pod down at a time).
 
 Example::
 
-    points = operating_points(json.loads(Path("docs/benchmark.json").read_text()))
+    points = operating_points(json.loads(Path("docs/measurements/2026-11-25-cpu-benchmark.json").read_text()))
     plan = plan_capacity(points, images_per_s=1000, p99_ms=100)
     print(plan.replicas, plan.point.concurrency)
 """

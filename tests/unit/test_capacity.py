@@ -12,7 +12,7 @@ from bls_pipeline.devtools.capacity import OperatingPoint, describe, operating_p
 from bls_pipeline.errors import CapacityError
 from tools import capacity as cli
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "docs" / "benchmark.json"
+BENCHMARK = Path(__file__).resolve().parents[2] / "docs" / "measurements" / "2026-11-25-cpu-benchmark.json"
 POINTS = [
     OperatingPoint(images_per_s=100, p99_ms=10, concurrency=1),
     OperatingPoint(images_per_s=180, p99_ms=40, concurrency=4),
@@ -87,7 +87,7 @@ def test_cli_plans_from_the_shipped_benchmark(capsys):
     assert cli.main([str(BENCHMARK), "--images-per-s", "1000", "--p99-ms", "120", "--json"]) == 0
 
     plan = json.loads(capsys.readouterr().out)
-    # docs/benchmark.json (2-core run): 104.8 images/s at c=8 is the fastest point with a p99
+    # docs/measurements/2026-11-25-cpu-benchmark.json (2-core run): 104.8 images/s at c=8 is the fastest point with a p99
     # under 120 ms (c=16's is 166 ms); derated to 80 %: ceil(1000 / 83.8) = 12, + 1 spare.
     assert (plan["replicas"], plan["spare"], plan["point"]["concurrency"]) == (13, 1, 8)
 
