@@ -38,7 +38,7 @@ same photographs, one unpadded image per request:
   python tools/serve.py --model-repository build/model_repository &
   {perf_analyzer_command("classifier_data.json")}
 
-See docs/benchmark.md for what each number means and what was tried to make it fast.
+See docs/performance.md for what each number means and what was tried to make it fast.
 """
 
 
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gpu",
         action="store_true",
-        help="the GPU benchmark (docs/gpu.md) of a --device gpu repository: the in-process limit "
+        help="the GPU benchmark (docs/performance.md) of a --device gpu repository: the in-process limit "
         "(DALI mixed decoder into the torch CUDA-graph network), then classifier_native, its ensemble "
         "and the Python-hosted classifier under perf_analyzer over gRPC and HTTP "
         f"(--concurrency default {','.join(map(str, DEFAULT_GPU_CONCURRENCIES))}), with the classifier's own "

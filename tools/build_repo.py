@@ -141,13 +141,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tuning.add_argument(
         "--preprocessing-instances",
         type=int,
-        help="instances of the preprocessing model (default: 1 on cpu, 2 on gpu, where two overlap; docs/gpu.md)",
+        help="instances of the preprocessing model (default: 1 on cpu, 2 on gpu, where two overlap; docs/performance.md)",
     )
     tuning.add_argument("--network-instances", type=int, default=1, help="instances of the network model")
     tuning.add_argument(
         "--classifier-instances",
         type=int,
-        help="instances of the classifier; its Python work limits a GPU server (default: 1 on cpu, 8 on gpu; docs/gpu.md)",
+        help="instances of the classifier; its Python work limits a GPU server (default: 1 on cpu, 8 on gpu; docs/performance.md)",
     )
     tuning.add_argument("--network-threads", type=int, default=0, help="ONNX Runtime intra-op threads of the local network model (0: one per core)")
     tuning.add_argument("--max-image-bytes", type=int, help="largest accepted encoded image (default 16 MiB)")

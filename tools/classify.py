@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help=f"images per request (default: {DEFAULT_IMAGES_PER_REQUEST}, the fastest on a GPU in "
-        "docs/gpu.md; at most the model's max_batch_size)",
+        "docs/performance.md; at most the model's max_batch_size)",
     )
     parser.add_argument(
         "--concurrency",

@@ -35,13 +35,13 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_ARCH = "efficientnet-lite0"
 
 
-# Serving defaults per device, chosen by measurement on an H100 (docs/gpu.md). The mixed
+# Serving defaults per device, chosen by measurement on an H100 (docs/performance.md). The mixed
 # decoder's CPU side (Huffman decoding of what the hardware decoder does not take) needs more
 # than 2 threads (in process, batch 128: 2,165 images/s with 2, 13,770 with 8); the
 # classifier's Python work limits one instance to about 1,300 images/s (8 instances: 3,688).
 DEVICE_DEFAULTS = {
     CPU: {"dali_threads": 2, "hw_decoder_load": 0.65, "preprocessing_instances": 1, "classifier_instances": 1},
-    # Measured on an H100 (docs/gpu.md): two DALI instances overlap one batch's host work with
+    # Measured on an H100 (docs/performance.md): two DALI instances overlap one batch's host work with
     # the other's GPU work (6,432 vs 5,344 images/s at 32 images per request; 4,121 vs 3,841
     # one image per request); 12 classifier instances were slower than 8.
     GPU: {"dali_threads": 8, "hw_decoder_load": 0.65, "preprocessing_instances": 2, "classifier_instances": 8},

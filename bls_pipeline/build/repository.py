@@ -83,13 +83,13 @@ class RepositorySpec:
     preprocessing_instances: int = 1
     network_instances: int = 1
     # The classifier's Python work (trimming, checks, responses) runs one execution at a time
-    # per instance: on a GPU it, not the sub-models, limits throughput (docs/gpu.md).
+    # per instance: on a GPU it, not the sub-models, limits throughput (docs/performance.md).
     classifier_instances: int = 1
     # GPUs to place every model's instances on; empty: each visible GPU (Triton's KIND_GPU rule).
     gpus: tuple[int, ...] = ()
     network_threads: int = 0
     # ONNX Runtime's idle pool threads busy-wait by default; on a CPU shared with DALI and the
-    # Python stubs that costs throughput (docs/benchmark.md: +12 % at concurrency 8 without).
+    # Python stubs that costs throughput (docs/performance.md: +12 % at concurrency 8 without).
     network_spinning: bool = False
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None

@@ -37,7 +37,7 @@ DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 # What a URL's scheme says about its protocol (tritonclient itself takes host:port only).
 _SCHEMES = {"http://": "http", "https://": "http", "grpc://": "grpc"}
 
-# Chosen by the GPU measurement in docs/gpu.md (one H100, the project's client as load
+# Chosen by the GPU measurement in docs/performance.md (one H100, the project's client as load
 # generator): unpadded IMAGE_BYTES over gRPC was the fastest form at every request size
 # (32 images per request, 8 in flight: 6,229 images/s against 5,429 padded and 5,995 over
 # HTTP; 8 per request: 4,621 against 3,547 padded and 2,701 over HTTP), and it sends

@@ -184,7 +184,7 @@ def load_network(
     ``cpu``: ``model.onnx`` on ONNX Runtime's CPU provider (``intra_op_threads`` and
     ``allow_spinning`` apply). ``gpu``: ``model.plan`` on TensorRT when it exists and TensorRT
     is importable, else the build's ``model.pt`` on torch CUDA (FP16, one CUDA graph per batch
-    bucket up to ``max_batch_size``: measured fastest where TensorRT is missing, see docs/gpu.md),
+    bucket up to ``max_batch_size``: measured fastest where TensorRT is missing, see docs/performance.md),
     else ``model.onnx`` on ONNX Runtime's CUDA provider (an error when that provider is missing:
     a GPU repository is never served on the CPU by accident).
     """

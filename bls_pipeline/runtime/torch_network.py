@@ -3,7 +3,7 @@
 The pip-installed Triton has no TensorRT backend and no TensorRT builder is installable here,
 so on a GPU the ``efficientnet-b0`` model of a ``--target local`` repository hosts this
 runtime in a Python-backend model. Why each choice (measured on an H100, see
-``../shared/gpu/README.md`` and docs/gpu.md):
+``../shared/gpu/README.md`` and docs/performance.md):
 
 - FP16 with channels_last is what the tensor cores want for depthwise-separable convolutions.
 - A batch of EfficientNet at inference is hundreds of small kernels: launching them one by one

@@ -1,7 +1,7 @@
 """Bad input through the real server: every valid variant classifies, every bad one is refused
 with INVALID_ARG (HTTP 400) and a message that names the image and the reason.
 
-The formats and messages are documented in ``docs/inputs.md``; keep the two in step.
+The formats and messages are documented in ``docs/endpoint.md``; keep the two in step.
 """
 
 from __future__ import annotations

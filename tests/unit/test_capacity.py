@@ -109,7 +109,7 @@ def test_cli_plans_from_points_given_by_hand(capsys):
     ],
 )
 def test_cli_user_errors_are_one_line_and_non_zero(capsys, monkeypatch, argv, code, message):
-    monkeypatch.chdir(BENCHMARK.parents[1])
+    monkeypatch.chdir(BENCHMARK.parents[2])
     if code == 2:
         with pytest.raises(SystemExit) as raised:
             cli.main(argv)

@@ -30,6 +30,7 @@ from bls_pipeline.serving.metrics import EXECUTE_IMAGES, METRIC_NAMES, REFUSALS,
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+DOCS = ROOT / "docs"
 K8S = DEPLOY / "k8s"
 KUSTOMIZATIONS = ("base", "overlays/prometheus", "overlays/kserve")
 NAMESPACE = "bls"
@@ -91,15 +92,15 @@ def _quantity_bytes(quantity: str) -> int:
 
 
 def _build_command() -> list[str]:
-    """The ``build_repo.py`` arguments of deploy/README.md's section 1."""
-    (line,) = [line for line in (DEPLOY / "README.md").read_text().splitlines() if "tools/build_repo.py --target triton" in line]
+    """The ``build_repo.py`` arguments of docs/kubernetes.md's section 1."""
+    (line,) = [line for line in (DOCS / "kubernetes.md").read_text().splitlines() if "tools/build_repo.py --target triton" in line]
     argv = shlex.split(line)
     return argv[argv.index("tools/build_repo.py") + 1 :]
 
 
 @pytest.fixture(scope="module")
 def deployed_configs() -> dict:
-    """The configs of the repository that deploy/README.md builds (the default ImageNet labels)."""
+    """The configs of the repository that docs/kubernetes.md builds (the default ImageNet labels)."""
     from bls_pipeline.build.pipeline import serving_tuning
     from tools.build_repo import parse_args
 
@@ -261,7 +262,7 @@ def test_shm_volume_holds_what_the_repository_needs(rendered, deployed_configs):
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"], kind
         # A memory-backed emptyDir counts against the container's memory limit.
         assert _quantity_bytes(container["resources"]["limits"]["memory"]) > 4 * needed, kind
-    assert f"--shm-size={needed // MIB}m" in (DEPLOY / "README.md").read_text()
+    assert f"--shm-size={needed // MIB}m" in (DOCS / "kubernetes.md").read_text()
 
 
 def test_containers_run_unprivileged_with_requests_and_limits(rendered):
