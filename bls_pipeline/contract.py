@@ -1,7 +1,7 @@
 """The contract between the client, the ``classifier`` endpoint and its two sub-models.
 
 Model names, tensor names, data types and per-image dims, in one place: the configs
-(:mod:`bls_pipeline.build.model_config`), the Triton adapters, the client, the ONNX export
+(:mod:`bls_pipeline.builder.model_config`), the Triton adapters, the client, the ONNX export
 and the benchmark all import them from here. Standard library only, because the classifier
 imports it inside the NVIDIA Triton container. ``preprocessing/1/dali.py`` keeps its own copy
 of ``DALI_INPUT`` (the DALI backend loads that file without this package); a test holds the

@@ -44,7 +44,7 @@ def photos() -> dict[str, np.ndarray]:
 
 def require_native_backends() -> None:
     """Skip (fail under ``CI=true``) when Triton's native backends are not built here."""
-    from bls_pipeline.devtools.backends import native_backends_dir
+    from bls_pipeline.backends import native_backends_dir
 
     if native_backends_dir() is None:
         reason = "Triton's DALI and ONNX Runtime backends are not built for this environment (python tools/build_backends.py)"
@@ -54,7 +54,7 @@ def require_native_backends() -> None:
 
 
 def _build(tmp_path_factory: pytest.TempPathFactory, hosting: str, device: str = "cpu") -> Path:
-    from bls_pipeline.build.pipeline import BuildOptions, build_repository
+    from bls_pipeline.builder.pipeline import BuildOptions, build_repository
 
     if device == "cpu" and os.environ.get(PREBUILT_GPU_ENV):
         pytest.skip(f"{PREBUILT_GPU_ENV} is set: a GPU run on a prebuilt repository; the CPU hostings run elsewhere")
@@ -107,7 +107,7 @@ def rehost(built: Path, output: Path, hosting: str) -> Path:
     both hostings, the native one under suffixed names, renamed back here."""
     import tempfile
 
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
     from bls_pipeline.devtools.bench.repository import NATIVE_SUFFIX, write_bench_repository
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -178,7 +178,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def device_of(repository: Path) -> str:
     """``cpu`` or ``gpu``: the device a built repository was built for (its network's instance kind)."""
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
 
     return mc.device_of(mc.read_config(repository / mc.NETWORK / "config.pbtxt"))
 
@@ -192,7 +192,7 @@ def repository_device(built_repository: Path) -> str:
 @pytest.fixture(scope="session")
 def max_batch_size(built_repository: Path) -> int:
     """The classifier's ``max_batch_size`` in ``built_repository`` (16 here; a prebuilt GPU one may differ)."""
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
 
     return mc.read_config(built_repository / mc.CLASSIFIER / "config.pbtxt").max_batch_size
 
@@ -200,7 +200,7 @@ def max_batch_size(built_repository: Path) -> int:
 @pytest.fixture(scope="session")
 def triton_server(built_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real ``tritonserver`` on 127.0.0.1 (free ports), serving ``built_repository``."""
-    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+    from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
     options = ServerOptions(
         model_repository=built_repository,
@@ -216,7 +216,7 @@ def triton_server(built_repository: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture()
 def client(triton_server):
     """A client of the session's server."""
-    from bls_pipeline.devtools.client import ClassifierClient
+    from bls_pipeline.client import ClassifierClient
 
     with ClassifierClient(triton_server.url) as client:
         yield client

@@ -1,6 +1,6 @@
 """The one CPU-or-GPU setting of a repository, and how to find a default for it.
 
-``tools/build_repo.py --device cpu|gpu`` picks it; :class:`bls_pipeline.build.repository.RepositorySpec`
+``tools/build_repo.py --device cpu|gpu`` picks it; :class:`bls_pipeline.builder.repository.RepositorySpec`
 carries it into every config (instance kinds), into ``preprocessing.json`` (the DALI decoder)
 and, through the instance kind Triton hands to each model, into the adapters. Nothing else
 decides where the models run.

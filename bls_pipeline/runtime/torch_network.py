@@ -99,7 +99,7 @@ class TorchCudaNetwork:
         """
         import torch
 
-        from bls_pipeline.build.checkpoints import model_from_checkpoint
+        from bls_pipeline.networks.checkpoints import model_from_checkpoint
 
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)

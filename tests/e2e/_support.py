@@ -9,11 +9,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from bls_pipeline.build import model_config as mc
+from bls_pipeline.builder import model_config as mc
 from bls_pipeline.devtools.bench.perf import scrape_metrics
-from bls_pipeline.devtools.client import host_port
-from bls_pipeline.devtools.processes import StubProcess
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, native_backend_models
+from bls_pipeline.client import host_port
+from bls_pipeline.server.processes import StubProcess
+from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, native_backend_models
 
 
 def copy_repository(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bls_pipeline.devtools.client import ClientError
+from bls_pipeline.client import ClientError
 from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.devtools.soak import corrupt_png_data, huge_jpeg_header
 from tests.conftest import DECODER_PROBABILITY_TOLERANCE, encode
@@ -79,7 +79,7 @@ VALID = {
 @pytest.fixture(scope="module")
 def valid_predictions(triton_server, cat):
     """Every valid variant in one request: one server round trip for the whole table."""
-    from bls_pipeline.devtools.client import ClassifierClient
+    from bls_pipeline.client import ClassifierClient
 
     with ClassifierClient(triton_server.url) as client:
         predictions = client.classify([make(cat) for make in VALID.values()], top_k=1000)
@@ -291,7 +291,7 @@ def test_a_request_over_the_byte_limit_is_refused_whatever_its_padding(limited_s
 
 
 def test_the_client_reports_the_refusal_as_one_line(triton_server, cat_jpeg):
-    from bls_pipeline.devtools.client import ClassifierClient
+    from bls_pipeline.client import ClassifierClient
 
     with ClassifierClient(triton_server.url) as client, pytest.raises(ClientError) as raised:
         client.classify([cat_jpeg, b""])

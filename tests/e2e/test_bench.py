@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def bench_server(native_repository, tmp_path_factory):
-    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+    from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
     repository = tmp_path_factory.mktemp("bench") / "model_repository"
     assert write_bench_repository(native_repository, repository) == ENDPOINTS
@@ -32,7 +32,7 @@ def bench_server(native_repository, tmp_path_factory):
 
 @pytest.mark.parametrize("endpoint", ["ensemble", "naive", "bls_native", "ensemble_native"])
 def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_server, photos, endpoint):
-    from bls_pipeline.devtools.client import ClassifierClient
+    from bls_pipeline.client import ClassifierClient
 
     images = [encode(photos[name], "JPEG", quality=90) for name in PHOTOS]
     # The ensembles feed IMAGE to DALI as it is: they take only the padded form.
@@ -48,7 +48,7 @@ def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_ser
 
 
 def test_quick_run_writes_a_complete_result_with_both_hostings_and_a_plot(native_repository, tmp_path, capsys):
-    from tools.bench import main
+    from bls_pipeline.cli.bench import main
 
     json_out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
 
@@ -72,7 +72,7 @@ def test_quick_run_writes_a_complete_result_with_both_hostings_and_a_plot(native
 
 
 def test_perf_analyzer_data_is_written_without_a_server(tmp_path):
-    from tools.bench import main
+    from bls_pipeline.cli.bench import main
 
     path = tmp_path / "data.json"
 

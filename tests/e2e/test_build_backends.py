@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.devtools.backends import build, sources
+from bls_pipeline.backends import build, sources
 from tests.conftest import require_native_backends
 
 pytestmark = pytest.mark.e2e

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.devtools.client import FORMS, ClassifierClient
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.client import FORMS, ClassifierClient
 from bls_pipeline.request.orchestration import classify_request
 from bls_pipeline.runtime.dali import DaliPreprocessor
 from bls_pipeline.runtime.network import OnnxRuntimeNetwork
@@ -68,7 +68,7 @@ def test_the_served_preprocessing_equals_the_python_dali_pipeline(triton_server,
     dali.py as DALI's Python API in this process: the same tensors, to float rounding."""
     import tritonclient.http as httpclient
 
-    from bls_pipeline.devtools.client import host_port
+    from bls_pipeline.client import host_port
 
     batch = pad_batch(mixed_images)
     client = httpclient.InferenceServerClient(host_port(triton_server.url))

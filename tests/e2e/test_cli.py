@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.devtools.cli import ExitCode
-from bls_pipeline.devtools.server import free_port
+from bls_pipeline.cli.common import ExitCode
+from bls_pipeline.server.launcher import free_port
 from tests.conftest import PHOTOS
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +46,7 @@ def declared_flags(tool: str) -> dict[str, bool]:
 
     Read from the source so that the test needs no access to the parser object.
     """
-    tree = ast.parse((REPO_ROOT / "tools" / f"{tool}.py").read_text())
+    tree = ast.parse((REPO_ROOT / "bls_pipeline" / "cli" / f"{tool}.py").read_text())
     flags: dict[str, bool] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":

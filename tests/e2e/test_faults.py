@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.devtools.client import ClassifierClient, ClientError
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.client import ClassifierClient, ClientError
 from bls_pipeline.errors import ServerError
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 from tests.conftest import DECODER_PROBABILITY_TOLERANCE, device_of, encode, repository_fixture
 from bls_pipeline.request.padding import pad_batch
 from tests.e2e._support import copy_repository, hosting_of, raw_infer, scores_by_class, start_server, stub_of

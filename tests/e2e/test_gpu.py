@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_pipeline.devtools.client import ClassifierClient
+from bls_pipeline.client import ClassifierClient
 from tests.conftest import DECODER_PROBABILITY_TOLERANCE, PHOTOS, encode
 from tests.e2e._support import start_server
 
@@ -79,7 +79,7 @@ def test_the_mixed_decoder_gives_the_classes_of_the_cpu_decoder(gpu_repository, 
 def test_cuda_graphs_give_the_logits_of_the_eager_network(gpu_repository):
     import torch
 
-    from bls_pipeline.build.checkpoints import load_checkpoint
+    from bls_pipeline.networks.checkpoints import load_checkpoint
     from bls_pipeline.runtime.torch_network import TorchCudaNetwork
 
     weights = gpu_repository / "efficientnet-b0" / "1" / "model.pt"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.devtools.client import ClassifierClient
-from bls_pipeline.devtools.server import free_port
+from bls_pipeline.client import ClassifierClient
+from bls_pipeline.server.launcher import free_port
 from tests.conftest import PHOTOS
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from bls_pipeline.devtools.client import ClassifierClient, ClientError
+from bls_pipeline.client import ClassifierClient, ClientError
 from bls_pipeline.devtools.soak import corrupt_png_data, huge_jpeg_header
 from tests.conftest import DECODER_PROBABILITY_TOLERANCE, PHOTOS, encode
 from tests.e2e._support import copy_repository, decoding_failure, start_server

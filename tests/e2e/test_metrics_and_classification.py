@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.devtools.client import host_port
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.client import host_port
 from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.serving.metrics import EXECUTE_IMAGES, REFUSALS, STAGE_DURATION, STAGES
 from tests.conftest import PHOTOS, encode

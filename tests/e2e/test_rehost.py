@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.devtools.client import ClassifierClient
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.client import ClassifierClient
 from tests.conftest import PHOTOS, encode, rehost, require_native_backends
 from tests.e2e._support import hosting_of, start_server
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bls_pipeline import contract
-from bls_pipeline.devtools.client import (
+from bls_pipeline.client import (
     MODEL_NAME,
     PROTOCOLS,
     ClassifierClient,
@@ -144,7 +144,7 @@ def test_more_images_than_the_max_batch_size_in_the_bytes_form_is_an_invalid_arg
 def test_classify_cli_sends_the_chosen_form_over_the_chosen_protocol(triton_server, protocol, form, capsys):
     import json
 
-    from tools import classify
+    from bls_pipeline.cli import classify
 
     url = host_port(_url(triton_server, protocol))
 

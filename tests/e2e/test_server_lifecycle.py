@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.devtools.client import ClassifierClient
+from bls_pipeline.client import ClassifierClient
 from bls_pipeline.errors import ServerError
-from bls_pipeline.devtools.processes import SHM_DIR, SHM_PREFIX, shm_segments
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+from bls_pipeline.server.processes import SHM_DIR, SHM_PREFIX, shm_segments
+from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys):
-    from tools.soak import main
+    from bls_pipeline.cli.soak import main
 
     report_path = tmp_path / "soak.json"
     code = main(

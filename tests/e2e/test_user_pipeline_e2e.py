@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.user_pipeline import sample_photos
-from bls_pipeline.devtools.client import ClassifierClient, host_port
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.user_pipeline import sample_photos
+from bls_pipeline.client import ClassifierClient, host_port
 from tests.conftest import PHOTOS, TUTORIAL_ARGS, TUTORIAL_SCRIPT, require_native_backends, run_tutorial_pipeline_with_its_reader
 from tests.e2e._support import start_server
 
@@ -35,7 +35,7 @@ def built(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
     import contextlib
     import io
 
-    from tools.build_repo import main
+    from bls_pipeline.cli.build_repo import main
 
     target, flags = request.param
     if target == "triton":

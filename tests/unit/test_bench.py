@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 from PIL import Image
 
-from bls_pipeline.build import model_config as mc
+from bls_pipeline.builder import model_config as mc
 from bls_pipeline.devtools.bench.load import LoadSample, request_inputs
 from bls_pipeline.devtools.bench.run import (
     BenchOptions,
@@ -235,8 +235,8 @@ def test_images_per_request_must_be_positive(tmp_path):
 
 def test_the_naive_model_declares_the_classifiers_top_k_outputs_only():
     from bls_pipeline import contract
-    from bls_pipeline.build import model_config as mc
-    from bls_pipeline.build.repository import RepositorySpec
+    from bls_pipeline.builder import model_config as mc
+    from bls_pipeline.builder.repository import RepositorySpec
     from bls_pipeline.devtools.bench.repository import naive_config
 
     configs = RepositorySpec(target="local", max_batch_size=4, num_classes=10).configs()
@@ -248,7 +248,7 @@ def test_the_naive_model_declares_the_classifiers_top_k_outputs_only():
 
 
 def test_a_failing_endpoint_is_the_servers_fault_for_the_exit_code():
-    from bls_pipeline.devtools.cli import ExitCode, exit_code_for
+    from bls_pipeline.cli.common import ExitCode, exit_code_for
     from bls_pipeline.errors import BenchError, EndpointFailure
 
     assert exit_code_for(EndpointFailure("classifier: a request failed: [500] boom")) == ExitCode.SERVER

@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.build.checkpoints``: safe, strict loading of real checkpoints."""
+"""Specification of ``bls_pipeline.networks.checkpoints``: safe, strict loading of real checkpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from skimage import data as skdata
 from torch import nn
 
-from bls_pipeline.build.checkpoints import (
+from bls_pipeline.networks.checkpoints import (
     ARCHITECTURES,
     ArchSpec,
     default_checkpoint_path,
@@ -23,7 +23,7 @@ from bls_pipeline.build.checkpoints import (
 )
 from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.devtools.bench.naive import PilPreprocessor
-from bls_pipeline.build.preprocessing import IMAGENET_MEAN, PreprocessingSettings
+from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, PreprocessingSettings
 from tests.conftest import encode
 
 ARCH_NAMES = sorted(ARCHITECTURES)

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from bls_pipeline import contract
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.repository import RepositorySpec
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.repository import RepositorySpec
 
 
 def test_the_contract_imports_nothing_outside_the_standard_library():
@@ -59,7 +59,7 @@ def test_dali_py_keeps_a_copy_of_the_contract_that_equals_it():
 
 
 def test_the_export_client_and_benchmark_use_the_contract_names():
-    from bls_pipeline.build import export
+    from bls_pipeline.builder import export
     from bls_pipeline.devtools import client
     from bls_pipeline.devtools.bench.images import BenchImage
     from bls_pipeline.devtools.bench.report import perf_analyzer_data

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.repository import RepositorySpec
-from bls_pipeline.devtools.server import ServerOptions
-from bls_pipeline.devtools.sizing import MIB, ServerSizing, dev_shm_bytes
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.repository import RepositorySpec
+from bls_pipeline.server.launcher import ServerOptions
+from bls_pipeline.server.sizing import MIB, ServerSizing, dev_shm_bytes
 from bls_pipeline.serving.metrics import EXECUTE_IMAGES, METRIC_NAMES, REFUSALS, STAGE_DURATION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +101,8 @@ def _build_command() -> list[str]:
 @pytest.fixture(scope="module")
 def deployed_configs() -> dict:
     """The configs of the repository that docs/kubernetes.md builds (the default ImageNet labels)."""
-    from bls_pipeline.build.pipeline import serving_tuning
-    from tools.build_repo import parse_args
+    from bls_pipeline.builder.pipeline import serving_tuning
+    from bls_pipeline.cli.build_repo import parse_args
 
     args = parse_args(_build_command())
     assert (args.target, args.device) == ("triton", "gpu")

@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.build.export``: ONNX with a dynamic batch axis, checked against
+"""Specification of ``bls_pipeline.builder.export``: ONNX with a dynamic batch axis, checked against
 torch, and the TensorRT engine build where TensorRT exists."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from bls_pipeline.build import export
-from bls_pipeline.build.checkpoints import ARCHITECTURES, default_checkpoint_path, load_checkpoint
+from bls_pipeline.builder import export
+from bls_pipeline.networks.checkpoints import ARCHITECTURES, default_checkpoint_path, load_checkpoint
 from bls_pipeline.errors import ExportError
-from bls_pipeline.build.export import (
+from bls_pipeline.builder.export import (
     INPUT_NAME,
     OUTPUT_NAME,
     build_tensorrt_engine,

@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.devtools.files``: collecting paths, results, the table.
+"""Specification of ``bls_pipeline.client_files``: collecting paths, results, the table.
 
 Classifying through a real server (fan-out, retries, order of the streamed results) is
 specified end to end in ``tests/e2e/test_cli.py``.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from bls_pipeline.devtools.client import ClientError, Prediction, single_image_reason
-from bls_pipeline.devtools.files import FileResult, collect_files, format_table
+from bls_pipeline.client import ClientError, Prediction, single_image_reason
+from bls_pipeline.client_files import FileResult, collect_files, format_table
 
 
 def test_collect_files_searches_folders_recursively_by_case_insensitive_extension(tmp_path):

@@ -1,13 +1,13 @@
-"""Specification of ``bls_pipeline.build.hosting`` and of a local repository on Triton's own
+"""Specification of ``bls_pipeline.builder.hosting`` and of a local repository on Triton's own
 backends: who hosts each sub-model, and the configs and files that follow from it."""
 
 from __future__ import annotations
 
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.hosting import AUTO, NATIVE, PYTHON, choose_hosting
-from bls_pipeline.build.repository import RepositorySpec
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.hosting import AUTO, NATIVE, PYTHON, choose_hosting
+from bls_pipeline.builder.repository import RepositorySpec
 from bls_pipeline.errors import ConfigError
 
 
@@ -85,7 +85,7 @@ def test_a_model_that_cannot_be_hosted_natively_here_is_refused(native, kwargs, 
 
 
 def test_a_natively_hosted_local_repository_ships_a_serialized_pipeline_and_no_model_py(tmp_path):
-    from bls_pipeline.build.repository import DALI_FILE, MODEL_FILE, SERIALIZED_FILE, write_repository
+    from bls_pipeline.builder.repository import DALI_FILE, MODEL_FILE, SERIALIZED_FILE, write_repository
 
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"onnx")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bls_pipeline.build.repository import TEMPLATE_DIR
+from bls_pipeline.builder.repository import TEMPLATE_DIR
 from bls_pipeline.model_sources import model_source, model_sources_dir
 from bls_pipeline.runtime.dali import PACKAGED_PIPELINE
 

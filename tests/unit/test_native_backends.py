@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.devtools.backends``: the pure logic of the native backend
+"""Specification of ``bls_pipeline.backends``: the pure logic of the native backend
 build (commit checks, cache keys, source edits, missing-tool messages, library retargeting).
 
 The build itself (a minute of compiling) is exercised by the e2e tests' session fixture.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.devtools.backends import build, recipe, sources, toolchain
-from bls_pipeline.devtools.backends.site import Site, needed_replacements
+from bls_pipeline.backends import build, recipe, sources, toolchain
+from bls_pipeline.backends.site import Site, needed_replacements
 from bls_pipeline.errors import BackendBuildError
 
 SHARED = build.DEFAULT_SOURCES

@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.build.repository``: the configs and files of a model repository."""
+"""Specification of ``bls_pipeline.builder.repository``: the configs and files of a model repository."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_pipeline.build import model_config as mc
+from bls_pipeline.builder import model_config as mc
 from bls_pipeline.request.orchestration import ClassifierSettings
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.build.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
-from bls_pipeline.build.repository import (
+from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
+from bls_pipeline.builder.repository import (
     DALI_FILE,
     LABELS_FILE,
     MODEL_FILE,
@@ -228,7 +228,7 @@ def test_tensorrt_needs_the_gpu_device() -> None:
 
 
 def test_preprocessing_defaults_come_from_the_architecture() -> None:
-    from bls_pipeline.build.checkpoints import get_arch
+    from bls_pipeline.networks.checkpoints import get_arch
 
     assert preprocessing_defaults("efficientnet-lite0") is get_arch("efficientnet-lite0").preprocessing
     assert preprocessing_defaults("efficientnet_b0").interpolation == "cubic"

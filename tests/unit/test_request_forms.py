@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bls_pipeline import contract
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.devtools.client import (
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.client import (
     DEFAULT_PORTS,
     DEFAULT_PROTOCOL,
     PROTOCOLS,
@@ -109,7 +109,7 @@ def test_a_malformed_bytes_tensor_is_refused(encoded, message):
 
 @pytest.mark.parametrize("target", mc.TARGETS)
 def test_both_forms_are_optional_inputs_of_the_classifier_on_every_target(target):
-    from bls_pipeline.build.repository import RepositorySpec
+    from bls_pipeline.builder.repository import RepositorySpec
 
     inputs = {i.name: i for i in RepositorySpec(target=target, max_batch_size=4, num_classes=7).configs()[contract.CLASSIFIER].input}
 
@@ -204,7 +204,7 @@ def test_the_bench_sends_the_bytes_form_only_to_endpoints_that_take_it(tmp_path)
 
 
 def test_a_model_without_image_bytes_gets_the_way_out_named():
-    from bls_pipeline.devtools.client import request_failure
+    from bls_pipeline.client import request_failure
 
     triton = RuntimeError("[StatusCode.INVALID_ARGUMENT] [request id: <id_unknown>] unexpected inference input 'IMAGE_BYTES' for model 'classifier'")
 
@@ -216,9 +216,9 @@ def test_a_model_without_image_bytes_gets_the_way_out_named():
 
 def test_the_demo_rebuilds_a_repository_from_before_image_bytes(tmp_path, monkeypatch):
     from bls_pipeline import contract
-    from bls_pipeline.build import model_config as mc
-    from bls_pipeline.build.repository import RepositorySpec
-    from tools import demo
+    from bls_pipeline.builder import model_config as mc
+    from bls_pipeline.builder.repository import RepositorySpec
+    from bls_pipeline.cli import demo
 
     monkeypatch.setattr(demo, "native_backends_dir", lambda: None)
     config = RepositorySpec(target="local", device="cpu", max_batch_size=8, num_classes=10).configs()[mc.CLASSIFIER]

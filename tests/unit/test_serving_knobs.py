@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.repository import RepositorySpec
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.repository import RepositorySpec
 from bls_pipeline.errors import ConfigError
 
 
@@ -50,7 +50,7 @@ def test_zero_instances_are_refused():
     ],
 )
 def test_unset_knobs_take_the_devices_measured_defaults(tmp_path, device, given, expected):
-    from bls_pipeline.build.pipeline import BuildOptions, serving_tuning
+    from bls_pipeline.builder.pipeline import BuildOptions, serving_tuning
 
     assert serving_tuning(BuildOptions(output=tmp_path, **given), device) == expected
 
@@ -75,7 +75,7 @@ def test_gpus_need_the_gpu_device():
 
 @pytest.mark.parametrize("text", ["0,x", "0,0", "-1"])
 def test_build_repo_refuses_a_bad_gpu_list(text, capsys):
-    from tools.build_repo import main
+    from bls_pipeline.cli.build_repo import main
 
     with pytest.raises(SystemExit) as raised:
         main(["--gpus", text])

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.repository import RepositorySpec
-from bls_pipeline.devtools.sizing import MIB, MIN_CUDA_POOL_BYTES, MIN_SHM_BYTES, ServerSizing, dev_shm_bytes
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.repository import RepositorySpec
+from bls_pipeline.server.sizing import MIB, MIN_CUDA_POOL_BYTES, MIN_SHM_BYTES, ServerSizing, dev_shm_bytes
 
 IMAGE_BYTES = 3 * 224 * 224 * 4
 

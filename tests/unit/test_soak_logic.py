@@ -178,7 +178,7 @@ def test_the_json_report_has_growth_figures_or_none_without_memory_readings():
 
 
 def test_the_cli_documents_every_flag(capsys):
-    from tools.soak import main
+    from bls_pipeline.cli.soak import main
 
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
@@ -191,7 +191,7 @@ def test_the_cli_documents_every_flag(capsys):
 
 
 def test_the_cli_refuses_impossible_options_with_one_line(capsys):
-    from tools.soak import main
+    from bls_pipeline.cli.soak import main
 
     assert main(["--url", "127.0.0.1:1", "--requests", "0"]) == 2
     assert capsys.readouterr().err == "soak: error: requests must be at least 1, got 0\n"

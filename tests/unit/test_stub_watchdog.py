@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.devtools.processes import StubProcess, models_with_dead_stubs, stub_processes
-from bls_pipeline.devtools.server import ServerOptions
+from bls_pipeline.server.processes import StubProcess, models_with_dead_stubs, stub_processes
+from bls_pipeline.server.launcher import ServerOptions
 
 
 def stub(pid: int, model: str) -> StubProcess:
@@ -66,7 +66,7 @@ def test_dead_children_are_not_live_stubs(tmp_path: Path):
 
 
 def test_the_watchdog_needs_explicit_model_control_and_can_be_turned_off(tmp_path: Path):
-    from bls_pipeline.devtools.server import LocalTritonServer
+    from bls_pipeline.server.launcher import LocalTritonServer
 
     on = LocalTritonServer(ServerOptions(tmp_path)).command(tmp_path, tmp_path / "tritonserver")
     off = LocalTritonServer(ServerOptions(tmp_path, restart_dead_stubs=False)).command(tmp_path, tmp_path / "tritonserver")
@@ -76,7 +76,7 @@ def test_the_watchdog_needs_explicit_model_control_and_can_be_turned_off(tmp_pat
 
 
 def test_the_model_repository_api_of_explicit_mode_needs_a_per_server_key(tmp_path: Path):
-    from bls_pipeline.devtools.server import ADMIN_HEADER, LocalTritonServer
+    from bls_pipeline.server.launcher import ADMIN_HEADER, LocalTritonServer
 
     first, second = (LocalTritonServer(ServerOptions(tmp_path)) for _ in range(2))
     command = first.command(tmp_path, tmp_path / "tritonserver")

@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.devtools.cli``: one exit code per kind of failure, progress bars."""
+"""Specification of ``bls_pipeline.cli.common``: one exit code per kind of failure, progress bars."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from bls_pipeline.devtools.cli import ExitCode, exit_code_for, progress_bar, report_error
-from bls_pipeline.devtools.client import ClientError
+from bls_pipeline.cli.common import ExitCode, exit_code_for, progress_bar, report_error
+from bls_pipeline.client import ClientError
 from bls_pipeline.errors import CheckpointError, ConfigError, ServerError
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bls_pipeline.build import networks
-from bls_pipeline.build.export import save_torch_weights
+from bls_pipeline.networks import architectures
+from bls_pipeline.builder.export import save_torch_weights
 from bls_pipeline.runtime.torch_network import TorchCudaNetwork, batch_buckets, bucket_for
 
 
@@ -35,7 +35,7 @@ def test_a_batch_outside_the_buckets_is_refused(count):
 
 def test_saved_weights_rebuild_the_same_network(tmp_path):
     torch.manual_seed(0)
-    model = networks.dle_efficientnet_b0(num_classes=10).eval()
+    model = architectures.dle_efficientnet_b0(num_classes=10).eval()
     path = save_torch_weights(model, tmp_path / "model.pt", arch="efficientnet-b0", image_size=64, fp16=False)
     saved = torch.load(path, weights_only=True)
     assert (saved["arch"], saved["image_size"]) == ("efficientnet-b0", 64)
@@ -67,7 +67,7 @@ def test_a_corrupt_file_is_refused_naming_it(tmp_path, content):
 
 
 def test_fp16_weights_are_half_the_size(tmp_path):
-    model = networks.dle_efficientnet_b0(num_classes=10)
+    model = architectures.dle_efficientnet_b0(num_classes=10)
     full = save_torch_weights(model, tmp_path / "fp32.pt", arch="efficientnet-b0", image_size=224, fp16=False).stat().st_size
     half = save_torch_weights(model, tmp_path / "fp16.pt", arch="efficientnet-b0", image_size=224).stat().st_size
     assert half < 0.6 * full

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from bls_pipeline.build import model_config as mc
+from bls_pipeline.builder import model_config as mc
 from bls_pipeline.request.padding import pad_batch
 from tests.conftest import encode
 

@@ -1,4 +1,4 @@
-"""Specification of ``bls_pipeline.build.user_pipeline``: a training script's DALI pipeline,
+"""Specification of ``bls_pipeline.builder.user_pipeline``: a training script's DALI pipeline,
 converted into the served preprocessing, refused where it cannot be served, and verified.
 
 The pipelines are real ones in ``tests/fixtures/pipelines/`` (written the way training code
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.repository import RepositorySpec, write_repository
-from bls_pipeline.build.user_pipeline import (
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.repository import RepositorySpec, write_repository
+from bls_pipeline.builder.user_pipeline import (
     PipelineSource,
     UserPipelineError,
     convert_pipeline,
@@ -341,7 +341,7 @@ def test_a_pipeline_converted_for_another_device_is_refused(tutorial) -> None:
     ],
 )
 def test_build_repo_refuses_in_one_line_and_writes_nothing(tmp_path: Path, capsys, arguments, code, message) -> None:
-    from tools.build_repo import main
+    from bls_pipeline.cli.build_repo import main
 
     output = tmp_path / "repository"
     # The exit-code convention: 2 for flags that do not go together, 3 for an unservable input.
@@ -351,7 +351,7 @@ def test_build_repo_refuses_in_one_line_and_writes_nothing(tmp_path: Path, capsy
 
 
 def test_tfrecord_records_carry_the_crc32c_of_the_format() -> None:
-    from bls_pipeline.build.reader_layouts import _crc32c
+    from bls_pipeline.builder.reader_layouts import _crc32c
 
     assert _crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
 

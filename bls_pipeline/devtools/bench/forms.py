@@ -5,7 +5,7 @@ zero-padded rows of ``IMAGE`` (``[N, L]`` uint8, every row as long as the longes
 ``IMAGE_BYTES`` (``[N, 1]`` BYTES, every file as it is). With one image per request the two
 carry the same bytes; with several, padding sends ``N x max(len)`` bytes for ``sum(len)`` of
 files. This module measures both forms, over gRPC and HTTP, at several images per request,
-with :class:`~bls_pipeline.devtools.client.ClassifierClient` itself as the load generator
+with :class:`~bls_pipeline.client.ClassifierClient` itself as the load generator
 (the numbers are what a user of the client gets), spread over several processes so that the
 client's Python does not starve the server.
 
@@ -29,7 +29,7 @@ from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.load import check_request_form, request_groups
 from bls_pipeline.devtools.bench.run import percentile
-from bls_pipeline.devtools.client import FORMS
+from bls_pipeline.client import FORMS
 from bls_pipeline.errors import EndpointFailure
 
 # (images per request, requests in flight): 256 images in flight at every point, the load at
@@ -101,7 +101,7 @@ class _Share:
 def _drive(share: _Share) -> list[float]:
     """Closed loop in one process: ``share.concurrency`` requests always in flight; returns
     the latency (s) of every request sent and answered inside the window."""
-    from bls_pipeline.devtools.client import ClassifierClient
+    from bls_pipeline.client import ClassifierClient
 
     load = share.load
     latencies: list[float] = []

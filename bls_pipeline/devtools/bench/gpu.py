@@ -99,7 +99,7 @@ class InProcessGpu:
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        from bls_pipeline.build import model_config as mc
+        from bls_pipeline.builder import model_config as mc
         from bls_pipeline.runtime.dali import load_pipeline_module, pipeline_from_settings
         from bls_pipeline.runtime.network import TORCH_WEIGHTS_FILE
         from bls_pipeline.runtime.torch_network import TorchCudaNetwork
@@ -302,10 +302,10 @@ def measure_in_process(repository: Path, images: Sequence[BenchImage], options: 
 def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                       progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Measure everything in the module docstring; returns the JSON-ready result."""
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
     from bls_pipeline.devtools.bench.repository import write_bench_repository
-    from bls_pipeline.devtools.client import host_port
-    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+    from bls_pipeline.client import host_port
+    from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
     repository = Path(options.repository)
     if not (repository / mc.CLASSIFIER / "config.pbtxt").is_file():
@@ -373,7 +373,7 @@ def _sub_models_alone(classifier: Path, images: Sequence[BenchImage], grpc_url: 
     tensors of its input shape, in host memory (the classifier hands it a GPU tensor).
     """
     from bls_pipeline import contract
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
 
     parameters = mc.read_config(classifier / "config.pbtxt").parameters
     preprocessing = parameters["preprocessing_model"].string_value

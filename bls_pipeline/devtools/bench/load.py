@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.devtools.client import image_input, requested_outputs
+from bls_pipeline.client import image_input, requested_outputs
 from bls_pipeline.errors import BenchError, EndpointFailure
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.networks.preprocessing import PreprocessingSettings
 
 # DALI's interpolation names -> PIL filters; PIL has no "triangular": its antialiased
 # bilinear filter is the triangle filter when downscaling.

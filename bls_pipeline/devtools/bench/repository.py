@@ -32,10 +32,10 @@ import shutil
 from pathlib import Path
 
 from bls_pipeline import contract
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.hosting import AUTO, choose_hosting
-from bls_pipeline.build.preprocessing import PreprocessingSettings
-from bls_pipeline.build.repository import (
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.hosting import AUTO, choose_hosting
+from bls_pipeline.networks.preprocessing import PreprocessingSettings
+from bls_pipeline.builder.repository import (
     DALI_FILE,
     LABELS_FILE,
     MODEL_FILE,
@@ -46,7 +46,7 @@ from bls_pipeline.build.repository import (
     RepositorySpec,
     serialize_pipeline,
 )
-from bls_pipeline.devtools.backends import native_backends_dir
+from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from bls_pipeline import contract
-from bls_pipeline.devtools.client import host_port
+from bls_pipeline.client import host_port
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.load import LoadSample, check_request_form, closed_loop_load
 from bls_pipeline.errors import BenchError
@@ -355,7 +355,7 @@ class _InProcess:
 
     @classmethod
     def from_repository(cls, repository: Path, max_batch_size: int) -> "_InProcess":
-        from bls_pipeline.build import model_config as mc
+        from bls_pipeline.builder import model_config as mc
         from bls_pipeline.runtime.dali import DaliPreprocessor
         from bls_pipeline.runtime.device import GPU
         from bls_pipeline.runtime.network import load_network, network_options
@@ -426,14 +426,14 @@ def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options
 
 
 def _max_batch_size(repository: Path) -> int:
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
 
     return mc.read_config(repository / mc.CLASSIFIER / "config.pbtxt").max_batch_size
 
 
 def _repository_settings(repository: Path) -> dict[str, Any]:
     """The serving knobs of the measured repository, so a result says what it measured."""
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
 
     settings: dict[str, Any] = {}
     for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK):
@@ -456,7 +456,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Measure everything (see the module docstring) and return the JSON-ready result."""
     from bls_pipeline.devtools.bench.repository import write_bench_repository
-    from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+    from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
     if not images:
         raise BenchError("no images to benchmark")

@@ -65,7 +65,7 @@ class ServerSizing:
         visible GPU (an instance group without ``gpus`` places its instances on each).
         ``None`` when the repository has no such models (a test's or a user's own models).
         """
-        from bls_pipeline.build import model_config as mc
+        from bls_pipeline.builder import model_config as mc
 
         paths = [Path(repository) / name / "config.pbtxt" for name in (mc.PREPROCESSING, mc.NETWORK)]
         if not all(path.is_file() for path in paths):
@@ -79,7 +79,7 @@ class ServerSizing:
     @classmethod
     def from_configs(cls, preprocessing, network, gpus: tuple[int, ...] = (0,)) -> "ServerSizing":
         """Size for the ``preprocessing`` and network configs (``ModelConfig`` messages)."""
-        from bls_pipeline.build import model_config as mc
+        from bls_pipeline.builder import model_config as mc
 
         # The network's input is the preprocessed image with concrete dims (the DALI model's
         # output may be declared [-1, -1, -1] when autoconfigured).
@@ -147,7 +147,7 @@ def dev_shm_bytes(configs: Mapping[str, object], *, shm_default_byte_size: int, 
     with ``images = max_batch_size * max_image_bytes``, ``dali`` the batch of preprocessed
     images and ``logits = max_batch_size * classes * 4``.
     """
-    from bls_pipeline.build import model_config as mc
+    from bls_pipeline.builder import model_config as mc
     from bls_pipeline.request.orchestration import ClassifierSettings
 
     classifier, network = configs[mc.CLASSIFIER], configs[mc.NETWORK]

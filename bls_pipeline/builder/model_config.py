@@ -46,7 +46,7 @@ ModelConfig = model_config_pb2.ModelConfig
 TARGETS = ("triton", "local")
 FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
 # The ONNX Runtime session config entry that our build of Triton's ONNX Runtime backend passes
-# through from the model parameters (bls_pipeline.devtools.backends.recipe).
+# through from the model parameters (bls_pipeline.backends.recipe).
 ORT_ALLOW_SPINNING = "session.intra_op.allow_spinning"
 RUNTIMES = ("tensorrt", "onnxruntime")
 

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bls_pipeline.build.model_config import ORT_ALLOW_SPINNING
+from bls_pipeline.builder.model_config import ORT_ALLOW_SPINNING
 from bls_pipeline.errors import BackendBuildError
 
 FILES = Path(__file__).with_name("files")

@@ -14,16 +14,16 @@ import os
 from pathlib import Path
 
 from bls_pipeline import contract
-from bls_pipeline.build import model_config as mc
-from bls_pipeline.build.pipeline import BuildOptions, build_repository
-from bls_pipeline.devtools.cli import EXIT_CODES_HELP, report_error
-from bls_pipeline.devtools.client import DEFAULT_PROTOCOL
+from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.pipeline import BuildOptions, build_repository
+from bls_pipeline.cli.common import EXIT_CODES_HELP, report_error
+from bls_pipeline.client import DEFAULT_PROTOCOL
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.devtools.backends import native_backends_dir
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting, native_backend_models
-from tools import classify
+from bls_pipeline.backends import native_backends_dir
+from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting, native_backend_models
+from bls_pipeline.cli import classify
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from bls_pipeline.devtools.client import ClientError
+from bls_pipeline.client import ClientError
 from bls_pipeline.errors import ServerError
 
 # Where build_repo writes a repository unless told otherwise, and where serve and bench look.

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.build.preprocessing import PreprocessingSettings
-from bls_pipeline.build.user_pipeline import ConvertedPipeline, PipelineSource, convert_for_repository
+from bls_pipeline.networks.preprocessing import PreprocessingSettings
+from bls_pipeline.builder.user_pipeline import ConvertedPipeline, PipelineSource, convert_for_repository
 from bls_pipeline.runtime.device import CPU, GPU, check_device, detect_device
-from bls_pipeline.build.hosting import AUTO, ModelHosting, choose_hosting
-from bls_pipeline.build.repository import (
+from bls_pipeline.builder.hosting import AUTO, ModelHosting, choose_hosting
+from bls_pipeline.builder.repository import (
     RepositorySpec,
     prepare_output,
     preprocessing_defaults,
@@ -79,7 +79,7 @@ class BuildOptions:
     # The user's DALI validation pipeline, served instead of the built-in preprocessing.
     dali_pipeline: PipelineSource | None = None
     # auto: Triton's own DALI / ONNX Runtime backends where tools/build_backends.py built them
-    # (local target), else Python-backend models; native or python to insist (build.hosting).
+    # (local target), else Python-backend models; native or python to insist (builder.hosting).
     hosting: str = AUTO
 
 
@@ -106,8 +106,8 @@ def serving_tuning(options: BuildOptions, device: str) -> dict[str, int | float]
 
 def build_repository(options: BuildOptions, progress: Callable[[str], None] = LOGGER.info) -> BuildReport:
     """Build the repository described by ``options``; see the module docstring."""
-    from bls_pipeline.build.checkpoints import default_checkpoint_path, load_checkpoint
-    from bls_pipeline.build.export import (
+    from bls_pipeline.networks.checkpoints import default_checkpoint_path, load_checkpoint
+    from bls_pipeline.builder.export import (
         build_tensorrt_engine,
         export_onnx,
         save_torch_weights,
@@ -230,6 +230,6 @@ def _count_classes(model, crop: int) -> int:
 
 def _native_backends_built() -> bool:
     # Imported here: the repository build does not otherwise depend on the developer tools.
-    from bls_pipeline.devtools.backends import native_backends_dir
+    from bls_pipeline.backends import native_backends_dir
 
     return native_backends_dir() is not None

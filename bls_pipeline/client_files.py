@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bls_pipeline.devtools.client import (
+from bls_pipeline.client import (
     ClassifierClient,
     ClientError,
     PendingRequest,

@@ -9,7 +9,7 @@ strictly.
 
 Example::
 
-    from bls_pipeline.build.checkpoints import default_checkpoint_path, get_arch, load_checkpoint
+    from bls_pipeline.networks.checkpoints import default_checkpoint_path, get_arch, load_checkpoint
 
     model = load_checkpoint(default_checkpoint_path(), "efficientnet-lite0")
     settings = get_arch("efficientnet-lite0").preprocessing  # resize, crop, mean, std, ...
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bls_pipeline.build import networks
+from bls_pipeline.networks import architectures
 from bls_pipeline.errors import CheckpointError
-from bls_pipeline.build.preprocessing import (
+from bls_pipeline.networks.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TF_LITE_MEAN,
@@ -51,7 +51,7 @@ class ArchSpec:
     """An architecture this package can load, with the preprocessing its weights expect.
 
     ``preprocessing`` is the single source of the architecture's validation transform: the
-    repository build serves it through DALI (see :mod:`bls_pipeline.build.preprocessing`).
+    repository build serves it through DALI (see :mod:`bls_pipeline.networks.preprocessing`).
     ``rename_key`` maps keys of older published checkpoints onto the current layout.
     ``marker_key`` is a state-dict key that only this layout has; it identifies the layout
     of an unknown checkpoint. ``classifier_key`` is the final linear layer's weight, whose
@@ -76,7 +76,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     for spec in (
         ArchSpec(
             name="efficientnet-lite0",
-            builder=networks.efficientnet_lite0,
+            builder=architectures.efficientnet_lite0,
             marker_key="_conv_stem.weight",
             classifier_key="_fc.weight",
             # TF-Lite normalization: the shipped weights' stem batch-norm running means match
@@ -96,7 +96,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ),
         ArchSpec(
             name="efficientnet-b0",
-            builder=networks.dle_efficientnet_b0,
+            builder=architectures.dle_efficientnet_b0,
             marker_key="stem.conv.weight",
             classifier_key="classifier.fc.weight",
             # NVIDIA DeepLearningExamples ConvNets DALI validation pipeline: resize to
@@ -112,7 +112,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ),
         ArchSpec(
             name="torchvision-efficientnet_b0",
-            builder=networks.torchvision_efficientnet_b0,
+            builder=architectures.torchvision_efficientnet_b0,
             marker_key="features.0.0.weight",
             classifier_key="classifier.1.weight",
             # torchvision EfficientNet_B0_Weights.IMAGENET1K_V1: bicubic resize 256, crop 224,

@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
+from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.soak import SoakOptions, build_samples, format_report, run_soak
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = build_samples(args.seed)
     try:
         if args.model_repository is not None:
-            from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions
+            from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
             server_options = ServerOptions(args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
             with LocalTritonServer(server_options) as server:

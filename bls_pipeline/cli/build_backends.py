@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bls_pipeline.devtools.backends import BuildOptions, build_backends, default_cache, default_sources
-from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
+from bls_pipeline.backends import BuildOptions, build_backends, default_cache, default_sources
+from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bls_pipeline.build.model_config import NETWORK, PREPROCESSING, check_target
+from bls_pipeline.builder.model_config import NETWORK, PREPROCESSING, check_target
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.runtime.device import GPU
 

@@ -13,7 +13,7 @@ build, the tests and the Triton-side code can all import it.
 Example::
 
     from dataclasses import replace
-    from bls_pipeline.build.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
+    from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
 
     settings = PreprocessingSettings(interpolation="cubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     bigger = replace(settings, resize_shorter=320, crop=288)   # validated again

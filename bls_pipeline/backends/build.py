@@ -23,14 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bls_pipeline.devtools.backends import recipe, sources, toolchain
-from bls_pipeline.devtools.backends.site import Site, install_copy, installed_site, installed_versions, retarget
+from bls_pipeline.backends import recipe, sources, toolchain
+from bls_pipeline.backends.site import Site, install_copy, installed_site, installed_versions, retarget
 from bls_pipeline.errors import BackendBuildError
 
 BACKENDS = ("dali", "onnxruntime")
 CACHE_ENV = "BLS_BACKENDS_CACHE"
 # The archives this project's machines share; a fresh clone elsewhere downloads from GitHub.
-DEFAULT_SOURCES = Path(__file__).resolve().parents[3].parent / "shared" / "vendor" / "triton-backends"
+DEFAULT_SOURCES = Path(__file__).resolve().parents[2].parent / "shared" / "vendor" / "triton-backends"
 Progress = Callable[[str], None]
 
 

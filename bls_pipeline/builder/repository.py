@@ -23,15 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from bls_pipeline.build import model_config as mc
+from bls_pipeline.builder import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
-from bls_pipeline.build.preprocessing import PreprocessingSettings
+from bls_pipeline.networks.preprocessing import PreprocessingSettings
 from bls_pipeline.runtime.dali import SERIALIZED_FILE
 from bls_pipeline.model_sources import model_sources_dir
 from bls_pipeline.runtime.device import CPU, GPU, decoder_device, detect_device
 
 if TYPE_CHECKING:
-    from bls_pipeline.build.user_pipeline import ConvertedPipeline
+    from bls_pipeline.builder.user_pipeline import ConvertedPipeline
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def preprocessing_defaults(arch: str) -> PreprocessingSettings:
     ``arch`` raises :class:`ConfigError`.
     """
     # Imported here: checkpoints needs torch, and this module is otherwise torch-free.
-    from bls_pipeline.build.checkpoints import get_arch
+    from bls_pipeline.networks.checkpoints import get_arch
 
     try:
         return get_arch(arch).preprocessing
@@ -95,11 +95,11 @@ class RepositorySpec:
     max_image_pixels: int | None = None
     max_request_bytes: int | None = None
     queue_delay_us: int = 0
-    # A converted user pipeline (bls_pipeline.build.user_pipeline): served as model.dali
+    # A converted user pipeline (bls_pipeline.builder.user_pipeline): served as model.dali
     # instead of dali.py + preprocessing.json.
     user_pipeline: ConvertedPipeline | None = None
     # Local target: the sub-models served by Triton's own backends built with
-    # tools/build_backends.py (see build.hosting); the triton target always uses them.
+    # tools/build_backends.py (see builder.hosting); the triton target always uses them.
     native_models: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:

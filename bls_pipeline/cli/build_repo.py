@@ -17,15 +17,15 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from bls_pipeline.build.pipeline import DEFAULT_ARCH, BuildOptions, build_repository
-from bls_pipeline.build.checkpoints import ARCH_ALIASES, ARCHITECTURES
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
+from bls_pipeline.builder.pipeline import DEFAULT_ARCH, BuildOptions, build_repository
+from bls_pipeline.networks.checkpoints import ARCH_ALIASES, ARCHITECTURES
+from bls_pipeline.cli.common import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.build.preprocessing import INTERPOLATIONS, PreprocessingSettings
-from bls_pipeline.build.repository import preprocessing_defaults
-from bls_pipeline.build.user_pipeline import PipelineSource, UserPipelineError
+from bls_pipeline.networks.preprocessing import INTERPOLATIONS, PreprocessingSettings
+from bls_pipeline.builder.repository import preprocessing_defaults
+from bls_pipeline.builder.user_pipeline import PipelineSource, UserPipelineError
 from bls_pipeline.runtime.device import DEVICES
-from bls_pipeline.build.hosting import AUTO, HOSTINGS
+from bls_pipeline.builder.hosting import AUTO, HOSTINGS
 
 
 def _gpu_list(text: str) -> tuple[int, ...]:

@@ -7,7 +7,7 @@
     python tools/classify.py samples/ --json > predictions.json
     python tools/classify.py photos/ --jsonl | tee predictions.jsonl   # one line per file, as it completes
 
-The logic lives in :mod:`bls_pipeline.devtools.files`; this is its command line.
+The logic lives in :mod:`bls_pipeline.client_files`; this is its command line.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import json
 import sys
 from typing import Sequence
 
-from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, positive_float, progress_bar, report_error
-from bls_pipeline.devtools.client import (
+from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, positive_float, progress_bar, report_error
+from bls_pipeline.client import (
     DEFAULT_FORM,
     DEFAULT_IMAGES_PER_REQUEST,
     DEFAULT_PORTS,
@@ -30,7 +30,7 @@ from bls_pipeline.devtools.client import (
     ClientError,
     endpoint,
 )
-from bls_pipeline.devtools.files import (
+from bls_pipeline.client_files import (
     IMAGE_EXTENSIONS,
     FileResult,
     PathError,

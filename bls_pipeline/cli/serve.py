@@ -17,9 +17,9 @@ import sys
 import threading
 from pathlib import Path
 
-from bls_pipeline.devtools.cli import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
+from bls_pipeline.cli.common import DEFAULT_REPOSITORY, EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.devtools.server import LocalTritonServer, ServerOptions, describe_hosting
+from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

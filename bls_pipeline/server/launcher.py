@@ -44,9 +44,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bls_pipeline.build.model_config import read_config
-from bls_pipeline.devtools.backends import BACKENDS, native_backends_dir
-from bls_pipeline.devtools.processes import (
+from bls_pipeline.builder.model_config import read_config
+from bls_pipeline.backends import BACKENDS, native_backends_dir
+from bls_pipeline.server.processes import (
     SHM_DIR,
     StubProcess,
     cpu_seconds,
@@ -54,7 +54,7 @@ from bls_pipeline.devtools.processes import (
     shm_segments,
     stub_processes,
 )
-from bls_pipeline.devtools.sizing import ServerSizing
+from bls_pipeline.server.sizing import ServerSizing
 from bls_pipeline.errors import ConfigError, ServerError
 
 LOGGER = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class ServerOptions:
     # How long tritonserver waits for in-flight requests on SIGTERM (its default is 30 s).
     exit_timeout_s: int = 10
     # The Python backend's shared memory per stub and the CUDA memory pool per GPU; None:
-    # sized from the repository's configs (devtools.sizing), since Triton's defaults fail
+    # sized from the repository's configs (server.sizing), since Triton's defaults fail
     # under load (a DALI batch of 64 images is 38 MB; the CUDA pool is 64 MB).
     shm_default_byte_size: int | None = None
     shm_growth_byte_size: int | None = None

@@ -1,7 +1,7 @@
 """Triton's own DALI and ONNX Runtime backends, built from pinned sources for the
 ``tritonserver`` of the ``nvidia-pytriton`` wheel (which ships only the Python backend).
 
-    from bls_pipeline.devtools.backends import BuildOptions, build_backends, native_backends_dir
+    from bls_pipeline.backends import BuildOptions, build_backends, native_backends_dir
 
     result = build_backends(BuildOptions(sources=default_sources()))
     native_backends_dir()   # -> .../site-<digest>, with dali/ and onnxruntime/; None if not built
@@ -11,7 +11,7 @@ library renames, the ONNX Runtime symbol-version trap) are in
 ``../shared/vendor/triton-backends/SOURCES.md``; :mod:`.recipe` lists what our build changes.
 """
 
-from bls_pipeline.devtools.backends.build import (
+from bls_pipeline.backends.build import (
     BACKENDS,
     BuildOptions,
     BuildResult,

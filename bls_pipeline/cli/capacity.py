@@ -24,7 +24,7 @@ from bls_pipeline.devtools.capacity import (
     operating_points,
     plan_capacity,
 )
-from bls_pipeline.devtools.cli import EXIT_CODES_HELP, ExitCode, HelpFormatter, positive_float, report_error
+from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, positive_float, report_error
 from bls_pipeline.errors import CapacityError
 
 PROG = "capacity"

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from bls_pipeline.build.reader_layouts import READERS, SAMPLE_SUFFIXES, UserPipelineError, recording_tfrecord_features
+from bls_pipeline.builder.reader_layouts import READERS, SAMPLE_SUFFIXES, UserPipelineError, recording_tfrecord_features
 from bls_pipeline.contract import CHANNELS, DALI_INPUT, DALI_OUTPUT
 from bls_pipeline.runtime.device import decoder_device
 

@@ -1,1 +1,0 @@
-"""Command-line tools of the project; each module has ``main(argv=None) -> int``."""
