@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark the ``classifier`` BLS endpoint against its in-process limit, a Triton
 ensemble of the same models and a naive PIL baseline.
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build Triton's own DALI and ONNX Runtime backends for the pip-installed ``tritonserver``.
 
     python tools/build_backends.py                     # GPU-enabled (serves CPU-only too), cached

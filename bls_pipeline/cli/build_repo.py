@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build a Triton model repository for the ``classifier`` endpoint from a checkpoint.
 
     python tools/build_repo.py                         # shipped EfficientNet-Lite0, local target

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How many replicas for N images/s at a p99 under T ms, from a benchmark's JSON.
 
     python tools/capacity.py --images-per-s 1000 --p99-ms 150                 # docs/measurements/2026-11-25-cpu-benchmark.json

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Classify image files through a running ``classifier`` endpoint and print the top classes.
 
     python tools/classify.py samples/                          # every image under samples/

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The main job on the embedded default, start to finish (``make demo``).
 
 Builds a ``--target local`` repository from the shipped EfficientNet-Lite0 ImageNet weights

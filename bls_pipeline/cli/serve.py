@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Serve a model repository with the ``tritonserver`` of the ``nvidia-pytriton`` wheel.
 
     python tools/serve.py --model-repository build/model_repository

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Soak the ``classifier`` endpoint with good and bad images and watch the server's memory.
 
     python tools/soak.py --model-repository /tmp/repo --requests 20000 --concurrency 4 \\

@@ -60,7 +60,7 @@ def test_dali_py_keeps_a_copy_of_the_contract_that_equals_it():
 
 def test_the_export_client_and_benchmark_use_the_contract_names():
     from bls_pipeline.builder import export
-    from bls_pipeline.devtools import client
+    from bls_pipeline import client
     from bls_pipeline.devtools.bench.images import BenchImage
     from bls_pipeline.devtools.bench.report import perf_analyzer_data
 
