@@ -10,8 +10,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bls_pipeline.builder.model_config import ORT_ALLOW_SPINNING
 from bls_pipeline.errors import BackendBuildError
+from bls_pipeline.layout import ORT_ALLOW_SPINNING
 
 FILES = Path(__file__).with_name("files")
 

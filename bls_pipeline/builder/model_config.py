@@ -38,6 +38,7 @@ from bls_pipeline.contract import (  # noqa: F401
     SCORES_OUTPUT,
 )
 from bls_pipeline.errors import ConfigError
+from bls_pipeline.layout import ONNX_FILE, PLAN_FILE
 from bls_pipeline.runtime.device import CPU, GPU, check_device, instance_kind
 
 ModelConfig = model_config_pb2.ModelConfig
@@ -45,9 +46,6 @@ ModelConfig = model_config_pb2.ModelConfig
 
 TARGETS = ("triton", "local")
 FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
-# The ONNX Runtime session config entry that our build of Triton's ONNX Runtime backend passes
-# through from the model parameters (bls_pipeline.backends.recipe).
-ORT_ALLOW_SPINNING = "session.intra_op.allow_spinning"
 RUNTIMES = ("tensorrt", "onnxruntime")
 
 
@@ -206,10 +204,10 @@ def network_config(
     if native:
         if runtime == "tensorrt":
             config["platform"] = "tensorrt_plan"
-            config["default_model_filename"] = "model.plan"
+            config["default_model_filename"] = PLAN_FILE
         else:
             config["platform"] = "onnxruntime_onnx"
-            config["default_model_filename"] = "model.onnx"
+            config["default_model_filename"] = ONNX_FILE
     else:
         config["backend"] = "python"
         # On a GPU the preprocessed batch arrives in GPU memory and stays there.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from bls_pipeline.errors import ConfigError
+from bls_pipeline.layout import ONNX_FILE, PLAN_FILE, TORCH_WEIGHTS_FILE
 from bls_pipeline.networks.preprocessing import PreprocessingSettings
 from bls_pipeline.builder.user_pipeline import ConvertedPipeline, PipelineSource, convert_for_repository
 from bls_pipeline.runtime.device import CPU, GPU, check_device, detect_device
@@ -147,7 +148,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
     prepare_output(options.output, force=options.force)
 
     with tempfile.TemporaryDirectory(prefix="build-repo-", dir=options.output) as scratch:
-        onnx_path = Path(scratch) / "model.onnx"
+        onnx_path = Path(scratch) / ONNX_FILE
         progress(f"[2/5] exporting ONNX (dynamic batch, {crop}x{crop})")
         export_onnx(model, onnx_path, image_size=crop)
         progress("[3/5] checking ONNX Runtime against torch")
@@ -156,7 +157,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
         network_files = [onnx_path]
         reason = tensorrt_available() if device == GPU else "TensorRT runs only on a GPU and the device is cpu"
         if reason is None:
-            plan = Path(scratch) / "model.plan"
+            plan = Path(scratch) / PLAN_FILE
             progress(f"[4/5] building a TensorRT engine ({'FP16' if options.fp16 else 'FP32'}, max batch {options.max_batch_size})")
             build_tensorrt_engine(
                 onnx_path, plan, fp16=options.fp16, max_batch_size=options.max_batch_size, image_size=crop
@@ -169,7 +170,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
                 # The pip-installed server has no TensorRT backend and no TensorRT builder is
                 # installable here: its GPU network runs on torch CUDA graphs (runtime.torch_network).
                 network_files.append(
-                    save_torch_weights(model, Path(scratch) / "model.pt", arch=options.arch, image_size=preprocessing.crop)
+                    save_torch_weights(model, Path(scratch) / TORCH_WEIGHTS_FILE, arch=options.arch, image_size=preprocessing.crop)
                 )
                 runtime, tensorrt_note = "torch-cuda", f"no TensorRT engine: {reason}; serving FP16 torch CUDA graphs (model.pt)"
             progress(f"[4/5] {tensorrt_note}")

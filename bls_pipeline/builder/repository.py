@@ -25,8 +25,17 @@ from typing import TYPE_CHECKING, Sequence
 
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.errors import CheckpointError, ConfigError
+from bls_pipeline.layout import (
+    CONFIG_FILE,
+    DALI_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    ORT_ALLOW_SPINNING,
+    SERIALIZED_FILE,
+    SETTINGS_FILE,
+    WARMUP_DIR,
+)
 from bls_pipeline.networks.preprocessing import PreprocessingSettings
-from bls_pipeline.runtime.dali import SERIALIZED_FILE
 from bls_pipeline.model_sources import model_sources_dir
 from bls_pipeline.runtime.device import CPU, GPU, decoder_device, detect_device
 
@@ -37,13 +46,8 @@ LOGGER = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = model_sources_dir()
-DALI_FILE = "dali.py"
-MODEL_FILE = "model.py"
-LABELS_FILE = "labels.txt"
-SETTINGS_FILE = "preprocessing.json"
 # A real photograph that model_warmup decodes before the server reports ready.
 WARMUP_IMAGE = PACKAGE_DIR / "data" / "warmup.jpg"
-WARMUP_DIR = "warmup"
 
 
 def preprocessing_defaults(arch: str) -> PreprocessingSettings:
@@ -199,7 +203,7 @@ class RepositorySpec:
             return None
         # Triton's ONNX Runtime backend: its own thread-count key, and the session config
         # entry that our build of it passes through (other builds ignore an unknown key).
-        parameters: dict[str, object] = {mc.ORT_ALLOW_SPINNING: int(self.network_spinning)}
+        parameters: dict[str, object] = {ORT_ALLOW_SPINNING: int(self.network_spinning)}
         if self.network_threads > 0:
             parameters["intra_op_thread_count"] = self.network_threads
         return parameters
@@ -292,6 +296,6 @@ def write_repository(
 
     paths = {}
     for name, config in spec.configs().items():
-        paths[name] = mc.write_config(output / name / "config.pbtxt", config)
+        paths[name] = mc.write_config(output / name / CONFIG_FILE, config)
         LOGGER.info("wrote %s", paths[name])
     return paths

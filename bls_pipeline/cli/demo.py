@@ -18,6 +18,7 @@ from bls_pipeline.builder.pipeline import BuildOptions, build_repository
 from bls_pipeline.cli.common import EXIT_CODES_HELP, report_error
 from bls_pipeline.client import DEFAULT_PROTOCOL
 from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.layout import config_path
 from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting, native_backend_models
 from bls_pipeline.cli import classify
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def rebuild_reason(repository: Path) -> str | None:
     """Why the repository in ``repository`` must be built again for this checkout, if it must."""
-    config = repository / mc.CLASSIFIER / "config.pbtxt"
+    config = config_path(repository, mc.CLASSIFIER)
     if not config.is_file():
         return None if not repository.exists() else f"{config} is missing"
     if bool(native_backend_models(repository)) != (native_backends_dir() is not None):
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = rebuild_reason(args.repository)
         if reason:
             print(f"rebuilding {args.repository}: {reason}", flush=True)
-        if args.rebuild or reason or not (args.repository / mc.CLASSIFIER / "config.pbtxt").is_file():
+        if args.rebuild or reason or not config_path(args.repository, mc.CLASSIFIER).is_file():
             build_repository(
                 BuildOptions(output=args.repository, force=True), progress=lambda line: print(line, flush=True)
             )

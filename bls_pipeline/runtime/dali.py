@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from bls_pipeline.contract import DALI_INPUT
+from bls_pipeline.layout import DALI_FILE, SERIALIZED_FILE
 from bls_pipeline.model_sources import model_source
 
 if TYPE_CHECKING:
@@ -36,9 +37,7 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 # The pipeline of the source repository, which build_repo copies into every repository.
-PACKAGED_PIPELINE = model_source("preprocessing", "dali.py")
-# A serialized pipeline (what Triton's DALI backend loads first); its input is DALI_INPUT.
-SERIALIZED_FILE = "model.dali"
+PACKAGED_PIPELINE = model_source("preprocessing", DALI_FILE)
 # Runs between two returns of free heap memory to the OS (see release_free_memory).
 TRIM_EVERY_RUNS = 64
 
@@ -222,7 +221,7 @@ class DaliPreprocessor:
         serialized = Path(directory) / SERIALIZED_FILE
         if serialized.is_file():
             return cls.from_serialized(serialized, on_device=on_device, **options)
-        return cls.from_file(Path(directory) / "dali.py", **options)
+        return cls.from_file(Path(directory) / DALI_FILE, **options)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Preprocess 1-D uint8 arrays of encoded bytes; returns float32 ``[N, 3, crop, crop]`` on the host."""

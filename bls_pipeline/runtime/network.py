@@ -23,13 +23,10 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
+from bls_pipeline.layout import ONNX_FILE, PLAN_FILE, TORCH_WEIGHTS_FILE
 from bls_pipeline.runtime.device import CPU, GPU, check_device
 
 LOGGER = logging.getLogger(__name__)
-
-ONNX_FILE = "model.onnx"
-PLAN_FILE = "model.plan"
-TORCH_WEIGHTS_FILE = "model.pt"
 
 
 class Network(Protocol):

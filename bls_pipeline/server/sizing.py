@@ -33,6 +33,7 @@ from pathlib import Path
 
 from typing import Mapping
 
+from bls_pipeline.layout import config_path
 from bls_pipeline.runtime.device import GPU, visible_gpu_count
 
 MIB = 1024 * 1024
@@ -67,7 +68,7 @@ class ServerSizing:
         """
         from bls_pipeline.builder import model_config as mc
 
-        paths = [Path(repository) / name / "config.pbtxt" for name in (mc.PREPROCESSING, mc.NETWORK)]
+        paths = [config_path(repository, name) for name in (mc.PREPROCESSING, mc.NETWORK)]
         if not all(path.is_file() for path in paths):
             return None
         preprocessing, network = (mc.read_config(path) for path in paths)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bls_pipeline import contract
+from bls_pipeline import contract, layout
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.repository import RepositorySpec
 
@@ -49,13 +49,14 @@ def test_every_config_declares_the_contract_tensors(target):
     assert declared(configs[contract.NETWORK].output) == expected(contract.logits(7))
 
 
-def test_dali_py_keeps_a_copy_of_the_contract_that_equals_it():
+def test_dali_py_keeps_a_copy_of_the_contract_and_layout_that_equals_them():
     pytest.importorskip("nvidia.dali")
     from bls_pipeline.runtime.dali import load_pipeline_module
 
     module = load_pipeline_module()
 
     assert (module.INPUT_NAME, module.OUTPUT_NAME) == (contract.DALI_INPUT, contract.DALI_OUTPUT)
+    assert module.SETTINGS_FILE == layout.SETTINGS_FILE
 
 
 def test_the_export_client_and_benchmark_use_the_contract_names():

@@ -9,6 +9,7 @@ from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.hosting import AUTO, NATIVE, PYTHON, choose_hosting
 from bls_pipeline.builder.repository import RepositorySpec
 from bls_pipeline.errors import ConfigError
+from bls_pipeline.layout import ORT_ALLOW_SPINNING
 
 
 def native_models(**kwargs) -> set[str]:
@@ -62,7 +63,7 @@ def test_a_natively_hosted_local_repository_has_the_containers_configs():
     assert local[mc.PREPROCESSING].backend == "dali"
     assert local[mc.NETWORK].platform == "onnxruntime_onnx"
     # Our build of the ONNX Runtime backend passes the spinning switch through to the session.
-    assert mc.parameters_of(local[mc.NETWORK]) == {mc.ORT_ALLOW_SPINNING: "0", "intra_op_thread_count": "3"}
+    assert mc.parameters_of(local[mc.NETWORK]) == {ORT_ALLOW_SPINNING: "0", "intra_op_thread_count": "3"}
 
 
 def test_the_sub_models_can_be_hosted_independently():
@@ -85,7 +86,8 @@ def test_a_model_that_cannot_be_hosted_natively_here_is_refused(native, kwargs, 
 
 
 def test_a_natively_hosted_local_repository_ships_a_serialized_pipeline_and_no_model_py(tmp_path):
-    from bls_pipeline.builder.repository import DALI_FILE, MODEL_FILE, SERIALIZED_FILE, write_repository
+    from bls_pipeline.builder.repository import write_repository
+    from bls_pipeline.layout import DALI_FILE, MODEL_FILE, SERIALIZED_FILE
 
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"onnx")

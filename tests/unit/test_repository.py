@@ -12,12 +12,8 @@ from bls_pipeline.builder import model_config as mc
 from bls_pipeline.request.orchestration import ClassifierSettings
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
+from bls_pipeline.layout import DALI_FILE, LABELS_FILE, MODEL_FILE, ORT_ALLOW_SPINNING, SETTINGS_FILE, WARMUP_DIR
 from bls_pipeline.builder.repository import (
-    DALI_FILE,
-    LABELS_FILE,
-    MODEL_FILE,
-    SETTINGS_FILE,
-    WARMUP_DIR,
     WARMUP_IMAGE,
     RepositorySpec,
     prepare_output,
@@ -200,7 +196,7 @@ def test_the_device_alone_decides_every_instance_kind_decoder_and_input_placemen
         },
         mc.PREPROCESSING: {"num_threads": str(spec.dali_threads)},
         # Triton's ONNX Runtime backend as tools/build_backends.py builds it passes this through.
-        mc.NETWORK: {mc.ORT_ALLOW_SPINNING: "0"},
+        mc.NETWORK: {ORT_ALLOW_SPINNING: "0"},
     }
     if target == "local":
         expected_parameters[mc.PREPROCESSING][mc.FORCE_CPU_ONLY_INPUT_TENSORS] = "yes"

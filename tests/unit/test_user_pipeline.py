@@ -23,7 +23,8 @@ from bls_pipeline.builder.user_pipeline import (
     sample_photos,
 )
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.runtime.dali import SERIALIZED_FILE, DaliPreprocessor
+from bls_pipeline.layout import SERIALIZED_FILE
+from bls_pipeline.runtime.dali import DaliPreprocessor
 from bls_pipeline.runtime.device import decoder_device, detect_device
 from tests.conftest import PIPELINE_FIXTURES as FIXTURES
 from tests.conftest import TUTORIAL_ARGS, TUTORIAL_SCRIPT as TRAIN, run_tutorial_pipeline_with_its_reader

@@ -101,7 +101,7 @@ class InProcessGpu:
 
         from bls_pipeline.builder import model_config as mc
         from bls_pipeline.runtime.dali import load_pipeline_module, pipeline_from_settings
-        from bls_pipeline.runtime.network import TORCH_WEIGHTS_FILE
+        from bls_pipeline.layout import TORCH_WEIGHTS_FILE
         from bls_pipeline.runtime.torch_network import TorchCudaNetwork
 
         self._torch, self._feed_ndarray = torch, feed_ndarray

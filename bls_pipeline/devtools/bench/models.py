@@ -21,6 +21,7 @@ from PIL import Image
 
 from bls_pipeline.request.orchestration import ClassifierSettings
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError
+from bls_pipeline.layout import SETTINGS_FILE
 from bls_pipeline.devtools.bench.naive import PilPreprocessor
 from bls_pipeline.request.postprocess import label_table, load_labels, parse_top_k
 from bls_pipeline.serving.models import (
@@ -36,7 +37,6 @@ from bls_pipeline.serving.models import (
 from bls_pipeline.serving.bls import error_response
 
 LOGITS_INPUT = "LOGITS"
-PREPROCESSING_FILE = "preprocessing.json"
 
 
 class PostprocessModel:
@@ -71,7 +71,7 @@ class NaiveClassifierModel:
         version_dir = _version_dir(args)
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
         self.labels = label_table(load_labels(version_dir / parameters["labels_file"]))
-        self.preprocess = PilPreprocessor.from_file(version_dir / PREPROCESSING_FILE)
+        self.preprocess = PilPreprocessor.from_file(version_dir / SETTINGS_FILE)
         self.network = load_network(
             version_dir,
             device=_device(args),

@@ -35,19 +35,22 @@ from bls_pipeline import contract
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.hosting import AUTO, choose_hosting
 from bls_pipeline.networks.preprocessing import PreprocessingSettings
-from bls_pipeline.builder.repository import (
+from bls_pipeline.builder.repository import TEMPLATE_DIR, RepositorySpec, serialize_pipeline
+from bls_pipeline.backends import native_backends_dir
+from bls_pipeline.errors import ConfigError
+from bls_pipeline.layout import (
+    CONFIG_FILE,
     DALI_FILE,
     LABELS_FILE,
     MODEL_FILE,
+    ONNX_FILE,
+    ORT_ALLOW_SPINNING,
+    PLAN_FILE,
     SERIALIZED_FILE,
     SETTINGS_FILE,
-    TEMPLATE_DIR,
+    VERSION,
     WARMUP_DIR,
-    RepositorySpec,
-    serialize_pipeline,
 )
-from bls_pipeline.backends import native_backends_dir
-from bls_pipeline.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -136,14 +139,14 @@ def network_threading(network: mc.ModelConfig) -> tuple[int, bool]:
     parameters = mc.parameters_of(network)
     if network.backend == "python":
         return int(parameters.get("intra_op_threads", 0)), parameters.get("allow_spinning", "1") != "0"
-    return int(parameters.get("intra_op_thread_count", 0)), parameters.get(mc.ORT_ALLOW_SPINNING, "1") != "0"
+    return int(parameters.get("intra_op_thread_count", 0)), parameters.get(ORT_ALLOW_SPINNING, "1") != "0"
 
 
 def _spec(built: Path, configs: dict[str, mc.ModelConfig], native_models: frozenset[str]) -> RepositorySpec:
     """The spec of the built repository's sub-models, on the given hosting."""
     network = configs[mc.NETWORK]
     threads, spinning = network_threading(network)
-    runtime = "tensorrt" if (built / mc.NETWORK / "1" / "model.plan").is_file() else "onnxruntime"
+    runtime = "tensorrt" if (built / mc.NETWORK / VERSION / PLAN_FILE).is_file() else "onnxruntime"
     settings = json.loads((built / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
     return RepositorySpec(
         target="local",
@@ -192,23 +195,23 @@ def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: s
             serialize_pipeline(version / DALI_FILE, version / SERIALIZED_FILE)
         config = configs[model]
         config.name = name
-        mc.write_config(output / name / "config.pbtxt", config)
+        mc.write_config(output / name / CONFIG_FILE, config)
     return names
 
 
 def _write_classifier(built: Path, output: Path, name: str, preprocessing: str, network: str) -> None:
     shutil.copytree(built / mc.CLASSIFIER, output / name, ignore=shutil.ignore_patterns("__pycache__"))
-    config = mc.read_config(output / name / "config.pbtxt")
+    config = mc.read_config(output / name / CONFIG_FILE)
     config.name = name
     config.parameters["preprocessing_model"].string_value = preprocessing
     config.parameters["network_model"].string_value = network
-    mc.write_config(output / name / "config.pbtxt", config)
+    mc.write_config(output / name / CONFIG_FILE, config)
 
 
 def native_hosting(built: Path, backends_built: bool) -> frozenset[str]:
     """The sub-models the native variant hosts on Triton's own backends (empty: no variant)."""
-    configs = {name: mc.read_config(built / name / "config.pbtxt") for name in (mc.PREPROCESSING, mc.NETWORK)}
-    spec = _spec(built, {mc.CLASSIFIER: mc.read_config(built / mc.CLASSIFIER / "config.pbtxt"), **configs}, frozenset())
+    configs = {name: mc.read_config(built / name / CONFIG_FILE) for name in (mc.PREPROCESSING, mc.NETWORK)}
+    spec = _spec(built, {mc.CLASSIFIER: mc.read_config(built / mc.CLASSIFIER / CONFIG_FILE), **configs}, frozenset())
     hosting = choose_hosting(target="local", device=spec.device, runtime=spec.runtime, requested=AUTO, backends_built=backends_built)
     return frozenset(model for model, choice in hosting.items() if choice.native)
 
@@ -222,10 +225,10 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     benchmark runs the pip-installed server.
     """
     built, output = Path(built), Path(output)
-    configs = {name: mc.read_config(built / name / "config.pbtxt") for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK)}
+    configs = {name: mc.read_config(built / name / CONFIG_FILE) for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK)}
     if (built / mc.CLASSIFIER / "1" / "bls_pipeline").is_dir():
         raise ConfigError(f"{built} is not a --target local repository: the benchmark runs the pip-installed server")
-    onnx = built / mc.NETWORK / "1" / "model.onnx"
+    onnx = built / mc.NETWORK / VERSION / ONNX_FILE
     if not onnx.is_file():
         raise ConfigError(f"{onnx} is missing: the naive baseline runs the ONNX model")
     if native is None:
@@ -235,7 +238,7 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     preprocessing, network = _write_sub_models(built, output, python_spec, "")
     _write_classifier(built, output, mc.CLASSIFIER, preprocessing, network)
     written = {"bls": mc.CLASSIFIER, "ensemble": ENSEMBLE, "naive": NAIVE}
-    classifier = mc.read_config(output / mc.CLASSIFIER / "config.pbtxt")
+    classifier = mc.read_config(output / mc.CLASSIFIER / CONFIG_FILE)
     max_batch_size = classifier.max_batch_size
     delay = classifier.dynamic_batching.max_queue_delay_microseconds
     labels = output / mc.CLASSIFIER / "1" / LABELS_FILE
@@ -244,11 +247,11 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     _write_model_py(post_dir, POSTPROCESS, "PostprocessModel")
     shutil.copyfile(labels, post_dir / LABELS_FILE)
     mc.write_config(
-        output / POSTPROCESS / "config.pbtxt",
+        output / POSTPROCESS / CONFIG_FILE,
         postprocess_config(max_batch_size=max_batch_size, num_classes=python_spec.num_classes, max_queue_delay_us=delay),
     )
     (output / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
-    mc.write_config(output / ENSEMBLE / "config.pbtxt", classifier_ensemble_config(max_batch_size=max_batch_size))
+    mc.write_config(output / ENSEMBLE / CONFIG_FILE, classifier_ensemble_config(max_batch_size=max_batch_size))
 
     native_models = native_hosting(built, backends_built=True) if native else frozenset()
     if native_models:
@@ -258,7 +261,7 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
         ensemble = ENDPOINTS["ensemble_native"]
         (output / ensemble / "1").mkdir(parents=True)
         mc.write_config(
-            output / ensemble / "config.pbtxt",
+            output / ensemble / CONFIG_FILE,
             classifier_ensemble_config(max_batch_size=max_batch_size, name=ensemble, preprocessing=preprocessing, network=network),
         )
         written.update(bls_native=ENDPOINTS["bls_native"], ensemble_native=ensemble)
@@ -272,7 +275,7 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
         if network_file.name != MODEL_FILE:
             os.link(network_file, naive_dir / network_file.name)
     mc.write_config(
-        output / NAIVE / "config.pbtxt", naive_config(classifier, mc.read_config(output / mc.NETWORK / "config.pbtxt"))
+        output / NAIVE / CONFIG_FILE, naive_config(classifier, mc.read_config(output / mc.NETWORK / CONFIG_FILE))
     )
     LOGGER.info("benchmark repository written to %s", output)
     return written
