@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bls_pipeline.devtools.processes import cpu_seconds, descendants, stub_processes, thread_cpu_seconds
+from bls_pipeline.server.processes import cpu_seconds, descendants, stub_processes, thread_cpu_seconds
 
 # Triton's DALI backend names its worker threads "[DALI][TP<n>]..." (the mixed decoder's host
 # side, CPU operators) and "[DALI][Executor]", "[DALI][CUDA]...".
