@@ -136,7 +136,8 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
             _form("bytes", "same size", 32, 7200.0, 120.0),
             _form("padded", "same size", 32, 7400.0, 200.0),  # over the p99 limit
             _form("padded", "varied sizes", 32, 9000.0, 100.0),  # other photographs: not comparable
-            _form("bytes", "imagenet-sized", 32, 8000.0, 90.0),  # against that set's own limit
+            _form("bytes", "same size", 64, 9600.0, 60.0),  # the client's default point
+            _form("bytes", "imagenet-sized", 64, 8000.0, 90.0),  # against that set's own limit
         ],
     }
     result["forms"][-1]["extra"].update(
@@ -149,11 +150,14 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
     assert summary["bls_over_in_process"] == 0.5
     assert summary["bls_over_ensemble"] == 1.2
     assert summary["bls_single_image_p50_ms"] == 4.4
-    assert summary["bls_best_multi_image"]["form"] == "bytes"
-    assert summary["bls_multi_image_over_in_process"] == 0.6
-    assert summary["client_default_by_photos"] == {"imagenet-sized": {
-        "images_per_s": 8000.0, "p99_ms": 90.0, "pipelined_limit": 10000.0, "over_pipelined_limit": 0.8,
-        "server_cpu_ms_per_image": 0.9}}
+    assert summary["bls_best_multi_image"]["images_per_request"] == 64
+    assert summary["bls_multi_image_over_in_process"] == 0.8
+    # The client's default point (64 x 8) on each photo set, against that set's pipelined limit.
+    assert summary["client_default_by_photos"] == {
+        "same size": {"images_per_s": 9600.0, "p99_ms": 60.0, "pipelined_limit": 12000.0, "over_pipelined_limit": 0.8,
+                      "server_cpu_ms_per_image": None},
+        "imagenet-sized": {"images_per_s": 8000.0, "p99_ms": 90.0, "pipelined_limit": 10000.0,
+                           "over_pipelined_limit": 0.8, "server_cpu_ms_per_image": 0.9}}
     assert latency_breakdown(result) == {
         "in_process_preprocessing": 0.6,
         "in_process_network": 0.8,
@@ -169,7 +173,7 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
     assert "request forms" in table and "varied sizes" in table
     assert "serial: DALI, then network" in table and "pipelined (the limit)" in table and "12000" in table
     assert "pipelined, imagenet-sized" in table and "bls_native" in table and "settings" not in table
-    assert "bytes imagenet-sized 32x8" in table and "server: DALI threads 0.50" in table
+    assert "bytes imagenet-sized 64x8" in table and "server: DALI threads 0.50" in table
 
 
 def test_request_groups_cycle_through_the_photographs_and_forms_count_their_bytes():

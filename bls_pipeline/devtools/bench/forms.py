@@ -28,13 +28,14 @@ from typing import Any, Sequence
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.load import check_request_form, request_groups
+from bls_pipeline.client import DEFAULT_IMAGES_PER_REQUEST, DEFAULT_REQUESTS_IN_FLIGHT, FORMS
 from bls_pipeline.devtools.bench.run import percentile
-from bls_pipeline.client import FORMS
 from bls_pipeline.errors import EndpointFailure
 
-# (images per request, requests in flight): 256 images in flight at every point, the load at
-# which the classifier peaked with one image per request.
-DEFAULT_FORM_POINTS = ((8, 32), (32, 8), (64, 4))
+# (images per request, requests in flight): the client's default, and 256 images in flight
+# at 8 and 32 per request (the load at which the classifier peaked with one image per request).
+CLIENT_DEFAULT_POINT = (DEFAULT_IMAGES_PER_REQUEST, DEFAULT_REQUESTS_IN_FLIGHT)
+DEFAULT_FORM_POINTS = ((8, 32), (32, 8), CLIENT_DEFAULT_POINT)
 # Client processes at most: each drives its share of the requests in flight.
 MAX_PROCESSES = 4
 # Seconds the client processes get to start (spawn, imports) before the load begins.

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from bls_pipeline.devtools.bench.forms import DEFAULT_FORM_POINTS, form_loads, measure_form
+from bls_pipeline.devtools.bench.forms import CLIENT_DEFAULT_POINT, DEFAULT_FORM_POINTS, form_loads, measure_form
 from bls_pipeline.devtools.bench.perf import (
     RANDOM_DATA,
     GpuSampler,
@@ -425,14 +425,13 @@ def _warm_up(model: str, data: Path | str, url: str, protocol: str, *, concurren
 
 def _measure_forms(options: GpuBenchOptions, model: str, images: Sequence[BenchImage], urls: dict[str, str],
                    meter: CpuByRole, progress: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every form point on the benchmark's photographs (all protocols), then the middle point
-    (the client's default) on each other photo set (gRPC), each with Triton's per-model
-    statistics, the GPU's and JPEG engine's utilization and the CPU per image by role."""
-    middle = options.form_points[len(options.form_points) // 2]
+    """Every form point on the benchmark's photographs (all protocols), then the client's
+    default point on each other photo set (gRPC), each with Triton's per-model statistics,
+    the GPU's and JPEG engine's utilization and the CPU per image by role."""
     plan = [(SAME_SIZE, images, load) for load in form_loads(model, urls, protocols=options.protocols,
                                                                points=options.form_points)]
     for label in options.other_photo_sets:
-        plan += [(label, PHOTO_SETS[label](), load) for load in form_loads(model, urls, protocols=("grpc",), points=(middle,))]
+        plan += [(label, PHOTO_SETS[label](), load) for load in form_loads(model, urls, protocols=("grpc",), points=(CLIENT_DEFAULT_POINT,))]
     points = []
     for label, photos, load in plan:
         before, cpu_before = model_statistics(urls["http"]), meter.snapshot()
@@ -474,9 +473,10 @@ def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[st
             k: best_form[k] for k in ("images_per_s", "protocol", "form", "images_per_request", "concurrency", "p99_ms")
         }
         summary["bls_multi_image_over_in_process"] = best_form["images_per_s"] / limit if limit else None
-    for label, rates in in_process.get("pipelined_by_photos", {}).items():
-        set_limit = max(rates.values())
-        points = [p for p in result.get("forms", []) if p["extra"]["images"] == label and p["form"] == "bytes"]
+    limits = {SAME_SIZE: limit, **{label: max(rates.values()) for label, rates in in_process.get("pipelined_by_photos", {}).items()}}
+    for label, set_limit in limits.items():
+        points = [p for p in result.get("forms", []) if p["extra"]["images"] == label and p["form"] == "bytes"
+                  and (p["images_per_request"], p["concurrency"]) == CLIENT_DEFAULT_POINT and p["protocol"] == "grpc"]
         if points and set_limit:
             summary.setdefault("client_default_by_photos", {})[label] = {
                 "images_per_s": points[0]["images_per_s"], "p99_ms": points[0]["p99_ms"],
