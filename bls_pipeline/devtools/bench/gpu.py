@@ -3,20 +3,24 @@
 Same table as the CPU benchmark (:mod:`bls_pipeline.devtools.bench.run`), measured on one
 GPU in one run, so that every ratio compares numbers of the same machine and minute:
 
-1. DALI alone, the network alone and both in one process (the *in-process limit*), at the
-   repository's batch sizes: DALI's ``mixed`` decoder from the repository's own ``dali.py``
-   and the network runtime the server hosts (:class:`TorchCudaNetwork`), the batch handed
-   from DALI to torch on the GPU, one batch at a time as Triton's DALI backend runs it;
+1. DALI alone, the network alone and both in one process, at the repository's batch sizes:
+   DALI's ``mixed`` decoder from the repository's own ``dali.py`` and the network runtime
+   the server hosts (:class:`TorchCudaNetwork`), the batch handed from DALI to torch on the
+   GPU; both one batch after the other (*serial*, as Triton's DALI backend runs its
+   pipeline) and *pipelined* (DALI prefetching, the network overlapped: the in-process limit
+   every served figure is compared with), the pipelined one also on other photo sets;
 2. ``classifier`` and the ensemble of the same two models, one image per request, driven by
    ``perf_analyzer`` over gRPC and HTTP at rising concurrency, with Triton's per-model
-   statistics (mean batch, queue and compute time per execution) and GPU utilization;
+   statistics (mean batch, queue and compute time per execution), the GPU's SM and JPEG-engine
+   utilization and the host CPU per image by role (:mod:`bls_pipeline.devtools.bench.cpu`);
 3. single-image latency at concurrency 1, where it goes: in process (DALI, the network,
    both), each sub-model served alone, the ensemble and ``classifier``;
 4. the request forms (:mod:`bls_pipeline.devtools.bench.forms`): zero-padded rows against
    unpadded ``IMAGE_BYTES``, over gRPC and HTTP, at several images per request, with the
    project's client as the load generator; on the same photographs (comparable with the
-   in-process limit) and on the photographs at ImageNet's spread of sizes (where padding
-   wastes most).
+   in-process limit), and the client's default point on the ImageNet-sized photographs and
+   on photographs of varied sizes (where padding wastes most), each against its own
+   pipelined limit.
 
 Example::
 
