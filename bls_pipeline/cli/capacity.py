@@ -4,7 +4,7 @@
     python tools/capacity.py bench.json --images-per-s 20000 --p99-ms 100 --spare 2
     python tools/capacity.py --point 2108:468 --point 1648:120 --images-per-s 20000 --p99-ms 200
 
-Exit codes: 0 a plan was printed; 1 the file cannot be used or no point meets the target;
+Exit codes: 0 a plan was printed; 3 the file cannot be used or no point meets the target;
 2 a usage error.
 """
 
