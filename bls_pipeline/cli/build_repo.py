@@ -65,8 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--target",
         choices=["local", "triton"],
         default="local",
-        help="local: the pip-installed tritonserver (Python backend only: DALI and the network hosted in "
-        "Python-backend models); triton: the NVIDIA Triton container (DALI backend, TensorRT or ONNX Runtime)",
+        help="local: the pip-installed tritonserver (tools/serve.py), with Triton's own DALI and ONNX Runtime "
+        "backends where tools/build_backends.py built them, else Python-backend models (--hosting); "
+        "triton: the NVIDIA Triton container (DALI backend, TensorRT or ONNX Runtime)",
     )
     parser.add_argument(
         "--device",

@@ -52,12 +52,12 @@ EXIT_CODES_HELP = (
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows ``(default: ...)`` only where there is a default worth showing, and keeps the
-    description's line breaks (its usage examples)."""
+    """Shows ``(default: ...)`` only where there is a default worth showing and the help does not
+    already say it, and keeps the description's line breaks (its usage examples)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if hidden or action.help is None:
+        empty = action.default is None or action.default is False or action.default in ((), [])
+        if empty or action.default == argparse.SUPPRESS or action.help is None or "default:" in action.help:
             return action.help
         return super()._get_help_string(action)
 

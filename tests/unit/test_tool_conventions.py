@@ -1,7 +1,8 @@
-"""Specification of ``bls_pipeline.cli.common``: one exit code per kind of failure, progress bars."""
+"""Specification of ``bls_pipeline.cli.common``: one exit code per kind of failure, help, progress bars."""
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import io
 import os
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from bls_pipeline.cli.common import ExitCode, exit_code_for, progress_bar, report_error
+from bls_pipeline.cli.common import ExitCode, HelpFormatter, exit_code_for, progress_bar, report_error
 from bls_pipeline.client import ClientError
 from bls_pipeline.errors import CheckpointError, ConfigError, ServerError
 
@@ -36,6 +37,24 @@ def test_the_exit_code_follows_the_kind_of_failure(error, code):
 def test_exit_codes_are_distinct_and_usage_is_argparse_s():
     assert len({code.value for code in ExitCode}) == len(ExitCode)
     assert ExitCode.USAGE == 2 and ExitCode.OK == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shown"),
+    [
+        ({"type": int, "default": 8, "help": "requests in flight"}, "requests in flight (default: 8)"),
+        ({"type": int, "default": None, "help": "threads (default: 2 on cpu, 8 on gpu)"}, "threads (default: 2 on cpu, 8 on gpu)"),
+        ({"default": (), "help": "GPU ids (default: each visible GPU)"}, "GPU ids (default: each visible GPU)"),
+        ({"action": "append", "default": [], "help": "a value per argument"}, "a value per argument"),
+        ({"default": "/x", "help": "folder; default: ./x when it exists"}, "folder; default: ./x when it exists"),
+    ],
+    ids=["plain", "none", "stated", "empty-list", "stated-other-default"],
+)
+def test_help_shows_each_default_once_and_no_empty_ones(kwargs, shown):
+    parser = argparse.ArgumentParser(prog="tool", formatter_class=lambda prog: HelpFormatter(prog, width=200))
+    parser.add_argument("--knob", **kwargs)
+    (line,) = [line for line in parser.format_help().splitlines() if "--knob" in line and "usage" not in line]
+    assert line.split(None, 2)[-1] == shown
 
 
 def test_report_error_prints_one_line_and_returns_the_code(capsys):
