@@ -18,6 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Where build_repo writes a repository unless told otherwise, and where serve and bench look.
+DEFAULT_REPOSITORY = Path("build/model_repository")
+# The build's spec, written at the repository's root (Triton reads only model folders there).
+BUILD_SPEC_FILE = "bls_build.json"
 # Every model: <model>/config.pbtxt and its one version, <model>/1/.
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"

@@ -54,7 +54,8 @@ def require_native_backends() -> None:
 
 
 def _build(tmp_path_factory: pytest.TempPathFactory, hosting: str, device: str = "cpu") -> Path:
-    from bls_pipeline.builder.pipeline import BuildOptions, build_repository
+    from bls_pipeline.builder.pipeline import build_repository
+    from bls_pipeline.builder.spec import BuildOptions
 
     if device == "cpu" and os.environ.get(PREBUILT_GPU_ENV):
         pytest.skip(f"{PREBUILT_GPU_ENV} is set: a GPU run on a prebuilt repository; the CPU hostings run elsewhere")

@@ -46,7 +46,10 @@ ModelConfig = model_config_pb2.ModelConfig
 
 TARGETS = ("triton", "local")
 FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
-RUNTIMES = ("tensorrt", "onnxruntime")
+# The network's runtime: a TensorRT engine (model.plan, GPU), ONNX Runtime (model.onnx, CPU or
+# its CUDA provider), or FP16 torch CUDA graphs (model.pt, a Python-backend model on a GPU).
+TENSORRT, ONNXRUNTIME, TORCH_CUDA = "tensorrt", "onnxruntime", "torch-cuda"
+RUNTIMES = (TENSORRT, ONNXRUNTIME, TORCH_CUDA)
 
 
 def _parse(config: Mapping[str, Any]) -> ModelConfig:
@@ -185,7 +188,8 @@ def network_config(
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
 
-    ``runtime`` is ``"tensorrt"`` (``model.plan``, GPU only) or ``"onnxruntime"`` (``model.onnx``).
+    ``runtime`` is one of :data:`RUNTIMES`: ``"tensorrt"`` (``model.plan``, GPU only),
+    ``"onnxruntime"`` (``model.onnx``) or ``"torch-cuda"`` (``model.pt``, GPU only, Python-hosted).
     ``native`` (default: ``target == "triton"``) serves it on Triton's TensorRT or ONNX Runtime
     backend; otherwise a Python-backend model runs it.
     """
@@ -201,8 +205,10 @@ def network_config(
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
         "instance_group": _instances(device, instances, gpus),
     }
+    if native and runtime == TORCH_CUDA:
+        raise ConfigError("torch CUDA graphs (model.pt) run in a Python-backend model, not on a Triton backend")
     if native:
-        if runtime == "tensorrt":
+        if runtime == TENSORRT:
             config["platform"] = "tensorrt_plan"
             config["default_model_filename"] = PLAN_FILE
         else:
@@ -319,14 +325,16 @@ def check_target(target: str) -> None:
 def check_runtime(runtime: str) -> None:
     """Raise :class:`ConfigError` unless ``runtime`` is one of :data:`RUNTIMES`."""
     if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown network runtime {runtime!r}: expected 'tensorrt' or 'onnxruntime'")
+        raise ConfigError(f"unknown network runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
 
 
 def check_runtime_device(runtime: str, device: str) -> None:
     """Raise :class:`ConfigError` for a network runtime that cannot run on ``device``."""
     check_device(device)
-    if runtime == "tensorrt" and device != GPU:
+    if runtime == TENSORRT and device != GPU:
         raise ConfigError("a TensorRT engine runs only on a GPU: build with --device gpu, or serve ONNX on the CPU")
+    if runtime == TORCH_CUDA and device != GPU:
+        raise ConfigError("torch CUDA graphs run only on a GPU: build with --device gpu, or serve ONNX on the CPU")
 
 
 def config_text(config: ModelConfig) -> str:

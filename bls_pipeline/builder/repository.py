@@ -8,7 +8,7 @@ protobuf message, last, so that a polling server never loads a half-written mode
 Example::
 
     spec = RepositorySpec(target="local", device="cpu", max_batch_size=64, num_classes=1000,
-                          preprocessing=preprocessing_defaults("efficientnet-lite0"))
+                          preprocessing=preprocessing_defaults("efficientnet-lite0"))  # from builder.spec
     write_repository(Path("build/model_repository"), spec, labels=imagenet_labels(),
                      network_files=[onnx_path])
 """
@@ -19,13 +19,17 @@ import json
 import logging
 import os
 import shutil
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from bls_pipeline import __version__
 from bls_pipeline.builder import model_config as mc
-from bls_pipeline.errors import CheckpointError, ConfigError
+from bls_pipeline.builder.spec import device_default
+from bls_pipeline.errors import ConfigError
 from bls_pipeline.layout import (
+    BUILD_SPEC_FILE,
     CONFIG_FILE,
     DALI_FILE,
     LABELS_FILE,
@@ -34,6 +38,7 @@ from bls_pipeline.layout import (
     SERIALIZED_FILE,
     SETTINGS_FILE,
     WARMUP_DIR,
+    version_dir,
 )
 from bls_pipeline.networks.preprocessing import PreprocessingSettings
 from bls_pipeline.model_sources import model_sources_dir
@@ -50,21 +55,6 @@ TEMPLATE_DIR = model_sources_dir()
 WARMUP_IMAGE = PACKAGE_DIR / "data" / "warmup.jpg"
 
 
-def preprocessing_defaults(arch: str) -> PreprocessingSettings:
-    """The preprocessing that the weights of ``arch`` (or an alias) were validated with.
-
-    The one source is :attr:`bls_pipeline.checkpoints.ArchSpec.preprocessing`; an unknown
-    ``arch`` raises :class:`ConfigError`.
-    """
-    # Imported here: checkpoints needs torch, and this module is otherwise torch-free.
-    from bls_pipeline.networks.checkpoints import get_arch
-
-    try:
-        return get_arch(arch).preprocessing
-    except CheckpointError as exc:
-        raise ConfigError(f"no preprocessing defaults: {exc}") from None
-
-
 @dataclass(frozen=True)
 class RepositorySpec:
     """Everything that decides the configs of one repository.
@@ -78,18 +68,16 @@ class RepositorySpec:
     max_batch_size: int
     num_classes: int
     device: str = CPU
-    runtime: str = "onnxruntime"
+    # One of model_config.RUNTIMES: tensorrt, onnxruntime or torch-cuda.
+    runtime: str = mc.ONNXRUNTIME
     preprocessing: PreprocessingSettings = field(default_factory=PreprocessingSettings)
-    dali_threads: int = 2
+    # The knobs of bls_pipeline.builder.spec (help, per-device defaults there), resolved.
+    dali_threads: int = device_default("dali_threads", CPU)
     dali_autoconfig: bool = False
-    # The mixed decoder's share for the hardware JPEG engine (GPU only; DALI's default 0.65).
-    hw_decoder_load: float = 0.65
-    preprocessing_instances: int = 1
+    hw_decoder_load: float = device_default("hw_decoder_load", CPU)
+    preprocessing_instances: int = device_default("preprocessing_instances", CPU)
     network_instances: int = 1
-    # The classifier's Python work (trimming, checks, responses) runs one execution at a time
-    # per instance: on a GPU it, not the sub-models, limits throughput (docs/performance.md).
-    classifier_instances: int = 1
-    # GPUs to place every model's instances on; empty: each visible GPU (Triton's KIND_GPU rule).
+    classifier_instances: int = device_default("classifier_instances", CPU)
     gpus: tuple[int, ...] = ()
     network_threads: int = 0
     # ONNX Runtime's idle pool threads busy-wait by default; on a CPU shared with DALI and the
@@ -127,8 +115,30 @@ class RepositorySpec:
 
     @property
     def crop(self) -> int:
-        """The preprocessing output's (and the network input's) size."""
+        """The preprocessing output's (and the network input's) size: the one every writer uses."""
         return self.user_pipeline.crop if self.user_pipeline else self.preprocessing.crop
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as ``bls_build.json`` holds it (the user pipeline without its serialized
+        graph, which is ``preprocessing/1/model.dali``), with the crop spelled out."""
+        values = asdict(self)
+        values["native_models"] = sorted(self.native_models)
+        if self.user_pipeline:
+            values["user_pipeline"].pop("serialized")
+        return {"version": __version__, "crop": self.crop, **values}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any], serialized: bytes = b"") -> "RepositorySpec":
+        """The spec of :meth:`to_json`'s ``values``; ``serialized``: the user pipeline's graph."""
+        from bls_pipeline.builder.user_pipeline import ConvertedPipeline
+
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: _tuples(value) for key, value in values.items() if key in known}
+        values["preprocessing"] = PreprocessingSettings(**values["preprocessing"])
+        values["native_models"] = frozenset(values["native_models"])
+        if values.get("user_pipeline"):
+            values["user_pipeline"] = ConvertedPipeline(**values["user_pipeline"], serialized=serialized)
+        return cls(**values)
 
     def native(self, model: str) -> bool:
         """Whether ``model`` is served by Triton's own backend (not a Python-backend model)."""
@@ -219,6 +229,38 @@ class RepositorySpec:
         return settings
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples of the dataclasses, nested dicts included."""
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    return value
+
+
+def write_build_spec(output: Path, spec: RepositorySpec) -> Path:
+    """``<output>/bls_build.json``: the spec that the launcher, the sizing, the benchmark and
+    the demo read back instead of reverse-engineering the configs."""
+    path = Path(output) / BUILD_SPEC_FILE
+    path.write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+    return path
+
+
+def read_build_spec(repository: Path) -> RepositorySpec | None:
+    """The spec a build wrote into ``repository``; None when it has none (not built by
+    ``tools/build_repo.py``, or by a version before ``bls_build.json``)."""
+    path = Path(repository) / BUILD_SPEC_FILE
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+        serialized = version_dir(repository, mc.PREPROCESSING) / SERIALIZED_FILE
+        has_graph = values.get("user_pipeline") and serialized.is_file()
+        return RepositorySpec.from_json(values, serialized.read_bytes() if has_graph else b"")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{path} is not a build spec this version reads ({exc}): rebuild the repository") from None
+
+
 def serialize_pipeline(dali_file: Path, output: Path) -> Path:
     """Serialize the pipeline of ``dali_file`` (with its ``preprocessing.json``) to ``output``."""
     # Imported here: DALI is heavy, and only a natively hosted local repository needs it.
@@ -294,6 +336,7 @@ def write_repository(
             dirs_exist_ok=True,
         )
 
+    write_build_spec(output, spec)
     paths = {}
     for name, config in spec.configs().items():
         paths[name] = mc.write_config(output / name / CONFIG_FILE, config)

@@ -26,7 +26,8 @@ from bls_pipeline.devtools.bench.report import (
 )
 from bls_pipeline.errors import BenchError
 from bls_pipeline.devtools.bench.gpu import DEFAULT_GPU_CONCURRENCIES, GpuBenchOptions, format_gpu_table, run_gpu_benchmark
-from bls_pipeline.cli.common import DEFAULT_REPOSITORY, EXIT_CODES_HELP, report_error
+from bls_pipeline.cli.common import EXIT_CODES_HELP, report_error
+from bls_pipeline.layout import DEFAULT_REPOSITORY
 from bls_pipeline.errors import BlsPipelineError
 
 EPILOG = f"""

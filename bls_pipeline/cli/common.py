@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 from enum import IntEnum
-from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
 
 from bls_pipeline.client import ClientError
 from bls_pipeline.errors import ServerError
-
-# Where build_repo writes a repository unless told otherwise, and where serve and bench look.
-DEFAULT_REPOSITORY = Path("build/model_repository")
 
 
 class ExitCode(IntEnum):

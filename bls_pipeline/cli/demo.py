@@ -14,13 +14,15 @@ from pathlib import Path
 
 from bls_pipeline import contract
 from bls_pipeline.builder import model_config as mc
-from bls_pipeline.builder.pipeline import BuildOptions, build_repository
+from bls_pipeline.builder.pipeline import build_repository
+from bls_pipeline.builder.spec import BuildOptions
 from bls_pipeline.cli.common import EXIT_CODES_HELP, report_error
 from bls_pipeline.client import DEFAULT_PROTOCOL
-from bls_pipeline.errors import BlsPipelineError
-from bls_pipeline.layout import config_path
+from bls_pipeline.builder.repository import read_build_spec
+from bls_pipeline.errors import BlsPipelineError, ConfigError
+from bls_pipeline.layout import BUILD_SPEC_FILE, config_path
 from bls_pipeline.backends import native_backends_dir
-from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting, native_backend_models
+from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting
 from bls_pipeline.cli import classify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +41,18 @@ def rebuild_reason(repository: Path) -> str | None:
     config = config_path(repository, mc.CLASSIFIER)
     if not config.is_file():
         return None if not repository.exists() else f"{config} is missing"
-    if bool(native_backend_models(repository)) != (native_backends_dir() is not None):
-        return "Triton's own backends were built (or lost) since it was built"
     inputs = {tensor.name for tensor in mc.read_config(config).input}
-    missing = [spec.name for spec in contract.CLASSIFIER_INPUTS if spec.name not in inputs]
+    missing = [tensor.name for tensor in contract.CLASSIFIER_INPUTS if tensor.name not in inputs]
     if missing:
         return f"its classifier predates this version's inputs ({', '.join(missing)} missing)"
+    try:
+        spec = read_build_spec(repository)
+    except ConfigError as exc:
+        return str(exc)
+    if spec is None:
+        return f"it predates this version's {BUILD_SPEC_FILE}"
+    if bool(spec.native_models) != (native_backends_dir() is not None):
+        return "Triton's own backends were built (or lost) since it was built"
     return None
 
 

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from typing import Mapping
 
-from bls_pipeline.layout import config_path
 from bls_pipeline.runtime.device import GPU, visible_gpu_count
 
 MIB = 1024 * 1024
@@ -60,22 +59,22 @@ class ServerSizing:
 
     @classmethod
     def from_repository(cls, repository: Path, gpus: tuple[int, ...] | None = None) -> "ServerSizing | None":
-        """Read the preprocessing and network configs of ``repository`` and size for them.
+        """Size for the build spec of ``repository`` (its ``bls_build.json``).
 
-        ``gpus``: the devices to give a pool; default the ones the configs name, else every
+        ``gpus``: the devices to give a pool; default the ones the spec names, else every
         visible GPU (an instance group without ``gpus`` places its instances on each).
-        ``None`` when the repository has no such models (a test's or a user's own models).
+        ``None`` when the repository has no build spec (a test's or a user's own models).
         """
         from bls_pipeline.builder import model_config as mc
+        from bls_pipeline.builder.repository import read_build_spec
 
-        paths = [config_path(repository, name) for name in (mc.PREPROCESSING, mc.NETWORK)]
-        if not all(path.is_file() for path in paths):
+        spec = read_build_spec(repository)
+        if spec is None:
             return None
-        preprocessing, network = (mc.read_config(path) for path in paths)
+        configs = spec.configs()
         if gpus is None:
-            named = sorted({gpu for config in (preprocessing, network) for group in config.instance_group for gpu in group.gpus})
-            gpus = tuple(named) or tuple(range(max(visible_gpu_count(), 1)))
-        return cls.from_configs(preprocessing, network, gpus)
+            gpus = spec.gpus or tuple(range(max(visible_gpu_count(), 1)))
+        return cls.from_configs(configs[mc.PREPROCESSING], configs[mc.NETWORK], gpus)
 
     @classmethod
     def from_configs(cls, preprocessing, network, gpus: tuple[int, ...] = (0,)) -> "ServerSizing":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.repository import read_build_spec, write_build_spec
 from bls_pipeline.devtools.bench.perf import scrape_metrics
 from bls_pipeline.client import host_port
 from bls_pipeline.server.processes import StubProcess
@@ -30,6 +32,15 @@ def copy_repository(
 
     Cheaper than a build (no ONNX export), and the configs stay protobuf messages.
     """
+    spec = read_build_spec(source)
+    if spec is not None and {mc.PREPROCESSING, mc.NETWORK} <= set(models):
+        # The launcher sizes its memory pools from the spec: it follows the copy's changes.
+        if instances is not None:
+            counts = ("preprocessing_instances", "network_instances", "classifier_instances")
+            spec = dataclasses.replace(spec, **dict.fromkeys(counts, instances))
+        if queue_delay_us is not None:
+            spec = dataclasses.replace(spec, queue_delay_us=queue_delay_us)
+        write_build_spec(destination, spec)
     for model in models:
         shutil.copytree(source / model, destination / model)
         if instances is not None:

@@ -44,7 +44,8 @@ def run_tool(tool: str, *args: str, timeout: float = 300) -> subprocess.Complete
 def declared_flags(tool: str) -> dict[str, bool]:
     """Every ``--flag`` of the tool's ``add_argument`` calls, and whether the call has ``help=``.
 
-    Read from the source so that the test needs no access to the parser object.
+    Read from the source so that the test needs no access to the parser object; build_repo's
+    flags are the build spec's knobs.
     """
     tree = ast.parse((REPO_ROOT / "bls_pipeline" / "cli" / f"{tool}.py").read_text())
     flags: dict[str, bool] = {}
@@ -54,6 +55,11 @@ def declared_flags(tool: str) -> dict[str, bool]:
             for arg in node.args:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("--"):
                     flags[arg.value] = has_help
+    if tool == "build_repo":
+        # Its flags are generated from the build spec's knobs, each with its help.
+        from bls_pipeline.builder.spec import KNOBS, flag_of
+
+        flags.update({flag_of(name): bool(knob.metadata["help"]) for name, knob in KNOBS.items()})
     return flags
 
 

@@ -92,3 +92,44 @@ def test_cuda_graphs_give_the_logits_of_the_eager_network(gpu_repository):
     assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all()
     # FP16 against FP32: logits of order 10 agree to about 1e-2.
     assert np.abs(logits - expected).max() < 0.1
+
+
+def test_a_dali_pipeline_build_at_crop_256_on_the_gpu_builds_verifies_and_serves(tmp_path):
+    """``--dali-pipeline`` with a crop other than 224 on a GPU: the mixed decoder's conversion
+    is verified here, and the network (ONNX, TensorRT or model.pt) takes 256 like the pipeline."""
+    import contextlib
+    import io
+
+    import torch
+
+    from bls_pipeline.builder import model_config as mc
+    from bls_pipeline.builder.repository import read_build_spec
+    from bls_pipeline.cli.build_repo import main
+    from bls_pipeline.layout import TORCH_WEIGHTS_FILE, version_dir
+    from tests.conftest import TUTORIAL_SCRIPT, require_gpu
+
+    require_gpu()
+    output = tmp_path / "model_repository"
+    crop_256 = ["image_size=292", "image_crop=256", "interpolation=types.INTERP_LINEAR", "output_layout='CHW'"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(
+            ["--dali-pipeline", f"{TUTORIAL_SCRIPT}:validation_pipe", *(f"--pipeline-arg={a}" for a in crop_256),
+             "--device", "gpu", "--max-batch-size", "8", "--output", str(output)]
+        )  # fmt: skip
+    assert status == 0, printed.getvalue()
+    assert "decoder: mixed" in printed.getvalue() and "output float32 [3, 256, 256]" in printed.getvalue()
+    spec = read_build_spec(output)
+    assert spec.crop == 256 and spec.device == "gpu"
+    assert list(mc.read_config(output / mc.NETWORK / "config.pbtxt").input[0].dims) == [3, 256, 256]
+    weights = version_dir(output, mc.NETWORK) / TORCH_WEIGHTS_FILE
+    if weights.is_file():
+        assert torch.load(weights, weights_only=True)["image_size"] == 256
+
+    server = start_server(output, tmp_path / "tritonserver.log")
+    try:
+        with ClassifierClient(server.url) as client:
+            predictions = client.classify([(Path(__file__).resolve().parents[2] / "samples" / f"{name}.jpg").read_bytes() for name in ("chelsea", "coffee")], top_k=5)
+    finally:
+        server.stop()
+    assert [PHOTOS[name] in p.class_ids for name, p in zip(("chelsea", "coffee"), predictions)] == [True, True]

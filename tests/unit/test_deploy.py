@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from bls_pipeline.builder import model_config as mc
-from bls_pipeline.builder.repository import RepositorySpec
 from bls_pipeline.server.launcher import ServerOptions
 from bls_pipeline.server.sizing import MIB, ServerSizing, dev_shm_bytes
 from bls_pipeline.serving.metrics import EXECUTE_IMAGES, METRIC_NAMES, REFUSALS, STAGE_DURATION
@@ -101,23 +100,15 @@ def _build_command() -> list[str]:
 @pytest.fixture(scope="module")
 def deployed_configs() -> dict:
     """The configs of the repository that docs/kubernetes.md builds (the default ImageNet labels)."""
-    from bls_pipeline.builder.pipeline import serving_tuning
+    from bls_pipeline.builder.model_config import ONNXRUNTIME
+    from bls_pipeline.builder.pipeline import plan_repository
+    from bls_pipeline.builder.spec import options_from_args
     from bls_pipeline.cli.build_repo import parse_args
 
-    args = parse_args(_build_command())
-    assert (args.target, args.device) == ("triton", "gpu")
+    options = options_from_args(parse_args(_build_command()))
+    assert (options.target, options.device) == ("triton", "gpu")
     # The knobs left unset take the device's defaults, as the build does.
-    tuning = serving_tuning(args, args.device)
-    spec = RepositorySpec(
-        target=args.target,
-        device=args.device,
-        max_batch_size=args.max_batch_size,
-        num_classes=1000,
-        max_image_bytes=args.max_image_bytes,
-        max_request_bytes=args.max_request_bytes,
-        preprocessing_instances=tuning["preprocessing_instances"],
-        network_instances=args.network_instances,
-    )
+    spec = plan_repository(options, device=options.device, runtime=ONNXRUNTIME, num_classes=1000, converted=None)
     return spec.configs()
 
 

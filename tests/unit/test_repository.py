@@ -12,12 +12,12 @@ from bls_pipeline.builder import model_config as mc
 from bls_pipeline.request.orchestration import ClassifierSettings
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
-from bls_pipeline.layout import DALI_FILE, LABELS_FILE, MODEL_FILE, ORT_ALLOW_SPINNING, SETTINGS_FILE, WARMUP_DIR
+from bls_pipeline.builder.spec import preprocessing_defaults
+from bls_pipeline.layout import BUILD_SPEC_FILE, DALI_FILE, LABELS_FILE, MODEL_FILE, ORT_ALLOW_SPINNING, SETTINGS_FILE, WARMUP_DIR
 from bls_pipeline.builder.repository import (
     WARMUP_IMAGE,
     RepositorySpec,
     prepare_output,
-    preprocessing_defaults,
     write_repository,
 )
 
@@ -287,6 +287,7 @@ def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, targe
     output = _write(tmp_path, spec)
 
     expected = {
+        BUILD_SPEC_FILE,
         f"{mc.CLASSIFIER}/config.pbtxt",
         f"{mc.CLASSIFIER}/1/{MODEL_FILE}",
         f"{mc.CLASSIFIER}/1/{LABELS_FILE}",

@@ -217,11 +217,13 @@ def test_a_model_without_image_bytes_gets_the_way_out_named():
 def test_the_demo_rebuilds_a_repository_from_before_image_bytes(tmp_path, monkeypatch):
     from bls_pipeline import contract
     from bls_pipeline.builder import model_config as mc
-    from bls_pipeline.builder.repository import RepositorySpec
+    from bls_pipeline.builder.repository import RepositorySpec, write_build_spec
     from bls_pipeline.cli import demo
 
     monkeypatch.setattr(demo, "native_backends_dir", lambda: None)
-    config = RepositorySpec(target="local", device="cpu", max_batch_size=8, num_classes=10).configs()[mc.CLASSIFIER]
+    spec = RepositorySpec(target="local", device="cpu", max_batch_size=8, num_classes=10)
+    config = spec.configs()[mc.CLASSIFIER]
+    write_build_spec(tmp_path, spec)
     (tmp_path / mc.CLASSIFIER).mkdir()
     mc.write_config(tmp_path / mc.CLASSIFIER / "config.pbtxt", config)
     assert demo.rebuild_reason(tmp_path) is None

@@ -50,9 +50,9 @@ def test_zero_instances_are_refused():
     ],
 )
 def test_unset_knobs_take_the_devices_measured_defaults(tmp_path, device, given, expected):
-    from bls_pipeline.builder.pipeline import BuildOptions, serving_tuning
+    from bls_pipeline.builder.spec import BuildOptions
 
-    assert serving_tuning(BuildOptions(output=tmp_path, **given), device) == expected
+    assert BuildOptions(output=tmp_path, **given).tuned(device) == expected
 
 
 def test_gpus_place_every_models_instances_on_those_gpus():

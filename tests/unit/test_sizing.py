@@ -7,16 +7,18 @@ from pathlib import Path
 import pytest
 
 from bls_pipeline.builder import model_config as mc
-from bls_pipeline.builder.repository import RepositorySpec
+from bls_pipeline.builder.repository import RepositorySpec, write_build_spec
 from bls_pipeline.server.sizing import MIB, MIN_CUDA_POOL_BYTES, MIN_SHM_BYTES, ServerSizing, dev_shm_bytes
 
 IMAGE_BYTES = 3 * 224 * 224 * 4
 
 
 def _repository(tmp_path: Path, **spec) -> Path:
-    for name, config in RepositorySpec(num_classes=1000, **spec).configs().items():
+    built = RepositorySpec(num_classes=1000, **spec)
+    for name, config in built.configs().items():
         (tmp_path / name).mkdir()
         mc.write_config(tmp_path / name / "config.pbtxt", config)
+    write_build_spec(tmp_path, built)
     return tmp_path
 
 

@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -34,18 +33,16 @@ from pathlib import Path
 from bls_pipeline import contract
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.hosting import AUTO, choose_hosting
-from bls_pipeline.networks.preprocessing import PreprocessingSettings
-from bls_pipeline.builder.repository import TEMPLATE_DIR, RepositorySpec, serialize_pipeline
+from bls_pipeline.builder.repository import TEMPLATE_DIR, RepositorySpec, read_build_spec, serialize_pipeline
 from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.layout import (
+    BUILD_SPEC_FILE,
     CONFIG_FILE,
     DALI_FILE,
     LABELS_FILE,
     MODEL_FILE,
     ONNX_FILE,
-    ORT_ALLOW_SPINNING,
-    PLAN_FILE,
     SERIALIZED_FILE,
     SETTINGS_FILE,
     VERSION,
@@ -134,45 +131,12 @@ def naive_config(classifier: mc.ModelConfig, network: mc.ModelConfig) -> mc.Mode
     return config
 
 
-def network_threading(network: mc.ModelConfig) -> tuple[int, bool]:
-    """(intra-op threads, spinning) of a network config, whichever backend hosts it."""
-    parameters = mc.parameters_of(network)
-    if network.backend == "python":
-        return int(parameters.get("intra_op_threads", 0)), parameters.get("allow_spinning", "1") != "0"
-    return int(parameters.get("intra_op_thread_count", 0)), parameters.get(ORT_ALLOW_SPINNING, "1") != "0"
-
-
-def _spec(built: Path, configs: dict[str, mc.ModelConfig], native_models: frozenset[str]) -> RepositorySpec:
-    """The spec of the built repository's sub-models, on the given hosting."""
-    network = configs[mc.NETWORK]
-    threads, spinning = network_threading(network)
-    runtime = "tensorrt" if (built / mc.NETWORK / VERSION / PLAN_FILE).is_file() else "onnxruntime"
-    settings = json.loads((built / mc.PREPROCESSING / "1" / SETTINGS_FILE).read_text())
-    return RepositorySpec(
-        target="local",
-        max_batch_size=configs[mc.CLASSIFIER].max_batch_size,
-        num_classes=network.output[0].dims[0],
-        device=mc.device_of(network),
-        runtime=runtime,
-        dali_threads=int(mc.parameters_of(configs[mc.PREPROCESSING]).get("num_threads", 2)),
-        network_threads=threads,
-        network_spinning=spinning,
-        queue_delay_us=configs[mc.CLASSIFIER].dynamic_batching.max_queue_delay_microseconds,
-        native_models=native_models,
-        preprocessing=_preprocessing_settings(settings),
-        # The serving knobs of the built repository carry over to every variant.
-        hw_decoder_load=float(settings.get("hw_decoder_load", 0.65)),
-        preprocessing_instances=mc.instance_count(configs[mc.PREPROCESSING]),
-        network_instances=mc.instance_count(network),
-        classifier_instances=mc.instance_count(configs[mc.CLASSIFIER]),
-    )
-
-
-def _preprocessing_settings(settings: dict) -> PreprocessingSettings:
-    """The built repository's ``preprocessing.json`` as the build's settings."""
-    fields = {field.name for field in dataclasses.fields(PreprocessingSettings)}
-    values = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items() if key in fields}
-    return PreprocessingSettings(**values)
+def _spec(built: Path, native_models: frozenset[str]) -> RepositorySpec:
+    """The built repository's spec (its ``bls_build.json``), on the given hosting."""
+    spec = read_build_spec(built)
+    if spec is None:
+        raise ConfigError(f"{built} has no {BUILD_SPEC_FILE}: rebuild it with tools/build_repo.py")
+    return dataclasses.replace(spec, target="local", native_models=native_models)
 
 
 def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: str) -> tuple[str, str]:
@@ -210,8 +174,7 @@ def _write_classifier(built: Path, output: Path, name: str, preprocessing: str, 
 
 def native_hosting(built: Path, backends_built: bool) -> frozenset[str]:
     """The sub-models the native variant hosts on Triton's own backends (empty: no variant)."""
-    configs = {name: mc.read_config(built / name / CONFIG_FILE) for name in (mc.PREPROCESSING, mc.NETWORK)}
-    spec = _spec(built, {mc.CLASSIFIER: mc.read_config(built / mc.CLASSIFIER / CONFIG_FILE), **configs}, frozenset())
+    spec = _spec(built, frozenset())
     hosting = choose_hosting(target="local", device=spec.device, runtime=spec.runtime, requested=AUTO, backends_built=backends_built)
     return frozenset(model for model, choice in hosting.items() if choice.native)
 
@@ -225,7 +188,6 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     benchmark runs the pip-installed server.
     """
     built, output = Path(built), Path(output)
-    configs = {name: mc.read_config(built / name / CONFIG_FILE) for name in (mc.CLASSIFIER, mc.PREPROCESSING, mc.NETWORK)}
     if (built / mc.CLASSIFIER / "1" / "bls_pipeline").is_dir():
         raise ConfigError(f"{built} is not a --target local repository: the benchmark runs the pip-installed server")
     onnx = built / mc.NETWORK / VERSION / ONNX_FILE
@@ -234,7 +196,7 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     if native is None:
         native = native_backends_dir() is not None
     output.mkdir(parents=True)
-    python_spec = _spec(built, configs, frozenset())
+    python_spec = _spec(built, frozenset())
     preprocessing, network = _write_sub_models(built, output, python_spec, "")
     _write_classifier(built, output, mc.CLASSIFIER, preprocessing, network)
     written = {"bls": mc.CLASSIFIER, "ensemble": ENSEMBLE, "naive": NAIVE}
@@ -255,7 +217,7 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
 
     native_models = native_hosting(built, backends_built=True) if native else frozenset()
     if native_models:
-        spec = _spec(built, configs, native_models)
+        spec = _spec(built, native_models)
         preprocessing, network = _write_sub_models(built, output, spec, NATIVE_SUFFIX)
         _write_classifier(built, output, ENDPOINTS["bls_native"], preprocessing, network)
         ensemble = ENDPOINTS["ensemble_native"]
