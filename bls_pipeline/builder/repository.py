@@ -51,6 +51,10 @@ LOGGER = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = model_sources_dir()
+# What the classifier (serving.models.ClassifierModel) imports, and so all that the container
+# repository ships of the package: no builder, no torch, no DALI (the container's Triton backends
+# host those sub-models). tests/unit/test_container_copy.py lists it and imports it alone.
+CONTAINER_PACKAGE = ("__init__.py", "contract.py", "errors.py", "request", "serving", "runtime/__init__.py", "runtime/device.py")
 # A real photograph that model_warmup decodes before the server reports ready.
 WARMUP_IMAGE = PACKAGE_DIR / "data" / "warmup.jpg"
 
@@ -282,6 +286,20 @@ def prepare_output(output: Path, *, force: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
+def copy_container_package(destination: Path) -> list[Path]:
+    """Copy what the classifier imports into ``destination`` (``classifier/1/bls_pipeline``):
+    the NVIDIA Triton container has no bls_pipeline, and the Python backend's import path finds
+    it beside ``model.py``. Returns the files copied."""
+    for entry in CONTAINER_PACKAGE:
+        source, target = PACKAGE_DIR / entry, destination / entry
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    return sorted(path for path in destination.rglob("*") if path.is_file())
+
+
 def write_repository(
     output: Path,
     spec: RepositorySpec,
@@ -327,14 +345,7 @@ def write_repository(
         else:
             LOGGER.warning("no CUDA here: model.dali is left to the DALI backend, which serializes dali.py at load")
     if spec.target == "triton":
-        # The NVIDIA Triton container has no bls_pipeline: ship its light modules beside the
-        # classifier's model.py, where the Python backend's import path finds them.
-        shutil.copytree(
-            PACKAGE_DIR,
-            versions[mc.CLASSIFIER] / PACKAGE_DIR.name,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", TEMPLATE_DIR.name),
-            dirs_exist_ok=True,
-        )
+        copy_container_package(versions[mc.CLASSIFIER] / PACKAGE_DIR.name)
 
     write_build_spec(output, spec)
     paths = {}

@@ -40,6 +40,7 @@ def copy_repository(
             spec = dataclasses.replace(spec, **dict.fromkeys(counts, instances))
         if queue_delay_us is not None:
             spec = dataclasses.replace(spec, queue_delay_us=queue_delay_us)
+        destination.mkdir(parents=True, exist_ok=True)
         write_build_spec(destination, spec)
     for model in models:
         shutil.copytree(source / model, destination / model)
