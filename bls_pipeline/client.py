@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -189,7 +190,7 @@ class ClassifierClient:
         """Close the connections."""
         self._client.close()
 
-    def __enter__(self) -> "ClassifierClient":
+    def __enter__(self) -> ClassifierClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -253,7 +254,7 @@ class ClassifierClient:
             raise request_failure(exc) from None
         return self._parse(result)
 
-    def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> "PendingRequest":
+    def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> PendingRequest:
         """Send ``images`` as one request without waiting; :meth:`PendingRequest.result` waits."""
         request = self._request(images, top_k)
         try:

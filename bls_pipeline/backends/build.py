@@ -18,10 +18,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from bls_pipeline.backends import recipe, sources, toolchain
 from bls_pipeline.backends.site import Site, install_copy, installed_site, installed_versions, retarget
@@ -219,7 +219,7 @@ def build_backends(options: BuildOptions, progress: Progress = print) -> BuildRe
                 libraries[backend] = _compile(backend, work / "src", work, tools, options.gpu, log, progress)
             shutil.rmtree(built, ignore_errors=True)
             built.mkdir(parents=True)
-            for backend, library in libraries.items():
+            for library in libraries.values():
                 shutil.copy2(library, built / library.name)
             (built / "key.json").write_text(json.dumps(asdict(key), indent=2) + "\n")
             shutil.rmtree(work)

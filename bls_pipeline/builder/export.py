@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bls_pipeline.contract import NETWORK_INPUT as INPUT_NAME, NETWORK_OUTPUT as OUTPUT_NAME
+from bls_pipeline.contract import NETWORK_INPUT as INPUT_NAME
+from bls_pipeline.contract import NETWORK_OUTPUT as OUTPUT_NAME
 from bls_pipeline.errors import ExportError
 
 LOGGER = logging.getLogger(__name__)

@@ -14,14 +14,16 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from bls_pipeline import contract
+
 # The contract's names, importable from here too because every config user needs them.
 from bls_pipeline.contract import (  # noqa: F401
     CLASS_IDS_OUTPUT,

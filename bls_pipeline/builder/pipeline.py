@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from bls_pipeline.builder.hosting import ModelHosting, choose_hosting
 from bls_pipeline.builder.model_config import ONNXRUNTIME, TENSORRT, TORCH_CUDA

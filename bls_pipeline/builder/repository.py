@@ -15,14 +15,15 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
-import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bls_pipeline import __version__
 from bls_pipeline.builder import model_config as mc
@@ -40,8 +41,8 @@ from bls_pipeline.layout import (
     WARMUP_DIR,
     version_dir,
 )
-from bls_pipeline.networks.preprocessing import PreprocessingSettings
 from bls_pipeline.model_sources import model_sources_dir
+from bls_pipeline.networks.preprocessing import PreprocessingSettings
 from bls_pipeline.runtime.device import CPU, GPU, decoder_device, detect_device
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ class RepositorySpec:
         return {"version": __version__, "crop": self.crop, **values}
 
     @classmethod
-    def from_json(cls, values: dict[str, Any], serialized: bytes = b"") -> "RepositorySpec":
+    def from_json(cls, values: dict[str, Any], serialized: bytes = b"") -> RepositorySpec:
         """The spec of :meth:`to_json`'s ``values``; ``serialized``: the user pipeline's graph."""
         from bls_pipeline.builder.user_pipeline import ConvertedPipeline
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bls_pipeline.builder.hosting import AUTO, HOSTINGS
 from bls_pipeline.builder.model_config import TARGETS

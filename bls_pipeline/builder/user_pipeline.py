@@ -34,9 +34,10 @@ import importlib.util
 import inspect
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class PipelineSource:
     arguments: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, spec: str, arguments: Sequence[str] = ()) -> "PipelineSource":
+    def parse(cls, spec: str, arguments: Sequence[str] = ()) -> PipelineSource:
         """From ``"train.py:validation_pipe"`` and ``["image_size=256", ...]``."""
         path, sep, function = spec.rpartition(":")
         if not sep or not path.endswith(".py") or not function.isidentifier():
@@ -188,7 +189,7 @@ class ReaderOnly(str):
     sharding arguments are replaced anyway, and one that reaches another operator is reported.
     """
 
-    def __new__(cls, name: str) -> "ReaderOnly":
+    def __new__(cls, name: str) -> ReaderOnly:
         value = super().__new__(cls, f"<reader-only argument {name}>")
         value.argument = name
         return value

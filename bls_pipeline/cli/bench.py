@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 
 from bls_pipeline import contract
-from bls_pipeline.devtools.bench.run import DEFAULT_CONCURRENCIES, BenchOptions, ENDPOINT_KEYS, run_benchmark
+from bls_pipeline.cli.common import EXIT_CODES_HELP, report_error
+from bls_pipeline.devtools.bench.gpu import (
+    DEFAULT_GPU_CONCURRENCIES,
+    GpuBenchOptions,
+    format_gpu_table,
+    run_gpu_benchmark,
+)
 from bls_pipeline.devtools.bench.images import benchmark_images, load_images
 from bls_pipeline.devtools.bench.report import (
     format_table,
@@ -24,11 +30,9 @@ from bls_pipeline.devtools.bench.report import (
     plot_result,
     write_json,
 )
-from bls_pipeline.errors import BenchError
-from bls_pipeline.devtools.bench.gpu import DEFAULT_GPU_CONCURRENCIES, GpuBenchOptions, format_gpu_table, run_gpu_benchmark
-from bls_pipeline.cli.common import EXIT_CODES_HELP, report_error
+from bls_pipeline.devtools.bench.run import DEFAULT_CONCURRENCIES, ENDPOINT_KEYS, BenchOptions, run_benchmark
+from bls_pipeline.errors import BenchError, BlsPipelineError
 from bls_pipeline.layout import DEFAULT_REPOSITORY
-from bls_pipeline.errors import BlsPipelineError
 
 EPILOG = f"""
 perf_analyzer (needs glibc >= 2.38; PyPI perf-analyzer) against a running server, with the
@@ -79,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency",
         type=_concurrencies,
         default=DEFAULT_CONCURRENCIES,
-        help="comma-separated requests in flight (default %s)" % ",".join(map(str, DEFAULT_CONCURRENCIES)),
+        help=f"comma-separated requests in flight (default {','.join(map(str, DEFAULT_CONCURRENCIES))})",
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of each measurement window (default 5)")
     parser.add_argument("--warmup", type=float, default=1.5, help="seconds of load before each window (default 1.5)")

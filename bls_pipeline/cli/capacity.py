@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, positive_float, report_error
 from bls_pipeline.devtools.capacity import (
     DEFAULT_ENDPOINT,
     DEFAULT_UTILIZATION,
@@ -23,7 +24,6 @@ from bls_pipeline.devtools.capacity import (
     operating_points,
     plan_capacity,
 )
-from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, positive_float, report_error
 from bls_pipeline.errors import CapacityError
 
 PROG = "capacity"

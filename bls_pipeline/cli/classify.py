@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, positive_float, progress_bar, report_error
 from bls_pipeline.client import (

@@ -13,17 +13,17 @@ import os
 from pathlib import Path
 
 from bls_pipeline import contract
+from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.pipeline import build_repository
+from bls_pipeline.builder.repository import read_build_spec
 from bls_pipeline.builder.spec import BuildOptions
+from bls_pipeline.cli import classify
 from bls_pipeline.cli.common import EXIT_CODES_HELP, report_error
 from bls_pipeline.client import DEFAULT_PROTOCOL
-from bls_pipeline.builder.repository import read_build_spec
 from bls_pipeline.errors import BlsPipelineError, ConfigError
 from bls_pipeline.layout import BUILD_SPEC_FILE, config_path
-from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting
-from bls_pipeline.cli import classify
 
 ROOT = Path(__file__).resolve().parents[2]
 

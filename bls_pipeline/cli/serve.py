@@ -17,8 +17,8 @@ import threading
 from pathlib import Path
 
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
-from bls_pipeline.layout import DEFAULT_REPOSITORY
 from bls_pipeline.errors import BlsPipelineError
+from bls_pipeline.layout import DEFAULT_REPOSITORY
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting
 
 

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
-from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.devtools.soak import SoakOptions, build_samples, format_report, run_soak
+from bls_pipeline.errors import BlsPipelineError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bls_pipeline.networks import architectures
 from bls_pipeline.errors import CheckpointError
+from bls_pipeline.networks import architectures
 from bls_pipeline.networks.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -15,8 +15,9 @@ Example (in process)::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class ClassifierSettings:
         return self.max_batch_size * self.max_image_bytes
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, str], *, max_batch_size: int) -> "ClassifierSettings":
+    def from_parameters(cls, parameters: Mapping[str, str], *, max_batch_size: int) -> ClassifierSettings:
         """Settings from config ``parameters`` (strings); absent keys keep their defaults."""
         known = ("max_image_bytes", "max_image_pixels", "default_top_k", "max_request_bytes")
         return cls(

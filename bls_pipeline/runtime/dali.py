@@ -21,9 +21,10 @@ import ctypes
 import importlib.util
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -150,7 +151,7 @@ class DaliPreprocessor:
         max_batch_size: int,
         num_threads: int | None = None,
         gpu_id: int = 0,
-    ) -> "DaliPreprocessor":
+    ) -> DaliPreprocessor:
         """Build from a ``dali.py`` file, with the settings of its ``preprocessing.json``.
 
         The decoder device is the settings' ``decoder_device``; ``gpu_id`` only says which GPU
@@ -184,7 +185,7 @@ class DaliPreprocessor:
         on_device: bool,
         num_threads: int | None = None,
         gpu_id: int = 0,
-    ) -> "DaliPreprocessor":
+    ) -> DaliPreprocessor:
         """Build from a serialized pipeline (``model.dali``) whose input is ``DALI_INPUT``.
 
         Its decoder device is part of the graph, written from the repository's device setting;
@@ -212,7 +213,7 @@ class DaliPreprocessor:
     @classmethod
     def from_version_dir(
         cls, directory: str | os.PathLike[str], *, on_device: bool, **options: Any
-    ) -> "DaliPreprocessor":
+    ) -> DaliPreprocessor:
         """The pipeline of a ``preprocessing/1`` folder: ``model.dali`` if there is one, else ``dali.py``.
 
         ``on_device`` (the model's instance kind) matters for ``model.dali`` only: ``dali.py``
@@ -231,7 +232,7 @@ class DaliPreprocessor:
         # DALI reuses its output buffers on the next run: copy each chunk before running the next.
         return np.concatenate([self._host(self._run(chunk), copy=True) for chunk in chunks])
 
-    def on_gpu(self, images: Sequence[np.ndarray]) -> "torch.Tensor":
+    def on_gpu(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Like calling the runner, but the batch stays on the GPU: a torch CUDA tensor.
 
         Only for a ``mixed`` decoder. The tensor owns its memory: DALI reuses its output

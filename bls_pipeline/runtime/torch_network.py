@@ -27,7 +27,8 @@ import bisect
 import logging
 import os
 import pickle
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,7 @@ class TorchCudaNetwork:
         )
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, max_batch_size: int, **kwargs: Any) -> "TorchCudaNetwork":
+    def from_file(cls, path: str | os.PathLike[str], *, max_batch_size: int, **kwargs: Any) -> TorchCudaNetwork:
         """Rebuild the network of the build's ``model.pt`` and capture its graphs.
 
         The file names its architecture and input size (see ``export.save_torch_weights``);

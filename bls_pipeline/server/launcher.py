@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -36,7 +37,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import dataclasses
 import threading
 import time
 import urllib.error
@@ -44,8 +44,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bls_pipeline.builder.model_config import read_config
 from bls_pipeline.backends import BACKENDS, native_backends_dir
+from bls_pipeline.builder.model_config import read_config
+from bls_pipeline.errors import ConfigError, ServerError
 from bls_pipeline.server.processes import (
     SHM_DIR,
     StubProcess,
@@ -55,7 +56,6 @@ from bls_pipeline.server.processes import (
     stub_processes,
 )
 from bls_pipeline.server.sizing import ServerSizing
-from bls_pipeline.errors import ConfigError, ServerError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def native_backend_models(repository: Path) -> dict[str, str]:
     return found
 
 
-def describe_hosting(server: "LocalTritonServer") -> str:
+def describe_hosting(server: LocalTritonServer) -> str:
     """One line for the start of a tool: which backends serve the repository's models."""
     native = native_backend_models(Path(server.options.model_repository))
     if native:
@@ -189,7 +189,7 @@ class LocalTritonServer:
         """The gRPC endpoint, ``grpc://host:port`` (the scheme tells a client its protocol)."""
         return f"grpc://{self.options.host}:{self.options.grpc_port}"
 
-    def __enter__(self) -> "LocalTritonServer":
+    def __enter__(self) -> LocalTritonServer:
         self.start()
         return self
 

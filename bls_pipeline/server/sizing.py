@@ -28,10 +28,9 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from typing import Mapping
 
 from bls_pipeline.runtime.device import GPU, visible_gpu_count
 
@@ -53,12 +52,12 @@ class ServerSizing:
     batch_bytes: int
 
     @classmethod
-    def defaults(cls) -> "ServerSizing":
+    def defaults(cls) -> ServerSizing:
         """The sizes for a repository that is not this project's (no configs to read)."""
         return cls(cuda_pool_bytes=0, shm_default_bytes=MIN_SHM_BYTES, shm_growth_bytes=MIN_SHM_BYTES, gpus=(), batch_bytes=0)
 
     @classmethod
-    def from_repository(cls, repository: Path, gpus: tuple[int, ...] | None = None) -> "ServerSizing | None":
+    def from_repository(cls, repository: Path, gpus: tuple[int, ...] | None = None) -> ServerSizing | None:
         """Size for the build spec of ``repository`` (its ``bls_build.json``).
 
         ``gpus``: the devices to give a pool; default the ones the spec names, else every
@@ -77,7 +76,7 @@ class ServerSizing:
         return cls.from_configs(configs[mc.PREPROCESSING], configs[mc.NETWORK], gpus)
 
     @classmethod
-    def from_configs(cls, preprocessing, network, gpus: tuple[int, ...] = (0,)) -> "ServerSizing":
+    def from_configs(cls, preprocessing, network, gpus: tuple[int, ...] = (0,)) -> ServerSizing:
         """Size for the ``preprocessing`` and network configs (``ModelConfig`` messages)."""
         from bls_pipeline.builder import model_config as mc
 

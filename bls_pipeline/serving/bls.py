@@ -19,7 +19,8 @@ Example (inside a Python-backend model)::
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils

@@ -38,8 +38,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError
 

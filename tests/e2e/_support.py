@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.repository import read_build_spec, write_build_spec
-from bls_pipeline.devtools.bench.perf import scrape_metrics
 from bls_pipeline.client import host_port
-from bls_pipeline.server.processes import StubProcess
+from bls_pipeline.devtools.bench.perf import scrape_metrics
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, native_backend_models
+from bls_pipeline.server.processes import StubProcess
 
 
 def copy_repository(

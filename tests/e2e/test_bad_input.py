@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from bls_pipeline.client import ClientError
-from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.devtools.soak import corrupt_png_data, huge_jpeg_header
+from bls_pipeline.request.padding import pad_batch
 from tests.conftest import DECODER_PROBABILITY_TOLERANCE, encode
 from tests.e2e._support import copy_repository, decoding_failure, raw_infer, scores_by_class, start_server
 

@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from bls_pipeline.devtools.bench.run import check_result_schema
 from bls_pipeline.devtools.bench.repository import ENDPOINTS, write_bench_repository
+from bls_pipeline.devtools.bench.run import check_result_schema
 from tests.conftest import PHOTOS, encode
 
 pytestmark = pytest.mark.e2e

@@ -8,10 +8,10 @@ import pytest
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.client import FORMS, ClassifierClient
 from bls_pipeline.request.orchestration import classify_request
-from bls_pipeline.runtime.dali import DaliPreprocessor
-from bls_pipeline.runtime.network import OnnxRuntimeNetwork
 from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.request.postprocess import imagenet_labels
+from bls_pipeline.runtime.dali import DaliPreprocessor
+from bls_pipeline.runtime.network import OnnxRuntimeNetwork
 from tests.conftest import PHOTOS, encode
 
 pytestmark = pytest.mark.e2e

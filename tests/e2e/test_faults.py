@@ -25,9 +25,9 @@ import pytest
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.client import ClassifierClient, ClientError
 from bls_pipeline.errors import ServerError
+from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 from tests.conftest import DECODER_PROBABILITY_TOLERANCE, device_of, encode, repository_fixture
-from bls_pipeline.request.padding import pad_batch
 from tests.e2e._support import copy_repository, hosting_of, raw_infer, scores_by_class, start_server, stub_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gpu_suite]
@@ -138,7 +138,7 @@ def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_
     ("fault", "messages"),
     [
         ("missing", {"python": "no network file: expected {path}", "native": "failed to stat file {path}"}),
-        ("corrupt", {hosting: "Load model from {path} failed:Protobuf parsing failed." for hosting in ("python", "native")}),
+        ("corrupt", dict.fromkeys(("python", "native"), "Load model from {path} failed:Protobuf parsing failed.")),
     ],
 )
 def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(built_repository, tmp_path, fault, messages):

@@ -7,10 +7,10 @@ import pytest
 
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.client import host_port
+from bls_pipeline.devtools.bench.perf import classifier_stages_ms, metric, scrape_metrics, settled_metrics
 from bls_pipeline.request.padding import pad_batch
 from bls_pipeline.serving.metrics import EXECUTE_IMAGES, REFUSALS, STAGE_DURATION, STAGES
 from tests.conftest import PHOTOS, encode
-from bls_pipeline.devtools.bench.perf import classifier_stages_ms, metric, scrape_metrics, settled_metrics
 from tests.e2e._support import raw_infer, scrape_metrics_until
 
 pytestmark = pytest.mark.e2e

@@ -27,8 +27,8 @@ import pytest
 
 from bls_pipeline.client import ClassifierClient
 from bls_pipeline.errors import ServerError
-from bls_pipeline.server.processes import SHM_DIR, SHM_PREFIX, shm_segments
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
+from bls_pipeline.server.processes import SHM_DIR, SHM_PREFIX, shm_segments
 
 pytestmark = pytest.mark.e2e
 
@@ -100,7 +100,7 @@ class ServerFootprint:
     segments: set[str]
 
     @classmethod
-    def of(cls, root_pid: int) -> "ServerFootprint":
+    def of(cls, root_pid: int) -> ServerFootprint:
         procs = descendants(root_pid)
         return cls(procs, mapped_segments([p.pid for p in procs]))
 

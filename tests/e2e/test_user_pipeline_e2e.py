@@ -12,7 +12,13 @@ import pytest
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.user_pipeline import sample_photos
 from bls_pipeline.client import ClassifierClient, host_port
-from tests.conftest import PHOTOS, TUTORIAL_ARGS, TUTORIAL_SCRIPT, require_native_backends, run_tutorial_pipeline_with_its_reader
+from tests.conftest import (
+    PHOTOS,
+    TUTORIAL_ARGS,
+    TUTORIAL_SCRIPT,
+    require_native_backends,
+    run_tutorial_pipeline_with_its_reader,
+)
 from tests.e2e._support import start_server
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,9 @@ import tritonclient.http as httpclient
 from PIL import Image
 
 from bls_pipeline.builder import model_config as mc
+from bls_pipeline.devtools.bench.images import BenchImage, benchmark_images, render_photo
 from bls_pipeline.devtools.bench.load import LoadSample, request_inputs
+from bls_pipeline.devtools.bench.report import perf_analyzer_data
 from bls_pipeline.devtools.bench.run import (
     BenchOptions,
     Spread,
@@ -22,10 +24,7 @@ from bls_pipeline.devtools.bench.run import (
     latency_percentiles,
     percentile,
 )
-from bls_pipeline.devtools.bench.images import BenchImage, benchmark_images, render_photo
-from bls_pipeline.devtools.bench.report import perf_analyzer_data
-from bls_pipeline.errors import BenchError
-from bls_pipeline.errors import ConfigError
+from bls_pipeline.errors import BenchError, ConfigError
 
 
 @pytest.mark.parametrize(

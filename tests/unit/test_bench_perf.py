@@ -178,8 +178,8 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
 
 def test_request_groups_cycle_through_the_photographs_and_forms_count_their_bytes():
     from bls_pipeline.devtools.bench.forms import request_bytes
-    from bls_pipeline.devtools.bench.load import request_groups
     from bls_pipeline.devtools.bench.images import BenchImage
+    from bls_pipeline.devtools.bench.load import request_groups
 
     images = [BenchImage(name, b"x" * size, 1, 1) for name, size in (("a", 10), ("b", 100), ("c", 30))]
     groups = request_groups(images, 2)
@@ -203,11 +203,11 @@ def test_form_loads_put_the_two_forms_of_a_point_back_to_back():
 
     loads = form_loads("classifier", {"grpc": "h:8001", "http": "h:8000"}, protocols=("grpc", "http"), points=((8, 32), (32, 8)))
 
-    assert [(l.images_per_request, l.protocol, l.form) for l in loads] == [
+    assert [(load.images_per_request, load.protocol, load.form) for load in loads] == [
         (8, "grpc", "padded"), (8, "grpc", "bytes"), (8, "http", "padded"), (8, "http", "bytes"),
         (32, "grpc", "padded"), (32, "grpc", "bytes"), (32, "http", "padded"), (32, "http", "bytes"),
     ]
-    assert {l.url for l in loads if l.protocol == "grpc"} == {"h:8001"} and {l.model for l in loads} == {"classifier"}
+    assert {load.url for load in loads if load.protocol == "grpc"} == {"h:8001"} and {load.model for load in loads} == {"classifier"}
 
 
 def test_varied_images_span_imagenets_sizes():

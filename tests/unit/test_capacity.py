@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bls_pipeline.cli import capacity as cli
 from bls_pipeline.devtools.capacity import OperatingPoint, describe, operating_points, plan_capacity
 from bls_pipeline.errors import CapacityError
-from bls_pipeline.cli import capacity as cli
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "docs" / "measurements" / "2026-11-25-cpu-benchmark.json"
 POINTS = [

@@ -12,6 +12,8 @@ import torch
 from skimage import data as skdata
 from torch import nn
 
+from bls_pipeline.devtools.bench.naive import PilPreprocessor
+from bls_pipeline.errors import CheckpointError, ConfigError
 from bls_pipeline.networks.checkpoints import (
     ARCHITECTURES,
     ArchSpec,
@@ -21,8 +23,6 @@ from bls_pipeline.networks.checkpoints import (
     load_checkpoint,
     num_classes,
 )
-from bls_pipeline.errors import CheckpointError, ConfigError
-from bls_pipeline.devtools.bench.naive import PilPreprocessor
 from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, PreprocessingSettings
 from tests.conftest import encode
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bls_pipeline.errors import InvalidImageError, SubModelError
 from bls_pipeline.request.faults import blames_input, summarize_dali_error
 from bls_pipeline.request.orchestration import Orchestrator, request_error
-from bls_pipeline.errors import InvalidImageError, SubModelError
 
 # What DALI 2.4 raises for a JPEG cut in half (the decoder's own reason goes to stderr).
 DALI_DECODE_ERROR = (
@@ -203,8 +203,8 @@ def _settings(**kwargs):
     ],
 )
 def test_a_request_over_the_byte_limit_is_refused_before_its_rows_are_read(settings, limit):
-    from bls_pipeline.request.orchestration import prepare_request
     from bls_pipeline.errors import InvalidRequestError
+    from bls_pipeline.request.orchestration import prepare_request
 
     at_limit = np.zeros((2, limit // 2), np.uint8)
     at_limit[:, :3] = [0xFF, 0xD8, 0xFF]  # would be a corrupt JPEG: rows are read

@@ -60,8 +60,8 @@ def test_dali_py_keeps_a_copy_of_the_contract_and_layout_that_equals_them():
 
 
 def test_the_export_client_and_benchmark_use_the_contract_names():
-    from bls_pipeline.builder import export
     from bls_pipeline import client
+    from bls_pipeline.builder import export
     from bls_pipeline.devtools.bench.images import BenchImage
     from bls_pipeline.devtools.bench.report import perf_analyzer_data
 

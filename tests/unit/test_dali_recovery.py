@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from bls_pipeline.runtime.dali import DaliPreprocessor, release_free_memory
 from bls_pipeline.devtools.soak import corrupt_png_data
+from bls_pipeline.runtime.dali import DaliPreprocessor, release_free_memory
 from tests.conftest import encode
 
 

@@ -13,8 +13,6 @@ import torch
 from torch import nn
 
 from bls_pipeline.builder import export
-from bls_pipeline.networks.checkpoints import ARCHITECTURES, default_checkpoint_path, load_checkpoint
-from bls_pipeline.errors import ExportError
 from bls_pipeline.builder.export import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -23,6 +21,8 @@ from bls_pipeline.builder.export import (
     tensorrt_available,
     verify_onnx,
 )
+from bls_pipeline.errors import ExportError
+from bls_pipeline.networks.checkpoints import ARCHITECTURES, default_checkpoint_path, load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from bls_pipeline.request.image_header import ImageHeaderError, check_image, check_complete
+from bls_pipeline.request.image_header import ImageHeaderError, check_complete, check_image
 from tests.conftest import encode
 
 LIMITS = {"max_bytes": 10**8, "max_pixels": 10**8}

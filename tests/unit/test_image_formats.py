@@ -18,6 +18,7 @@ from bls_pipeline.request.image_formats import (
 from bls_pipeline.request.image_header import ImageHeaderError, read_header
 from tests.conftest import encode
 
+
 @pytest.mark.parametrize(
     ("head", "fmt"),
     [

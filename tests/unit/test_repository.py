@@ -9,17 +9,25 @@ import numpy as np
 import pytest
 
 from bls_pipeline.builder import model_config as mc
-from bls_pipeline.request.orchestration import ClassifierSettings
-from bls_pipeline.errors import ConfigError
-from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
-from bls_pipeline.builder.spec import preprocessing_defaults
-from bls_pipeline.layout import BUILD_SPEC_FILE, DALI_FILE, LABELS_FILE, MODEL_FILE, ORT_ALLOW_SPINNING, SETTINGS_FILE, WARMUP_DIR
 from bls_pipeline.builder.repository import (
     WARMUP_IMAGE,
     RepositorySpec,
     prepare_output,
     write_repository,
 )
+from bls_pipeline.builder.spec import preprocessing_defaults
+from bls_pipeline.errors import ConfigError
+from bls_pipeline.layout import (
+    BUILD_SPEC_FILE,
+    DALI_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    ORT_ALLOW_SPINNING,
+    SETTINGS_FILE,
+    WARMUP_DIR,
+)
+from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
+from bls_pipeline.request.orchestration import ClassifierSettings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 NUM_CLASSES = 5

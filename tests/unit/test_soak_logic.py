@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.request.image_header import ImageHeaderError, check_image
 from bls_pipeline.devtools.soak import (
     EXPECTED,
     OK,
@@ -27,6 +26,7 @@ from bls_pipeline.devtools.soak import (
     read_rss_kib,
     segment_bytes,
 )
+from bls_pipeline.request.image_header import ImageHeaderError, check_image
 
 GOOD = Sample("cat.jpg", (b"\xff\xd8",))
 BAD = Sample("empty", (b"",), "image 0: empty image")

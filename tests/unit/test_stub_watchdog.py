@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bls_pipeline.server.processes import StubProcess, models_with_dead_stubs, stub_processes
 from bls_pipeline.server.launcher import ServerOptions
+from bls_pipeline.server.processes import StubProcess, models_with_dead_stubs, stub_processes
 
 
 def stub(pid: int, model: str) -> StubProcess:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bls_pipeline.networks import architectures
 from bls_pipeline.builder.export import save_torch_weights
+from bls_pipeline.networks import architectures
 from bls_pipeline.runtime.torch_network import TorchCudaNetwork, batch_buckets, bucket_for
 
 

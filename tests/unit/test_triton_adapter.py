@@ -51,11 +51,11 @@ class FakeTensor:
     def as_numpy(self) -> np.ndarray:
         return self._array
 
-    def to_dlpack(self) -> "FakeCapsule":
+    def to_dlpack(self) -> FakeCapsule:
         return FakeCapsule(self._array, on_gpu=not self.is_cpu())
 
     @staticmethod
-    def from_dlpack(name: str, capsule: "FakeCapsule") -> "FakeTensor":
+    def from_dlpack(name: str, capsule: FakeCapsule) -> FakeTensor:
         return (FakeGpuTensor if capsule.on_gpu else FakeTensor)(name, capsule.array)
 
 

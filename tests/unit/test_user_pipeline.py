@@ -27,7 +27,8 @@ from bls_pipeline.layout import SERIALIZED_FILE
 from bls_pipeline.runtime.dali import DaliPreprocessor
 from bls_pipeline.runtime.device import decoder_device, detect_device
 from tests.conftest import PIPELINE_FIXTURES as FIXTURES
-from tests.conftest import TUTORIAL_ARGS, TUTORIAL_SCRIPT as TRAIN, run_tutorial_pipeline_with_its_reader
+from tests.conftest import TUTORIAL_ARGS, run_tutorial_pipeline_with_its_reader
+from tests.conftest import TUTORIAL_SCRIPT as TRAIN
 
 MORE = FIXTURES / "more_pipelines.py"
 

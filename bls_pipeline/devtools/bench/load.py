@@ -15,12 +15,12 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from bls_pipeline import contract
-from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.client import image_input, requested_outputs
+from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.errors import BenchError, EndpointFailure
 
 

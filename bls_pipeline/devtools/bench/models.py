@@ -14,16 +14,18 @@ here, like the product's models import :mod:`bls_pipeline.serving.models`.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from bls_pipeline.request.orchestration import ClassifierSettings
+from bls_pipeline.devtools.bench.naive import PilPreprocessor
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError
 from bls_pipeline.layout import SETTINGS_FILE
-from bls_pipeline.devtools.bench.naive import PilPreprocessor
+from bls_pipeline.request.orchestration import ClassifierSettings
 from bls_pipeline.request.postprocess import label_table, load_labels, parse_top_k
+from bls_pipeline.serving.bls import error_response
 from bls_pipeline.serving.models import (
     _device,
     _gpu_id,
@@ -34,7 +36,6 @@ from bls_pipeline.serving.models import (
     prepare_images,
     request_top_k,
 )
-from bls_pipeline.serving.bls import error_response
 
 LOGITS_INPUT = "LOGITS"
 

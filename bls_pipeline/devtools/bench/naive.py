@@ -54,7 +54,7 @@ class PilPreprocessor:
     settings: PreprocessingSettings
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> "PilPreprocessor":
+    def from_file(cls, path: str | os.PathLike[str]) -> PilPreprocessor:
         """From a ``preprocessing.json`` written by the repository build."""
         return cls(settings_from_json(path))
 

@@ -24,9 +24,10 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
@@ -251,7 +252,7 @@ class GpuSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         if shutil.which("nvidia-smi"):
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()

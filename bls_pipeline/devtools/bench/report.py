@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
@@ -53,7 +54,7 @@ def format_table(result: Mapping[str, Any]) -> str:
         f"{'endpoint over HTTP':22s} {'conc':>4s}  {'images/s':>22s}  {'p50 ms':>22s}  {'p90 ms':>8s}  {'p99 ms':>8s}  {'CPU ms/img':>10s}"
     )
     for key, by_concurrency in result["endpoints"].items():
-        for name, row in by_concurrency.items():
+        for row in by_concurrency.values():
             latency = row["latency_ms"]
             cpu = row.get("server_cpu_ms_per_image")
             lines.append(

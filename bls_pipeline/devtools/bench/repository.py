@@ -31,10 +31,10 @@ import shutil
 from pathlib import Path
 
 from bls_pipeline import contract
+from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.hosting import AUTO, choose_hosting
 from bls_pipeline.builder.repository import TEMPLATE_DIR, RepositorySpec, read_build_spec, serialize_pipeline
-from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.layout import (
     BUILD_SPEC_FILE,

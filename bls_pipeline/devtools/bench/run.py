@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -35,10 +36,10 @@ import platform
 import statistics
 import tempfile
 import time
-import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class Spread:
     n: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Spread":
+    def of(cls, values: Sequence[float]) -> Spread:
         """Summarize ``values`` (at least one)."""
         if not values:
             raise ValueError("no values to summarize")
@@ -330,17 +331,17 @@ class BenchOptions:
             raise BenchError("durations must be positive")
 
     @classmethod
-    def quick_options(cls, repository: Path, **overrides: Any) -> "BenchOptions":
+    def quick_options(cls, repository: Path, **overrides: Any) -> BenchOptions:
         """CI-sized: one repeat, two concurrencies, one-second windows."""
-        values: dict[str, Any] = dict(
-            repeats=1,
-            concurrencies=QUICK_CONCURRENCIES,
-            duration_s=1.0,
-            warmup_s=0.5,
-            inprocess_duration_s=0.5,
-            batch_sizes=(1, 4),
-            quick=True,
-        )
+        values: dict[str, Any] = {
+            "repeats": 1,
+            "concurrencies": QUICK_CONCURRENCIES,
+            "duration_s": 1.0,
+            "warmup_s": 0.5,
+            "inprocess_duration_s": 0.5,
+            "batch_sizes": (1, 4),
+            "quick": True,
+        }
         values.update(overrides)
         return cls(repository=repository, **values)
 
@@ -354,7 +355,7 @@ class _InProcess:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_repository(cls, repository: Path, max_batch_size: int) -> "_InProcess":
+    def from_repository(cls, repository: Path, max_batch_size: int) -> _InProcess:
         from bls_pipeline.builder import model_config as mc
         from bls_pipeline.runtime.dali import DaliPreprocessor
         from bls_pipeline.runtime.device import GPU
