@@ -27,10 +27,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bls_pipeline import contract
-from bls_pipeline.client import FORMS
+from bls_pipeline.client import DEFAULT_IMAGES_PER_REQUEST, DEFAULT_REQUESTS_IN_FLIGHT, FORMS
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.load import check_request_form, request_groups
-from bls_pipeline.client import DEFAULT_IMAGES_PER_REQUEST, DEFAULT_REQUESTS_IN_FLIGHT, FORMS
 from bls_pipeline.devtools.bench.run import percentile
 from bls_pipeline.errors import EndpointFailure
 

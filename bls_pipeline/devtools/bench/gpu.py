@@ -33,13 +33,16 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from bls_pipeline.devtools.bench.cpu import CpuByRole, CpuSnapshot, cpu_ms_per_image
 from bls_pipeline.devtools.bench.forms import CLIENT_DEFAULT_POINT, DEFAULT_FORM_POINTS, form_loads, measure_form
+from bls_pipeline.devtools.bench.images import BenchImage, imagenet_sized_images, varied_images
 from bls_pipeline.devtools.bench.perf import (
     RANDOM_DATA,
     GpuSampler,
@@ -53,8 +56,6 @@ from bls_pipeline.devtools.bench.perf import (
     write_input_data,
 )
 from bls_pipeline.devtools.bench.run import encoded_batch, machine_info
-from bls_pipeline.devtools.bench.cpu import CpuByRole, CpuSnapshot, cpu_ms_per_image
-from bls_pipeline.devtools.bench.images import BenchImage, imagenet_sized_images, varied_images
 from bls_pipeline.errors import BenchError
 
 DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
@@ -104,8 +105,8 @@ class InProcessGpu:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         from bls_pipeline.builder import model_config as mc
-        from bls_pipeline.runtime.dali import load_pipeline_module, pipeline_from_settings
         from bls_pipeline.layout import TORCH_WEIGHTS_FILE
+        from bls_pipeline.runtime.dali import load_pipeline_module, pipeline_from_settings
         from bls_pipeline.runtime.torch_network import TorchCudaNetwork
 
         self._torch, self._feed_ndarray = torch, feed_ndarray
@@ -307,8 +308,8 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                       progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Measure everything in the module docstring; returns the JSON-ready result."""
     from bls_pipeline.builder import model_config as mc
-    from bls_pipeline.devtools.bench.repository import write_bench_repository
     from bls_pipeline.client import host_port
+    from bls_pipeline.devtools.bench.repository import write_bench_repository
     from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
     repository = Path(options.repository)
