@@ -1,10 +1,12 @@
-"""Build hook: ship the top-level ``model_repository/`` sources inside the package.
+"""Build hook: ship the top-level ``model_repository/`` sources and ``samples/`` photographs
+inside the package.
 
 Metadata, dependencies and entry points are in ``setup.cfg``. The product owner fixed
-``model_repository/`` beside ``bls_pipeline/``, which setuptools cannot declare as data of
-``bls_pipeline`` (it is outside the package and not a package itself), so the wheel build
-copies its ``*/1/*.py`` files to ``bls_pipeline/model_repository/``, where
-:func:`bls_pipeline.model_sources.model_sources_dir` finds them in an installed package.
+``model_repository/`` and ``samples/`` beside ``bls_pipeline/``, which setuptools cannot
+declare as data of ``bls_pipeline`` (they are outside the package and not packages
+themselves), so the wheel build copies the ``*/1/*.py`` sources to
+``bls_pipeline/model_repository/`` and the photographs to ``bls_pipeline/samples/``, where
+:mod:`bls_pipeline.model_sources` finds them in an installed package.
 """
 
 from pathlib import Path
@@ -12,7 +14,8 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-SOURCES = "model_repository"
+# The project files the package needs, by pattern.
+PROJECT_FILES = ("model_repository/*/1/*.py", "samples/*")
 
 
 class BuildPyWithModelSources(build_py):
@@ -22,7 +25,8 @@ class BuildPyWithModelSources(build_py):
         # An editable install keeps reading the checkout's folder.
         if getattr(self, "editable_mode", False):
             return []
-        return [(source, Path(self.build_lib, "bls_pipeline", source)) for source in sorted(Path(SOURCES).glob("*/1/*.py"))]
+        sources = sorted(path for pattern in PROJECT_FILES for path in Path().glob(pattern) if path.is_file())
+        return [(source, Path(self.build_lib, "bls_pipeline", source)) for source in sources]
 
     def run(self) -> None:
         super().run()

@@ -43,10 +43,10 @@ import numpy as np
 
 from bls_pipeline.builder.reader_layouts import READERS, SAMPLE_SUFFIXES, UserPipelineError, recording_tfrecord_features
 from bls_pipeline.contract import CHANNELS, DALI_INPUT, DALI_OUTPUT
+from bls_pipeline.model_sources import samples_dir
 from bls_pipeline.runtime.device import decoder_device
 
 # The photographs every conversion is verified on (scikit-image's, shipped in samples/).
-SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
 # What the network takes: one float32 CHW image of three channels, square.
 NETWORK_DTYPE = np.float32
 DECODER_DEVICES = ("cpu", "mixed")
@@ -485,8 +485,10 @@ def _check_served_output(samples: list[np.ndarray], layout: str) -> tuple[int, i
     return shape
 
 
-def sample_photos(directory: Path = SAMPLES_DIR) -> list[Path]:
-    """The photographs of ``directory`` that the verification reads (sorted, at least one)."""
+def sample_photos(directory: Path | None = None) -> list[Path]:
+    """The photographs of ``directory`` (default: the sample photographs shipped with the
+    package) that the verification reads (sorted, at least one)."""
+    directory = samples_dir() if directory is None else directory
     photos = sorted(path for path in directory.iterdir() if path.suffix.lower() in SAMPLE_SUFFIXES)
     if not photos:
         raise UserPipelineError(f"no sample photographs in {directory} to verify the conversion on")

@@ -1,5 +1,6 @@
 """A non-editable install works: the wheel's ``bls-build-repo`` and ``bls-serve`` build and
-serve a repository that classifies a photograph.
+serve a repository that classifies a photograph, and ``bls-build-repo --dali-pipeline``
+converts the tutorial's pipeline and verifies it on the photographs the package ships.
 
 The wheel is built from a copy of the project's sources and installed without dependencies
 into a fresh virtual environment; the dependencies come from the environment running the
@@ -24,13 +25,13 @@ import pytest
 
 from bls_pipeline.client import ClassifierClient
 from bls_pipeline.server.launcher import free_port
-from tests.conftest import PHOTOS
+from tests.conftest import PHOTOS, TUTORIAL_ARGS, TUTORIAL_SCRIPT
 
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "MANIFEST.in")
-PROJECT_FOLDERS = ("bls_pipeline", "tools", "model_repository")
+PROJECT_FOLDERS = ("bls_pipeline", "tools", "model_repository", "samples")
 PROBE = """
 # Test probe: record which bls_pipeline this model imported.
 import os as _os, bls_pipeline as _bls
@@ -125,3 +126,17 @@ def test_a_wheel_installed_in_a_fresh_venv_builds_and_serves_the_repository(tmp_
     # The classifier's stub imported the installed package, not the checkout.
     (stub_import,) = set((tmp_path / "probe.txt").read_text().split())
     assert Path(stub_import).is_relative_to(installed)
+
+    # The verification photographs ship with the package: a --dali-pipeline build verifies there.
+    samples = sorted(path.name for path in (REPO_ROOT / "samples").iterdir())
+    assert sorted(path.name for path in (installed / "samples").iterdir()) == samples
+    converted = work / "converted"
+    arguments = [f"--pipeline-arg={argument}" for argument in TUTORIAL_ARGS]
+    printed = run(
+        [str(venv / "bin" / "bls-build-repo"), "--dali-pipeline", f"{TUTORIAL_SCRIPT}:validation_pipe", *arguments,
+         "--device", "cpu", "--max-batch-size", "4", "--output", str(converted)],
+        env, work,
+    )  # fmt: skip
+    assert f"verified on {len(samples)} sample photographs: output float32 [3, 224, 224]" in printed
+    assert (converted / "preprocessing" / "1" / "model.dali").is_file()
+    assert (converted / "bls_build.json").is_file()
