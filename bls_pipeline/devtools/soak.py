@@ -33,7 +33,7 @@ import numpy as np
 
 from bls_pipeline.client import MODEL_NAME, host_port, image_input, requested_outputs
 from bls_pipeline.contract import PADDED_FORM, SCORES_OUTPUT
-from bls_pipeline.devtools.bench.run import percentile
+from bls_pipeline.devtools.stats import percentile
 from bls_pipeline.server.processes import proc_status, stub_processes
 
 # skimage photographs that EfficientNet-Lite0 classifies as one clear class.

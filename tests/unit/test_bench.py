@@ -16,14 +16,12 @@ from bls_pipeline.devtools.bench.load import LoadSample, request_inputs
 from bls_pipeline.devtools.bench.report import perf_analyzer_data
 from bls_pipeline.devtools.bench.run import (
     BenchOptions,
-    Spread,
     assemble_result,
     check_result_schema,
     check_targets,
     compute_ratios,
-    latency_percentiles,
-    percentile,
 )
+from bls_pipeline.devtools.stats import Spread, latency_percentiles, percentile
 from bls_pipeline.errors import BenchError, ConfigError
 
 

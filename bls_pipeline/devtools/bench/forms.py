@@ -30,7 +30,7 @@ from bls_pipeline import contract
 from bls_pipeline.client import DEFAULT_IMAGES_PER_REQUEST, DEFAULT_REQUESTS_IN_FLIGHT, FORMS
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.load import check_request_form, request_groups
-from bls_pipeline.devtools.bench.run import percentile
+from bls_pipeline.devtools.stats import percentile
 from bls_pipeline.errors import EndpointFailure
 
 # (images per request, requests in flight): the client's default, and 256 images in flight

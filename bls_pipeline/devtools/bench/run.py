@@ -47,6 +47,7 @@ from bls_pipeline import contract
 from bls_pipeline.client import host_port
 from bls_pipeline.devtools.bench.images import BenchImage
 from bls_pipeline.devtools.bench.load import LoadSample, check_request_form, closed_loop_load
+from bls_pipeline.devtools.stats import Spread, latency_percentiles, percentile
 from bls_pipeline.errors import BenchError
 
 LOGGER = logging.getLogger(__name__)
@@ -68,60 +69,6 @@ LATENCY_TARGET_MS = 3.0  # BLS p50 at concurrency 1 <= in-process single image +
 NATIVE_TARGETS = {"bls_native_vs_ensemble_native": 1.0, "bls_native_vs_naive": 1.1}
 NATIVE_CPU_TARGET = 1.10  # server CPU per image <= this x the in-process CPU per image (c=1, batch 1)
 NATIVE_LATENCY_TARGET = 1.25  # bls_native p50 at c=1 <= this x the in-process single-image latency
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``values``, linear interpolation between ranks."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within 0..100, got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass(frozen=True)
-class Spread:
-    """The median of repeated measurements and how far they spread."""
-
-    median: float
-    min: float
-    max: float
-    q1: float
-    q3: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        """Summarize ``values`` (at least one)."""
-        if not values:
-            raise ValueError("no values to summarize")
-        return cls(
-            median=statistics.median(values),
-            min=min(values),
-            max=max(values),
-            q1=percentile(values, 25),
-            q3=percentile(values, 75),
-            n=len(values),
-        )
-
-    def relative_range(self) -> float:
-        """(max - min) / median: 0.05 means the repeats fell within 5 % of each other."""
-        return (self.max - self.min) / self.median if self.median else 0.0
-
-    def to_json(self) -> dict[str, float]:
-        return {"median": self.median, "min": self.min, "max": self.max, "q1": self.q1, "q3": self.q3, "n": self.n}
-
-
-def latency_percentiles(latencies_s: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99 of latencies given in seconds, in milliseconds."""
-    return {f"p{q}": percentile(latencies_s, q) * 1e3 for q in (50, 90, 99)}
 
 
 def compute_ratios(images_per_s: Mapping[str, float]) -> dict[str, float]:
