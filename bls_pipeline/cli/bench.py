@@ -59,7 +59,7 @@ def _concurrencies(text: str) -> tuple[int, ...]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench",
-        description="Measure DALI and the network in process, then the classifier (BLS), an ensemble of "
+        description="Measure DALI and the network in process (serial, and pipelined: the limit), then the classifier (BLS), an ensemble of "
         "the same models and a naive PIL model over HTTP on a local tritonserver; print a table and "
         "the ratios BLS/in-process, BLS/ensemble, BLS/naive.",
         epilog=f"{EPILOG}\n{EXIT_CODES_HELP}",

@@ -13,6 +13,8 @@ Example::
     images = runner([np.frombuffer(jpeg_bytes, np.uint8)])   # float32 [1, 3, 224, 224], host memory
     on_gpu = runner.on_gpu(rows)                             # torch CUDA tensor (mixed decoder only)
     served = DaliPreprocessor.from_version_dir(repo / "preprocessing" / "1", on_device=False, max_batch_size=64)
+    for images in served.prefetched(batches):                # DALI prepares the next batches meanwhile
+        network(images)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ctypes
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -110,15 +112,16 @@ def pipeline_from_settings(
 class DaliPreprocessor:
     """A built DALI pipeline that turns encoded images into a float32 ``[N, 3, H, W]`` batch.
 
-    ``make_pipeline`` returns a new pipeline each time it is called (after a decoder failure
-    the pipeline is rebuilt); ``on_device`` says whether its output is in GPU memory (a
+    ``make_pipeline(prefetch_queue_depth)`` returns a new pipeline each time it is called
+    (after a decoder failure the pipeline is rebuilt; :meth:`prefetched` builds a deeper
+    one); ``on_device`` says whether its output is in GPU memory (a
     ``mixed`` decoder). Batches larger than ``max_batch_size`` run in chunks. A decoding
     error raises ``RuntimeError`` (DALI's) after the pipeline has been rebuilt for the next call.
     """
 
     def __init__(
         self,
-        make_pipeline: Callable[[], Any],
+        make_pipeline: Callable[[int], Any],
         *,
         input_name: str,
         max_batch_size: int,
@@ -138,8 +141,8 @@ class DaliPreprocessor:
         """DALI's decoder placement: ``mixed`` (GPU) or ``cpu``."""
         return "mixed" if self.on_device else "cpu"
 
-    def _build(self):
-        pipe = self._make_pipeline()
+    def _build(self, prefetch_queue_depth: int = 1):
+        pipe = self._make_pipeline(prefetch_queue_depth)
         pipe.build()
         return pipe
 
@@ -161,12 +164,13 @@ class DaliPreprocessor:
         settings = module.load_settings(Path(path).resolve().parent)
         decoder_device = settings["decoder_device"]
         on_device = decoder_device != "cpu"
-        make_pipeline = lambda: pipeline_from_settings(  # noqa: E731
+        make_pipeline = lambda prefetch_queue_depth: pipeline_from_settings(  # noqa: E731
             module,
             settings,
             max_batch_size=max_batch_size,
             num_threads=num_threads or settings["num_threads"],
             device_id=gpu_id if on_device else None,
+            prefetch_queue_depth=prefetch_queue_depth,
         )
         return cls(
             make_pipeline,
@@ -195,11 +199,14 @@ class DaliPreprocessor:
 
         serialized = Path(path).read_bytes()
         overrides = {"num_threads": num_threads} if num_threads else {}
-        make_pipeline = lambda: Pipeline.deserialize(  # noqa: E731
+        # Deserializing takes no executor from the file: a deeper queue asks for the
+        # asynchronous, pipelined one that dali.py's pipelines have by default.
+        make_pipeline = lambda prefetch_queue_depth: Pipeline.deserialize(  # noqa: E731
             serialized,
             batch_size=max_batch_size,
             device_id=gpu_id if on_device else None,
-            prefetch_queue_depth=1,
+            prefetch_queue_depth=prefetch_queue_depth,
+            **({"exec_async": True, "exec_pipelined": True} if prefetch_queue_depth > 1 else {}),
             **overrides,
         )
         return cls(
@@ -231,6 +238,35 @@ class DaliPreprocessor:
             return self._host(self._run(images), copy=False)
         # DALI reuses its output buffers on the next run: copy each chunk before running the next.
         return np.concatenate([self._host(self._run(chunk), copy=True) for chunk in chunks])
+
+    def prefetched(self, batches: Sequence[Sequence[np.ndarray]], depth: int = 2) -> Iterator[np.ndarray]:
+        """Preprocess ``batches`` over and over (endlessly) the way one process runs DALI
+        well: a separate pipeline of the same settings that prefetches ``depth`` batches
+        (asynchronous, pipelined execution), fed ``depth + 1`` batches ahead of each ``run()``,
+        so DALI's worker threads prepare the next batches while the caller uses this one.
+
+        Each yielded array is DALI's host buffer (no copy), valid until the next ``next()``.
+        Batches must hold at most ``max_batch_size`` images. Closing the generator (or
+        dropping it) frees its pipeline; this runner's own pipeline is not touched.
+        """
+        if any(len(batch) > self.max_batch_size for batch in batches) or not batches:
+            raise ValueError(f"prefetched() takes one or more batches of at most {self.max_batch_size} images")
+        return self._prefetched_runs(batches, depth)
+
+    def _prefetched_runs(self, batches: Sequence[Sequence[np.ndarray]], depth: int) -> Iterator[np.ndarray]:
+        pipe = self._build(prefetch_queue_depth=depth)
+        fed = returned = 0
+        try:
+            while True:
+                while fed - returned <= depth:
+                    pipe.feed_input(self.input_name, list(batches[fed % len(batches)]))
+                    fed += 1
+                (output,) = pipe.run()
+                returned += 1
+                yield self._host(output, copy=False)
+        finally:
+            del pipe
+            release_free_memory()
 
     def on_gpu(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Like calling the runner, but the batch stays on the GPU: a torch CUDA tensor.

@@ -1,6 +1,6 @@
 """The benchmark end to end: its comparison models (and the classifier on Triton's own
 backends) answer like the classifier, and a ``--quick`` run against a real server writes a
-complete result with both hostings (no timing assertions).
+complete result with both hostings and the pipelined in-process limit (no timing assertions).
 
 The benchmark repository holds both hostings whichever one the built repository has: these
 tests use the natively hosted build, and need Triton's backends (tests.conftest)."""
@@ -58,10 +58,17 @@ def test_quick_run_writes_a_complete_result_with_both_hostings_and_a_plot(native
     check_result_schema(result)
     assert set(result["endpoints"]) == set(ENDPOINTS)
     assert set(result["ratios"]) == {
-        "bls_vs_inprocess", "bls_vs_ensemble", "bls_vs_naive",
-        "bls_native_vs_inprocess", "bls_native_vs_ensemble_native", "bls_native_vs_naive", "bls_native_vs_bls",
-        "bls_cpu_vs_inprocess", "bls_native_cpu_vs_inprocess",
+        "bls_vs_inprocess", "bls_vs_inprocess_serial", "bls_vs_ensemble", "bls_vs_naive",
+        "bls_native_vs_inprocess", "bls_native_vs_inprocess_serial", "bls_native_vs_ensemble_native",
+        "bls_native_vs_naive", "bls_native_vs_bls", "bls_cpu_vs_inprocess", "bls_native_cpu_vs_inprocess",
     }  # fmt: skip
+    # The in-process limit is the pipelined figure (DALI prefetching on the CPU), at every
+    # batch size, with the serial one beside it; the ratios to the limit divide by it.
+    batches = {f"batch_{size}" for size in result["config"]["batch_sizes"]}
+    assert set(result["in_process"]["pipelined"]) == set(result["in_process"]["inprocess"]) == batches
+    assert result["in_process_limit"]["stage"] == "pipelined" and result["images_per_s"]["pipelined"] > 0
+    assert result["ratios"]["bls_vs_inprocess"] == result["images_per_s"]["bls"] / result["images_per_s"]["pipelined"]
+    assert {f"pipelined_{name}" for name in batches} <= set(result["cpu_ms_per_image"])
     # Server CPU per image for every endpoint and concurrency, and the in-process reference.
     assert {f"{key}_c{c}" for key in ENDPOINTS for c in result["config"]["concurrencies"]} <= set(result["cpu_ms_per_image"])
     assert "inprocess_batch_1" in result["cpu_ms_per_image"]

@@ -13,7 +13,7 @@ from PIL import Image
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.devtools.bench.images import BenchImage, benchmark_images, render_photo
 from bls_pipeline.devtools.bench.load import LoadSample, request_inputs
-from bls_pipeline.devtools.bench.report import perf_analyzer_data
+from bls_pipeline.devtools.bench.report import format_table, perf_analyzer_data
 from bls_pipeline.devtools.bench.run import (
     BenchOptions,
     assemble_result,
@@ -64,10 +64,28 @@ def test_latency_percentiles_are_milliseconds():
     assert latency_percentiles(latencies) == pytest.approx({"p50": 50.5, "p90": 90.1, "p99": 99.01})
 
 
-def test_ratios_divide_the_bls_throughput_by_each_reference():
+def test_ratios_divide_the_bls_throughput_by_each_reference_the_in_process_limit_being_the_pipelined_one():
+    ratios = compute_ratios({"bls": 90.0, "inprocess": 100.0, "pipelined": 150.0, "ensemble": 80.0, "naive": 60.0})
+
+    assert ratios == pytest.approx(
+        {"bls_vs_inprocess": 0.6, "bls_vs_inprocess_serial": 0.9, "bls_vs_ensemble": 1.125, "bls_vs_naive": 1.5}
+    )
+
+
+def test_the_native_hosting_is_compared_with_the_pipelined_limit_too():
+    ratios = compute_ratios(
+        {"bls": 90.0, "inprocess": 100.0, "pipelined": 150.0, "ensemble": 80.0, "naive": 60.0,
+         "bls_native": 120.0, "ensemble_native": 100.0}
+    )  # fmt: skip
+
+    assert ratios["bls_native_vs_inprocess"] == pytest.approx(0.8)
+    assert ratios["bls_native_vs_inprocess_serial"] == pytest.approx(1.2)
+
+
+def test_without_a_pipelined_figure_the_limit_is_the_serial_one():
     ratios = compute_ratios({"bls": 90.0, "inprocess": 100.0, "ensemble": 80.0, "naive": 60.0})
 
-    assert ratios == pytest.approx({"bls_vs_inprocess": 0.9, "bls_vs_ensemble": 1.125, "bls_vs_naive": 1.5})
+    assert ratios["bls_vs_inprocess"] == ratios["bls_vs_inprocess_serial"] == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("missing", ["bls", "inprocess", "ensemble", "naive"])
@@ -89,18 +107,26 @@ def test_targets_compare_ratios_and_the_latency_budget():
         "bls_p50_c1": True,
     }
     assert not check_targets(ratios, {"inprocess_single": 5.0, "bls_p50_c1": 8.01})["bls_p50_c1"]["met"]
+    assert "pipelined" in checks["bls_vs_inprocess"]["target"]
+    assert "serial" in check_targets(ratios, {"inprocess_single": 5.0, "bls_p50_c1": 8.0}, limit="inprocess")["bls_vs_inprocess"]["target"]
 
 
 MACHINE = {"cpu_count": 2, "cpu_model": "test", "platform": "linux", "python": "3.11", "versions": {}}
 
 
-def _result() -> dict:
+def _result(*, pipelined: bool = True) -> dict:
     options = BenchOptions(repository=None, repeats=2, concurrencies=(1, 4), batch_sizes=(1, 4))
     in_process = [
         {
             "preprocessing": {1: 400.0 + r, 4: 500.0},
             "network": {1: 300.0, 4: 320.0 + r},
             "inprocess": {1: 150.0, 4: 160.0 + r},
+            "cpu_ms_per_image": {1: 10.0, 4: 9.0},
+            **(
+                {"pipelined": {1: 170.0, 4: 200.0 + r}, "pipelined_cpu_ms_per_image": {1: 11.0, 4: 9.5}}
+                if pipelined
+                else {"pipelined_absent": "DALI cannot prefetch this pipeline: an operator needs synchronous execution"}
+            ),
             "single_ms": {1: 6.0 + r},
         }
         for r in range(2)
@@ -118,7 +144,7 @@ def test_assembled_result_passes_its_schema_check():
     result = _result()
 
     check_result_schema(result)
-    assert set(result["ratios"]) == {"bls_vs_inprocess", "bls_vs_ensemble", "bls_vs_naive"}
+    assert set(result["ratios"]) == {"bls_vs_inprocess", "bls_vs_inprocess_serial", "bls_vs_ensemble", "bls_vs_naive"}
     assert {"bls_p50_c1", "inprocess_single"} <= set(result["latency_ms"])
 
 
@@ -126,13 +152,54 @@ def test_assembled_result_reports_medians_and_best_values():
     result = _result()
 
     assert result["images_per_s"]["inprocess"] == pytest.approx(160.5)  # batch 4, median of 160 and 161
+    assert result["images_per_s"]["pipelined"] == pytest.approx(200.5)
     assert result["images_per_s"]["bls"] == pytest.approx(144.5)  # c4: 144 and 145
     assert result["best_at"]["bls"] == "c4"
     assert result["latency_ms"]["inprocess_single"] == pytest.approx(6.5)
-    assert result["ratios"]["bls_vs_inprocess"] == pytest.approx(144.5 / 160.5)
+    assert result["in_process_limit"] == {"stage": "pipelined", "images_per_s": pytest.approx(200.5), "at": "batch_4"}
+    assert result["ratios"]["bls_vs_inprocess"] == pytest.approx(144.5 / 200.5)
+    assert result["ratios"]["bls_vs_inprocess_serial"] == pytest.approx(144.5 / 160.5)
+    assert result["targets"]["bls_vs_inprocess"]["value"] == pytest.approx(144.5 / 200.5)
+    # Both CPU figures per image; the serial one at batch 1 stays the CPU ratios' reference.
+    assert (result["cpu_ms_per_image"]["inprocess_batch_1"], result["cpu_ms_per_image"]["pipelined_batch_4"]) == (10.0, 9.5)
     assert result["endpoints"]["bls"]["c1"]["images_per_s"] == pytest.approx(
         {"median": 141.5, "min": 141.0, "max": 142.0, "q1": 141.25, "q3": 141.75, "n": 2}
     )
+
+
+def test_a_pipeline_that_cannot_prefetch_has_the_serial_limit_and_says_why():
+    result = _result(pipelined=False)
+
+    check_result_schema(result)
+    assert "pipelined" not in result["images_per_s"] and "pipelined" not in result["in_process"]
+    assert not any(key.startswith("pipelined") for key in result["cpu_ms_per_image"])
+    assert result["in_process_limit"]["stage"] == "inprocess"
+    assert "synchronous execution" in result["in_process_limit"]["pipelined_absent"]
+    assert result["ratios"]["bls_vs_inprocess"] == pytest.approx(144.5 / 160.5)
+    assert "serial" in result["targets"]["bls_vs_inprocess"]["target"]
+    assert "no pipelined figure: DALI cannot prefetch" in format_table(result)
+
+
+def test_the_table_shows_the_serial_and_the_pipelined_figures_and_names_the_limit():
+    table = format_table(_result())
+    lines = table.splitlines()
+
+    serial = [line for line in lines if line.startswith("3a. serial: DALI, then network")]
+    pipelined = [line for line in lines if line.startswith("3b. pipelined (the limit)")]
+    assert [line.split()[5] for line in serial] == [line.split()[4] for line in pipelined] == ["1", "4"]
+    assert "200.5 [200.0-201.0]" in pipelined[1]
+    # Each figure is followed by its CPU per image.
+    cpu = [index for index, line in enumerate(lines) if "CPU per image" in line]
+    assert len(cpu) == 4 and cpu[2] > lines.index(pipelined[1])
+    assert "in-process limit: pipelined, 200.5 images/s at batch 4 (serial 160.5)" in table
+    assert "bls_vs_inprocess_serial    0.900  (no target)" in table
+
+
+def test_a_result_written_before_the_pipelined_figure_still_prints():
+    result = _result()
+    del result["in_process"]["pipelined"], result["in_process_limit"]
+
+    assert "3a. serial" in format_table(result) and "3b." not in format_table(result)
 
 
 @pytest.mark.parametrize(

@@ -55,16 +55,11 @@ from bls_pipeline.devtools.bench.perf import (
     statistics_delta,
     write_input_data,
 )
-from bls_pipeline.devtools.bench.run import encoded_batch, machine_info
+from bls_pipeline.devtools.bench.run import IN_PROCESS_STAGES, STAGE_LABELS, encoded_batch, machine_info
 from bls_pipeline.errors import BenchError
 
 DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
 DEFAULT_GPU_BATCHES = (1, 8, 32, 64, 128)
-# The in-process stages: DALI alone, the network alone, both one batch after the other
-# (serial, how Triton's DALI backend runs its pipeline) and both overlapped (the pipelined
-# in-process limit that the served endpoints are compared with).
-IN_PROCESS_STAGES = ("preprocessing", "network", "inprocess", "pipelined")
-STAGE_LABELS = {"inprocess": "serial: DALI, then network", "pipelined": "pipelined (the limit)"}
 # The photo sets besides the benchmark's own (one size): the client's default form and the
 # pipelined in-process limit are measured on each, since throughput per byte varies most.
 SAME_SIZE = "same size"

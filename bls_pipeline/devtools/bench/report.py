@@ -16,6 +16,7 @@ from typing import Any
 
 from bls_pipeline import contract
 from bls_pipeline.devtools.bench.images import BenchImage
+from bls_pipeline.devtools.bench.run import STAGE_LABELS
 
 
 def _fmt(spread: Mapping[str, float], digits: int = 1) -> str:
@@ -23,7 +24,8 @@ def _fmt(spread: Mapping[str, float], digits: int = 1) -> str:
 
 
 def format_table(result: Mapping[str, Any]) -> str:
-    """The human-readable report: in-process stages, endpoints by concurrency, ratios."""
+    """The human-readable report: in-process stages (serial and pipelined, each with its CPU
+    per image), endpoints by concurrency, the in-process limit, ratios and targets."""
     lines = []
     machine = result["machine"]
     lines.append(
@@ -31,14 +33,30 @@ def format_table(result: Mapping[str, Any]) -> str:
         f"repeats {result['config']['repeats']} (median [min-max])"
     )
     lines.append("")
+    in_process = result["in_process"]
     lines.append(f"{'in process (no server)':34s} {'batch':>5s}  {'images/s':>22s}")
-    for stage, label in (("preprocessing", "1. DALI preprocessing"), ("network", "2. network"), ("inprocess", "3. preprocessing + network")):
-        for name, spread in result["in_process"][stage].items():
+    stages = (
+        ("preprocessing", "1. DALI preprocessing"),
+        ("network", "2. network"),
+        ("inprocess", f"3a. {STAGE_LABELS['inprocess']}"),
+        ("pipelined", f"3b. {STAGE_LABELS['pipelined']}"),
+    )
+    for stage, label in stages:
+        for name, spread in in_process.get(stage, {}).items():
             lines.append(f"{label:34s} {name.removeprefix('batch_'):>5s}  {_fmt(spread):>22s}")
-    if "single_image_ms" in result["in_process"]:
-        lines.append(f"{'   one image, latency (ms)':34s} {'1':>5s}  {_fmt(result['in_process']['single_image_ms'], 2):>22s}")
-    for name, spread in result["in_process"].get("inprocess_cpu_ms_per_image", {}).items():
-        lines.append(f"{'   CPU per image (ms)':34s} {name.removeprefix('batch_'):>5s}  {_fmt(spread, 2):>22s}")
+        if stage == "inprocess" and "single_image_ms" in in_process:
+            lines.append(f"{'   one image, latency (ms)':34s} {'1':>5s}  {_fmt(in_process['single_image_ms'], 2):>22s}")
+        for name, spread in in_process.get(f"{stage}_cpu_ms_per_image", {}).items():
+            lines.append(f"{'   CPU per image (ms)':34s} {name.removeprefix('batch_'):>5s}  {_fmt(spread, 2):>22s}")
+    limit = result.get("in_process_limit")
+    if limit:
+        name = "pipelined" if limit["stage"] == "pipelined" else STAGE_LABELS[limit["stage"]]
+        lines.append(
+            f"in-process limit: {name}, {limit['images_per_s']:.1f} images/s at {limit['at'].replace('_', ' ')} "
+            f"(serial {result['images_per_s']['inprocess']:.1f}); the *_vs_inprocess ratios divide by it"
+        )
+        if "pipelined_absent" in limit:
+            lines.append(f"   no pipelined figure: {limit['pipelined_absent']}")
     lines.append("")
     labels = {
         "bls": "4. classifier (BLS)",
@@ -66,7 +84,11 @@ def format_table(result: Mapping[str, Any]) -> str:
     best_at = result.get("best_at", {})
     for key, value in result["images_per_s"].items():
         lines.append(f"best images/s {key:14s} {value:8.1f}  {('at ' + best_at[key]) if key in best_at else ''}")
-    for name, check in result.get("targets", {}).items():
+    targets = result.get("targets", {})
+    for name, value in result.get("ratios", {}).items():
+        if name not in targets:
+            lines.append(f"{name:18s} {value:8.3f}  (no target)")
+    for name, check in targets.items():
         lines.append(f"{name:18s} {check['value']:8.3f}  target {check['target']:40s} {'met' if check['met'] else 'NOT MET'}")
     return "\n".join(lines)
 
@@ -95,9 +117,13 @@ def plot_result(result: Mapping[str, Any], path: Path) -> Path:
         )
         latency.plot(x, [row["latency_ms"]["p50"]["median"] for row in rows], marker="o", color=colors.get(key), label=f"{key} p50")
         latency.plot(x, [row["latency_ms"]["p99"]["median"] for row in rows], linestyle="--", color=colors.get(key), label=f"{key} p99")
-    limit = result["images_per_s"].get("inprocess")
-    if limit:
-        throughput.axhline(limit, color="black", linestyle=":", label="in-process limit")
+    # Results written before the pipelined figure existed compared with the serial one.
+    limit = result.get("in_process_limit", {"stage": "inprocess"})["stage"]
+    for stage, style in (("pipelined", ":"), ("inprocess", "-.")):
+        value = result["images_per_s"].get(stage)
+        if value:
+            label = "in-process limit" if stage == limit else "in process"
+            throughput.axhline(value, color="black", linestyle=style, label=f"{label} ({STAGE_LABELS[stage]})")
     single = result["latency_ms"].get("inprocess_single")
     if single:
         latency.axhline(single, color="black", linestyle=":", label="in-process, one image")
