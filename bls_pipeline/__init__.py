@@ -6,9 +6,11 @@ each importing only the ones below it (``make test`` checks it: ``[tool.importli
 
 - ``cli``: the commands (``main(argv=None) -> int`` each; the console scripts and the thin
   ``tools/*.py`` scripts call them) and ``common`` (what they share: exit codes, help, progress)
-- ``devtools``: development tooling: ``bench`` (CPU and GPU benchmark), ``soak``, ``capacity``
+- ``devtools``: development tooling: ``bench`` (CPU and GPU benchmark), ``soak``, ``overload``
+  (open-loop load beyond capacity), ``capacity``
 - ``server`` (the local launcher: ``launcher``, ``processes`` (its stubs, CPU time and shared
-  memory, from /proc), ``sizing`` (its memory pools)) beside ``client`` and ``client_files``
+  memory, from /proc), ``sizing`` (its memory pools), ``admin`` (the closed admin APIs' key and
+  flags; the container's entrypoint)) beside ``client`` and ``client_files``
   (classifying files through the endpoint)
 - ``builder``: the repository build: ``export``, ``model_config``, ``repository``, ``hosting``,
   ``user_pipeline`` and ``reader_layouts``, ``pipeline`` (the build itself)

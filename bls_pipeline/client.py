@@ -17,8 +17,10 @@ on one thread; for concurrency it uses the client's own connection pool).
 from __future__ import annotations
 
 import importlib
+import random
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -53,8 +55,77 @@ DEFAULT_IMAGES_PER_REQUEST = 64
 DEFAULT_REQUESTS_IN_FLIGHT = 8
 
 
+# How long a request refused with UNAVAILABLE (the server's queue is full, the request waited
+# past the queue timeout, or the server is stopping) is retried before the client gives up.
+DEFAULT_RETRY_DEADLINE_S = 30.0
+
+
 class ClientError(BlsPipelineError):
-    """The server is unreachable, the model is not ready, or it refused a request."""
+    """The server is unreachable, the model is not ready, or it refused a request.
+
+    ``status`` is the server's status of a refused request where there is one: the HTTP code
+    (``"400"``) or the gRPC code (``"StatusCode.INVALID_ARGUMENT"``).
+    """
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerBusy(ClientError):
+    """The server shed the request (``UNAVAILABLE``) and kept shedding it until the retry deadline.
+
+    ``reason`` says why in a few words (``"queue full"``, ...).
+    """
+
+    def __init__(self, message: str, reason: str, status: str | None = None) -> None:
+        super().__init__(message, status)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of requests that the server refused with ``UNAVAILABLE``.
+
+    Waits grow exponentially from ``first_wait_s`` to at most ``max_wait_s``, each drawn
+    uniformly below its bound ("full jitter": clients shed at the same moment do not return
+    together), until ``deadline_s`` after the first attempt; ``deadline_s=0`` never retries.
+    """
+
+    deadline_s: float = DEFAULT_RETRY_DEADLINE_S
+    first_wait_s: float = 0.05
+    max_wait_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.deadline_s < 0 or self.first_wait_s <= 0 or self.max_wait_s < self.first_wait_s:
+            raise ClientError(f"invalid retry policy {self}: deadline >= 0, 0 < first wait <= max wait")
+
+    def waits(self, rng: random.Random) -> Iterator[float]:
+        """The jittered waits before each retry, without end (the deadline stops them)."""
+        bound = self.first_wait_s
+        while True:
+            yield rng.uniform(0.0, bound)
+            bound = min(bound * 2.0, self.max_wait_s)
+
+
+# Triton's UNAVAILABLE refusals and what they mean to whoever sent the request.
+_SHED_REASONS = {
+    "Exceeds maximum queue size": "queue full",
+    "Request timeout expired": "waited longer than the queue timeout",
+    "Server not ready": "server stopping",
+}
+
+
+def is_unavailable(exc: Exception) -> bool:
+    """Whether ``exc`` is Triton shedding a request: ``UNAVAILABLE`` (gRPC status, or HTTP 503)
+    from a server that answered, not gRPC's own ``UNAVAILABLE`` for a server it cannot reach."""
+    return _status(exc) in ("StatusCode.UNAVAILABLE", "503") and "failed to connect" not in _one_line(exc)
+
+
+def shed_reason(exc: Exception) -> str:
+    """Why the server shed a request, in a few words ("queue full", ...)."""
+    message = _one_line(exc)
+    return next((reason for marker, reason in _SHED_REASONS.items() if marker in message), message)
 
 
 @dataclass(frozen=True)
@@ -66,20 +137,32 @@ class Prediction:
     labels: list[str]
 
 
-def request_failure(exc: Exception) -> ClientError:
+def request_failure(exc: Exception, *, attempts: int = 1, waited_s: float = 0.0) -> ClientError:
     """The :class:`ClientError` of a failed inference request, in one line.
+
+    ``UNAVAILABLE`` (the request was shed) is a :class:`ServerBusy` that says so, with the
+    ``attempts`` made over ``waited_s`` seconds.
 
     A model without ``IMAGE_BYTES`` (a repository built before that input, or an ensemble,
     which takes padded rows only) gets the way out named: Triton's own text says only that
     the input is unexpected.
     """
+    if is_unavailable(exc):
+        tried = f"{attempts} attempts over {waited_s:.1f} s" if attempts > 1 else "not retried"
+        reason = shed_reason(exc)
+        return ServerBusy(f"server busy: {reason}, retry later ({tried})", reason, _status(exc))
     message = _one_line(exc)
     if f"unexpected inference input '{contract.IMAGE_BYTES_INPUT}'" in message:
         message += (
             f" (this model takes no {contract.IMAGE_BYTES_INPUT}: send the padded form, form='padded' or "
             "--form padded, or rebuild the repository with tools/build_repo.py)"
         )
-    return ClientError(message)
+    return ClientError(message, _status(exc))
+
+
+def _status(exc: Exception) -> str | None:
+    status = getattr(exc, "status", lambda: None)()
+    return None if status is None else str(status)
 
 
 def _one_line(exc: Exception) -> str:
@@ -159,6 +242,9 @@ class ClassifierClient:
     ``url``: ``host:port`` or a URL whose scheme names the protocol (see :func:`endpoint`);
     ``protocol``: ``"grpc"`` or ``"http"``; ``form``: ``"bytes"`` or ``"padded"``.
     ``concurrency`` sizes the HTTP connection pool (gRPC multiplexes one channel).
+    ``retry``: how a request shed with ``UNAVAILABLE`` is retried (:class:`RetryPolicy`: up to
+    :data:`DEFAULT_RETRY_DEADLINE_S` seconds, jittered exponential waits); after that
+    deadline the call raises :class:`ServerBusy`.
     """
 
     def __init__(
@@ -170,8 +256,11 @@ class ClassifierClient:
         model_name: str = MODEL_NAME,
         concurrency: int = 1,
         timeout_s: float = 120.0,
+        retry: RetryPolicy = RetryPolicy(),
     ) -> None:
         check_form(form)
+        self.retry = retry
+        self._rng = random.Random()
         self.protocol, self.url = endpoint(url, protocol)
         self.form = form
         self.model_name = model_name
@@ -245,26 +334,24 @@ class ClassifierClient:
             for i in range(len(scores))
         ]
 
+    def _send(self, request: dict[str, Any]) -> Any:
+        """Send one prepared request without waiting: a handle with ``get_result()``."""
+        if _is_http(self._triton):
+            return self._client.async_infer(self.model_name, **request)
+        answer = _GrpcAnswer()
+        self._client.async_infer(self.model_name, callback=answer, **request)
+        return answer
+
     def classify(self, images: Sequence[bytes], *, top_k: int | None = None) -> list[Prediction]:
-        """Classify ``images`` in one request; raises :class:`ClientError` if it fails."""
-        request = self._request(images, top_k)
-        try:
-            result = self._client.infer(self.model_name, **request)
-        except Exception as exc:  # noqa: BLE001
-            raise request_failure(exc) from None
-        return self._parse(result)
+        """Classify ``images`` in one request; raises :class:`ClientError` if it fails
+        (:class:`ServerBusy` when it was shed until the retry deadline)."""
+        return self.submit(images, top_k=top_k).result()
 
     def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> PendingRequest:
-        """Send ``images`` as one request without waiting; :meth:`PendingRequest.result` waits."""
+        """Send ``images`` as one request without waiting; :meth:`PendingRequest.result` waits
+        (and retries it while the server sheds it)."""
         request = self._request(images, top_k)
-        try:
-            if _is_http(self._triton):
-                return PendingRequest(self._client.async_infer(self.model_name, **request))
-            answer = _GrpcAnswer()
-            self._client.async_infer(self.model_name, callback=answer, **request)
-            return PendingRequest(answer)
-        except Exception as exc:  # noqa: BLE001
-            raise request_failure(exc) from None
+        return PendingRequest(lambda: self._send(request), self.retry, self._rng)
 
     def classify_batches(
         self, batches: Sequence[Sequence[bytes]], *, top_k: int | None = None
@@ -308,17 +395,49 @@ class _GrpcAnswer:
 
 
 class PendingRequest:
-    """A request in flight (``tritonclient.http``'s async handle or a gRPC answer), read once with :meth:`result`."""
+    """A request in flight, read once with :meth:`result`.
 
-    def __init__(self, handle) -> None:
-        self._handle = handle
+    ``send`` sends it (again) and returns a handle with ``get_result()`` (``tritonclient.http``'s
+    async handle or a :class:`_GrpcAnswer`); it is sent once here, and again by
+    :meth:`result` after each ``UNAVAILABLE`` while ``retry`` allows.
+    """
+
+    def __init__(self, send: Callable[[], Any], retry: RetryPolicy, rng: random.Random) -> None:
+        self._send = send
+        self._retry = retry
+        self._rng = rng
+        self._started = time.monotonic()
+        self._handle: Any = None
+        self._error: Exception | None = None
+        self._start()
+
+    def _start(self) -> None:
+        try:
+            self._handle = self._send()
+        except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC errors have no common base
+            self._handle, self._error = None, exc
+
+    def _answer(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._handle.get_result()
 
     def result(self) -> list[Prediction]:
         """Wait for the answer; raises :class:`ClientError` if the request failed."""
-        try:
-            return ClassifierClient._parse(self._handle.get_result())
-        except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC/server errors have no common base
-            raise request_failure(exc) from None
+        attempts = 1
+        waits = self._retry.waits(self._rng)
+        while True:
+            try:
+                return ClassifierClient._parse(self._answer())
+            except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC/server errors have no common base
+                elapsed = time.monotonic() - self._started
+                wait = next(waits)
+                if not is_unavailable(exc) or elapsed + wait > self._retry.deadline_s:
+                    raise request_failure(exc, attempts=attempts, waited_s=elapsed) from None
+            time.sleep(wait)
+            attempts += 1
+            self._error = None
+            self._start()
 
 
 def single_image_reason(error: ClientError) -> str:

@@ -12,7 +12,8 @@ The library behind ``tools/classify.py``. Example::
 
 Errors are per file: a request that fails is resent image by image, so that one bad file
 does not fail its batch-mates, and a server that stops answering fails the remaining files
-with its reason.
+with its reason. Files of a request that a busy server kept shedding (``UNAVAILABLE`` until the
+client's retry deadline) are reported as shed: nothing is wrong with them, send them again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bls_pipeline.client import (
     ClientError,
     PendingRequest,
     Prediction,
+    ServerBusy,
     single_image_reason,
 )
 from bls_pipeline.errors import BlsPipelineError
@@ -49,11 +51,14 @@ class FileResult:
     path: str
     predictions: list[Prediction] = field(default_factory=list)
     error: str | None = None
+    # The server was too busy to take it (the file itself may be fine).
+    shed: bool = False
 
     def to_json(self) -> dict:
-        """``{file, predictions: [{class_id, label, probability}]}`` or ``{file, error}``."""
+        """``{file, predictions: [{class_id, label, probability}]}`` or ``{file, error}``
+        (with ``"shed": true`` when a busy server refused it)."""
         if self.error is not None:
-            return {"file": self.path, "error": self.error}
+            return {"file": self.path, "error": self.error, **({"shed": True} if self.shed else {})}
         (prediction,) = self.predictions
         ranked = zip(prediction.class_ids, prediction.labels, prediction.scores)
         return {
@@ -189,6 +194,10 @@ def _finish(client: ClassifierClient, batch: _Batch, top_k: int | None, fatal: s
         return fatal
     try:
         predictions = batch.request.result()
+    except ServerBusy as busy:
+        for result, _ in batch.sent:
+            result.error, result.shed = f"shed: {busy}", True
+        return fatal
     except ClientError as error:
         failure = error
     else:
@@ -210,6 +219,8 @@ def _finish(client: ClassifierClient, batch: _Batch, top_k: int | None, fatal: s
         for result, data in batch.sent:
             try:
                 result.predictions = client.classify([data], top_k=top_k)
+            except ServerBusy as busy:
+                result.error, result.shed = f"shed: {busy}", True
             except ClientError as exc:
                 result.error = single_image_reason(exc)
     return fatal

@@ -65,8 +65,41 @@ def _string_parameters(parameters: Mapping[str, object] | None) -> dict[str, dic
     return {key: {"string_value": str(value)} for key, value in (parameters or {}).items()}
 
 
-def _dynamic_batching(max_queue_delay_us: int) -> dict[str, Any]:
-    return {"max_queue_delay_microseconds": max_queue_delay_us}
+@dataclass(frozen=True)
+class QueuePolicy:
+    """How much a model's queue holds before Triton refuses requests with ``UNAVAILABLE``.
+
+    ``max_queue_size`` requests wait at most (a request beyond them is refused at once,
+    "Exceeds maximum queue size"); one that waited ``timeout_ms`` is refused when the
+    scheduler next looks at the queue ("Request timeout expired"). A client may ask for a
+    shorter wait with the request's ``timeout`` parameter (``allow_timeout_override``).
+    ``0`` turns a bound off, as in Triton.
+    """
+
+    max_queue_size: int
+    timeout_ms: int
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 0 or self.timeout_ms < 0:
+            raise ConfigError(
+                f"queue size and timeout must be 0 (unbounded) or more, got {self.max_queue_size} and {self.timeout_ms} ms"
+            )
+
+    def config(self) -> dict[str, Any]:
+        """The ``default_queue_policy`` of a ``dynamic_batching`` block, in JSON form."""
+        return {
+            "max_queue_size": self.max_queue_size,
+            "default_timeout_microseconds": self.timeout_ms * 1000,
+            "timeout_action": "REJECT",
+            "allow_timeout_override": True,
+        }
+
+
+def _dynamic_batching(max_queue_delay_us: int, queue: QueuePolicy | None = None) -> dict[str, Any]:
+    batching: dict[str, Any] = {"max_queue_delay_microseconds": max_queue_delay_us}
+    if queue is not None:
+        batching["default_queue_policy"] = queue.config()
+    return batching
 
 
 def _instances(device: str, count: int = 1, gpus: Sequence[int] = ()) -> list[dict[str, Any]]:
@@ -97,10 +130,15 @@ def classifier_config(
     device: str = CPU,
     parameters: Mapping[str, object] | None = None,
     max_queue_delay_us: int = 0,
+    queue: QueuePolicy | None = None,
     instances: int = 1,
     gpus: Sequence[int] = (),
 ) -> ModelConfig:
     """The public ``classifier`` endpoint: Python-backend BLS model, bytes in, classes out.
+
+    ``queue`` bounds its queue (see :class:`QueuePolicy`): the one queue that clients fill.
+    The sub-models need none, since their only client is the classifier, whose instances
+    have a bounded number of requests in flight.
 
     Its inputs are the contract's two forms, both optional: ``IMAGE`` (padded rows, ragged
     batching) and ``IMAGE_BYTES`` (one BYTES element per image).
@@ -123,7 +161,7 @@ def classifier_config(
                 {**contract.IMAGE_BYTES.config(), "optional": True},
             ],
             "output": [spec.config() for spec in contract.CLASSIFIER_OUTPUTS],
-            "dynamic_batching": _dynamic_batching(max_queue_delay_us),
+            "dynamic_batching": _dynamic_batching(max_queue_delay_us, queue),
             "instance_group": _instances(device, instances, gpus),
             "parameters": _string_parameters(_python_backend_parameters(parameters, gpu_inputs=False)),
         }

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf import json_format
+
 from bls_pipeline import __version__
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.spec import device_default
@@ -92,6 +94,9 @@ class RepositorySpec:
     max_image_pixels: int | None = None
     max_request_bytes: int | None = None
     queue_delay_us: int = 0
+    # The classifier's queue bound (model_config.QueuePolicy; 0 turns a bound off).
+    max_queue_size: int = device_default("max_queue_size", CPU)
+    queue_timeout_ms: int = device_default("queue_timeout_ms", CPU)
     # A converted user pipeline (bls_pipeline.builder.user_pipeline): served as model.dali
     # instead of dali.py + preprocessing.json.
     user_pipeline: ConvertedPipeline | None = None
@@ -167,6 +172,7 @@ class RepositorySpec:
                 device=self.device,
                 parameters=classifier_parameters,
                 max_queue_delay_us=self.queue_delay_us,
+                queue=mc.QueuePolicy(self.max_queue_size, self.queue_timeout_ms),
                 instances=self.classifier_instances,
                 gpus=self.gpus,
             ),
@@ -354,3 +360,20 @@ def write_repository(
         paths[name] = mc.write_config(output / name / CONFIG_FILE, config)
         LOGGER.info("wrote %s", paths[name])
     return paths
+
+
+def change_queue_policy(repository: Path, *, max_queue_size: int | None = None, timeout_ms: int | None = None) -> mc.QueuePolicy:
+    """Rewrite the classifier's queue policy in a built ``repository`` where given; the policy now.
+
+    For measuring other bounds on the same build (``tools/overload.py``) without rebuilding it.
+    """
+    path = Path(repository) / mc.CLASSIFIER / "config.pbtxt"
+    config = mc.read_config(path)
+    current = config.dynamic_batching.default_queue_policy
+    policy = mc.QueuePolicy(
+        current.max_queue_size if max_queue_size is None else max_queue_size,
+        current.default_timeout_microseconds // 1000 if timeout_ms is None else timeout_ms,
+    )
+    json_format.ParseDict(policy.config(), current)
+    mc.write_config(path, config)
+    return policy

@@ -186,6 +186,20 @@ class BuildOptions:
         group=SERVING,
     )
     queue_delay_us: int = knob("dynamic batching max queue delay of every model", 0, group=SERVING)
+    # The classifier's queue bound: on the CPU measured open-loop at 2-8x capacity
+    # (docs/overload-and-security.md); on a GPU sized from the H100's rates (512 one-image
+    # requests are ~0.13 s of work at ~3,900 requests/s; the timeout catches larger requests).
+    max_queue_size: int | None = knob(
+        "requests the classifier's queue holds; more are refused at once with UNAVAILABLE (0: unbounded; "
+        "docs/overload-and-security.md)",
+        group=SERVING,
+        per_device={CPU: 8, GPU: 512},
+    )
+    queue_timeout_ms: int | None = knob(
+        "a request queued at the classifier longer than this is refused with UNAVAILABLE (0: no timeout)",
+        group=SERVING,
+        per_device={CPU: 2000, GPU: 1000},
+    )
 
     def tuned(self, device: str) -> dict[str, Any]:
         """The knobs with per-device defaults, each left unset taking ``device``'s."""

@@ -16,17 +16,26 @@ import json
 import sys
 from collections.abc import Sequence
 
-from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, positive_float, progress_bar, report_error
+from bls_pipeline.cli.common import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    non_negative_float,
+    positive_float,
+    progress_bar,
+    report_error,
+)
 from bls_pipeline.client import (
     DEFAULT_FORM,
     DEFAULT_IMAGES_PER_REQUEST,
     DEFAULT_PORTS,
     DEFAULT_PROTOCOL,
     DEFAULT_REQUESTS_IN_FLIGHT,
+    DEFAULT_RETRY_DEADLINE_S,
     FORMS,
     PROTOCOLS,
     ClassifierClient,
     ClientError,
+    RetryPolicy,
     endpoint,
 )
 from bls_pipeline.client_files import (
@@ -142,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="connection and response timeout per request (default: %(default)s)",
     )
     parser.add_argument(
+        "--retry-deadline",
+        type=non_negative_float,
+        default=DEFAULT_RETRY_DEADLINE_S,
+        metavar="SECONDS",
+        help="a request that the server sheds (UNAVAILABLE: its queue is full) is retried with "
+        "jittered exponential waits for up to this long, then its files are reported as shed "
+        "(default: %(default)s; 0: no retries)",
+    )
+    parser.add_argument(
         "--max-bytes",
         type=_positive_int,
         # Larger files would be refused by the server's default limit: not worth sending.
@@ -179,7 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[FileResult] = []
     try:
         with ClassifierClient(
-            args.url, protocol=args.protocol, form=args.form, concurrency=args.concurrency, timeout_s=args.timeout
+            args.url,
+            protocol=args.protocol,
+            form=args.form,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            retry=RetryPolicy(deadline_s=args.retry_deadline),
         ) as client:
             client.check_ready()
             batch_size = _batch_size(client, args.batch_size)
@@ -205,8 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.jsonl:
         print(format_table(results))
     failed = sum(r.error is not None for r in results)
+    shed = sum(r.shed for r in results)
+    if shed:
+        print(
+            f"{PROG}: {shed} of {len(results)} files shed by a busy server after {args.retry_deadline:g} s "
+            "of retries: send them again later (--retry-deadline waits longer)",
+            file=sys.stderr,
+        )
+    if failed > shed:
+        print(f"{PROG}: {failed - shed} of {len(results)} files failed", file=sys.stderr)
     if failed:
-        print(f"{PROG}: {failed} of {len(results)} files failed", file=sys.stderr)
         return ExitCode.FAILED
     return ExitCode.OK
 

@@ -88,12 +88,24 @@ def progress_bar(total: int, unit: str, *, stream: TextIO | None = None) -> tqdm
     return tqdm(total=total, unit=unit, file=stream, disable=not stream.isatty(), dynamic_ncols=True, leave=False)
 
 
-def positive_float(text: str) -> float:
-    """An ``argparse`` type: a number greater than 0, else a one-line usage error."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a number greater than 0, else a one-line usage error."""
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An ``argparse`` type: a number of at least 0, else a one-line usage error."""
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
     return value

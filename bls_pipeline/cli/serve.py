@@ -19,6 +19,7 @@ from pathlib import Path
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.errors import BlsPipelineError
 from bls_pipeline.layout import DEFAULT_REPOSITORY
+from bls_pipeline.server.admin import ADMIN_HEADER, KEY_ENV, KEY_FILE_ENV, RESTRICTED_APIS, AdminKeyError, admin_key
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions, describe_hosting
 
 
@@ -45,12 +46,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Python-backend shared memory per model instance (shm-default-byte-size), MiB "
         "(default: sized from the repository's max batch, and printed at start)",
     )
+    parser.add_argument(
+        "--admin-key-file",
+        type=Path,
+        help=f"file holding the key of the closed admin APIs (shared memory, trace, logging, model "
+        f"repository), sent in the {ADMIN_HEADER} header (default: ${KEY_FILE_ENV} or ${KEY_ENV}; "
+        "without them a random key closes those APIs to every client)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        key = admin_key({KEY_FILE_ENV: str(args.admin_key_file)})[0] if args.admin_key_file else None
+    except AdminKeyError as exc:
+        return report_error("serve", exc, ExitCode.INPUT)
     options = ServerOptions(
         model_repository=args.model_repository,
         host=args.host,
@@ -61,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path=args.log_file,
         log_verbose=args.log_verbose,
         shm_default_byte_size=args.shm_size_mb * 1024 * 1024 if args.shm_size_mb else None,
+        admin_key=key,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -72,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except BlsPipelineError as exc:
         return report_error("serve", exc)
     print(describe_hosting(server), flush=True)
+    closed = ", ".join(RESTRICTED_APIS)
+    if server.admin_key_source == "random":
+        print(f"admin APIs ({closed}): closed to every client (no --admin-key-file, ${KEY_FILE_ENV} or ${KEY_ENV})", flush=True)
+    else:
+        print(f"admin APIs ({closed}): need the {ADMIN_HEADER} header, key from {args.admin_key_file or server.admin_key_source}", flush=True)
     try:
         print(f"memory: {server.sizing.describe() if server.sizing else 'Triton defaults'}", flush=True)
         print(f"ready: {server.url} (gRPC {server.grpc_url}, metrics "

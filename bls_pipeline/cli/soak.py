@@ -2,10 +2,14 @@
 
     python tools/soak.py --model-repository /tmp/repo --requests 20000 --concurrency 4 \\
         --json-out /tmp/soak20k.json
-    python tools/soak.py --url 127.0.0.1:8000 --server-pid 1234 --requests 500
+    python tools/soak.py --url http://127.0.0.1:8000 --server-pid 1234 --requests 500
+    python tools/soak.py --url grpc://127.0.0.1:8001 --server-pid "$(pgrep -x tritonserver)" \\
+        --duration 720 --warmup-seconds 120 --concurrency 8 --images-per-request 32 \\
+        --max-growth 5 --json-out /tmp/soak-gpu.json      # 12 minutes at saturation on a GPU
 
 Success means every good image was classified and every bad one refused with INVALID_ARG
-as expected (and memory grew less than --max-growth, when given).
+as expected (and RSS, /dev/shm and, where nvidia-smi is, the GPU memory of the server and
+each stub grew less than --max-growth percent after the warm-up, when given).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 from pathlib import Path
 
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
+from bls_pipeline.client import DEFAULT_FORM, DEFAULT_PROTOCOL, FORMS, PROTOCOLS
 from bls_pipeline.devtools.soak import SoakOptions, build_samples, format_report, run_soak
 from bls_pipeline.errors import BlsPipelineError
 
@@ -30,7 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=f"{__doc__}\n{EXIT_CODES_HELP}",
     )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="a running server's HTTP endpoint, host:port")
+    where.add_argument(
+        "--url", help="a running server's endpoint: host:port for the client's default protocol (gRPC), or with http:// or grpc://"
+    )
     where.add_argument(
         "--model-repository",
         type=Path,
@@ -41,7 +48,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="with --url: the tritonserver's pid, to read its memory (and its stubs') from /proc",
     )
-    parser.add_argument("--requests", type=int, default=1000, help="requests to send in all")
+    parser.add_argument("--requests", type=int, default=1000, help="requests to send in all (unless --duration)")
+    parser.add_argument("--duration", type=float, help="send for this many seconds instead of a number of requests")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        help="with --duration: seconds before the 'warm' memory reading (default: 10%% of it, at most 60)",
+    )
+    parser.add_argument(
+        "--sample-interval", type=float, default=10.0, help="with --duration: seconds between memory readings"
+    )
+    parser.add_argument(
+        "--images-per-request", type=int, default=1, help="photographs in each good request (32: the client's default batch)"
+    )
+    parser.add_argument("--protocol", choices=PROTOCOLS, help=f"the client's protocol (default: the --url scheme, else {DEFAULT_PROTOCOL})")
+    parser.add_argument("--form", choices=FORMS, default=DEFAULT_FORM, help="how the images travel (the client's --form)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     parser.add_argument("--bad-fraction", type=float, default=0.2, help="share of requests that carry a bad image")
     parser.add_argument(
@@ -53,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-growth",
         type=float,
-        help="fail (exit 1) when server RSS grows more than this many percent after warm-up",
+        help="fail (exit 1) when RSS, /dev/shm or GPU memory (server and stubs) grows more than this many percent after warm-up",
     )
     parser.add_argument("--json-out", type=Path, help="write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -74,32 +95,39 @@ def main(argv: list[str] | None = None) -> int:
             bad_fraction=args.bad_fraction,
             warmup=args.warmup,
             seed=args.seed,
+            duration_s=args.duration,
+            warmup_s=args.warmup_seconds,
+            sample_interval_s=args.sample_interval,
+            images_per_request=args.images_per_request,
+            protocol=args.protocol,
+            form=args.form,
         )
     except ValueError as exc:
         return report_error("soak", exc, ExitCode.USAGE)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    samples = build_samples(args.seed)
+    samples = build_samples(args.seed, args.form)
     try:
         if args.model_repository is not None:
             from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
 
             server_options = ServerOptions(args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
             with LocalTritonServer(server_options) as server:
-                options.url = server.url
+                options.url = server.url if options.protocol == "http" else server.grpc_url
                 assert server.process is not None
                 report = run_soak(options, samples, server_pid=server.process.pid, progress=progress)
         else:
             report = run_soak(options, samples, server_pid=args.server_pid, progress=progress)
     except BlsPipelineError as exc:
         return report_error("soak", exc)
-    print(format_report(report))
+    print(format_report(report, args.max_growth))
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     failed = report.unexpected > 0
-    growth = report.rss_growth_percent
-    if args.max_growth is not None and growth is not None and growth > args.max_growth:
-        print(f"soak: server RSS grew {growth:.2f} % after warm-up, over {args.max_growth} %", file=sys.stderr)
-        failed = True
+    if args.max_growth is not None:
+        for name, (growth, within) in report.growth_verdicts(args.max_growth).items():
+            if not within:
+                print(f"soak: {name} grew {growth:.2f} % after warm-up, over {args.max_growth} %", file=sys.stderr)
+                failed = True
     if report.unexpected:
         print(f"soak: {report.unexpected} unexpected outcomes", file=sys.stderr)
     return ExitCode.FAILED if failed else ExitCode.OK

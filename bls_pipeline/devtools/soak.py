@@ -1,11 +1,15 @@
 """Soak the ``classifier`` endpoint: many requests, good and bad images, memory watched.
 
-``tools/soak.py`` is the command line over this module. Every request carries either a good
-image (a real photograph as JPEG or PNG), which must be classified, or one of the bad kinds of
-:func:`build_samples`, which must be refused with ``INVALID_ARG`` (HTTP 400) and a message that
-names the image and the reason. Anything else is an *unexpected* outcome. Between phases the
-soak reads the server's memory: the resident set of ``tritonserver`` and its Python-backend
-stubs (``VmRSS`` in ``/proc/<pid>/status``) and the stubs' ``/dev/shm`` segments.
+``tools/soak.py`` is the command line over this module. Requests go through the project's
+client (:class:`~bls_pipeline.client.ClassifierClient`, its default protocol and form unless
+told otherwise). Every request carries either good images (real photographs as JPEG or PNG),
+which must be classified, or one of the bad kinds of :func:`build_samples`, which must be
+refused with ``INVALID_ARG`` and a message that names the image and the reason. Anything else
+is an *unexpected* outcome. The soak runs for a number of requests or a duration and reads
+the server's memory at its start, after the warm-up, over the run and at the end: the
+resident set of ``tritonserver`` and its Python-backend stubs (``VmRSS`` in
+``/proc/<pid>/status``), the stubs' ``/dev/shm`` segments, and on a GPU machine the GPU
+memory of each of those processes (``nvidia-smi --query-compute-apps``).
 
 Example::
 
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import io
 import random
+import shutil
 import struct
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -31,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from bls_pipeline.client import MODEL_NAME, host_port, image_input, requested_outputs
-from bls_pipeline.contract import PADDED_FORM, SCORES_OUTPUT
+from bls_pipeline.client import DEFAULT_FORM, ClassifierClient, ClientError, ServerBusy
+from bls_pipeline.contract import PADDED_FORM
 from bls_pipeline.devtools.stats import percentile
 from bls_pipeline.server.processes import proc_status, stub_processes
 
@@ -91,12 +97,14 @@ def corrupt_png_data(png: bytes) -> bytes:
     return bytes(data)
 
 
-def build_samples(seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-    """The good and the bad request kinds, from skimage's photographs.
+def build_samples(seed: int = 0, form: str = DEFAULT_FORM) -> tuple[list[Sample], list[Sample]]:
+    """The good and the bad request kinds, from skimage's photographs, as they are refused in ``form``.
 
     Bad kinds: an empty image, an all-zero row, random bytes, a JPEG cut in half, a PNG whose
     pixel data is corrupt (passes the header checks, fails in DALI), a header that declares
     65000x65000 pixels, a GIF, ``top_k`` 0, and two-image requests whose second image is bad.
+    An all-zero row is padding only, an empty image, in the padded form; sent as a file
+    (the bytes form) it is 4096 bytes of no known format.
     """
     import skimage.data
 
@@ -111,7 +119,7 @@ def build_samples(seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     rng = np.random.default_rng(seed)
     bad = [
         Sample("empty", (b"",), "image 0: empty image"),
-        Sample("all-zero row", (bytes(4096),), "image 0: empty image"),
+        Sample("all-zero row", (bytes(4096),), "image 0: empty image" if form == PADDED_FORM else "image 0: not an image"),
         Sample("random bytes", (b"\x17" + rng.integers(0, 256, 4095, dtype=np.uint8).tobytes(),), "image 0: not an image"),
         Sample("cut JPEG", (cut,), "image 0: truncated JPEG"),
         Sample("corrupt PNG data", (corrupt,), "image 0: cannot be decoded"),
@@ -144,31 +152,68 @@ def segment_bytes(names: Sequence[str], shm_dir: Path = Path("/dev/shm")) -> int
     return total
 
 
+def parse_compute_apps(text: str) -> dict[int, int]:
+    """``{pid: MiB}`` from ``nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits``
+    (a process on several GPUs: summed)."""
+    used: dict[int, int] = {}
+    for line in text.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            used[int(fields[0])] = used.get(int(fields[0]), 0) + int(fields[1])
+    return used
+
+
+def gpu_memory_by_pid() -> dict[int, int] | None:
+    """GPU memory (MiB) of every process using a GPU, from ``nvidia-smi``; ``None`` without one."""
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return None
+    result = subprocess.run(
+        [nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return parse_compute_apps(result.stdout) if result.returncode == 0 else None
+
+
 @dataclass(frozen=True)
 class MemorySnapshot:
-    """The server's memory at one moment: resident KiB of the server and its stubs, /dev/shm bytes."""
+    """The server's memory at one moment: resident KiB of the server and its stubs, /dev/shm
+    bytes, and (on a GPU machine) the GPU memory of each of those processes."""
 
     rss_kib: int
     shm_bytes: int
     processes: int
     # RSS KiB by process: "tritonserver" and each stub's model name
     by_process: dict[str, int] = field(default_factory=dict)
+    # GPU MiB by process, the same names; None where nvidia-smi is not there
+    gpu_mib: dict[str, int] | None = None
 
     @property
     def total_mib(self) -> float:
         """RSS plus shared memory, in MiB."""
         return (self.rss_kib * 1024 + self.shm_bytes) / 2**20
 
+    @property
+    def gpu_total_mib(self) -> int | None:
+        """GPU memory of the server and its stubs together, MiB (``None`` without a GPU reading)."""
+        return None if self.gpu_mib is None else sum(self.gpu_mib.values())
 
-def server_memory(server_pid: int) -> MemorySnapshot:
-    """RSS of ``tritonserver`` (``server_pid``) plus its stubs, and the stubs' segments."""
+
+def server_memory(server_pid: int, gpu: bool = True) -> MemorySnapshot:
+    """RSS of ``tritonserver`` (``server_pid``) plus its stubs, their segments and, with ``gpu``,
+    their GPU memory."""
     stubs = stub_processes(server_pid)
-    by_process = {"tritonserver": read_rss_kib(server_pid)}
+    names = {server_pid: "tritonserver"}
     for stub in stubs:
-        name = stub.model if stub.model not in by_process else f"{stub.model} (pid {stub.pid})"
-        by_process[name] = read_rss_kib(stub.pid)
+        names[stub.pid] = stub.model if stub.model not in names.values() else f"{stub.model} (pid {stub.pid})"
+    by_process = {name: read_rss_kib(pid) for pid, name in names.items()}
     shm = segment_bytes([stub.shm_region for stub in stubs])
-    return MemorySnapshot(sum(by_process.values()), shm, 1 + len(stubs), by_process)
+    used = gpu_memory_by_pid() if gpu else None
+    gpu_mib = None if used is None else {name: used.get(pid, 0) for pid, name in names.items()}
+    return MemorySnapshot(sum(by_process.values()), shm, 1 + len(stubs), by_process, gpu_mib)
 
 
 def growth_percent(before: float, after: float) -> float:
@@ -178,16 +223,19 @@ def growth_percent(before: float, after: float) -> float:
 
 # --- outcomes -----------------------------------------------------------------------------------
 
+# The status of a refused bad image: HTTP's and gRPC's INVALID_ARG.
+INVALID_ARG_STATUSES = ("400", "StatusCode.INVALID_ARGUMENT")
+
 
 def judge(sample: Sample, status: str | None, message: str | None) -> str:
     """:data:`OK`, :data:`EXPECTED` or :data:`UNEXPECTED` for one response.
 
-    ``status`` is the HTTP status of a failed request (``None`` on success) and ``message``
-    its error message.
+    ``status`` is the status of a failed request (``None`` on success: HTTP's ``"400"``,
+    gRPC's ``"StatusCode.INVALID_ARGUMENT"``, ...) and ``message`` its error message.
     """
     if status is None:
         return UNEXPECTED if sample.bad else OK
-    if sample.bad and status == "400" and message is not None and sample.expected in message:
+    if sample.bad and status in INVALID_ARG_STATUSES and message is not None and sample.expected in message:
         return EXPECTED
     return UNEXPECTED
 
@@ -224,7 +272,9 @@ class Tally:
 
 @dataclass
 class SoakOptions:
-    """What to send: ``requests`` in all, ``concurrency`` in flight, ``bad_fraction`` of them bad."""
+    """What to send: ``requests`` in all, or for ``duration_s`` seconds; ``concurrency`` in
+    flight, ``bad_fraction`` of them bad, good ones carrying ``images_per_request`` photographs;
+    through :class:`~bls_pipeline.client.ClassifierClient` (``protocol``, ``form``: its defaults)."""
 
     url: str
     requests: int = 1000
@@ -233,6 +283,12 @@ class SoakOptions:
     warmup: int | None = None
     seed: int = 0
     timeout_s: float = 120.0
+    duration_s: float | None = None
+    warmup_s: float | None = None
+    images_per_request: int = 1
+    protocol: str | None = None
+    form: str = DEFAULT_FORM
+    sample_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.requests < 1:
@@ -243,16 +299,28 @@ class SoakOptions:
             raise ValueError(f"bad fraction must be in 0..1, got {self.bad_fraction}")
         if self.warmup is not None and not 0 <= self.warmup < self.requests:
             raise ValueError(f"warm-up must be in 0..{self.requests - 1} requests, got {self.warmup}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError(f"duration must be positive, got {self.duration_s}")
+        if self.warmup_s is not None and (self.duration_s is None or not 0 <= self.warmup_s < self.duration_s):
+            raise ValueError("a warm-up in seconds goes with a longer --duration")
+        if self.images_per_request < 1 or self.sample_interval_s <= 0:
+            raise ValueError("images per request must be at least 1 and the sample interval positive")
 
     @property
     def warmup_requests(self) -> int:
         """Requests before the "warm" memory reading: 10% of them, at most 1000, unless given."""
         return self.warmup if self.warmup is not None else min(1000, self.requests // 10)
 
+    @property
+    def warmup_seconds(self) -> float:
+        """With ``duration_s``: seconds before the "warm" reading, 10% of it (at most 60 s) unless given."""
+        assert self.duration_s is not None
+        return self.warmup_s if self.warmup_s is not None else min(60.0, self.duration_s / 10)
+
 
 @dataclass
 class SoakReport:
-    """The outcome of a soak: counts, throughput, latency and memory by phase."""
+    """The outcome of a soak: counts, throughput, latency and memory by phase and over time."""
 
     requests: int
     concurrency: int
@@ -266,27 +334,48 @@ class SoakReport:
     latency_p50_ms: float
     latency_p99_ms: float
     memory: dict[str, MemorySnapshot] = field(default_factory=dict)
-    memory_trace: list[tuple[int, MemorySnapshot]] = field(default_factory=list)
+    # (seconds since the start, requests answered, snapshot), every sample interval
+    memory_trace: list[tuple[float, int, MemorySnapshot]] = field(default_factory=list)
+    images_per_s: float = 0.0
+
+    def _growth(self, value: Callable[[MemorySnapshot], float | None]) -> float | None:
+        if "warm" not in self.memory or "end" not in self.memory:
+            return None
+        warm, end = value(self.memory["warm"]), value(self.memory["end"])
+        return None if warm is None or end is None else growth_percent(warm, end)
 
     @property
     def rss_growth_percent(self) -> float | None:
         """Growth of server + stub RSS from warm-up to the end; ``None`` without readings."""
-        if "warm" not in self.memory or "end" not in self.memory:
-            return None
-        return growth_percent(self.memory["warm"].rss_kib, self.memory["end"].rss_kib)
+        return self._growth(lambda m: m.rss_kib)
+
+    @property
+    def shm_growth_percent(self) -> float | None:
+        """Growth of the stubs' /dev/shm from warm-up to the end."""
+        return self._growth(lambda m: m.shm_bytes)
+
+    @property
+    def gpu_growth_percent(self) -> float | None:
+        """Growth of the server's and stubs' GPU memory from warm-up to the end (``None`` without a GPU)."""
+        return self._growth(lambda m: m.gpu_total_mib)
 
     @property
     def total_growth_percent(self) -> float | None:
         """Growth of RSS + /dev/shm from warm-up to the end; ``None`` without readings."""
-        if "warm" not in self.memory or "end" not in self.memory:
-            return None
-        return growth_percent(self.memory["warm"].total_mib, self.memory["end"].total_mib)
+        return self._growth(lambda m: m.total_mib)
+
+    def growth_verdicts(self, max_growth: float) -> dict[str, tuple[float, bool]]:
+        """``{"RSS": (percent, within), "/dev/shm": ..., "GPU memory": ...}`` for the readings there are."""
+        figures = {"RSS": self.rss_growth_percent, "/dev/shm": self.shm_growth_percent, "GPU memory": self.gpu_growth_percent}
+        return {name: (value, value < max_growth) for name, value in figures.items() if value is not None}
 
     def to_dict(self) -> dict:
         """A JSON-ready dict, with the growth figures."""
         data = asdict(self)
-        data["memory_trace"] = [{"after_requests": n, **asdict(m)} for n, m in self.memory_trace]
+        data["memory_trace"] = [{"elapsed_s": t, "after_requests": n, **asdict(m)} for t, n, m in self.memory_trace]
         data["rss_growth_percent"] = self.rss_growth_percent
+        data["shm_growth_percent"] = self.shm_growth_percent
+        data["gpu_growth_percent"] = self.gpu_growth_percent
         data["total_growth_percent"] = self.total_growth_percent
         return data
 
@@ -294,30 +383,36 @@ class SoakReport:
 def choose(samples_good: Sequence[Sample], samples_bad: Sequence[Sample], n: int, bad_fraction: float, seed: int) -> list[Sample]:
     """The ``n`` requests of a soak, in order: a seeded mix, bad ones cycling through every kind."""
     rng = random.Random(seed)
-    plan = []
-    for _ in range(n):
-        if samples_bad and rng.random() < bad_fraction:
-            plan.append(samples_bad[rng.randrange(len(samples_bad))])
-        else:
-            plan.append(samples_good[rng.randrange(len(samples_good))])
-    return plan
+    return [_draw(rng, samples_good, samples_bad, bad_fraction) for _ in range(n)]
 
 
-def _send(client, httpclient, sample: Sample) -> tuple[str | None, str | None]:
-    """Send one request; (``None``, ``None``) on success, else (HTTP status, message)."""
-    from tritonclient.utils import InferenceServerException
+def _draw(rng: random.Random, good: Sequence[Sample], bad: Sequence[Sample], bad_fraction: float) -> Sample:
+    if bad and rng.random() < bad_fraction:
+        return bad[rng.randrange(len(bad))]
+    return good[rng.randrange(len(good))]
 
-    inputs = [image_input(httpclient, sample.images, PADDED_FORM)]
-    parameters = None if sample.top_k is None else {"top_k": sample.top_k}
+
+def photo_batches(good: Sequence[Sample], images_per_request: int) -> list[Sample]:
+    """Good requests of ``images_per_request`` photographs each (one per starting photograph, cyclic)."""
+    if images_per_request == 1:
+        return list(good)
+    images = [image for sample in good for image in sample.images]
+    return [
+        Sample(f"{images_per_request} photographs", tuple(images[(start + i) % len(images)] for i in range(images_per_request)))
+        for start in range(len(images))
+    ]
+
+
+def _send(client: ClassifierClient, sample: Sample) -> tuple[str | None, str | None]:
+    """Send one request; (``None``, ``None``) on success, else (status, message)."""
     try:
-        result = client.infer(MODEL_NAME, inputs, outputs=requested_outputs(httpclient), parameters=parameters)
-    except InferenceServerException as exc:
-        return str(exc.status()), exc.message()
-    except Exception as exc:  # noqa: BLE001 - connection errors of gevent/socket have no common base
-        return "connection", f"{type(exc).__name__}: {exc}"
-    scores = result.as_numpy(SCORES_OUTPUT)
-    if scores.shape[0] != len(sample.images):
-        return "bad response", f"{SCORES_OUTPUT} for {scores.shape[0]} images, sent {len(sample.images)}"
+        predictions = client.classify(list(sample.images), top_k=sample.top_k)  # type: ignore[arg-type]
+    except ServerBusy as exc:
+        return "shed", str(exc)
+    except ClientError as exc:
+        return exc.status or "no status", str(exc)
+    if len(predictions) != len(sample.images):
+        return "bad response", f"predictions for {len(predictions)} images, sent {len(sample.images)}"
     return None, None
 
 
@@ -331,71 +426,97 @@ def run_soak(
 ) -> SoakReport:
     """Send the soak's requests from ``options.concurrency`` threads and tally the outcomes.
 
-    The warm-up requests run first, to completion; then the rest. With ``server_pid``, memory
-    is read before the first request ("start"), after the warm-up ("warm"), about
-    ``snapshots`` times in between and at the end ("end").
+    Each thread has its own client (the project's default one unless ``options`` says
+    otherwise, retrying shed requests as users' clients do). With ``server_pid``, memory is
+    read before the first request ("start"), when the warm-up ends ("warm": after
+    ``warmup_requests``, or ``warmup_seconds`` with a duration), over the run (about
+    ``snapshots`` times, or every ``sample_interval_s`` with a duration) and at the end.
     """
-    import tritonclient.http as httpclient
-
     good, bad = samples
-    plan = choose(good, bad, options.requests, options.bad_fraction, options.seed)
-    url = host_port(options.url)
+    good = photo_batches(good, options.images_per_request)
+    rng = random.Random(options.seed)
+    timed = options.duration_s is not None
     tally = Tally()
     memory: dict[str, MemorySnapshot] = {}
-    trace: list[tuple[int, MemorySnapshot]] = []
+    trace: list[tuple[float, int, MemorySnapshot]] = []
     read_memory = (lambda: server_memory(server_pid)) if server_pid is not None else None
     trace_every = max(1, options.requests // max(1, snapshots))
-    progress_every = max(1, options.requests // 10)
     lock = threading.Lock()
-    state = {"next": 0, "done": 0}
+    state = {"sent": 0, "done": 0, "images": 0}
+    finished = threading.Event()
 
-    def worker(stop_at: int) -> None:
-        client = httpclient.InferenceServerClient(url, connection_timeout=options.timeout_s, network_timeout=options.timeout_s)
-        try:
-            while True:
-                with lock:
-                    if state["next"] >= stop_at:
-                        return
-                    sample = plan[state["next"]]
-                    state["next"] += 1
-                started = time.perf_counter()
-                status, message = _send(client, httpclient, sample)
-                tally.record(sample, judge(sample, status, message), time.perf_counter() - started, message)
+    def warm_reached(elapsed: float, done: int) -> bool:
+        return elapsed >= options.warmup_seconds if timed else done >= options.warmup_requests
+
+    def take(name: str) -> None:
+        if read_memory is not None:
+            snapshot = read_memory()
+            with lock:
+                memory.setdefault(name, snapshot)
+
+    def next_sample(elapsed: float) -> Sample | None:
+        with lock:
+            if (timed and elapsed >= options.duration_s) or (not timed and state["sent"] >= options.requests):
+                return None
+            state["sent"] += 1
+            return _draw(rng, good, bad, options.bad_fraction)
+
+    def worker() -> None:
+        with ClassifierClient(options.url, protocol=options.protocol, form=options.form, timeout_s=options.timeout_s) as client:
+            while (sample := next_sample(time.perf_counter() - started)) is not None:
+                sent = time.perf_counter()
+                status, message = _send(client, sample)
+                tally.record(sample, judge(sample, status, message), time.perf_counter() - sent, message)
                 with lock:
                     state["done"] += 1
+                    state["images"] += len(sample.images) if status is None else 0
                     done = state["done"]
-                if read_memory is not None and done % trace_every == 0:
+                if "warm" not in memory and warm_reached(time.perf_counter() - started, done):
+                    take("warm")
+                if read_memory is not None and not timed and done % trace_every == 0:
                     snapshot = read_memory()
                     with lock:
-                        trace.append((done, snapshot))
-                if progress is not None and done % progress_every == 0:
-                    progress(f"{done}/{options.requests} requests, {tally.count(UNEXPECTED)} unexpected")
-        finally:
-            client.close()
+                        trace.append((time.perf_counter() - started, done, snapshot))
 
-    def drive(stop_at: int) -> None:
-        threads = [
-            threading.Thread(target=worker, args=(stop_at,), name=f"soak-{i}", daemon=True)
-            for i in range(options.concurrency)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    def sampler() -> None:
+        # With a duration: memory (and progress) every sample interval, whatever the request rate.
+        while not finished.wait(options.sample_interval_s):
+            elapsed, done = time.perf_counter() - started, state["done"]
+            if read_memory is not None:
+                snapshot = read_memory()
+                with lock:
+                    trace.append((elapsed, done, snapshot))
+            if progress is not None:
+                progress(f"{elapsed:.0f}/{options.duration_s:.0f} s, {done} requests, {tally.count(UNEXPECTED)} unexpected")
 
-    if read_memory is not None:
-        memory["start"] = read_memory()
+    def reporter() -> None:
+        every = max(1, options.requests // 10)
+        reported = 0
+        while not finished.wait(0.5):
+            if state["done"] // every > reported:
+                reported = state["done"] // every
+                progress(f"{state['done']}/{options.requests} requests, {tally.count(UNEXPECTED)} unexpected")  # type: ignore[misc]
+
+    take("start")
     started = time.perf_counter()
-    drive(options.warmup_requests)
-    if read_memory is not None:
-        memory["warm"] = read_memory()
-    drive(len(plan))
+    threads = [threading.Thread(target=worker, name=f"soak-{i}", daemon=True) for i in range(options.concurrency)]
+    if timed:
+        threads.append(threading.Thread(target=sampler, name="soak-memory", daemon=True))
+    elif progress is not None:
+        threads.append(threading.Thread(target=reporter, name="soak-progress", daemon=True))
+    for thread in threads:
+        thread.start()
+    for thread in threads[: options.concurrency]:
+        thread.join()
     duration = time.perf_counter() - started
-    if read_memory is not None:
-        memory["end"] = read_memory()
+    finished.set()
+    for thread in threads[options.concurrency :]:
+        thread.join()
+    take("end")
     trace.sort(key=lambda item: item[0])
+    answered = state["done"]
     return SoakReport(
-        requests=options.requests,
+        requests=answered,
         concurrency=options.concurrency,
         ok=tally.count(OK),
         expected_errors=tally.by_kind(EXPECTED),
@@ -403,16 +524,17 @@ def run_soak(
         unexpected_by_kind=tally.by_kind(UNEXPECTED),
         unexpected_examples=tally.unexpected_examples,
         duration_s=duration,
-        throughput_rps=options.requests / duration if duration > 0 else 0.0,
+        throughput_rps=answered / duration if duration > 0 else 0.0,
         latency_p50_ms=percentile(tally.latencies_s, 50) * 1e3 if tally.latencies_s else 0.0,
         latency_p99_ms=percentile(tally.latencies_s, 99) * 1e3 if tally.latencies_s else 0.0,
         memory=memory,
         memory_trace=trace,
+        images_per_s=state["images"] / duration if duration > 0 else 0.0,
     )
 
 
-def format_report(report: SoakReport) -> str:
-    """The report as an aligned text table."""
+def format_report(report: SoakReport, max_growth: float | None = None) -> str:
+    """The report as an aligned text table (with the growth verdicts against ``max_growth``)."""
     rows: list[tuple[str, str]] = [
         ("requests", f"{report.requests} (concurrency {report.concurrency})"),
         ("ok", str(report.ok)),
@@ -425,25 +547,32 @@ def format_report(report: SoakReport) -> str:
         rows.append((f"  unexpected: {kind}", str(n)))
     rows += [
         ("duration", f"{report.duration_s:.1f} s"),
-        ("throughput", f"{report.throughput_rps:.1f} requests/s"),
+        ("throughput", f"{report.throughput_rps:.1f} requests/s, {report.images_per_s:.1f} images/s classified"),
         ("latency p50 / p99", f"{report.latency_p50_ms:.1f} / {report.latency_p99_ms:.1f} ms"),
     ]
     for phase in PHASES:
         if phase in report.memory:
             m = report.memory[phase]
+            gpu = "" if m.gpu_total_mib is None else f", GPU {m.gpu_total_mib} MiB"
             rows.append(
-                (f"memory at {phase}", f"RSS {m.rss_kib / 1024:.1f} MiB ({m.processes} processes), /dev/shm {m.shm_bytes / 2**20:.1f} MiB")
+                (f"memory at {phase}", f"RSS {m.rss_kib / 1024:.1f} MiB ({m.processes} processes), /dev/shm {m.shm_bytes / 2**20:.1f} MiB{gpu}")
             )
     if "warm" in report.memory and "end" in report.memory:
-        warm, end = report.memory["warm"].by_process, report.memory["end"].by_process
-        for name in warm:
-            if name in end:
-                rows.append(
-                    (f"  RSS {name}", f"{warm[name] / 1024:.1f} -> {end[name] / 1024:.1f} MiB ({growth_percent(warm[name], end[name]):+.1f} %)")
-                )
+        warm, end = report.memory["warm"], report.memory["end"]
+        for name in warm.by_process:
+            if name in end.by_process:
+                before, after = warm.by_process[name], end.by_process[name]
+                rows.append((f"  RSS {name}", f"{before / 1024:.1f} -> {after / 1024:.1f} MiB ({growth_percent(before, after):+.1f} %)"))
+        for name in warm.gpu_mib or {}:
+            if end.gpu_mib and name in end.gpu_mib:
+                before, after = warm.gpu_mib[name], end.gpu_mib[name]
+                rows.append((f"  GPU {name}", f"{before} -> {after} MiB ({growth_percent(before, after):+.1f} %)"))
     if report.rss_growth_percent is not None:
         rows.append(("RSS growth after warm-up", f"{report.rss_growth_percent:+.2f} %"))
         rows.append(("RSS + shm growth after warm-up", f"{report.total_growth_percent:+.2f} %"))
+    if max_growth is not None:
+        for name, (value, within) in report.growth_verdicts(max_growth).items():
+            rows.append((f"verdict: {name}", f"{value:+.2f} % after warm-up: {'ok' if within else 'FAILED'} (limit {max_growth:g} %)"))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if report.unexpected_examples:

@@ -12,9 +12,12 @@ tritonserver 2.51 does not restart a Python-backend stub that died (killed, out 
 the model still reports ready and every request to it fails after a second with "Stub
 process '<model>_0_0' is not healthy." A watchdog thread therefore runs the server in explicit
 model-control mode and reloads (unload, then load) every model whose stub is gone; the
-endpoint recovers in about two seconds without a server restart. Explicit mode opens the
-model-repository API (load, unload, and load with uploaded files, which runs their code), so
-it is restricted to requests that carry a random per-server key that only the watchdog has.
+endpoint recovers in about two seconds without a server restart.
+
+The admin APIs (shared memory, trace, logging, model repository) answer only requests with
+the admin key header (:mod:`bls_pipeline.server.admin`): the key of ``ServerOptions.admin_key``,
+else ``BLS_ADMIN_KEY_FILE`` / ``BLS_ADMIN_KEY``, else a random per-server key that only the
+watchdog has.
 
 Example::
 
@@ -27,10 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -45,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bls_pipeline.backends import BACKENDS, native_backends_dir
-from bls_pipeline.builder.model_config import read_config
+from bls_pipeline.builder.model_config import CLASSIFIER, read_config
 from bls_pipeline.errors import ConfigError, ServerError
 from bls_pipeline.server.processes import (
     SHM_DIR,
@@ -55,6 +58,7 @@ from bls_pipeline.server.processes import (
     shm_segments,
     stub_processes,
 )
+from bls_pipeline.server.admin import ADMIN_HEADER, AdminKeyError, admin_key, check_key, restriction_args
 from bls_pipeline.server.sizing import ServerSizing
 
 LOGGER = logging.getLogger(__name__)
@@ -62,8 +66,6 @@ LOGGER = logging.getLogger(__name__)
 LOG_TAIL_LINES = 25
 # The platforms that Triton's own backends (tools/build_backends.py) serve.
 NATIVE_PLATFORMS = {"onnxruntime_onnx": "onnxruntime"}
-# The header that the restricted model-repository API requires (see the module docstring).
-ADMIN_HEADER = "bls-admin-key"
 # glog error lines ("E1125 08:52:25.111826 ...") and the server's last words ("error: creating server: ...").
 _LOG_ERROR = re.compile(r"E\d{4} |error: |\[libprotobuf ERROR")
 
@@ -107,6 +109,8 @@ class ServerOptions:
     # None: the ones tools/build_backends.py built for this environment, staged only when a
     # model of the repository needs them.
     native_backends: Path | None = None
+    # The key of the closed admin APIs (server.admin); None: from the environment, else random.
+    admin_key: str | None = None
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -175,7 +179,14 @@ class LocalTritonServer:
         self.native_backends: Path | None = None
         # Models the watchdog reloaded because their stub died, in order.
         self.reloaded_models: list[str] = []
-        self._admin_key = secrets.token_hex(16)
+        try:
+            self._admin_key, self.admin_key_source = (
+                (check_key(options.admin_key, "ServerOptions.admin_key"), "given")
+                if options.admin_key
+                else admin_key()
+            )
+        except AdminKeyError as exc:
+            raise ServerError(str(exc)) from None
         # What start() sized the memory pools for (None: not a repository of this project).
         self.sizing: ServerSizing | None = None
 
@@ -256,17 +267,9 @@ class LocalTritonServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             *self.memory_args(),
-            *(self._explicit_mode_args() if o.restart_dead_stubs else []),
+            *(["--model-control-mode=explicit", "--load-model=*"] if o.restart_dead_stubs else []),
+            *restriction_args(self._admin_key),
             *o.extra_args,
-        ]
-
-    def _explicit_mode_args(self) -> list[str]:
-        restricted = f"model-repository:{ADMIN_HEADER}={self._admin_key}"
-        return [
-            "--model-control-mode=explicit",
-            "--load-model=*",
-            f"--http-restricted-api={restricted}",
-            f"--grpc-restricted-protocol={restricted}",
         ]
 
     def memory_args(self) -> list[str]:
@@ -340,23 +343,52 @@ class LocalTritonServer:
             return 0.0
         return cpu_seconds(self.process.pid) + sum(cpu_seconds(stub.pid) for stub in self.stubs())
 
+    def _repository_call(self, path: str, what: str, timeout_s: float) -> bytes:
+        """POST to the (closed) model-repository API with the admin key; the answer's body."""
+        request = urllib.request.Request(
+            f"{self.url}/v2/repository/{path}", data=b"", method="POST", headers={ADMIN_HEADER: self._admin_key}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise ServerError(f"cannot {what}: HTTP {exc.code} {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServerError(f"cannot {what}: {exc}") from None
+
     def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
         """Unload and load ``model`` (explicit model control): a fresh stub, same files."""
         for action in ("unload", "load"):
-            request = urllib.request.Request(
-                f"{self.url}/v2/repository/models/{model}/{action}",
-                data=b"",
-                method="POST",
-                headers={ADMIN_HEADER: self._admin_key},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=timeout_s):
-                    pass
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode(errors="replace")
-                raise ServerError(f"cannot {action} model {model!r}: HTTP {exc.code} {detail}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                raise ServerError(f"cannot {action} model {model!r}: {exc}") from None
+            self._repository_call(f"models/{model}/{action}", f"{action} model {model!r}", timeout_s)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop taking requests and let the ones taken finish; whether they did within ``timeout_s``.
+
+        tritonserver's own SIGTERM handling refuses every new inference at once, the BLS calls
+        of requests it already took included, so those fail ("Server not ready"). Unloading the
+        classifier first (explicit model control) turns readiness false and refuses new
+        requests while its sub-models still answer the requests it holds; Triton finishes
+        the model's in-flight requests before it unloads it. Once it is unloaded, the server
+        with the sub-models alone reports ready again until the SIGTERM that follows at once
+        (measured: ~20 ms; nothing routes to it then, as the classifier is gone).
+        """
+        if not self.options.restart_dead_stubs or self.process is None or self.process.poll() is not None:
+            return False
+        if not self.is_ready():
+            return False  # not serving (a failed start, a dead server): nothing to drain
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._repository_call(f"models/{CLASSIFIER}/unload", f"unload {CLASSIFIER!r}", timeout_s)
+            while time.monotonic() < deadline:
+                index = json.loads(self._repository_call("index", "read the repository index", timeout_s))
+                states = {entry.get("name"): entry.get("state") for entry in index}
+                if states.get(CLASSIFIER) != "UNLOADING" and states.get(CLASSIFIER) != "READY":
+                    return True
+                time.sleep(0.01)
+        except (ServerError, ValueError) as exc:
+            LOGGER.warning("draining %r: %s", CLASSIFIER, exc)
+        return False
 
     def _watch_stubs(self) -> None:
         known = self.stubs()
@@ -424,6 +456,8 @@ class LocalTritonServer:
             self._watchdog.join(timeout=30)
         self._watchdog = None
         self.stubs()
+        if self.drain(self.options.exit_timeout_s):
+            LOGGER.info("%s drained: its requests finished", CLASSIFIER)
         process, self.process = self.process, None
         if process is not None:
             if process.poll() is None:

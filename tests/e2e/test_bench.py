@@ -47,6 +47,20 @@ def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_ser
         np.testing.assert_allclose([p.scores for p in got], [p.scores for p in expected], atol=1e-5, rtol=0)
 
 
+def test_a_point_slower_than_its_window_is_measured_and_marked_slow_not_failed(bench_server):
+    from bls_pipeline.devtools.bench.images import benchmark_images
+    from bls_pipeline.devtools.bench.load import closed_loop_load, warm_up
+    from bls_pipeline.client import host_port
+
+    url, images = host_port(bench_server.url), benchmark_images()
+    single_s = warm_up(url, "classifier", images, concurrency=4)
+    # A window far shorter than one request: nothing starts and ends inside it.
+    sample = closed_loop_load(url, "classifier", images, concurrency=4, duration_s=single_s / 100, warmup_s=0.0)
+
+    assert sample.slow and sample.requests >= 1
+    assert min(sample.latencies_s) > single_s / 100 and sample.images_per_s > 0
+
+
 def test_quick_run_writes_a_complete_result_with_both_hostings_and_a_plot(native_repository, tmp_path, capsys):
     from bls_pipeline.cli.bench import main
 

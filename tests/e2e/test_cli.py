@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT / "samples"
-TOOLS = ["build_repo", "build_backends", "serve", "classify", "capacity"]
+TOOLS = ["build_repo", "build_backends", "serve", "classify", "capacity", "overload"]
 SAMPLE_FILES = {"chelsea.jpg": "chelsea", "coffee.jpg": "coffee", "rocket.png": "rocket"}
 EXPECTED_LABELS = {"chelsea": "Egyptian cat", "coffee": "espresso", "rocket": "missile"}
 

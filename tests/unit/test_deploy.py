@@ -10,6 +10,7 @@ metrics the classifier exports.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -49,15 +50,22 @@ TRITON_METRICS = {
 _METRIC_NAME = re.compile(r"\b(?:nv|bls_classifier)_[a-z0-9_]+\b")
 
 
+ADMIN_KEY = "0123456789abcdef" * 4
+
+
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, list[dict]]:
-    """Every kustomization's resources, rendered by ``kubectl kustomize``."""
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """Every kustomization's resources, rendered by ``kubectl kustomize`` from a copy of
+    deploy/k8s with the admin key file written where deploy/k8s/admin-key asks for it."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not on PATH: install it to render the kustomizations")
+    k8s = tmp_path_factory.mktemp("deploy") / "k8s"
+    shutil.copytree(K8S, k8s, ignore=shutil.ignore_patterns("admin.key"))
+    (k8s / "admin-key" / "admin.key").write_text(ADMIN_KEY + "\n")
     documents = {}
     for name in KUSTOMIZATIONS:
-        result = subprocess.run([kubectl, "kustomize", str(K8S / name)], capture_output=True, text=True, check=False)
+        result = subprocess.run([kubectl, "kustomize", str(k8s / name)], capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"{name}: {result.stderr}"
         documents[name] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     return documents
@@ -78,6 +86,11 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
 def _server_command() -> list[str]:
     (command,) = [json.loads(args) for instruction, args in _dockerfile_instructions() if instruction == "CMD"]
     return command
+
+
+def _entrypoint() -> list[str]:
+    (entrypoint,) = [json.loads(args) for instruction, args in _dockerfile_instructions() if instruction == "ENTRYPOINT"]
+    return entrypoint
 
 
 def _flag(command: list[str], name: str) -> str:
@@ -335,6 +348,40 @@ def test_dockerfile_builds_on_the_triton_container_and_installs_only_the_package
     assert arguments["MODEL_REPOSITORY"] == build[build.index("--output") + 1]
     assert _flag(_server_command(), "model-repository") == "/models"
     assert _flag(_server_command(), "strict-readiness") == "true"
+
+
+def test_the_image_starts_the_server_with_its_admin_apis_closed_behind_the_key_file(tmp_path):
+    from bls_pipeline.server.admin import ADMIN_HEADER, KEY_FILE_ENV, RESTRICTED_APIS, container_command
+
+    assert _entrypoint() == ["python3", "-m", "bls_pipeline.server.admin"]
+    command = _server_command()
+    assert command[0] == "tritonserver" and not any("restricted" in arg for arg in command)
+    key_file = tmp_path / "key"
+    key_file.write_text(ADMIN_KEY + "\n")
+
+    started, source = container_command(command, {KEY_FILE_ENV: str(key_file)})
+
+    closed = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={ADMIN_KEY}"
+    assert started == [*command, f"--http-restricted-api={closed}", f"--grpc-restricted-protocol={closed}"]
+    assert source == str(key_file)
+    assert set(RESTRICTED_APIS) == {"shared-memory", "trace", "logging", "model-repository"}
+
+
+def test_the_pods_read_the_admin_key_from_the_generated_secret_as_a_file(rendered):
+    from bls_pipeline.server.admin import KEY_FILE_ENV
+
+    for name, pod in _pod_specs(rendered).items():
+        kustomization = "base" if name == "Deployment" else "overlays/kserve"
+        secret = _one(rendered[kustomization], "Secret")
+        assert base64.b64decode(secret["data"]["key"]).decode().strip() == ADMIN_KEY
+        (container,) = pod["containers"]
+        env = {item["name"]: item["value"] for item in container.get("env", [])}
+        key_path = Path(env[KEY_FILE_ENV])
+        (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] and key_path == Path(mount["mountPath"]) / "key", name
+        # Not world-readable; the server's group (fsGroup) reads it.
+        assert volume["secret"]["defaultMode"] & 0o007 == 0 and pod["securityContext"]["fsGroup"] == 10001
 
 
 def test_dockerfile_passes_hadolint():

@@ -195,3 +195,54 @@ def test_the_cli_refuses_impossible_options_with_one_line(capsys):
 
     assert main(["--url", "127.0.0.1:1", "--requests", "0"]) == 2
     assert capsys.readouterr().err == "soak: error: requests must be at least 1, got 0\n"
+
+
+def test_gpu_memory_per_process_is_parsed_from_nvidia_smis_csv():
+    from bls_pipeline.devtools.soak import parse_compute_apps
+
+    text = "1234, 2048\n5678, 600\n1234, 100\n[N/A], [N/A]\n"
+    assert parse_compute_apps(text) == {1234: 2148, 5678: 600}
+    assert parse_compute_apps("") == {}
+
+
+def test_every_memory_kind_gets_a_growth_verdict_where_it_was_read():
+    warm = MemorySnapshot(1000, 2**20, 3, {"tritonserver": 1000}, {"tritonserver": 1000, "classifier": 500})
+    end = MemorySnapshot(1020, 2**20, 3, {"tritonserver": 1020}, {"tritonserver": 1000, "classifier": 600})
+    verdicts = report(warm=warm, end=end).growth_verdicts(5.0)
+
+    assert verdicts["RSS"] == (pytest.approx(2.0), True)
+    assert verdicts["/dev/shm"] == (0.0, True)
+    assert verdicts["GPU memory"] == (pytest.approx(100 / 15), False)
+    cpu_only = report(warm=MemorySnapshot(1000, 0, 1), end=MemorySnapshot(1000, 0, 1)).growth_verdicts(5.0)
+    assert "GPU memory" not in cpu_only
+    text = format_report(report(warm=warm, end=end), max_growth=5.0)
+    assert "verdict: GPU memory" in text and "FAILED (limit 5 %)" in text and "GPU classifier" in text
+
+
+def test_good_requests_carry_the_asked_number_of_photographs():
+    from bls_pipeline.devtools.soak import photo_batches
+
+    good = [Sample("a.jpg", (b"a",)), Sample("b.png", (b"b",))]
+    assert photo_batches(good, 1) == good
+    batches = photo_batches(good, 3)
+    assert [b.images for b in batches] == [(b"a", b"b", b"a"), (b"b", b"a", b"b")] and not any(b.bad for b in batches)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"duration_s": 0}, "duration must be positive"),
+        ({"duration_s": 10, "warmup_s": 10}, "warm-up in seconds goes with a longer --duration"),
+        ({"warmup_s": 1}, "warm-up in seconds goes with a longer --duration"),
+        ({"images_per_request": 0}, "images per request must be at least 1"),
+    ],
+)
+def test_timed_soak_options_refuse_impossible_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SoakOptions(url="x", **kwargs)
+
+
+def test_a_timed_soak_warms_up_for_a_tenth_of_it_up_to_a_minute():
+    assert SoakOptions(url="x", duration_s=660).warmup_seconds == 60.0
+    assert SoakOptions(url="x", duration_s=100).warmup_seconds == 10.0
+    assert SoakOptions(url="x", duration_s=100, warmup_s=5).warmup_seconds == 5.0

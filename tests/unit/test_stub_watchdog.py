@@ -75,15 +75,18 @@ def test_the_watchdog_needs_explicit_model_control_and_can_be_turned_off(tmp_pat
     assert not any(arg.startswith(("--model-control-mode", "--load-model")) for arg in off)
 
 
-def test_the_model_repository_api_of_explicit_mode_needs_a_per_server_key(tmp_path: Path):
-    from bls_pipeline.server.launcher import ADMIN_HEADER, LocalTritonServer
+def test_the_admin_apis_need_a_per_server_key_unless_one_is_given(tmp_path: Path, monkeypatch):
+    from bls_pipeline.server.launcher import LocalTritonServer
+    from bls_pipeline.server.admin import ADMIN_HEADER, KEY_ENV, KEY_FILE_ENV
 
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
     first, second = (LocalTritonServer(ServerOptions(tmp_path)) for _ in range(2))
-    command = first.command(tmp_path, tmp_path / "tritonserver")
-    restricted = [arg for arg in command if "restricted" in arg]
-
-    assert restricted == [
-        f"--http-restricted-api=model-repository:{ADMIN_HEADER}={first._admin_key}",
-        f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={first._admin_key}",
-    ]
-    assert len(first._admin_key) == 32 and first._admin_key != second._admin_key
+    for options in (ServerOptions(tmp_path), ServerOptions(tmp_path, restart_dead_stubs=False)):
+        server = LocalTritonServer(options)
+        restricted = [arg for arg in server.command(tmp_path, tmp_path / "tritonserver") if "restricted" in arg]
+        apis = f"shared-memory,trace,logging,model-repository:{ADMIN_HEADER}={server._admin_key}"
+        assert restricted == [f"--http-restricted-api={apis}", f"--grpc-restricted-protocol={apis}"]
+    assert len(first._admin_key) == 64 and first._admin_key != second._admin_key
+    given = LocalTritonServer(ServerOptions(tmp_path, admin_key="k" * 20))
+    assert given._admin_key == "k" * 20 and given.admin_key_source == "given"

@@ -34,6 +34,9 @@ class LoadSample:
     images_per_request: int = 1
     # CPU seconds the server (tritonserver and its stubs) spent during the window.
     server_cpu_s: float | None = None
+    # No request both started and finished inside the window: the figures come from the
+    # requests started in it, however long they took (a slow or busy machine).
+    slow: bool = False
 
     @property
     def server_cpu_ms_per_image(self) -> float | None:
@@ -90,6 +93,8 @@ def closed_loop_load(
     requests = request_inputs(httpclient, images, images_per_request, form)
     outputs = requested_outputs(httpclient)
     latencies: list[float] = []
+    # (answered, latency) of requests started in the window and answered after it.
+    late: list[tuple[float, float]] = []
     errors: list[str] = []
     start = time.perf_counter()
     window_start, window_end = start + warmup_s, start + warmup_s + duration_s
@@ -109,6 +114,8 @@ def closed_loop_load(
             done = time.perf_counter()
             if sent >= window_start and done <= window_end:
                 latencies.append(done - sent)
+            elif sent >= window_start:
+                late.append((done, done - sent))
             index += concurrency
 
     cpu_marks: list[float] = []
@@ -128,7 +135,17 @@ def closed_loop_load(
     if errors:
         raise EndpointFailure(f"{model}: a request failed: {errors[0]}")
     if not latencies:
-        raise EndpointFailure(f"{model}: no request completed within {duration_s} s at concurrency {concurrency}")
+        if not late:
+            raise EndpointFailure(f"{model}: no request sent in the {duration_s} s window was answered")
+        # A slow point: measured from the requests the window started, to their last answer.
+        last_done = max(done for done, _ in late)
+        return LoadSample(
+            images_per_s=len(late) * images_per_request / (last_done - window_start),
+            latencies_s=[latency for _, latency in late],
+            requests=len(late),
+            images_per_request=images_per_request,
+            slow=True,
+        )
     return LoadSample(
         images_per_s=len(latencies) * images_per_request / duration_s,
         latencies_s=latencies,
@@ -136,3 +153,49 @@ def closed_loop_load(
         images_per_request=images_per_request,
         server_cpu_s=cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else None,
     )
+
+
+def warm_up(
+    url: str,
+    model: str,
+    images: Sequence[BenchImage],
+    *,
+    concurrency: int,
+    form: str = contract.PADDED_FORM,
+    bound_factor: float = 4.0,
+) -> float:
+    """Send one request alone, then ``concurrency`` at once, and wait until all are answered.
+
+    The wait for the concurrent ones is bounded by what this machine needs right now:
+    ``bound_factor`` times ``concurrency`` times the lone request's time (at least 30 s), so
+    a slow or busy machine is measured rather than failed. Returns the lone request's
+    seconds; raises :class:`EndpointFailure` when a request fails or the bound passes.
+    """
+    import gevent
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=600, network_timeout=600)
+    requests = request_inputs(httpclient, images, 1, form)
+    outputs = requested_outputs(httpclient)
+    try:
+        started = time.perf_counter()
+        try:
+            client.infer(model, requests[0], outputs=outputs)
+        except Exception as exc:  # noqa: BLE001 - gevent/HTTP errors have no common base
+            raise EndpointFailure(f"{model}: a warm-up request failed: {' '.join(str(exc).split())}") from None
+        single_s = time.perf_counter() - started
+        bound_s = max(30.0, bound_factor * concurrency * single_s)
+        greenlets = [gevent.spawn(client.infer, model, requests[i % len(requests)], outputs=outputs) for i in range(concurrency)]
+        done = gevent.joinall(greenlets, timeout=bound_s)
+        failed = [g.exception for g in done if g.exception is not None]
+        if failed:
+            raise EndpointFailure(f"{model}: a warm-up request failed: {' '.join(str(failed[0]).split())}")
+        if len(done) < concurrency:
+            gevent.killall(greenlets)
+            raise EndpointFailure(
+                f"{model}: {concurrency - len(done)} of {concurrency} warm-up requests unanswered after {bound_s:.0f} s "
+                f"(one request alone took {single_s:.2f} s)"
+            )
+        return single_s
+    finally:
+        client.close()

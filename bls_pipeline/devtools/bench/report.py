@@ -79,6 +79,7 @@ def format_table(result: Mapping[str, Any]) -> str:
                 f"{labels.get(key, key):22s} {row['concurrency']:>4d}  {_fmt(row['images_per_s']):>22s}  "
                 f"{_fmt(latency['p50']):>22s}  {latency['p90']['median']:8.1f}  {latency['p99']['median']:8.1f}  "
                 f"{cpu['median'] if cpu else float('nan'):10.2f}"
+                + ("  slow" if row.get("slow") else "")
             )
     lines.append("")
     best_at = result.get("best_at", {})

@@ -1,0 +1,203 @@
+"""Drive the ``classifier`` endpoint open-loop, faster than it can answer, and account for every request.
+
+A closed-loop client waits for each answer before it sends again, so it slows down with the
+server and never overloads it. Real traffic does not wait: :func:`open_loop` sends requests
+at a fixed rate whatever happens to them, through the project's client with retries off, and
+records for each one how it ended: classified, shed by the server (``UNAVAILABLE``: its queue
+was full, or the request waited past the queue timeout), failed otherwise, or not answered by
+the end. Latency is measured from the moment a request was due, so a send that falls behind
+its schedule counts against the server, not for it.
+
+Example::
+
+    capacity = closed_loop(url, images, concurrency=4, duration_s=10).throughput_rps
+    report = open_loop(url, images, rate_rps=4 * capacity, duration_s=20)
+    print(format_report(report))
+    assert report.lost == 0
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from bls_pipeline.devtools.stats import percentile
+from bls_pipeline.client import ClassifierClient, ClientError, RetryPolicy, ServerBusy
+
+OK = "ok"
+SHED = "shed"
+FAILED = "failed"
+
+
+@dataclass
+class LoadReport:
+    """How every request of a run ended, with latencies (seconds) by outcome."""
+
+    rate_rps: float | None
+    duration_s: float
+    sent: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    shed_reasons: Counter = field(default_factory=Counter)
+    failures: Counter = field(default_factory=Counter)
+    latencies_s: dict[str, list[float]] = field(default_factory=lambda: {OK: [], SHED: [], FAILED: []})
+    # Sends that left more than 50 ms after they were due (the load generator fell behind).
+    late_sends: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, outcome: str, latency_s: float, detail: str | None = None) -> None:
+        """Count one answered request (thread-safe)."""
+        with self._lock:
+            self.outcomes[outcome] += 1
+            self.latencies_s[outcome].append(latency_s)
+            if outcome == SHED and detail:
+                self.shed_reasons[detail] += 1
+            elif outcome == FAILED and detail:
+                self.failures[detail] += 1
+
+    @property
+    def answered(self) -> int:
+        """Requests that got an answer of any kind."""
+        return sum(self.outcomes.values())
+
+    @property
+    def lost(self) -> int:
+        """Requests sent that got no answer at all (the count that must be 0)."""
+        return self.sent - self.answered
+
+    @property
+    def throughput_rps(self) -> float:
+        """Classified requests per second over the run."""
+        return self.outcomes[OK] / self.duration_s if self.duration_s > 0 else 0.0
+
+    def p(self, outcome: str, q: float) -> float:
+        """The ``q``-th percentile latency (seconds) of ``outcome`` (0 when none)."""
+        values = self.latencies_s[outcome]
+        return percentile(values, q) if values else 0.0
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (no per-request latencies)."""
+        return {
+            "rate_rps": self.rate_rps,
+            "duration_s": self.duration_s,
+            "sent": self.sent,
+            "ok": self.outcomes[OK],
+            "shed": self.outcomes[SHED],
+            "failed": self.outcomes[FAILED],
+            "lost": self.lost,
+            "late_sends": self.late_sends,
+            "shed_reasons": dict(self.shed_reasons),
+            "failures": dict(self.failures),
+            "throughput_rps": self.throughput_rps,
+            **{
+                f"{outcome}_p{q}_ms": self.p(outcome, q) * 1e3
+                for outcome in (OK, SHED)
+                for q in (50, 99)
+            },
+            "ok_max_ms": max(self.latencies_s[OK], default=0.0) * 1e3,
+        }
+
+
+def _classify_one(client: ClassifierClient, images: Sequence[bytes], due: float, report: LoadReport) -> None:
+    try:
+        client.classify(images)
+    except ServerBusy as exc:
+        report.record(SHED, time.monotonic() - due, exc.reason)
+    except ClientError as exc:
+        report.record(FAILED, time.monotonic() - due, str(exc)[:120])
+    else:
+        report.record(OK, time.monotonic() - due)
+
+
+def _client(url: str, timeout_s: float) -> ClassifierClient:
+    # No retries: the run counts what the server itself answers.
+    return ClassifierClient(url, timeout_s=timeout_s, retry=RetryPolicy(deadline_s=0.0))
+
+
+def open_loop(
+    url: str,
+    requests: Sequence[Sequence[bytes]],
+    *,
+    rate_rps: float,
+    duration_s: float,
+    answer_timeout_s: float = 60.0,
+    max_in_flight: int = 512,
+) -> LoadReport:
+    """Send ``requests`` (cycled) at ``rate_rps`` for ``duration_s``, then wait for every answer.
+
+    Each request is handed at its due time to one of ``max_in_flight`` sender threads; a
+    request still unanswered ``answer_timeout_s`` after it was due fails with the client's
+    timeout, so the run ends and :attr:`LoadReport.lost` counts only requests never answered.
+    """
+    if rate_rps <= 0 or duration_s <= 0:
+        raise ValueError(f"rate and duration must be positive, got {rate_rps} and {duration_s}")
+    report = LoadReport(rate_rps=rate_rps, duration_s=duration_s)
+    interval = 1.0 / rate_rps
+    with _client(url, answer_timeout_s) as client, ThreadPoolExecutor(max_in_flight, thread_name_prefix="open-loop") as pool:
+        start = time.monotonic()
+        index = 0
+        while True:
+            due = start + index * interval
+            if due >= start + duration_s:
+                break
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            elif now - due > 0.05:
+                report.late_sends += 1
+            pool.submit(_classify_one, client, requests[index % len(requests)], due, report)
+            report.sent += 1
+            index += 1
+    return report
+
+
+def closed_loop(
+    url: str,
+    requests: Sequence[Sequence[bytes]],
+    *,
+    concurrency: int,
+    duration_s: float,
+    answer_timeout_s: float = 60.0,
+) -> LoadReport:
+    """``concurrency`` senders, each sending the next request as soon as its last one is answered."""
+    report = LoadReport(rate_rps=None, duration_s=duration_s)
+    lock = threading.Lock()
+    counter = iter(range(1 << 62))
+
+    def sender(client: ClassifierClient, end: float) -> None:
+        while time.monotonic() < end:
+            with lock:
+                index = next(counter)
+                report.sent += 1
+            _classify_one(client, requests[index % len(requests)], time.monotonic(), report)
+
+    with _client(url, answer_timeout_s) as client:
+        end = time.monotonic() + duration_s
+        threads = [threading.Thread(target=sender, args=(client, end), daemon=True) for _ in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return report
+
+
+def format_report(report: LoadReport, title: str = "") -> str:
+    """One aligned block: outcomes, shed reasons, latencies by outcome."""
+    d = report.to_dict()
+    rate = f"{report.rate_rps:.1f} requests/s offered" if report.rate_rps else "closed loop"
+    rows = [
+        ("load", f"{rate} for {report.duration_s:.0f} s: {report.sent} sent"),
+        ("classified", f"{d['ok']} ({report.throughput_rps:.1f}/s), p50 {d['ok_p50_ms']:.0f} ms, p99 {d['ok_p99_ms']:.0f} ms, max {d['ok_max_ms']:.0f} ms"),
+        ("shed (UNAVAILABLE)", f"{d['shed']}, p50 {d['shed_p50_ms']:.0f} ms, p99 {d['shed_p99_ms']:.0f} ms"),
+        *((f"  {reason}", str(n)) for reason, n in sorted(report.shed_reasons.items())),
+        ("failed otherwise", str(d["failed"])),
+        *((f"  {message}", str(n)) for message, n in sorted(report.failures.items())),
+        ("never answered", str(report.lost)),
+        ("late sends", str(report.late_sends)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [title] if title else []
+    return "\n".join(lines + [f"{name:<{width}}  {value}" for name, value in rows])
