@@ -21,12 +21,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
 
-from bls_pipeline.devtools.stats import percentile
 from bls_pipeline.client import ClassifierClient, ClientError, RetryPolicy, ServerBusy
+from bls_pipeline.devtools.stats import percentile
 
 OK = "ok"
 SHED = "shed"

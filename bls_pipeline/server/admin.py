@@ -29,8 +29,8 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 # The header that carries the key over HTTP (lower case: gRPC metadata keys must be). Over
 # gRPC, Triton 2.51 expects it with a prefix (its refusal says so): GRPC_ADMIN_HEADER.

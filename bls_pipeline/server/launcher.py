@@ -50,6 +50,7 @@ from pathlib import Path
 from bls_pipeline.backends import BACKENDS, native_backends_dir
 from bls_pipeline.builder.model_config import CLASSIFIER, read_config
 from bls_pipeline.errors import ConfigError, ServerError
+from bls_pipeline.server.admin import ADMIN_HEADER, AdminKeyError, admin_key, check_key, restriction_args
 from bls_pipeline.server.processes import (
     SHM_DIR,
     StubProcess,
@@ -58,7 +59,6 @@ from bls_pipeline.server.processes import (
     shm_segments,
     stub_processes,
 )
-from bls_pipeline.server.admin import ADMIN_HEADER, AdminKeyError, admin_key, check_key, restriction_args
 from bls_pipeline.server.sizing import ServerSizing
 
 LOGGER = logging.getLogger(__name__)

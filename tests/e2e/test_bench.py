@@ -48,9 +48,9 @@ def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_ser
 
 
 def test_a_point_slower_than_its_window_is_measured_and_marked_slow_not_failed(bench_server):
+    from bls_pipeline.client import host_port
     from bls_pipeline.devtools.bench.images import benchmark_images
     from bls_pipeline.devtools.bench.load import closed_loop_load, warm_up
-    from bls_pipeline.client import host_port
 
     url, images = host_port(bench_server.url), benchmark_images()
     single_s = warm_up(url, "classifier", images, concurrency=4)

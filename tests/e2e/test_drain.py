@@ -13,17 +13,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bls_pipeline.client import ClassifierClient, ClientError, RetryPolicy, ServerBusy
-from bls_pipeline.server.launcher import ServerOptions, free_port
 from bls_pipeline.devtools.soak import build_samples
+from bls_pipeline.server.launcher import ServerOptions, free_port
 
 pytestmark = pytest.mark.e2e
 

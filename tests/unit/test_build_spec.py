@@ -48,9 +48,13 @@ def test_a_per_device_default_is_named_in_the_help_and_resolved_for_the_device()
     text = " ".join(parser.format_help().split())
 
     assert "(default: 2 on cpu, 8 on gpu)" in text
-    assert set(TUNED) == {"dali_threads", "hw_decoder_load", "preprocessing_instances", "classifier_instances"}
+    assert set(TUNED) == {
+        "dali_threads", "hw_decoder_load", "preprocessing_instances", "classifier_instances", "max_queue_size",
+        "queue_timeout_ms",
+    }  # fmt: skip
     assert parse(["--dali-threads", "5"]).tuned("gpu") == {
         "dali_threads": 5, "hw_decoder_load": 0.65, "preprocessing_instances": 2, "classifier_instances": 8,
+        "max_queue_size": 512, "queue_timeout_ms": 1000,
     }  # fmt: skip
 
 

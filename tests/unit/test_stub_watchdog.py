@@ -76,8 +76,8 @@ def test_the_watchdog_needs_explicit_model_control_and_can_be_turned_off(tmp_pat
 
 
 def test_the_admin_apis_need_a_per_server_key_unless_one_is_given(tmp_path: Path, monkeypatch):
-    from bls_pipeline.server.launcher import LocalTritonServer
     from bls_pipeline.server.admin import ADMIN_HEADER, KEY_ENV, KEY_FILE_ENV
+    from bls_pipeline.server.launcher import LocalTritonServer
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.delenv(KEY_FILE_ENV, raising=False)
