@@ -40,12 +40,23 @@ def test_zero_instances_are_refused():
 @pytest.mark.parametrize(
     ("device", "given", "expected"),
     [
-        ("cpu", {}, {"dali_threads": 2, "hw_decoder_load": 0.65, "preprocessing_instances": 1, "classifier_instances": 1}),
-        ("gpu", {}, {"dali_threads": 8, "hw_decoder_load": 0.65, "preprocessing_instances": 2, "classifier_instances": 8}),
+        (
+            "cpu",
+            {},
+            {"dali_threads": 2, "hw_decoder_load": 0.65, "preprocessing_instances": 1, "classifier_instances": 1,
+             "max_queue_size": 8, "queue_timeout_ms": 2000},
+        ),
         (
             "gpu",
-            {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1},
-            {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1, "classifier_instances": 8},
+            {},
+            {"dali_threads": 8, "hw_decoder_load": 0.65, "preprocessing_instances": 2, "classifier_instances": 8,
+             "max_queue_size": 512, "queue_timeout_ms": 1000},
+        ),
+        (
+            "gpu",
+            {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1, "max_queue_size": 0},
+            {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1, "classifier_instances": 8,
+             "max_queue_size": 0, "queue_timeout_ms": 1000},
         ),
     ],
 )
