@@ -363,7 +363,8 @@ def write_repository(
 
 
 def change_queue_policy(repository: Path, *, max_queue_size: int | None = None, timeout_ms: int | None = None) -> mc.QueuePolicy:
-    """Rewrite the classifier's queue policy in a built ``repository`` where given; the policy now.
+    """Rewrite the classifier's queue policy in a built ``repository`` where given (its
+    ``config.pbtxt`` and its ``bls_build.json``); the policy now.
 
     For measuring other bounds on the same build (``tools/overload.py``) without rebuilding it.
     """
@@ -376,4 +377,7 @@ def change_queue_policy(repository: Path, *, max_queue_size: int | None = None, 
     )
     json_format.ParseDict(policy.config(), current)
     mc.write_config(path, config)
+    spec = read_build_spec(repository)
+    if spec is not None:
+        write_build_spec(repository, dataclasses.replace(spec, max_queue_size=policy.max_queue_size, queue_timeout_ms=policy.timeout_ms))
     return policy
