@@ -434,7 +434,7 @@ def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options
                 times, cpu_s = _pipelined(parts, batches, options.inprocess_duration_s, min_calls)
             except RuntimeError as exc:  # DALI's: e.g. an operator that needs synchronous execution
                 LOGGER.warning("no pipelined in-process figure: %s", exc)
-                out["pipelined_absent"] = f"DALI cannot prefetch this pipeline ({PREFETCH_DEPTH} batches ahead): {exc}"
+                out["pipelined_absent"] = f"the pipelined run failed ({PREFETCH_DEPTH} batches prefetched): {exc}"
             else:
                 out["pipelined"][size] = size / statistics.median(times)
                 out["pipelined_cpu_ms_per_image"][size] = cpu_s * 1e3 / (len(times) * size)
