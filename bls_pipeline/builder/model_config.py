@@ -225,9 +225,15 @@ def network_config(
     instances: int = 1,
     native: bool | None = None,
     gpus: Sequence[int] = (),
+    input_name: str = NETWORK_INPUT,
+    output_name: str = NETWORK_OUTPUT,
+    input_data_type: str = "TYPE_FP32",
+    output_data_type: str = "TYPE_FP32",
 ) -> ModelConfig:
     """The network: ``INPUT`` FP32 ``[3, crop, crop]`` -> ``OUTPUT`` FP32 logits ``[num_classes]``.
 
+    A ``--network`` file keeps its own tensor names and types (``input_name``,
+    ``output_name``, ``input_data_type``, ``output_data_type``).
     ``runtime`` is one of :data:`RUNTIMES`: ``"tensorrt"`` (``model.plan``, GPU only),
     ``"onnxruntime"`` (``model.onnx``) or ``"torch-cuda"`` (``model.pt``, GPU only, Python-hosted).
     ``native`` (default: ``target == "triton"``) serves it on Triton's TensorRT or ONNX Runtime
@@ -240,8 +246,8 @@ def network_config(
     config: dict[str, Any] = {
         "name": NETWORK,
         "max_batch_size": max_batch_size,
-        "input": [contract.preprocessed(NETWORK_INPUT, crop).config()],
-        "output": [contract.logits(num_classes).config()],
+        "input": [{**contract.preprocessed(input_name, crop).config(), "data_type": input_data_type}],
+        "output": [{**contract.logits(num_classes).config(), "name": output_name, "data_type": output_data_type}],
         "dynamic_batching": _dynamic_batching(max_queue_delay_us),
         "instance_group": _instances(device, instances, gpus),
     }

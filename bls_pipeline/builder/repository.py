@@ -43,6 +43,7 @@ from bls_pipeline.layout import (
     WARMUP_DIR,
     version_dir,
 )
+from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.model_sources import model_sources_dir
 from bls_pipeline.networks.preprocessing import PreprocessingSettings
 from bls_pipeline.runtime.device import CPU, GPU, decoder_device, detect_device
@@ -103,6 +104,10 @@ class RepositorySpec:
     # Local target: the sub-models served by Triton's own backends built with
     # tools/build_backends.py (see builder.hosting); the triton target always uses them.
     native_models: frozenset[str] = frozenset()
+    # The network's tensors: the contract's for an exported checkpoint, the file's own for a
+    # --network file (FP16 inputs included); the classifier is wired to them.
+    submodels: SubModels = field(default_factory=SubModels)
+    network_output_dtype: str = "TYPE_FP32"
 
     def __post_init__(self) -> None:
         mc.check_target(self.target)
@@ -146,6 +151,8 @@ class RepositorySpec:
         values = {key: _tuples(value) for key, value in values.items() if key in known}
         values["preprocessing"] = PreprocessingSettings(**values["preprocessing"])
         values["native_models"] = frozenset(values["native_models"])
+        if "submodels" in values:
+            values["submodels"] = SubModels(**values["submodels"])
         if values.get("user_pipeline"):
             values["user_pipeline"] = ConvertedPipeline(**values["user_pipeline"], serialized=serialized)
         return cls(**values)
@@ -157,11 +164,7 @@ class RepositorySpec:
     def configs(self) -> dict[str, mc.ModelConfig]:
         """The three model configs, by model name."""
         crop = self.crop
-        classifier_parameters: dict[str, object] = {
-            "labels_file": LABELS_FILE,
-            "preprocessing_model": mc.PREPROCESSING,
-            "network_model": mc.NETWORK,
-        }
+        classifier_parameters: dict[str, object] = {"labels_file": LABELS_FILE, **self.submodels.parameters()}
         for key in ("max_image_bytes", "max_image_pixels", "max_request_bytes"):
             if getattr(self, key) is not None:
                 classifier_parameters[key] = getattr(self, key)
@@ -200,6 +203,10 @@ class RepositorySpec:
                 instances=self.network_instances,
                 native=self.native(mc.NETWORK),
                 gpus=self.gpus,
+                input_name=self.submodels.network_input,
+                output_name=self.submodels.network_output,
+                input_data_type=self.submodels.network_input_dtype,
+                output_data_type=self.network_output_dtype,
             ),
         }
         mc.add_classification_output(
@@ -212,8 +219,8 @@ class RepositorySpec:
         warmup_sizes = sorted({1, self.max_batch_size}, reverse=True)
         image = {"data_type": "TYPE_UINT8", "dims": [WARMUP_IMAGE.stat().st_size], "input_data_file": WARMUP_IMAGE.name}
         mc.add_warmup(configs[mc.PREPROCESSING], inputs={mc.DALI_INPUT: image}, batch_sizes=warmup_sizes)
-        zeros = {"data_type": "TYPE_FP32", "dims": [3, crop, crop], "zero_data": True}
-        mc.add_warmup(configs[mc.NETWORK], inputs={mc.NETWORK_INPUT: zeros}, batch_sizes=warmup_sizes)
+        zeros = {"data_type": self.submodels.network_input_dtype, "dims": [3, crop, crop], "zero_data": True}
+        mc.add_warmup(configs[mc.NETWORK], inputs={self.submodels.network_input: zeros}, batch_sizes=warmup_sizes)
         return configs
 
     def network_parameters(self) -> dict[str, object] | None:
@@ -307,6 +314,20 @@ def copy_container_package(destination: Path) -> list[Path]:
     return sorted(path for path in destination.rglob("*") if path.is_file())
 
 
+def write_classifier_files(output: Path, *, labels: Sequence[str], target: str) -> Path:
+    """The classifier's ``model.py`` and labels in ``output/classifier/1`` (its config is the caller's, written last).
+
+    For the NVIDIA Triton container, what it imports goes beside it (:func:`copy_container_package`).
+    """
+    version = output / mc.CLASSIFIER / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TEMPLATE_DIR / mc.CLASSIFIER / "1" / MODEL_FILE, version / MODEL_FILE)
+    (version / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+    if target == "triton":
+        copy_container_package(version / PACKAGE_DIR.name)
+    return version
+
+
 def write_repository(
     output: Path,
     spec: RepositorySpec,
@@ -329,8 +350,7 @@ def write_repository(
         if path.resolve() != destination.resolve():
             shutil.move(os.fspath(path), destination)
 
-    shutil.copyfile(TEMPLATE_DIR / mc.CLASSIFIER / "1" / MODEL_FILE, versions[mc.CLASSIFIER] / MODEL_FILE)
-    (versions[mc.CLASSIFIER] / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+    write_classifier_files(output, labels=labels, target=spec.target)
     (output / mc.PREPROCESSING / WARMUP_DIR).mkdir(exist_ok=True)
     shutil.copyfile(WARMUP_IMAGE, output / mc.PREPROCESSING / WARMUP_DIR / WARMUP_IMAGE.name)
     if spec.user_pipeline:
@@ -351,8 +371,6 @@ def write_repository(
             serialize_pipeline(versions[mc.PREPROCESSING] / DALI_FILE, versions[mc.PREPROCESSING] / SERIALIZED_FILE)
         else:
             LOGGER.warning("no CUDA here: model.dali is left to the DALI backend, which serializes dali.py at load")
-    if spec.target == "triton":
-        copy_container_package(versions[mc.CLASSIFIER] / PACKAGE_DIR.name)
 
     write_build_spec(output, spec)
     paths = {}

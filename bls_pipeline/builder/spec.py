@@ -39,8 +39,10 @@ GENERAL = "general"
 PREPROCESSING = "preprocessing (defaults: what the --arch weights were validated with)"
 USER_PIPELINE = "your DALI training pipeline (instead of the preprocessing flags above)"
 SERVING = "serving"
+WHAT_YOU_HAVE = "what you already have (instead of --checkpoint)"
 GROUP_DESCRIPTIONS = {
-    USER_PIPELINE: "The script is imported, never edited: importing it runs its code, as running it would."
+    USER_PIPELINE: "The script is imported, never edited: importing it runs its code, as running it would.",
+    WHAT_YOU_HAVE: "Your files are only read: the repository is written to --output (docs/adopt.md).",
 }
 
 
@@ -148,6 +150,29 @@ class BuildOptions:
         metavar="NAME=VALUE",
     )
 
+    network: Path | None = knob(
+        "serve this ONNX model (.onnx) or TensorRT plan (.plan, .engine) with its own tensor names and types, "
+        "instead of exporting a checkpoint; the preprocessing (flags or --dali-pipeline) must fit its input",
+        group=WHAT_YOU_HAVE,
+        metavar="FILE",
+    )
+    from_repository: Path | None = knob(
+        "adopt your model repository (DALI's 'from training to inference' layout): follow its ensemble to the DALI "
+        "model and the network, copy them into --output as they are, and add the classifier wired to their names, "
+        "tensors, types and max batch sizes (read from their configs, else from dali.py or the ONNX file). dali.py is "
+        "imported to read and check it: IMPORTING IT RUNS ITS CODE, as Triton's DALI backend does",
+        group=WHAT_YOU_HAVE,
+        metavar="DIR",
+    )
+    ensemble: str | None = knob(
+        "--from-repository: the ensemble to follow (needed when there are several)", group=WHAT_YOU_HAVE, metavar="NAME"
+    )
+    keep_ensemble: bool = knob(
+        "--from-repository: keep the ensemble in --output beside the classifier (--no-keep-ensemble leaves it out)",
+        True,
+        group=WHAT_YOU_HAVE,
+    )
+
     # Serving defaults per device, measured on an H100 (docs/performance.md). The mixed decoder's
     # CPU side (Huffman decoding of what the hardware decoder does not take) needs more than 2
     # threads; two DALI instances overlap one batch's host work with the other's GPU work; the
@@ -212,6 +237,17 @@ class BuildOptions:
             return f"{flag_of(given[0])} cannot be combined with --dali-pipeline: the pipeline decides the preprocessing"
         if self.pipeline_args and not self.dali_pipeline:
             return "--pipeline-arg needs --dali-pipeline"
+        if self.from_repository:
+            # The user's repository decides the network and the preprocessing.
+            clashing = [name for name in (*ADOPTION_REPLACES, *PREPROCESSING_KNOBS) if getattr(self, name)]
+            if self.arch != DEFAULT_ARCH:
+                clashing.append("arch")
+            if clashing:
+                return f"{flag_of(clashing[0])} cannot be combined with --from-repository: your repository's models are served"
+        elif self.ensemble or not self.keep_ensemble:
+            return "--ensemble and --no-keep-ensemble need --from-repository"
+        if self.network and self.checkpoint:
+            return "--network and --checkpoint: give one network"
         return None
 
     def preprocessing(self) -> PreprocessingSettings:
@@ -231,6 +267,8 @@ KNOBS = _knobs()
 # The knobs whose default depends on the device, and the built-in preprocessing's.
 TUNED = tuple(name for name, f in KNOBS.items() if f.metadata["per_device"])
 PREPROCESSING_KNOBS = ("resize_shorter", "crop", "interpolation", "mean", "std")
+# What --from-repository takes from the user's repository instead of these knobs.
+ADOPTION_REPLACES = ("checkpoint", "network", "dali_pipeline", "dali_autoconfig")
 
 
 def device_default(name: str, device: str) -> Any:

@@ -151,24 +151,33 @@ class ConvertedPipeline:
 # --- loading the user's code ---------------------------------------------------------------
 
 
-def load_pipeline_function(source: PipelineSource) -> Callable[..., Any]:
-    """Import ``source.path`` (this runs the user's code) and return ``source.function``.
+def import_user_file(path: Path, prefix: str) -> Any:
+    """Import the user's ``path`` as a new module (this runs its code); its exceptions propagate.
 
-    The script's folder goes first on ``sys.path`` for the import, so that it imports the
-    training code around it as it does when it runs.
+    The file's folder goes first on ``sys.path`` for the import, so that it imports the code
+    around it as it does when it runs.
     """
-    path = source.path.resolve()
-    spec = importlib.util.spec_from_file_location(f"user_pipeline_{path.stem}", path)
+    path = path.resolve()
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{path.stem}_{abs(hash(str(path)))}", path)
     if spec is None or spec.loader is None:
         raise UserPipelineError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code may raise anything; report it in one line
-        raise UserPipelineError(f"importing {source.path} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.path.remove(str(path.parent))
+    return module
+
+
+def load_pipeline_function(source: PipelineSource) -> Callable[..., Any]:
+    """Import ``source.path`` (this runs the user's code, see :func:`import_user_file`) and return ``source.function``."""
+    try:
+        module = import_user_file(source.path, "user_pipeline")
+    except UserPipelineError:
+        raise
+    except Exception as exc:  # the user's code may raise anything; report it in one line
+        raise UserPipelineError(f"importing {source.path} failed: {type(exc).__name__}: {exc}") from exc
     function = getattr(module, source.function, None)
     if function is None:
         raise UserPipelineError(f"{source.path} has no {source.function!r}")
@@ -233,6 +242,30 @@ class _Build:
 
 
 @contextlib.contextmanager
+def decoders_on(decoder_device: str) -> Iterator[list[str]]:
+    """Run every image decoder of ``nvidia.dali.fn`` built inside on ``decoder_device``.
+
+    The repository's device decides where images decode, whatever the user's code chose;
+    the list yielded collects the devices the code asked for (DALI's default: ``cpu``).
+    """
+    from nvidia.dali import fn
+
+    saved: list[tuple[Any, str, Any]] = []
+    asked: list[str] = []
+    for module in (fn.decoders, fn.experimental.decoders):
+        for name in _DECODERS:
+            original = getattr(module, name, None)
+            if original is not None:
+                saved.append((module, name, original))
+                setattr(module, name, _decoder(decoder_device, original, asked))
+    try:
+        yield asked
+    finally:
+        for module, name, original in reversed(saved):
+            setattr(module, name, original)
+
+
+@contextlib.contextmanager
 def _replaced_operators(build: _Build) -> Iterator[None]:
     """Replace ``fn.readers.*`` and the image decoders of ``nvidia.dali.fn`` for one build."""
     from nvidia.dali import fn
@@ -249,11 +282,9 @@ def _replaced_operators(build: _Build) -> Iterator[None]:
         if not name.startswith("_") and not inspect.ismodule(getattr(fn.readers, name)):
             replace(fn.readers, name, lambda original, name=name: _reader(build, f"fn.readers.{name}", name, original))
     replace(fn.experimental.readers, "video", lambda original: _refusing("fn.experimental.readers.video", _VIDEO_ADVICE))
-    for module in (fn.decoders, fn.experimental.decoders):
-        for name in _DECODERS:
-            replace(module, name, lambda original: _decoder(build, original))
     try:
-        yield
+        with decoders_on(build.decoder_device):
+            yield
     finally:
         for module, name, original in reversed(saved):
             setattr(module, name, original)
@@ -266,10 +297,10 @@ def _refusing(operator: str, reason: str) -> Callable[..., Any]:
     return refuse
 
 
-def _decoder(build: _Build, original: Callable[..., Any]) -> Callable[..., Any]:
+def _decoder(decoder_device: str, original: Callable[..., Any], asked: list[str]) -> Callable[..., Any]:
     def decode(*inputs: Any, **kwargs: Any) -> Any:
-        # The repository's device decides, whatever the training script chose.
-        return original(*inputs, **{**kwargs, "device": build.decoder_device})
+        asked.append(kwargs.get("device", "cpu"))
+        return original(*inputs, **{**kwargs, "device": decoder_device})
 
     return decode
 
@@ -379,7 +410,7 @@ def _build_failure(function: Callable[..., Any], arguments: dict[str, Any], buil
 # --- graph checks ----------------------------------------------------------------------------
 
 
-def _operators(node: Any) -> Iterator[Any]:
+def operators(node: Any) -> Iterator[Any]:
     """Every operator instance ``node`` depends on, arguments included, each once."""
     seen: set[int] = set()
     stack = [node.source]
@@ -396,7 +427,7 @@ def _operators(node: Any) -> Iterator[Any]:
 def _edges(node: Any) -> set[str]:
     """The names of every tensor ``node`` depends on, itself included."""
     names = {node.name}
-    for operator in _operators(node):
+    for operator in operators(node):
         for edge in operator.inputs:
             names.update(item.name for item in (edge if isinstance(edge, list) else [edge]))
     return names
@@ -437,7 +468,7 @@ def _select_outputs(outputs: list[Any], build: _Build) -> tuple[int, tuple[int, 
 
 def _check_operators(output: Any) -> None:
     """Refuse random operators and inputs other than the served one."""
-    for operator in _operators(output):
+    for operator in operators(output):
         schema = operator._op.schema
         name = schema.Name()
         if name == "ExternalSource":

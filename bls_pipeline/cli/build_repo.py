@@ -7,6 +7,9 @@
         --pipeline-arg image_size=256 --pipeline-arg image_crop=224 \\
         --pipeline-arg interpolation=types.INTERP_LINEAR --pipeline-arg output_layout="'CHW'"
                                                        # your training script's pipeline (imported: runs its code)
+    python tools/build_repo.py --from-repository model_repository --output adopted
+                                                       # the classifier in front of your own repository's models
+    python tools/build_repo.py --network effnet.onnx   # your exported network instead of a checkpoint
 
 Every flag is a knob of bls_pipeline.builder.spec; the build writes them, resolved for its
 device, into the repository as bls_build.json.
@@ -18,9 +21,10 @@ import argparse
 import logging
 
 from bls_pipeline.builder.pipeline import build_repository
-from bls_pipeline.builder.spec import add_build_arguments, options_from_args
+from bls_pipeline.builder.spec import BuildOptions, add_build_arguments, options_from_args
 from bls_pipeline.builder.user_pipeline import UserPipelineError
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
+from bls_pipeline.contract import CLASSIFIER
 from bls_pipeline.errors import BlsPipelineError
 
 
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = options.usage_error()
     if problem:
         return report_error("build_repo", UserPipelineError(problem), ExitCode.USAGE)
+    if options.from_repository:
+        return adopt(options)
     try:
         report = build_repository(options, progress=lambda line: print(line, flush=True))
     except (BlsPipelineError, OSError) as exc:
@@ -55,12 +61,52 @@ def main(argv: list[str] | None = None) -> int:
         else f"resize shorter side to {p.resize_shorter} ({p.interpolation}), crop {p.crop}, "
         f"mean {list(p.mean)}, std {list(p.std)}"
     )
+    checked = report.network_file or f"ONNX within {report.onnx_max_abs_diff:.1e} of torch"
     print(
         f"built {report.output} ({spec.target}, {spec.device}): {spec.num_classes} classes, network on {spec.runtime}, "
-        f"ONNX within {report.onnx_max_abs_diff:.1e} of torch\n"
+        f"{checked}\n"
         f"preprocessing: {described}\n{report.tensorrt_note}\n"
         + "\n".join(choice.describe(model) for model, choice in report.hosting.items())
     )
+    return ExitCode.OK
+
+
+def adopt(options: BuildOptions) -> int:
+    """``--from-repository``: the classifier in front of the user's own models (docs/adopt.md)."""
+    from bls_pipeline.backends import native_backends_dir
+    from bls_pipeline.builder.adopt import AdoptOptions, adopt_repository
+    from bls_pipeline.runtime.device import detect_device
+
+    if options.device:
+        device, reason = options.device, "--device given"
+    else:
+        device, reason = detect_device()
+        reason = f"detected: {reason}"
+    print(f"device: {device} ({reason})", flush=True)
+    limits = {name: getattr(options, name) for name in ("max_image_bytes", "max_image_pixels", "max_request_bytes")}
+    try:
+        adopted = AdoptOptions(
+            source=options.from_repository,
+            output=options.output,
+            ensemble=options.ensemble,
+            keep_ensemble=options.keep_ensemble,
+            target=options.target,
+            device=device,
+            hosting=options.hosting,
+            labels=options.labels,
+            max_batch_size=options.max_batch_size,
+            classifier_instances=options.tuned(device)["classifier_instances"],
+            force=options.force,
+            limits={name: value for name, value in limits.items() if value is not None},
+        )
+        report = adopt_repository(
+            adopted,
+            progress=lambda line: print(line, flush=True),
+            backends_built=options.target == "local" and native_backends_dir() is not None,
+        )
+    except (BlsPipelineError, OSError) as exc:
+        return report_error("build_repo", exc, ExitCode.INPUT)
+    print(f"adopted {report.found.directory} into {options.output} ({options.target}, {device}): serve it and call {CLASSIFIER!r}")
     return ExitCode.OK
 
 

@@ -189,8 +189,9 @@ class DaliPreprocessor:
         on_device: bool,
         num_threads: int | None = None,
         gpu_id: int = 0,
+        input_name: str = DALI_INPUT,
     ) -> DaliPreprocessor:
-        """Build from a serialized pipeline (``model.dali``) whose input is ``DALI_INPUT``.
+        """Build from a serialized pipeline (``model.dali``) whose input is ``input_name``.
 
         Its decoder device is part of the graph, written from the repository's device setting;
         ``on_device`` is that setting (the model's instance kind): a ``mixed`` decoder needs it.
@@ -211,7 +212,7 @@ class DaliPreprocessor:
         )
         return cls(
             make_pipeline,
-            input_name=DALI_INPUT,
+            input_name=input_name,
             max_batch_size=max_batch_size,
             on_device=on_device,
             description=f"serialized pipeline {path}",
@@ -219,16 +220,17 @@ class DaliPreprocessor:
 
     @classmethod
     def from_version_dir(
-        cls, directory: str | os.PathLike[str], *, on_device: bool, **options: Any
+        cls, directory: str | os.PathLike[str], *, on_device: bool, input_name: str = DALI_INPUT, **options: Any
     ) -> DaliPreprocessor:
         """The pipeline of a ``preprocessing/1`` folder: ``model.dali`` if there is one, else ``dali.py``.
 
-        ``on_device`` (the model's instance kind) matters for ``model.dali`` only: ``dali.py``
-        takes its decoder device from ``preprocessing.json``.
+        ``on_device`` (the model's instance kind) and ``input_name`` (an adopted pipeline's
+        own) matter for ``model.dali`` only: ``dali.py`` takes its decoder device from
+        ``preprocessing.json``, and names its input itself.
         """
         serialized = Path(directory) / SERIALIZED_FILE
         if serialized.is_file():
-            return cls.from_serialized(serialized, on_device=on_device, **options)
+            return cls.from_serialized(serialized, on_device=on_device, input_name=input_name, **options)
         return cls.from_file(Path(directory) / DALI_FILE, **options)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:

@@ -16,6 +16,7 @@ the classifier runs in the NVIDIA Triton container where torch and DALI are not 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -32,14 +33,12 @@ from bls_pipeline.contract import (
     IMAGE_BYTES_INPUT,
     IMAGE_INPUT,
     LABELS_OUTPUT,
-    NETWORK,
     NETWORK_INPUT,
     NETWORK_OUTPUT,
-    PREPROCESSING,
     PROBABILITIES_OUTPUT,
     SCORES_OUTPUT,
 )
-from bls_pipeline.errors import BlsPipelineError, InvalidRequestError
+from bls_pipeline.errors import BlsPipelineError, InvalidRequestError, SubModelError
 from bls_pipeline.request.faults import blames_input, summarize_dali_error
 from bls_pipeline.request.orchestration import (
     ClassifierSettings,
@@ -50,6 +49,7 @@ from bls_pipeline.request.orchestration import (
     request_error,
 )
 from bls_pipeline.request.postprocess import label_table, load_labels
+from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.runtime.device import GPU, device_of_instance_kind
 from bls_pipeline.serving.bls import call_model, error_response, host_array
 from bls_pipeline.serving.metrics import ClassifierMetrics, StageTimer, refusal_reason
@@ -58,12 +58,19 @@ LOGGER = logging.getLogger(__name__)
 
 
 def _parameters(model_config: dict) -> dict[str, str]:
-    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+    # An empty string_value is left out of the config's JSON.
+    return {key: value.get("string_value", "") for key, value in model_config.get("parameters", {}).items()}
 
 
 def _device(args: dict) -> str:
     """The instance's device: its kind, which the build wrote from the repository's device."""
     return device_of_instance_kind(args.get("model_instance_kind", "CPU"))
+
+
+def _tensor_names(config: dict, default_input: str, default_output: str) -> tuple[str, str]:
+    """The model's own input and output name (an adopted model keeps the user's), else the contract's."""
+    inputs, outputs = config.get("input") or [{}], config.get("output") or [{}]
+    return inputs[0].get("name", default_input), outputs[0].get("name", default_output)
 
 
 def _gpu_id(args: dict) -> int:
@@ -129,6 +136,47 @@ def classification_response(
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
+@functools.cache
+def _torch() -> Any:
+    """torch where it is importable (the pip-installed server), else ``None`` (the NVIDIA Triton container)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _check_dims(dims: Sequence[int], wiring: SubModels) -> None:
+    if wiring.network_input_dims and tuple(dims) != wiring.network_input_dims:
+        raise SubModelError(
+            wiring.preprocessing_model,
+            f"{wiring.preprocessing_output} is {list(dims)} per image, {wiring.network_model}'s "
+            f"{wiring.network_input} takes {list(wiring.network_input_dims)}",
+        )
+
+
+def network_input(batch: Any, wiring: SubModels) -> Any:
+    """The preprocessed ``batch`` (a ``pb_utils.Tensor``) as the network takes it.
+
+    A host batch is checked against ``network_input_dims`` when the wiring names them (a
+    clear error instead of the network's), and cast to FP16 for a network with FP16 inputs.
+    A GPU batch is passed on untouched (the build checked the fit), unless it must be cast:
+    then torch casts it on the GPU, checking its dims too. Without torch (the NVIDIA Triton
+    container) the classifier asked for a batch to cast in host memory.
+    """
+    if batch.is_cpu():
+        if not (wiring.network_input_dims or wiring.casts_to_fp16):
+            return batch
+        array = batch.as_numpy()
+        _check_dims(array.shape[1:], wiring)
+        return array.astype(np.float16) if wiring.casts_to_fp16 else batch
+    if not wiring.casts_to_fp16:
+        return batch
+    tensor = _torch().from_dlpack(batch.to_dlpack())
+    _check_dims(tensor.shape[1:], wiring)
+    return pb_utils.Tensor.from_dlpack(wiring.network_input, tensor.half())
+
+
 class ClassifierModel:
     """The ``classifier`` endpoint: trims, validates, batches, calls the sub-models, answers."""
 
@@ -138,23 +186,35 @@ class ClassifierModel:
         parameters = _parameters(config)
         self.settings = ClassifierSettings.from_parameters(parameters, max_batch_size=config["max_batch_size"])
         self.labels = label_table(load_labels(_version_dir(args) / parameters["labels_file"]))
-        preprocessing = parameters.get("preprocessing_model", PREPROCESSING)
-        network = parameters.get("network_model", NETWORK)
+        # The sub-models' names, tensors and batch limits (adopted repositories name their own).
+        self.submodels = wiring = SubModels.from_parameters(parameters)
         # On a GPU the preprocessed batch is asked for in this GPU's memory and handed to the
-        # network as it is; the logits are asked for in host memory.
+        # network as it is; the logits are asked for in host memory. A cast to FP16 without
+        # torch (the NVIDIA Triton container) happens on the host.
         gpu_id = _gpu_id(args) if _device(args) == GPU else None
+        if gpu_id is not None and wiring.casts_to_fp16 and _torch() is None:
+            gpu_id = None
         self.timer = StageTimer()
         self.metrics = ClassifierMetrics(
             model=args["model_name"], version=args["model_version"], max_batch_size=config["max_batch_size"]
         )
         self.orchestrator = Orchestrator(
             preprocess=self.timer.timed(
-                "preprocessing", lambda rows: call_model(preprocessing, {DALI_INPUT: rows}, DALI_OUTPUT, gpu_id=gpu_id)
+                "preprocessing",
+                lambda rows: call_model(
+                    wiring.preprocessing_model, {wiring.preprocessing_input: rows}, wiring.preprocessing_output, gpu_id=gpu_id
+                ),
             ),
             infer=self.timer.timed(
-                "network", lambda batch: host_array(network, call_model(network, {NETWORK_INPUT: batch}, NETWORK_OUTPUT))
+                "network",
+                lambda batch: host_array(
+                    wiring.network_model,
+                    call_model(
+                        wiring.network_model, {wiring.network_input: network_input(batch, wiring)}, wiring.network_output
+                    ),
+                ),
             ),
-            max_batch_size=config["max_batch_size"],
+            max_batch_size=wiring.chunk_size(config["max_batch_size"]),
         )
 
     def _refuse(self, error: BlsPipelineError, *, decoded: bool) -> Any:
@@ -226,6 +286,7 @@ class PreprocessingModel:
 
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
+        self.input_name, self.output_name = _tensor_names(config, DALI_INPUT, DALI_OUTPUT)
         # The decoder device is the repository's device setting: in preprocessing.json for
         # dali.py, in the graph of model.dali (and this instance's kind) for a user pipeline.
         self.runner = DaliPreprocessor.from_version_dir(
@@ -234,6 +295,7 @@ class PreprocessingModel:
             max_batch_size=config["max_batch_size"],
             num_threads=int(parameters.get("num_threads", 0)) or None,
             gpu_id=_gpu_id(args),
+            input_name=self.input_name,
         )
         memory = f"GPU {_gpu_id(args)}" if self.runner.on_device else "host"
         pb_utils.Logger.log_info(
@@ -248,7 +310,7 @@ class PreprocessingModel:
         error, out of memory) is the server's: every request fails ``INTERNAL`` at once, with
         the full DALI text, which the classifier reads and logs.
         """
-        arrays, counts = _split_rows(requests, DALI_INPUT)
+        arrays, counts = _split_rows(requests, self.input_name)
         rows = [row for array in arrays for row in array]
         try:
             outputs = self._outputs(rows, counts)
@@ -262,12 +324,12 @@ class PreprocessingModel:
         return [pb_utils.InferenceResponse(output_tensors=[output]) for output in outputs]
 
     def _outputs(self, rows: list[np.ndarray], counts: list[int]) -> list[Any]:
-        """One ``DALI_OUTPUT`` tensor per request: in GPU memory for a mixed decoder, else host."""
+        """One output tensor per request: in GPU memory for a mixed decoder, else host."""
         if self.runner.on_device:
             import torch
 
-            return [pb_utils.Tensor.from_dlpack(DALI_OUTPUT, part) for part in torch.split(self.runner.on_gpu(rows), counts)]
-        return [pb_utils.Tensor(DALI_OUTPUT, part) for part in np.split(self.runner(rows), np.cumsum(counts)[:-1])]
+            return [pb_utils.Tensor.from_dlpack(self.output_name, part) for part in torch.split(self.runner.on_gpu(rows), counts)]
+        return [pb_utils.Tensor(self.output_name, part) for part in np.split(self.runner(rows), np.cumsum(counts)[:-1])]
 
 
 class NetworkModel:
@@ -279,6 +341,7 @@ class NetworkModel:
 
         config = json.loads(args["model_config"])
         self.device, self.gpu_id = _device(args), _gpu_id(args)
+        self.input_name, self.output_name = _tensor_names(config, NETWORK_INPUT, NETWORK_OUTPUT)
         self.network = load_network(
             _version_dir(args),
             device=self.device,
@@ -290,12 +353,12 @@ class NetworkModel:
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """Run every request's images through the network as one batch; logits go back in host memory."""
         if self.device == GPU:
-            batch, counts = _gpu_batch(requests, NETWORK_INPUT, self.gpu_id)
+            batch, counts = _gpu_batch(requests, self.input_name, self.gpu_id)
         else:
-            arrays, counts = _split_rows(requests, NETWORK_INPUT)
+            arrays, counts = _split_rows(requests, self.input_name)
             batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         logits = self.network(batch)
         return [
-            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(NETWORK_OUTPUT, out)])
+            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, out)])
             for out in np.split(logits, np.cumsum(counts)[:-1])
         ]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bls_pipeline.builder import model_config as mc
+from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.builder.repository import (
     WARMUP_IMAGE,
     RepositorySpec,
@@ -196,12 +197,8 @@ def test_the_device_alone_decides_every_instance_kind_decoder_and_input_placemen
     # Every Python-backend model says where its inputs live; only the network on a GPU takes
     # them in GPU memory. Models on other backends carry no such parameter.
     expected_parameters = {
-        mc.CLASSIFIER: {
-            "labels_file": LABELS_FILE,
-            "preprocessing_model": mc.PREPROCESSING,
-            "network_model": mc.NETWORK,
-            mc.FORCE_CPU_ONLY_INPUT_TENSORS: "yes",
-        },
+        # The classifier's wiring to its sub-models, every key written (the contract's defaults).
+        mc.CLASSIFIER: {"labels_file": LABELS_FILE, **SubModels().parameters(), mc.FORCE_CPU_ONLY_INPUT_TENSORS: "yes"},
         mc.PREPROCESSING: {"num_threads": str(spec.dali_threads)},
         # Triton's ONNX Runtime backend as tools/build_backends.py builds it passes this through.
         mc.NETWORK: {ORT_ALLOW_SPINNING: "0"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -490,3 +491,61 @@ def test_a_request_in_the_bytes_form_is_answered_like_the_padded_one(models, jpe
     for name in ("CLASS_IDS", "SCORES", "LABELS"):
         np.testing.assert_array_equal(bytes_response.outputs[name].as_numpy(), padded_response.outputs[name].as_numpy())
     assert list(bytes_response.outputs["CLASS_IDS"].as_numpy()[:, 0]) == [967, 657]
+
+
+class RenamedSubModel:
+    """A sub-model under the user's names: it answers only to its own tensor names and dtype,
+    and records the batch sizes it was sent; the work is the real model's."""
+
+    def __init__(self, model, inputs: tuple[str, str], outputs: tuple[str, str], dtype=None) -> None:
+        self.model, self.inputs, self.outputs, self.dtype, self.sizes = model, inputs, outputs, dtype, []
+
+    def execute(self, requests):
+        (request,) = requests
+        (name,) = request.inputs
+        assert name == self.inputs[0], f"sent {name}, the model's input is {self.inputs[0]}"
+        array = request.inputs[name].as_numpy()
+        if self.dtype is not None:
+            assert array.dtype == self.dtype, f"sent {array.dtype}, the model takes {self.dtype}"
+        self.sizes.append(len(array))
+        (response,) = self.model.execute([FakeRequest(inputs=[FakeTensor(self.inputs[1], array.astype(np.float32) if self.dtype else array)])])
+        return [FakeResponse([FakeTensor(self.outputs[0], response.outputs[self.outputs[1]].as_numpy())])]
+
+
+def test_the_classifier_calls_the_sub_models_its_parameters_name_casting_and_splitting(
+    models, jpegs, python_repository, tmp_path, monkeypatch
+):
+    from bls_pipeline.request.submodels import SubModels
+
+    wiring = SubModels(
+        preprocessing_model="my_dali", preprocessing_input="ENCODED", preprocessing_output="PIXELS",
+        preprocessing_max_batch_size=4, network_model="my_net", network_input="input__0", network_output="output__0",
+        network_input_dtype="TYPE_FP16", network_input_dims=(3, 224, 224), network_max_batch_size=2,
+    )
+    repository = tmp_path / "repository"
+    shutil.copytree(python_repository / "classifier", repository / "classifier")
+    config = mc.read_config(repository / "classifier" / "config.pbtxt")
+    for key, value in wiring.parameters().items():
+        config.parameters[key].string_value = value
+    mc.write_config(repository / "classifier" / "config.pbtxt", config)
+    dali = RenamedSubModel(models["preprocessing"], ("ENCODED", "DALI_INPUT"), ("PIXELS", "DALI_OUTPUT"))
+    network = RenamedSubModel(models["efficientnet-b0"], ("input__0", "INPUT"), ("output__0", "OUTPUT"), dtype=np.float16)
+    monkeypatch.setattr(FakeRequest, "models", {"my_dali": dali, "my_net": network})
+    classifier = _load_model_py(repository, "classifier")
+
+    (response,) = classifier.execute([_request([jpegs["coffee"], jpegs["rocket"], jpegs["chelsea"]], top_k=1)])
+
+    assert response.outputs["CLASS_IDS"].as_numpy().tolist() == [[967], [657], [285]]
+    assert dali.sizes == network.sizes == [2, 1]  # the smaller of the two limits
+
+
+def test_a_preprocessed_batch_of_other_dims_than_the_network_takes_fails_naming_both(models):
+    from bls_pipeline.errors import SubModelError
+    from bls_pipeline.request.submodels import SubModels
+    from bls_pipeline.serving.models import network_input
+
+    wiring = SubModels(network_input="input__0", network_input_dims=(3, 224, 224))
+    batch = FakeTensor("DALI_OUTPUT", np.zeros((2, 3, 256, 256), np.float32))
+
+    with pytest.raises(SubModelError, match=r"DALI_OUTPUT is \[3, 256, 256\] per image, efficientnet-b0's input__0 takes \[3, 224, 224\]"):
+        network_input(batch, wiring)
