@@ -20,22 +20,22 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from bls_pipeline import contract
 from bls_pipeline.builder import model_config as mc
-from bls_pipeline.builder.hosting import AUTO, NATIVE, PYTHON, BUILD_HINT
+from bls_pipeline.builder.hosting import AUTO, BUILD_HINT, NATIVE, PYTHON
 from bls_pipeline.builder.network_file import ONNX, TENSORRT, check_fit, describe_tensor, read_network_file
 from bls_pipeline.builder.repository import TEMPLATE_DIR, prepare_output, write_classifier_files
 from bls_pipeline.builder.user_dali import load_user_pipeline
 from bls_pipeline.contract import TensorSpec
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.layout import CONFIG_FILE, LABELS_FILE, MODEL_FILE, ONNX_FILE, PLAN_FILE, SERIALIZED_FILE
+from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.runtime.device import CPU, GPU, decoder_device, instance_kind
 
 LOGGER = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bls_pipeline.contract import TensorSpec
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.request.submodels import NETWORK_INPUT_DTYPES, SubModels
 from bls_pipeline.layout import ONNX_FILE, PLAN_FILE
+from bls_pipeline.request.submodels import NETWORK_INPUT_DTYPES, SubModels
 from bls_pipeline.runtime.network import tensorrt_importable
 
 ONNX, TENSORRT = "onnx", "tensorrt"

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path

@@ -43,9 +43,9 @@ from bls_pipeline.layout import (
     WARMUP_DIR,
     version_dir,
 )
-from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.model_sources import model_sources_dir
 from bls_pipeline.networks.preprocessing import PreprocessingSettings
+from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.runtime.device import CPU, GPU, decoder_device, detect_device
 
 if TYPE_CHECKING:

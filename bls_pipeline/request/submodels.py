@@ -20,10 +20,18 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from bls_pipeline.contract import CHANNELS, DALI_INPUT, DALI_OUTPUT, NETWORK, NETWORK_INPUT, NETWORK_OUTPUT, PREPROCESSING
+from bls_pipeline.contract import (
+    CHANNELS,
+    DALI_INPUT,
+    DALI_OUTPUT,
+    NETWORK,
+    NETWORK_INPUT,
+    NETWORK_OUTPUT,
+    PREPROCESSING,
+)
 from bls_pipeline.errors import ConfigError
 
 # The network input types the classifier can feed: the preprocessing's FP32 as it is, or cast
@@ -76,7 +84,7 @@ class SubModels:
         return min(limit for limit in limits if limit > 0)
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, str]) -> "SubModels":
+    def from_parameters(cls, parameters: Mapping[str, str]) -> SubModels:
         """From the classifier's config ``parameters`` (strings); absent keys keep their defaults."""
         values: dict[str, object] = {}
         for field in dataclasses.fields(cls):

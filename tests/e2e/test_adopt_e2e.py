@@ -18,7 +18,13 @@ from bls_pipeline.builder.user_pipeline import sample_photos
 from bls_pipeline.client import ClassifierClient, host_port
 from tests.conftest import PHOTOS, require_native_backends
 from tests.e2e._support import start_server
-from tests.fixtures.tutorial_repository import DECODE_LINE, ENSEMBLE, export_network, rename_tensors, write_tutorial_repository
+from tests.fixtures.tutorial_repository import (
+    DECODE_LINE,
+    ENSEMBLE,
+    export_network,
+    rename_tensors,
+    write_tutorial_repository,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ import pytest
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.user_pipeline import sample_photos
 from bls_pipeline.client import ClassifierClient, host_port
-from tests.conftest import PREBUILT_GPU_ENV, PHOTOS, require_gpu, require_native_backends
+from tests.conftest import PHOTOS, PREBUILT_GPU_ENV, require_gpu, require_native_backends
 from tests.e2e._support import start_server
 from tests.fixtures.tutorial_repository import ENSEMBLE, export_network, rename_tensors, write_tutorial_repository
 

@@ -13,7 +13,13 @@ from bls_pipeline.builder.user_dali import load_user_pipeline
 from bls_pipeline.contract import TensorSpec
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.request.submodels import SubModels
-from tests.fixtures.tutorial_repository import DECODE_LINE, ENSEMBLE, ENSEMBLE_CONFIG, export_network, write_tutorial_repository
+from tests.fixtures.tutorial_repository import (
+    DECODE_LINE,
+    ENSEMBLE,
+    ENSEMBLE_CONFIG,
+    export_network,
+    write_tutorial_repository,
+)
 
 
 @pytest.fixture(scope="module")

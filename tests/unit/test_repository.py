@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from bls_pipeline.builder import model_config as mc
-from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.builder.repository import (
     WARMUP_IMAGE,
     RepositorySpec,
@@ -29,6 +28,7 @@ from bls_pipeline.layout import (
 )
 from bls_pipeline.networks.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSettings
 from bls_pipeline.request.orchestration import ClassifierSettings
+from bls_pipeline.request.submodels import SubModels
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 NUM_CLASSES = 5
