@@ -29,6 +29,7 @@ EXPECTED = [
     "request/orchestration.py",
     "request/padding.py",
     "request/postprocess.py",
+    "request/submodels.py",
     "runtime/__init__.py",
     "runtime/device.py",
     "serving/__init__.py",
