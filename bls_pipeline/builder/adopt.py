@@ -445,8 +445,12 @@ def _dali_runner(serialized: bytes, input_name: str, device: str):
 
     on_gpu = device == GPU
     return DaliPreprocessor(
-        lambda: Pipeline.deserialize(
-            serialized, batch_size=64, num_threads=2, device_id=0 if on_gpu else None, prefetch_queue_depth=1
+        lambda prefetch_queue_depth: Pipeline.deserialize(
+            serialized,
+            batch_size=64,
+            num_threads=2,
+            device_id=0 if on_gpu else None,
+            prefetch_queue_depth=prefetch_queue_depth,
         ),
         input_name=input_name,
         max_batch_size=64,
