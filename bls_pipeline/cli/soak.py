@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
-from bls_pipeline.client import DEFAULT_FORM, DEFAULT_PROTOCOL, FORMS, PROTOCOLS
+from bls_pipeline.client import DEFAULT_FORM, DEFAULT_IMAGES_PER_REQUEST, DEFAULT_PROTOCOL, FORMS, PROTOCOLS
 from bls_pipeline.devtools.soak import SoakOptions, build_samples, format_report, run_soak
 from bls_pipeline.errors import BlsPipelineError
 
@@ -59,7 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sample-interval", type=float, default=10.0, help="with --duration: seconds between memory readings"
     )
     parser.add_argument(
-        "--images-per-request", type=int, default=1, help="photographs in each good request (32: the client's default batch)"
+        "--images-per-request",
+        type=int,
+        default=1,
+        help=f"photographs in each good request ({DEFAULT_IMAGES_PER_REQUEST}: the client's default batch)",
     )
     parser.add_argument("--protocol", choices=PROTOCOLS, help=f"the client's protocol (default: the --url scheme, else {DEFAULT_PROTOCOL})")
     parser.add_argument("--form", choices=FORMS, default=DEFAULT_FORM, help="how the images travel (the client's --form)")
