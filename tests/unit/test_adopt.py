@@ -197,3 +197,40 @@ def test_a_network_config_that_does_not_fit_the_dali_output_is_refused_naming_bo
     config.write_text(config.read_text().replace("dims: [ 3, 224, 224 ]", "dims: [ 224, 224, 3 ]"))
     with pytest.raises(ConfigError, match=r"^preprocessing gives DALI_OUTPUT FP32 \[3, 224, 224\] but efficientnet-b0 takes images__0"):
         read_repository(tutorial)
+
+
+def test_for_the_container_the_users_models_are_copied_byte_for_byte_beside_the_classifier(tutorial, tmp_path):
+    from bls_pipeline.builder.adopt import AdoptOptions, adopt_repository
+    from bls_pipeline.layout import SERIALIZED_FILE
+
+    output = tmp_path / "adopted"
+    lines: list[str] = []
+    adopt_repository(AdoptOptions(source=tutorial, output=output, target="triton", device="cpu"), progress=lines.append)
+
+    for path in tutorial.rglob("*"):
+        if path.is_file():
+            assert (output / path.relative_to(tutorial)).read_bytes() == path.read_bytes(), path
+    # What the container's classifier imports goes beside it; the cpu decoder as model.dali.
+    assert (output / "classifier" / "1" / "bls_pipeline" / "request" / "submodels.py").is_file()
+    assert (output / "preprocessing" / "1" / SERIALIZED_FILE).is_file()
+    assert any(line.startswith("  verified in process (cpu)") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--from-repository", "r", "--checkpoint", "c.pth"], "--checkpoint cannot be combined with --from-repository"),
+        (["--from-repository", "r", "--crop", "192"], "--crop cannot be combined with --from-repository"),
+        (["--ensemble", "e"], "--ensemble and --no-keep-ensemble need --from-repository"),
+        (["--no-keep-ensemble"], "--ensemble and --no-keep-ensemble need --from-repository"),
+        (["--network", "n.onnx", "--checkpoint", "c.pth"], "--network and --checkpoint: give one network"),
+    ],
+)
+def test_flags_that_do_not_go_with_what_you_have_are_refused(arguments, message):
+    import argparse
+
+    from bls_pipeline.builder.spec import add_build_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    assert options_from_args(parser.parse_args(arguments)).usage_error().startswith(message)
