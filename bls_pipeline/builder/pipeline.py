@@ -85,6 +85,14 @@ def plan_repository(
     return RepositorySpec(**{**knobs, **resolved})
 
 
+def resolve_device(requested: str | None) -> tuple[str, str]:
+    """The build's device and why: ``requested`` (``--device``), else the one detected here."""
+    if requested is None:
+        device, reason = detect_device()
+        return device, f"detected: {reason}"
+    return check_device(requested), "--device given"
+
+
 def network_runtime(device: str, target: str, tensorrt_reason: str | None) -> tuple[str, str]:
     """The network's runtime on ``device`` for ``target``, and the build's note on it."""
     if tensorrt_reason is None:
@@ -128,11 +136,7 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
     from bls_pipeline.request.postprocess import load_labels
 
     labels = load_labels(options.labels)
-    if options.device is None:
-        device, device_reason = detect_device()
-        device_reason = f"detected: {device_reason}"
-    else:
-        device, device_reason = check_device(options.device), "--device given"
+    device, device_reason = resolve_device(options.device)
     progress(f"device: {device} ({device_reason})")
     converted = None
     if options.dali_pipeline is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bls_pipeline.builder.pipeline import build_repository
+from bls_pipeline.builder.pipeline import build_repository, resolve_device
 from bls_pipeline.builder.spec import BuildOptions, add_build_arguments, options_from_args
 from bls_pipeline.builder.user_pipeline import UserPipelineError
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
@@ -75,13 +75,8 @@ def adopt(options: BuildOptions) -> int:
     """``--from-repository``: the classifier in front of the user's own models (docs/adopt.md)."""
     from bls_pipeline.backends import native_backends_dir
     from bls_pipeline.builder.adopt import AdoptOptions, adopt_repository
-    from bls_pipeline.runtime.device import detect_device
 
-    if options.device:
-        device, reason = options.device, "--device given"
-    else:
-        device, reason = detect_device()
-        reason = f"detected: {reason}"
+    device, reason = resolve_device(options.device)
     print(f"device: {device} ({reason})", flush=True)
     limits = {name: getattr(options, name) for name in ("max_image_bytes", "max_image_pixels", "max_request_bytes")}
     try:

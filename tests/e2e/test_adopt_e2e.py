@@ -50,6 +50,17 @@ def _digest(directory: Path) -> dict[str, str]:
     }
 
 
+def _served_classes(repository: Path, log_path: Path) -> list[int]:
+    """The classifier's top class of each sample photograph, from a server started on ``repository``."""
+    server = start_server(repository, log_path)
+    try:
+        with ClassifierClient(server.url) as client:
+            predictions = client.classify([photo.read_bytes() for photo in sample_photos()], top_k=1)
+    finally:
+        server.stop()
+    return [prediction.class_ids[0] for prediction in predictions]
+
+
 @pytest.fixture(scope="module")
 def network_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped network exported to ONNX with the tensor names of its own (``images__0``, ``logits__0``)."""
@@ -154,13 +165,7 @@ def test_a_network_file_with_names_of_its_own_is_served(hosting, network_file, t
     assert "effnet.onnx (onnx, dynamic batch): images__0 FP32 [3, 224, 224] -> logits__0 FP32 [1000]" in printed
     network = mc.read_config(output / mc.NETWORK / "config.pbtxt")
     assert [network.input[0].name, network.output[0].name] == ["images__0", "logits__0"]
-    server = start_server(output, tmp_path / "tritonserver.log")
-    try:
-        with ClassifierClient(server.url) as client:
-            predictions = client.classify([photo.read_bytes() for photo in sample_photos()], top_k=1)
-    finally:
-        server.stop()
-    assert [prediction.class_ids[0] for prediction in predictions] == [PHOTOS[photo.stem] for photo in sample_photos()]
+    assert _served_classes(output, tmp_path / "tritonserver.log") == [PHOTOS[photo.stem] for photo in sample_photos()]
 
 
 def test_a_network_that_does_not_fit_the_preprocessing_is_refused_in_one_line(network_file, tmp_path: Path) -> None:
@@ -186,10 +191,4 @@ def test_a_network_with_fp16_inputs_gets_the_preprocessed_batch_cast_by_the_clas
     assert status == 0, printed + errors
     assert f"{ENSEMBLE}: left out (--no-keep-ensemble)" in printed and not (output / ENSEMBLE).exists()
     assert "efficientnet-b0: images__0 FP16 [3, 224, 224] -> logits__0 (max batch 32)" in printed
-    server = start_server(output, tmp_path / "tritonserver.log")
-    try:
-        with ClassifierClient(server.url) as client:
-            predictions = client.classify([photo.read_bytes() for photo in sample_photos()], top_k=1)
-    finally:
-        server.stop()
-    assert [prediction.class_ids[0] for prediction in predictions] == [PHOTOS[photo.stem] for photo in sample_photos()]
+    assert _served_classes(output, tmp_path / "tritonserver.log") == [PHOTOS[photo.stem] for photo in sample_photos()]
