@@ -424,7 +424,7 @@ def _write_network(options: AdoptOptions, model: FoundModel, hosting: str) -> st
     target = options.output / model.name
     if hosting != PYTHON:
         backend = "ONNX Runtime" if model.kind == ONNX else "TensorRT"
-        return f"{model.name}: Triton's {backend} backend, your config as it is"
+        return f"{model.name}: Triton's {backend} backend, your config as it is" + _onnx_gpu_warning(options, model)
     version = target / model.version_dir.name
     filename = (model.config.default_model_filename if model.config is not None else "") or _NETWORK_FILES[model.kind]
     if filename != _NETWORK_FILES[model.kind]:
@@ -501,6 +501,26 @@ def verify_adopted(
     if list(ensemble) != list(classes):
         raise ConfigError("verification failed: the ensemble's classes and the classifier's differ:\n" + "\n".join(lines[1:]))
     return lines
+
+
+def _onnx_gpu_warning(options: AdoptOptions, model: FoundModel) -> str:
+    """A warning for an ONNX network on the GPU in a repository for the pip-installed server
+    whose ONNX Runtime has no CUDA provider: Triton's ONNX Runtime backend built here links
+    that library, so the network would fail to load ("CUDA execution provider is not enabled
+    in this build"); the NVIDIA Triton container's backend has the provider."""
+    if model.kind != ONNX or options.target != "local" or options.device != GPU:
+        return ""
+    if model.config is not None and model.config.instance_group and mc.device_of(model.config) == CPU:
+        return ""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return ""
+    return (
+        "\n      warning: this ONNX Runtime has no CUDA provider, so Triton's ONNX Runtime backend built for the"
+        " pip-installed server cannot load a KIND_GPU network: give it instance_group KIND_CPU, or serve"
+        " the repository in the NVIDIA Triton container (--target triton)"
+    )
 
 
 def _network_runner(directory: Path, model: FoundModel, device: str):

@@ -216,6 +216,21 @@ def test_for_the_container_the_users_models_are_copied_byte_for_byte_beside_the_
     assert any(line.startswith("  verified in process (cpu)") for line in lines)
 
 
+def test_a_gpu_onnx_network_for_the_pip_server_is_flagged_where_onnx_runtime_has_no_cuda(tutorial, tmp_path):
+    import onnxruntime
+
+    from bls_pipeline.builder.adopt import AdoptOptions, adopt_repository
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the native backend loads a KIND_GPU network")
+    lines: list[str] = []
+    options = AdoptOptions(source=tutorial, output=tmp_path / "adopted", target="local", device="gpu", hosting="native")
+    adopt_repository(options, progress=lines.append, backends_built=True)  # the warning is about their load
+
+    warning = [line for line in "\n".join(lines).splitlines() if "no CUDA provider" in line]
+    assert len(warning) == 1 and "KIND_CPU" in warning[0] and "--target triton" in warning[0]
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
