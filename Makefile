@@ -29,8 +29,9 @@ backends: setup
 demo: backends
 	$(PY) tools/demo.py
 
-# Lint and the import floors first (seconds), then the tests.
+# Lint, format and the import floors first (seconds), then the tests.
 test: backends $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest

@@ -290,7 +290,9 @@ class ClassifierClient:
         try:
             live = self._client.is_server_live(**self._per_call)
         except Exception as exc:  # noqa: BLE001 - gevent/socket/gRPC errors have no common base
-            raise ClientError(f"cannot reach a Triton server at {self.url} ({self.protocol}): {_one_line(exc)}") from None
+            raise ClientError(
+                f"cannot reach a Triton server at {self.url} ({self.protocol}): {_one_line(exc)}"
+            ) from None
         if not live:
             raise ClientError(f"the Triton server at {self.url} is not live")
         try:
@@ -309,7 +311,9 @@ class ClassifierClient:
                 config = self._client.get_model_config(self.model_name, as_json=True, **self._per_call)["config"]
             return int(config["max_batch_size"])
         except Exception as exc:  # noqa: BLE001
-            raise ClientError(f"cannot read the config of {self.model_name!r} at {self.url}: {_one_line(exc)}") from None
+            raise ClientError(
+                f"cannot read the config of {self.model_name!r} at {self.url}: {_one_line(exc)}"
+            ) from None
 
     def _request(self, images: Sequence[bytes], top_k: int | None) -> dict[str, Any]:
         """The keyword arguments of ``infer``/``async_infer`` for one request."""

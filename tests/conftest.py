@@ -173,7 +173,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     skip = pytest.mark.skip(reason="GPU hosting: this suite is not marked gpu_suite (its expectations are the CPU's)")
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec and callspec.params.get("built_repository") in GPU_HOSTINGS and not item.get_closest_marker("gpu_suite"):
+        if (
+            callspec
+            and callspec.params.get("built_repository") in GPU_HOSTINGS
+            and not item.get_closest_marker("gpu_suite")
+        ):
             item.add_marker(skip)
 
 
@@ -229,7 +233,9 @@ TUTORIAL_SCRIPT = PIPELINE_FIXTURES / "train_effnet.py"
 TUTORIAL_ARGS = ["image_size=256", "image_crop=224", "interpolation=types.INTERP_LINEAR", "output_layout='CHW'"]
 
 
-def run_tutorial_pipeline_with_its_reader(photos: list[Path], data_dir: Path, decoder_device: str = "cpu") -> np.ndarray:
+def run_tutorial_pipeline_with_its_reader(
+    photos: list[Path], data_dir: Path, decoder_device: str = "cpu"
+) -> np.ndarray:
     """The tutorial's ``validation_pipe`` run as its training script runs it: its file reader
     on ``data_dir/cls/N.ext``, the photographs in order. Independent of the conversion code:
     unmodified with ``decoder_device="mixed"`` (needs a GPU); with ``"cpu"`` only its decoder
@@ -250,8 +256,14 @@ def run_tutorial_pipeline_with_its_reader(photos: list[Path], data_dir: Path, de
         fn.decoders.image = lambda *inputs, **kwargs: decode(*inputs, **{**kwargs, "device": "cpu"})
     try:
         pipe = module.validation_pipe(
-            data_dir=str(data_dir), interpolation=types.INTERP_LINEAR, image_size=256, image_crop=224,
-            output_layout="CHW", batch_size=len(photos), num_threads=1, device_id=0 if on_gpu else None,
+            data_dir=str(data_dir),
+            interpolation=types.INTERP_LINEAR,
+            image_size=256,
+            image_crop=224,
+            output_layout="CHW",
+            batch_size=len(photos),
+            num_threads=1,
+            device_id=0 if on_gpu else None,
         )
         pipe.build()
         images, _labels = pipe.run()

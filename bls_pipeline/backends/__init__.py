@@ -21,4 +21,12 @@ from bls_pipeline.backends.build import (
     native_backends_dir,
 )
 
-__all__ = ["BACKENDS", "BuildOptions", "BuildResult", "build_backends", "default_cache", "default_sources", "native_backends_dir"]
+__all__ = [
+    "BACKENDS",
+    "BuildOptions",
+    "BuildResult",
+    "build_backends",
+    "default_cache",
+    "default_sources",
+    "native_backends_dir",
+]

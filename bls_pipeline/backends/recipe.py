@@ -101,8 +101,12 @@ _DALI_H2H_HOST = """    // bls-pipeline: no stream (a CPU-only pipeline) means a
 """
 
 EDITS: tuple[SourceEdit, ...] = (
-    SourceEdit("common/src/CMakeLists.txt", "add_subdirectory(test)", "", "common's tests need GTest; they are not built"),
-    SourceEdit("backend/CMakeLists.txt", _GATHER_KERNEL, _GATHER_STAND_IN, "GPU-enabled builds without nvcc (SOURCES.md)"),
+    SourceEdit(
+        "common/src/CMakeLists.txt", "add_subdirectory(test)", "", "common's tests need GTest; they are not built"
+    ),
+    SourceEdit(
+        "backend/CMakeLists.txt", _GATHER_KERNEL, _GATHER_STAND_IN, "GPU-enabled builds without nvcc (SOURCES.md)"
+    ),
     SourceEdit(
         "onnxruntime_backend/src/onnxruntime.cc",
         _ORT_OPTIMIZATION,
@@ -154,7 +158,9 @@ def recipe_digest() -> str:
     return digest.hexdigest()
 
 
-def cmake_args(backend: str, tree: Path, gpu: bool, cuda_root: Path, ort_include: Path, ort_stub_dir: Path) -> list[str]:
+def cmake_args(
+    backend: str, tree: Path, gpu: bool, cuda_root: Path, ort_include: Path, ort_stub_dir: Path
+) -> list[str]:
     """The configure arguments of one backend: offline, against the unpacked sources."""
     args = [
         "-DCMAKE_BUILD_TYPE=Release",

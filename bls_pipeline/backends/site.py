@@ -102,7 +102,9 @@ def _patchelf(patchelf: Path, *args: str) -> str:
     return result.stdout
 
 
-def retarget(library: Path, backend: str, site: Site, patchelf: Path, relative: bool, ort_library: str | None = None) -> None:
+def retarget(
+    library: Path, backend: str, site: Site, patchelf: Path, relative: bool, ort_library: str | None = None
+) -> None:
     """Point ``library``'s NEEDED entries and RUNPATH at ``site`` (one change per patchelf call)."""
     needed = _patchelf(patchelf, "--print-needed", str(library)).split()
     for old, new in needed_replacements(site, ort_library).items():

@@ -71,7 +71,9 @@ def archive_commit(archive: Path) -> str | None:
 def check_commit(source: PinnedSource, found: str | None, archive: Path) -> None:
     """Refuse an archive whose recorded commit is not the pinned one."""
     if found is None:
-        raise BackendBuildError(f"{archive} records no commit (not a git archive); expected {source.repository}@{source.commit}")
+        raise BackendBuildError(
+            f"{archive} records no commit (not a git archive); expected {source.repository}@{source.commit}"
+        )
     if found != source.commit:
         raise BackendBuildError(f"{archive} is {source.repository}@{found}, expected the pinned commit {source.commit}")
 

@@ -44,7 +44,9 @@ def find_compiler(which=shutil.which) -> Path:
     for name in [os.environ.get("CXX", ""), *_COMPILERS]:
         if name and (path := which(name)):
             return Path(path)
-    raise BackendBuildError("no C++ compiler found (looked for $CXX, c++, g++, clang++): install g++ (Debian: apt-get install g++)")
+    raise BackendBuildError(
+        "no C++ compiler found (looked for $CXX, c++, g++, clang++): install g++ (Debian: apt-get install g++)"
+    )
 
 
 def missing_tools(which=shutil.which) -> list[str]:

@@ -82,7 +82,11 @@ class FoundRepository:
         """The lines the build prints about what it found."""
         via = f"ensemble {self.ensemble}" if self.ensemble else "no ensemble: the one DALI model and the one network"
         return "\n".join(
-            [f"found in {self.directory}: {', '.join(self.models)} ({via})", f"  {self.preprocessing.describe()}", f"  {self.network.describe()}"]
+            [
+                f"found in {self.directory}: {', '.join(self.models)} ({via})",
+                f"  {self.preprocessing.describe()}",
+                f"  {self.network.describe()}",
+            ]
         )
 
     def submodels(self) -> SubModels:
@@ -154,14 +158,18 @@ def read_repository(directory: Path, *, ensemble: str | None = None, device: str
     """Find the DALI model and the network of ``directory`` through its ensemble; see the module docstring."""
     configs = _read_configs(directory)
     if mc.CLASSIFIER in configs:
-        raise ConfigError(f"{directory} already has a model named {mc.CLASSIFIER!r}: the adopted classifier would replace it")
+        raise ConfigError(
+            f"{directory} already has a model named {mc.CLASSIFIER!r}: the adopted classifier would replace it"
+        )
     ensembles = sorted(name for name, config in configs.items() if config is not None and config.platform == "ensemble")
     if ensemble is not None and ensemble not in ensembles:
         raise ConfigError(
             f"--ensemble {ensemble}: {directory} has no ensemble of that name (ensembles: {', '.join(ensembles) or 'none'})"
         )
     if ensemble is None and len(ensembles) > 1:
-        raise ConfigError(f"{directory} has {len(ensembles)} ensembles ({', '.join(ensembles)}): name one with --ensemble")
+        raise ConfigError(
+            f"{directory} has {len(ensembles)} ensembles ({', '.join(ensembles)}): name one with --ensemble"
+        )
     chosen = ensemble or (ensembles[0] if ensembles else None)
     kinds = {name: _kind(config, directory / name) for name, config in configs.items() if name not in ensembles}
     if chosen:
@@ -176,7 +184,7 @@ def read_repository(directory: Path, *, ensemble: str | None = None, device: str
             )
         pre_name, net_name = dali[0], nets[0]
     if kinds.get(pre_name) != DALI:
-        raise ConfigError(f"{pre_name}: the ensemble's first step is not a DALI model (backend: \"dali\")")
+        raise ConfigError(f'{pre_name}: the ensemble\'s first step is not a DALI model (backend: "dali")')
     if kinds.get(net_name) not in (ONNX, TENSORRT):
         raise ConfigError(f"{net_name}: the step after {pre_name} is not an ONNX or TensorRT network")
     preprocessing = _dali_model(directory / pre_name, configs[pre_name], device)
@@ -195,7 +203,9 @@ def _follow_ensemble(name: str, config: mc.ModelConfig, configs: dict) -> tuple[
     produced = set(first[0].output_map.values())
     second = [step for step in steps if set(step.input_map.values()) & produced]
     if len(second) != 1:
-        raise ConfigError(f"ensemble {name}: expected one step reading {first[0].model_name}'s output, found {len(second)}")
+        raise ConfigError(
+            f"ensemble {name}: expected one step reading {first[0].model_name}'s output, found {len(second)}"
+        )
     for step in (first[0], second[0]):
         if step.model_name not in configs:
             raise ConfigError(f"ensemble {name}: step model {step.model_name!r} is not in the repository")
@@ -221,7 +231,9 @@ def _dali_model(directory: Path, config: mc.ModelConfig | None, device: str) -> 
     # No inputs and outputs in a config: Triton's DALI backend derives them from the pipeline, so do we.
     pipeline = load_user_pipeline(_latest_version(directory), decoder_device=decoder_device(device))
     if len(pipeline.input_names) != 1:
-        raise ConfigError(f"{pipeline.source}: the classifier feeds one input, the pipeline has {list(pipeline.input_names) or 'none'}")
+        raise ConfigError(
+            f"{pipeline.source}: the classifier feeds one input, the pipeline has {list(pipeline.input_names) or 'none'}"
+        )
     if pipeline.serialized is None:
         raise ConfigError(f"{pipeline.source}: its output shape is read by running it, and {pipeline.unserializable}")
     from bls_pipeline.builder.user_pipeline import sample_photos
@@ -229,7 +241,9 @@ def _dali_model(directory: Path, config: mc.ModelConfig | None, device: str) -> 
     images = _dali_runner(pipeline.serialized, pipeline.input_names[0], device)(
         [np.fromfile(photo, np.uint8) for photo in sample_photos()]
     )
-    output_type = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float16): "TYPE_FP16"}.get(images.dtype, str(images.dtype))
+    output_type = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float16): "TYPE_FP16"}.get(
+        images.dtype, str(images.dtype)
+    )
     max_batch = config.max_batch_size if config is not None and config.max_batch_size else pipeline.max_batch_size
     return FoundModel(
         name,
@@ -255,7 +269,9 @@ def _network_model(directory: Path, config: mc.ModelConfig | None, kind: str) ->
         return FoundModel(name, directory, kind, source, output, config.max_batch_size, CONFIG_FILE, config)
     network = read_network_file(path)
     max_batch = config.max_batch_size if config is not None and config.max_batch_size else max(network.batch, 0)
-    return FoundModel(name, directory, kind, network.input, network.output, max_batch, f"{path.name}, the {kind.upper()} file", config)
+    return FoundModel(
+        name, directory, kind, network.input, network.output, max_batch, f"{path.name}, the {kind.upper()} file", config
+    )
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -332,7 +348,9 @@ def choose_adopted_hosting(options: AdoptOptions, found: FoundRepository, backen
     if options.hosting == PYTHON:
         return {found.preprocessing.name: PYTHON, found.network.name: PYTHON}
     if options.hosting == NATIVE and not backends_built:
-        raise ConfigError(f"--hosting native: Triton's DALI and ONNX Runtime backends are not built here ({BUILD_HINT})")
+        raise ConfigError(
+            f"--hosting native: Triton's DALI and ONNX Runtime backends are not built here ({BUILD_HINT})"
+        )
     native = NATIVE if backends_built else PYTHON
     return {found.preprocessing.name: native, found.network.name: native if found.network.kind == ONNX else PYTHON}
 
@@ -345,7 +363,9 @@ def adopt_repository(
 
     source, output = options.source.resolve(), options.output.resolve()
     if output == source or source in output.parents:
-        raise ConfigError(f"--output {options.output} is inside --from-repository {options.source}: write the adopted repository elsewhere")
+        raise ConfigError(
+            f"--output {options.output} is inside --from-repository {options.source}: write the adopted repository elsewhere"
+        )
     progress(f"reading {options.source} (only read: your models are copied, never edited)")
     found = read_repository(options.source, ensemble=options.ensemble, device=options.device)
     progress(found.describe())
@@ -354,7 +374,11 @@ def adopt_repository(
         raise ConfigError(
             f"{found.network.name} gives {found.network.output.dims[-1]} classes but the labels have {len(labels)}: pass --labels FILE"
         )
-    if found.ensemble and options.keep_ensemble and found.preprocessing.output.data_type != found.network.input.data_type:
+    if (
+        found.ensemble
+        and options.keep_ensemble
+        and found.preprocessing.output.data_type != found.network.input.data_type
+    ):
         raise ConfigError(
             f"{found.ensemble} hands {found.preprocessing.name}'s {describe_tensor(found.preprocessing.output)} to "
             f"{found.network.name}'s {describe_tensor(found.network.input)}, which Triton refuses at load (an ensemble "
@@ -409,10 +433,14 @@ def _write_preprocessing(options: AdoptOptions, model: FoundModel, hosting: str)
                 f"needs its serialized graph, and {pipeline.unserializable}: adopt it on the machine that serves it"
             )
         (version / SERIALIZED_FILE).write_bytes(pipeline.serialized)
-        notes.append(f"{SERIALIZED_FILE} written beside your {pipeline.source.name} ({pipeline.decoder_device} decoder for --device {options.device})")
+        notes.append(
+            f"{SERIALIZED_FILE} written beside your {pipeline.source.name} ({pipeline.decoder_device} decoder for --device {options.device})"
+        )
     if hosting == PYTHON:
         shutil.copyfile(TEMPLATE_DIR / mc.PREPROCESSING / "1" / MODEL_FILE, version / MODEL_FILE)
-        mc.write_config(target / CONFIG_FILE, _python_hosted(_config_of(model), device=options.device, gpu_inputs=False))
+        mc.write_config(
+            target / CONFIG_FILE, _python_hosted(_config_of(model), device=options.device, gpu_inputs=False)
+        )
         notes.append("hosted in a Python-backend model (same name, tensors and batching)")
     else:
         notes.append("Triton's DALI backend, your config as it is")
@@ -430,7 +458,9 @@ def _write_network(options: AdoptOptions, model: FoundModel, hosting: str) -> st
     if filename != _NETWORK_FILES[model.kind]:
         shutil.copyfile(version / filename, version / _NETWORK_FILES[model.kind])
     shutil.copyfile(TEMPLATE_DIR / mc.NETWORK / "1" / MODEL_FILE, version / MODEL_FILE)
-    mc.write_config(target / CONFIG_FILE, _python_hosted(_config_of(model), device=options.device, gpu_inputs=options.device == GPU))
+    mc.write_config(
+        target / CONFIG_FILE, _python_hosted(_config_of(model), device=options.device, gpu_inputs=options.device == GPU)
+    )
     runtime = "TensorRT" if model.kind == TENSORRT else "ONNX Runtime"
     return f"{model.name}: hosted in a Python-backend model on {runtime} (same name, tensors and batching)"
 
@@ -469,7 +499,9 @@ def verify_adopted(
     from bls_pipeline.runtime.device import detect_device
 
     if device == GPU and detect_device()[0] != GPU:
-        return [f"not verified here: the repository is for --device gpu and {detect_device()[1]}; serve it on the GPU machine"]
+        return [
+            f"not verified here: the repository is for --device gpu and {detect_device()[1]}; serve it on the GPU machine"
+        ]
     version = repository / found.preprocessing.name / found.preprocessing.version_dir.name
     serialized_file = version / SERIALIZED_FILE
     if not serialized_file.is_file():
@@ -495,11 +527,17 @@ def verify_adopted(
     results = classify([bytes(array) for array in encoded])
     logits = np.stack([np.asarray(result) for result in results])
     classes = classify_request(logits, 1, labels).class_ids[:, 0]
-    lines = [f"verified in process ({device}) on {len(photos)} sample photographs, the ensemble's path and the classifier's:"]
+    lines = [
+        f"verified in process ({device}) on {len(photos)} sample photographs, the ensemble's path and the classifier's:"
+    ]
     for photo, by_ensemble, by_classifier in zip(photos, ensemble, classes):
-        lines.append(f"    {photo.name}: ensemble {by_ensemble} ({labels[by_ensemble]}), classifier {by_classifier} ({labels[by_classifier]})")
+        lines.append(
+            f"    {photo.name}: ensemble {by_ensemble} ({labels[by_ensemble]}), classifier {by_classifier} ({labels[by_classifier]})"
+        )
     if list(ensemble) != list(classes):
-        raise ConfigError("verification failed: the ensemble's classes and the classifier's differ:\n" + "\n".join(lines[1:]))
+        raise ConfigError(
+            "verification failed: the ensemble's classes and the classifier's differ:\n" + "\n".join(lines[1:])
+        )
     return lines
 
 

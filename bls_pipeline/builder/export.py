@@ -74,9 +74,7 @@ def save_torch_weights(model: nn.Module, path: str | Path, *, arch: str, image_s
     return path
 
 
-def export_onnx(
-    model: nn.Module, path: str | Path, *, image_size: int = 224, opset: int = DEFAULT_OPSET
-) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, *, image_size: int = 224, opset: int = DEFAULT_OPSET) -> Path:
     """Export ``model`` to ONNX at ``path`` with a dynamic batch axis; return ``path``.
 
     Uses the TorchScript-based exporter (``dynamo=False``): the newer exporter needs
@@ -140,8 +138,7 @@ def verify_onnx(
         (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
         if actual.shape != expected.shape:
             raise ExportError(
-                f"{onnx_path}: output shape {actual.shape} != torch's {expected.shape} "
-                f"at batch size {batch}"
+                f"{onnx_path}: output shape {actual.shape} != torch's {expected.shape} at batch size {batch}"
             )
         diff = float(np.max(np.abs(actual - expected)))
         LOGGER.info("ONNX Runtime vs torch at batch size %d: max abs diff %.2e", batch, diff)
@@ -266,13 +263,18 @@ def build_tensorrt_engine(
         if trt is not None:
             LOGGER.info(
                 "building %s TensorRT %s engine, batch 1..%d, from %s (takes minutes)",
-                precision, trt.__version__, max_batch_size, onnx_path,
+                precision,
+                trt.__version__,
+                max_batch_size,
+                onnx_path,
             )
             tmp.write_bytes(_build_with_python_api(trt, onnx_path, fp16, shapes, workspace_bytes))
         elif trtexec is not None:
             LOGGER.info(
                 "building %s TensorRT engine with trtexec, batch 1..%d, from %s (takes minutes)",
-                precision, max_batch_size, onnx_path,
+                precision,
+                max_batch_size,
+                onnx_path,
             )
             _build_with_trtexec(trtexec, onnx_path, tmp, fp16, shapes, workspace_bytes)
         if tmp.stat().st_size == 0:

@@ -37,7 +37,9 @@ class ModelHosting:
         return f"{model}: {'Triton backend' if self.native else 'Python backend'} ({self.reason})"
 
 
-def choose_hosting(*, target: str, device: str, runtime: str, requested: str, backends_built: bool) -> dict[str, ModelHosting]:
+def choose_hosting(
+    *, target: str, device: str, runtime: str, requested: str, backends_built: bool
+) -> dict[str, ModelHosting]:
     """The hosting of ``preprocessing`` and the network, by model name.
 
     ``requested`` is ``auto`` (native where the backends are built), ``native`` (an error if
@@ -50,10 +52,15 @@ def choose_hosting(*, target: str, device: str, runtime: str, requested: str, ba
         container = "the NVIDIA Triton container has this backend"
         return {PREPROCESSING: ModelHosting(True, container), NETWORK: ModelHosting(True, container)}
     if requested == PYTHON:
-        return {PREPROCESSING: ModelHosting(False, "--hosting python"), NETWORK: ModelHosting(False, "--hosting python")}
+        return {
+            PREPROCESSING: ModelHosting(False, "--hosting python"),
+            NETWORK: ModelHosting(False, "--hosting python"),
+        }
     if not backends_built:
         if requested == NATIVE:
-            raise ConfigError(f"--hosting native: Triton's DALI and ONNX Runtime backends are not built here ({BUILD_HINT})")
+            raise ConfigError(
+                f"--hosting native: Triton's DALI and ONNX Runtime backends are not built here ({BUILD_HINT})"
+            )
         fallback = ModelHosting(False, f"Triton's DALI and ONNX Runtime backends are not built here; {BUILD_HINT}")
         return {PREPROCESSING: fallback, NETWORK: fallback}
     preprocessing = ModelHosting(True, "Triton's DALI backend, built by tools/build_backends.py")

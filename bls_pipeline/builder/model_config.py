@@ -339,13 +339,13 @@ def add_classification_output(config: ModelConfig, *, num_classes: int, label_fi
     ``label_filename`` (a path relative to the model's directory).
     """
     output = config.output.add()
-    json_format.ParseDict(
-        {**contract.probabilities(num_classes).config(), "label_filename": label_filename}, output
-    )
+    json_format.ParseDict({**contract.probabilities(num_classes).config(), "label_filename": label_filename}, output)
     return config
 
 
-def add_warmup(config: ModelConfig, *, inputs: Mapping[str, Mapping[str, Any]], batch_sizes: Sequence[int]) -> ModelConfig:
+def add_warmup(
+    config: ModelConfig, *, inputs: Mapping[str, Mapping[str, Any]], batch_sizes: Sequence[int]
+) -> ModelConfig:
     """Add one ``model_warmup`` sample per batch size, with ``inputs`` in the JSON form of
     ``ModelWarmup.Input`` (``{"DALI_INPUT": {"data_type": "TYPE_UINT8", "dims": [n],
     "input_data_file": "warmup.jpg"}}``; files are relative to the model's ``warmup/``).
@@ -356,7 +356,11 @@ def add_warmup(config: ModelConfig, *, inputs: Mapping[str, Mapping[str, Any]], 
     """
     for batch_size in batch_sizes:
         json_format.ParseDict(
-            {"name": f"batch {batch_size}", "batch_size": batch_size, "inputs": {k: dict(v) for k, v in inputs.items()}},
+            {
+                "name": f"batch {batch_size}",
+                "batch_size": batch_size,
+                "inputs": {k: dict(v) for k, v in inputs.items()},
+            },
             config.model_warmup.add(),
         )
     return config

@@ -24,8 +24,22 @@ from bls_pipeline.runtime.network import tensorrt_importable
 
 ONNX, TENSORRT = "onnx", "tensorrt"
 # ONNX TensorProto element types and TensorRT dtypes by Triton's names.
-_ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64"}
-_TENSORRT_TYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "INT8": "TYPE_INT8", "INT32": "TYPE_INT32", "UINT8": "TYPE_UINT8"}
+_ONNX_TYPES = {
+    1: "TYPE_FP32",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+}
+_TENSORRT_TYPES = {
+    "FLOAT": "TYPE_FP32",
+    "HALF": "TYPE_FP16",
+    "INT8": "TYPE_INT8",
+    "INT32": "TYPE_INT32",
+    "UINT8": "TYPE_UINT8",
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,9 @@ class NetworkFile:
     def describe(self) -> str:
         """One line for the build output."""
         batch = "dynamic batch" if self.batch < 0 else f"batch {self.batch}"
-        return f"{self.path.name} ({self.kind}, {batch}): {describe_tensor(self.input)} -> {describe_tensor(self.output)}"
+        return (
+            f"{self.path.name} ({self.kind}, {batch}): {describe_tensor(self.input)} -> {describe_tensor(self.output)}"
+        )
 
 
 def describe_tensor(spec: TensorSpec) -> str:
@@ -152,7 +168,10 @@ def check_fit(preprocessed: TensorSpec, network_input: TensorSpec, *, preprocess
     dims_fit = len(preprocessed.dims) == len(network_input.dims) and all(
         want in (-1, have) for have, want in zip(preprocessed.dims, network_input.dims)
     )
-    type_fits = network_input.data_type in NETWORK_INPUT_DTYPES and preprocessed.data_type in ("TYPE_FP32", network_input.data_type)
+    type_fits = network_input.data_type in NETWORK_INPUT_DTYPES and preprocessed.data_type in (
+        "TYPE_FP32",
+        network_input.data_type,
+    )
     if dims_fit and type_fits:
         return
     if not dims_fit and sorted(preprocessed.dims) == sorted(network_input.dims):

@@ -73,7 +73,9 @@ def plan_repository(
     unset ones at the device's defaults; the crop is the preprocessing's output (the user
     pipeline's, else the built-in crop), and every writer takes it from here."""
     tuned = options.tuned(device)
-    knobs = {f.name: tuned.get(f.name, getattr(options, f.name)) for f in fields(RepositorySpec) if hasattr(options, f.name)}
+    knobs = {
+        f.name: tuned.get(f.name, getattr(options, f.name)) for f in fields(RepositorySpec) if hasattr(options, f.name)
+    }
     resolved = {
         "device": device,
         "runtime": runtime,
@@ -193,7 +195,9 @@ def build_repository(options: BuildOptions, progress: Callable[[str], None] = LO
         spec = dataclasses.replace(spec, num_classes=_count_classes(model, spec.crop))
     if len(labels) != spec.num_classes:
         source = "the network" if network_file else "the checkpoint"
-        raise ConfigError(f"{source} has {spec.num_classes} classes but the labels have {len(labels)}: pass --labels FILE")
+        raise ConfigError(
+            f"{source} has {spec.num_classes} classes but the labels have {len(labels)}: pass --labels FILE"
+        )
     prepare_output(options.output, force=options.force)
 
     with tempfile.TemporaryDirectory(prefix="build-repo-", dir=options.output) as scratch:

@@ -247,7 +247,10 @@ def _tfrecord_layout(folder: Path, photos: Sequence[Path], kwargs: dict[str, Any
     with records.open("wb") as out:
         for photo in photos:
             values = {
-                name: (dtype, photo.read_bytes() if name == image else b"0" if dtype == tfrecord.string else [0] * count)
+                name: (
+                    dtype,
+                    photo.read_bytes() if name == image else b"0" if dtype == tfrecord.string else [0] * count,
+                )
                 for name, (dtype, count) in types.items()
             }
             data = _example(values)
@@ -266,13 +269,18 @@ READERS = {
         ReaderKind("webdataset", ("paths", "index_paths"), _webdataset_layout, _webdataset_image_output),
         ReaderKind(
             "coco",
-            ("file_root", "annotations_file", "preprocessed_annotations", "save_preprocessed_annotations",
-             "save_preprocessed_annotations_dir", "images", "image_ids"),
+            (
+                "file_root",
+                "annotations_file",
+                "preprocessed_annotations",
+                "save_preprocessed_annotations",
+                "save_preprocessed_annotations_dir",
+                "images",
+                "image_ids",
+            ),
             _coco_layout,
         ),
         ReaderKind("mxnet", ("path", "index_path"), _mxnet_layout),
         ReaderKind("tfrecord", ("path", "index_path"), _tfrecord_layout, _tfrecord_image_output),
     )
 }
-
-

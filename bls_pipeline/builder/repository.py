@@ -58,7 +58,15 @@ TEMPLATE_DIR = model_sources_dir()
 # What the classifier (serving.models.ClassifierModel) imports, and so all that the container
 # repository ships of the package: no builder, no torch, no DALI (the container's Triton backends
 # host those sub-models). tests/unit/test_container_copy.py lists it and imports it alone.
-CONTAINER_PACKAGE = ("__init__.py", "contract.py", "errors.py", "request", "serving", "runtime/__init__.py", "runtime/device.py")
+CONTAINER_PACKAGE = (
+    "__init__.py",
+    "contract.py",
+    "errors.py",
+    "request",
+    "serving",
+    "runtime/__init__.py",
+    "runtime/device.py",
+)
 # A real photograph that model_warmup decodes before the server reports ready.
 WARMUP_IMAGE = PACKAGE_DIR / "data" / "warmup.jpg"
 
@@ -380,7 +388,9 @@ def write_repository(
     return paths
 
 
-def change_queue_policy(repository: Path, *, max_queue_size: int | None = None, timeout_ms: int | None = None) -> mc.QueuePolicy:
+def change_queue_policy(
+    repository: Path, *, max_queue_size: int | None = None, timeout_ms: int | None = None
+) -> mc.QueuePolicy:
     """Rewrite the classifier's queue policy in a built ``repository`` where given (its
     ``config.pbtxt`` and its ``bls_build.json``); the policy now.
 
@@ -397,5 +407,8 @@ def change_queue_policy(repository: Path, *, max_queue_size: int | None = None, 
     mc.write_config(path, config)
     spec = read_build_spec(repository)
     if spec is not None:
-        write_build_spec(repository, dataclasses.replace(spec, max_queue_size=policy.max_queue_size, queue_timeout_ms=policy.timeout_ms))
+        write_build_spec(
+            repository,
+            dataclasses.replace(spec, max_queue_size=policy.max_queue_size, queue_timeout_ms=policy.timeout_ms),
+        )
     return policy

@@ -228,13 +228,17 @@ class BuildOptions:
 
     def tuned(self, device: str) -> dict[str, Any]:
         """The knobs with per-device defaults, each left unset taking ``device``'s."""
-        return {name: device_default(name, device) if getattr(self, name) is None else getattr(self, name) for name in TUNED}
+        return {
+            name: device_default(name, device) if getattr(self, name) is None else getattr(self, name) for name in TUNED
+        }
 
     def usage_error(self) -> str | None:
         """Why these options do not go together, or None."""
         given = [name for name in PREPROCESSING_KNOBS if getattr(self, name) is not None]
         if self.dali_pipeline and given:
-            return f"{flag_of(given[0])} cannot be combined with --dali-pipeline: the pipeline decides the preprocessing"
+            return (
+                f"{flag_of(given[0])} cannot be combined with --dali-pipeline: the pipeline decides the preprocessing"
+            )
         if self.pipeline_args and not self.dali_pipeline:
             return "--pipeline-arg needs --dali-pipeline"
         if self.from_repository:

@@ -90,7 +90,9 @@ def _autoserialized_function(path: Path) -> Any:
         raise ConfigError(f"{path}:{exc.lineno}: {exc.msg}") from None
     except Exception as exc:  # the user's code may raise anything: one line, where it happened
         raise ConfigError(user_code_error(path, exc)) from None
-    found = [obj for _, obj in inspect.getmembers(module, inspect.isfunction) if getattr(obj, "_is_autoserialize", False)]
+    found = [
+        obj for _, obj in inspect.getmembers(module, inspect.isfunction) if getattr(obj, "_is_autoserialize", False)
+    ]
     if len(found) != 1:
         raise ConfigError(
             f"{path}: Triton's DALI backend serializes the one function marked @autoserialize; "
@@ -117,7 +119,9 @@ def user_code_error(path: Path, exc: BaseException) -> str:
     For a ``NameError`` it names the undefined name and, when the function binds a similar
     one, that name and the line that binds it.
     """
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if Path(frame.filename).resolve() == path.resolve()]
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__) if Path(frame.filename).resolve() == path.resolve()
+    ]
     where = f"{path}:{frames[-1].lineno}" if frames else str(path)
     function = f"{frames[-1].name} " if frames else ""
     if isinstance(exc, NameError) and getattr(exc, "name", None):

@@ -215,9 +215,14 @@ def _call_arguments(function: Callable[..., Any], source: PipelineSource) -> tup
     arguments = dict(source.arguments)
     placeholders = []
     for name, parameter in parameters.items():
-        if name not in arguments and parameter.default is inspect.Parameter.empty and parameter.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            inspect.Parameter.KEYWORD_ONLY,
+        if (
+            name not in arguments
+            and parameter.default is inspect.Parameter.empty
+            and parameter.kind
+            in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            )
         ):
             arguments[name] = ReaderOnly(name)
             placeholders.append(name)
@@ -281,7 +286,9 @@ def _replaced_operators(build: _Build) -> Iterator[None]:
     for name in dir(fn.readers):
         if not name.startswith("_") and not inspect.ismodule(getattr(fn.readers, name)):
             replace(fn.readers, name, lambda original, name=name: _reader(build, f"fn.readers.{name}", name, original))
-    replace(fn.experimental.readers, "video", lambda original: _refusing("fn.experimental.readers.video", _VIDEO_ADVICE))
+    replace(
+        fn.experimental.readers, "video", lambda original: _refusing("fn.experimental.readers.video", _VIDEO_ADVICE)
+    )
     try:
         with decoders_on(build.decoder_device):
             yield
@@ -320,16 +327,16 @@ def _reader(build: _Build, operator: str, name: str, original: Callable[..., Any
                 "the served model takes one encoded image per sample"
             )
         build.reader = operator
-        build.reader_arguments.update(
-            value.argument for value in kwargs.values() if isinstance(value, ReaderOnly)
-        )
+        build.reader_arguments.update(value.argument for value in kwargs.values() if isinstance(value, ReaderOnly))
         user = {key: value for key, value in kwargs.items() if key not in kind.location_arguments + _ORDER_ARGUMENTS}
         arguments = {**user, **kind.layout(build.sample_dir, build.photos, kwargs), "random_shuffle": False}
         returned = original(*inputs, **arguments)
         # Most readers return a tuple of outputs; the TFRecord reader a dict by feature.
-        outputs = dict(returned) if isinstance(returned, dict) else dict(enumerate(
-            returned if isinstance(returned, (list, tuple)) else [returned]
-        ))
+        outputs = (
+            dict(returned)
+            if isinstance(returned, dict)
+            else dict(enumerate(returned if isinstance(returned, (list, tuple)) else [returned]))
+        )
         image = kind.image_output(kwargs)
         if build.serve:
             outputs[image] = fn.external_source(name=DALI_INPUT, dtype=types.UINT8, ndim=1)
@@ -606,7 +613,9 @@ def _convert(
         raise UserPipelineError(_runtime_failure("the converted pipeline on the sample photographs", exc)) from exc
     served_arrays = _as_arrays(output)
     if any(a.shape != b.shape for a, b in zip(served_arrays, reference)):
-        raise UserPipelineError("verification failed: the converted pipeline's output shapes differ from the original's")
+        raise UserPipelineError(
+            "verification failed: the converted pipeline's output shapes differ from the original's"
+        )
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(served_arrays, reference))
     if diff != 0.0:
         raise UserPipelineError(

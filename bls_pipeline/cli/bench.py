@@ -78,7 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a directory of .jpg/.png files to use instead of the built-in set (8 skimage photographs "
         "as 500x375 JPEGs, quality 90)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="measurements of everything; the median is reported (default 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements of everything; the median is reported (default 3)"
+    )
     parser.add_argument(
         "--concurrency",
         type=_concurrencies,
@@ -134,7 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         images = load_images(args.images) if args.images else benchmark_images()
         if args.write_perf_analyzer_data:

@@ -36,14 +36,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder of the pinned source archives (SOURCES.md); default: ../shared/vendor/triton-backends "
         f"when it exists ({'found' if sources else 'not found: the pinned commits are downloaded from GitHub'})",
     )
-    parser.add_argument("--download", action="store_true", help="download the pinned commits from GitHub even if --sources exists")
+    parser.add_argument(
+        "--download", action="store_true", help="download the pinned commits from GitHub even if --sources exists"
+    )
     parser.add_argument(
         "--gpu",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="GPU-enabled build (TRITON_ENABLE_GPU=ON; needs no nvcc, and also serves on CPU-only machines)",
     )
-    parser.add_argument("--cache-dir", type=Path, default=default_cache(), help="build cache ($BLS_BACKENDS_CACHE overrides the default)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache(),
+        help="build cache ($BLS_BACKENDS_CACHE overrides the default)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="compile again even if a cached build exists")
     parser.add_argument(
         "--output",

@@ -101,7 +101,9 @@ def adopt(options: BuildOptions) -> int:
         )
     except (BlsPipelineError, OSError) as exc:
         return report_error("build_repo", exc, ExitCode.INPUT)
-    print(f"adopted {report.found.directory} into {options.output} ({options.target}, {device}): serve it and call {CLASSIFIER!r}")
+    print(
+        f"adopted {report.found.directory} into {options.output} ({options.target}, {device}): serve it and call {CLASSIFIER!r}"
+    )
     return ExitCode.OK
 
 

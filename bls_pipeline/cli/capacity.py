@@ -40,15 +40,21 @@ def _point(text: str) -> OperatingPoint:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (tests read its flags)."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "benchmark",
         nargs="?",
         type=Path,
         help=f"JSON written by tools/bench.py --json-out (default: {DEFAULT_BENCHMARK}, unless --point is given)",
     )
-    parser.add_argument("--images-per-s", type=positive_float, required=True, help="the rate to serve, images per second")
-    parser.add_argument("--p99-ms", type=positive_float, required=True, help="the 99th-percentile latency each replica must stay under")
+    parser.add_argument(
+        "--images-per-s", type=positive_float, required=True, help="the rate to serve, images per second"
+    )
+    parser.add_argument(
+        "--p99-ms", type=positive_float, required=True, help="the 99th-percentile latency each replica must stay under"
+    )
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="which endpoint of the benchmark to plan for")
     parser.add_argument(
         "--point",
@@ -95,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "replicas": plan.replicas,
                     "spare": plan.spare,
                     "per_replica_images_per_s": plan.per_replica_images_per_s,
-                    "point": {"images_per_s": plan.point.images_per_s, "p99_ms": plan.point.p99_ms, "concurrency": plan.point.concurrency},
+                    "point": {
+                        "images_per_s": plan.point.images_per_s,
+                        "p99_ms": plan.point.p99_ms,
+                        "concurrency": plan.point.concurrency,
+                    },
                 },
                 indent=2,
             )

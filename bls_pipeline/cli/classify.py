@@ -58,7 +58,7 @@ examples:
   classify cat.jpg --url http://10.0.0.5:8000       HTTP: the scheme names the protocol
   classify photos/ --jsonl > out.jsonl              one JSON object per line, written as files complete
 
-Folders are searched recursively for {' '.join(sorted(IMAGE_EXTENSIONS))} (any case);
+Folders are searched recursively for {" ".join(sorted(IMAGE_EXTENSIONS))} (any case);
 files named explicitly are sent whatever their extension. Start a server with
 tools/serve.py --model-repository build/model_repository. A progress bar is drawn on
 stderr when stderr is a terminal.

@@ -29,10 +29,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP)
-    parser.add_argument("--repository", type=Path, default=ROOT / "build" / "model_repository", help="where the repository is built")
+    parser = argparse.ArgumentParser(
+        prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP
+    )
+    parser.add_argument(
+        "--repository", type=Path, default=ROOT / "build" / "model_repository", help="where the repository is built"
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the repository even if it exists")
-    parser.add_argument("images", nargs="*", default=[os.path.relpath(ROOT / "samples")], help="images or folders to classify (default: samples/)")
+    parser.add_argument(
+        "images",
+        nargs="*",
+        default=[os.path.relpath(ROOT / "samples")],
+        help="images or folders to classify (default: samples/)",
+    )
     return parser.parse_args(argv)
 
 
@@ -69,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"using the repository in {args.repository} (--rebuild to build it again)")
         print("starting a local tritonserver on 127.0.0.1 ...", flush=True)
-        with LocalTritonServer(ServerOptions(model_repository=args.repository, http_port=0, grpc_port=0, metrics_port=0)) as server:
+        with LocalTritonServer(
+            ServerOptions(model_repository=args.repository, http_port=0, grpc_port=0, metrics_port=0)
+        ) as server:
             print(describe_hosting(server), flush=True)
             print(f"ready at {server.url}; classifying {' '.join(args.images)}", flush=True)
             # The client's default protocol, on whichever port the server picked for it.

@@ -38,12 +38,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="a running server's gRPC endpoint, host:port")
     where.add_argument("--model-repository", type=Path, help="start a local server on this repository (free ports)")
-    parser.add_argument("--max-queue-size", type=int, help="with --model-repository: serve a copy with this classifier max_queue_size")
-    parser.add_argument("--queue-timeout-ms", type=int, help="with --model-repository: serve a copy with this queue timeout")
-    parser.add_argument("--multiples", type=positive_float, nargs="+", default=[4.0], help="offered rates, as multiples of the measured capacity")
+    parser.add_argument(
+        "--max-queue-size", type=int, help="with --model-repository: serve a copy with this classifier max_queue_size"
+    )
+    parser.add_argument(
+        "--queue-timeout-ms", type=int, help="with --model-repository: serve a copy with this queue timeout"
+    )
+    parser.add_argument(
+        "--multiples",
+        type=positive_float,
+        nargs="+",
+        default=[4.0],
+        help="offered rates, as multiples of the measured capacity",
+    )
     parser.add_argument("--rate", type=positive_float, help="one offered rate in requests/s instead of --multiples")
     parser.add_argument("--duration", type=positive_float, default=20.0, help="seconds of each open-loop run")
-    parser.add_argument("--capacity-duration", type=positive_float, default=10.0, help="seconds of each closed-loop capacity run")
+    parser.add_argument(
+        "--capacity-duration", type=positive_float, default=10.0, help="seconds of each closed-loop capacity run"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="senders of the closed-loop capacity runs")
     parser.add_argument("--json-out", type=Path, help="write every run's summary as JSON")
     args = parser.parse_args(argv)
@@ -63,11 +75,20 @@ def measure(url: str, args: argparse.Namespace, queue: dict) -> dict:
     runs = []
     for rate in rates:
         report = open_loop(url, requests, rate_rps=rate, duration_s=args.duration)
-        print(format_report(report, f"\nopen loop at {rate / max(capacity.throughput_rps, 1e-9):.1f}x capacity"), flush=True)
+        print(
+            format_report(report, f"\nopen loop at {rate / max(capacity.throughput_rps, 1e-9):.1f}x capacity"),
+            flush=True,
+        )
         runs.append(report.to_dict())
     after = closed_loop(url, requests, concurrency=args.concurrency, duration_s=args.capacity_duration)
     print(format_report(after, "\ncapacity right after"), flush=True)
-    return {"queue": queue, "photos": list(PHOTOS), "capacity_before": capacity.to_dict(), "open_loop": runs, "capacity_after": after.to_dict()}
+    return {
+        "queue": queue,
+        "photos": list(PHOTOS),
+        "capacity_before": capacity.to_dict(),
+        "open_loop": runs,
+        "capacity_after": after.to_dict(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="overload-") as workdir:
                 repository = Path(workdir) / "model_repository"
                 shutil.copytree(args.model_repository, repository, symlinks=True)
-                policy = change_queue_policy(repository, max_queue_size=args.max_queue_size, timeout_ms=args.queue_timeout_ms)
+                policy = change_queue_policy(
+                    repository, max_queue_size=args.max_queue_size, timeout_ms=args.queue_timeout_ms
+                )
                 queue = {"max_queue_size": policy.max_queue_size, "timeout_ms": policy.timeout_ms}
                 print(f"classifier queue: {queue}", flush=True)
                 with LocalTritonServer(ServerOptions(repository, http_port=0, grpc_port=0, metrics_port=0)) as server:

@@ -32,12 +32,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY, help="repository to serve")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)"
+    )
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (0: pick a free one)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: pick a free one)")
     parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: pick a free one)")
-    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server to be ready")
-    parser.add_argument("--log-file", type=Path, help="server log file (default: a file in a temporary directory, printed at start)")
+    parser.add_argument(
+        "--startup-timeout", type=float, default=300.0, help="seconds to wait for the server to be ready"
+    )
+    parser.add_argument(
+        "--log-file", type=Path, help="server log file (default: a file in a temporary directory, printed at start)"
+    )
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
     parser.add_argument(
         "--shm-size-mb",
@@ -87,16 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_hosting(server), flush=True)
     closed = ", ".join(RESTRICTED_APIS)
     if server.admin_key_source == "random":
-        print(f"admin APIs ({closed}): closed to every client (no --admin-key-file, ${KEY_FILE_ENV} or ${KEY_ENV})", flush=True)
+        print(
+            f"admin APIs ({closed}): closed to every client (no --admin-key-file, ${KEY_FILE_ENV} or ${KEY_ENV})",
+            flush=True,
+        )
     else:
-        print(f"admin APIs ({closed}): need the {ADMIN_HEADER} header, key from {args.admin_key_file or server.admin_key_source}", flush=True)
+        print(
+            f"admin APIs ({closed}): need the {ADMIN_HEADER} header, key from {args.admin_key_file or server.admin_key_source}",
+            flush=True,
+        )
     try:
         print(f"memory: {server.sizing.describe() if server.sizing else 'Triton defaults'}", flush=True)
-        print(f"ready: {server.url} (gRPC {server.grpc_url}, metrics "
-              f"{options.host}:{options.metrics_port}); log: {server.log_path}; Ctrl-C stops", flush=True)
+        print(
+            f"ready: {server.url} (gRPC {server.grpc_url}, metrics "
+            f"{options.host}:{options.metrics_port}); log: {server.log_path}; Ctrl-C stops",
+            flush=True,
+        )
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
-                print(f"serve: error: tritonserver exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
+                print(
+                    f"serve: error: tritonserver exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr
+                )
                 return ExitCode.SERVER
     finally:
         print("stopping tritonserver ...", flush=True)

@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
-        "--url", help="a running server's endpoint: host:port for the client's default protocol (gRPC), or with http:// or grpc://"
+        "--url",
+        help="a running server's endpoint: host:port for the client's default protocol (gRPC), or with http:// or grpc://",
     )
     where.add_argument(
         "--model-repository",
@@ -64,8 +65,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help=f"photographs in each good request ({DEFAULT_IMAGES_PER_REQUEST}: the client's default batch)",
     )
-    parser.add_argument("--protocol", choices=PROTOCOLS, help=f"the client's protocol (default: the --url scheme, else {DEFAULT_PROTOCOL})")
-    parser.add_argument("--form", choices=FORMS, default=DEFAULT_FORM, help="how the images travel (the client's --form)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help=f"the client's protocol (default: the --url scheme, else {DEFAULT_PROTOCOL})",
+    )
+    parser.add_argument(
+        "--form", choices=FORMS, default=DEFAULT_FORM, help="how the images travel (the client's --form)"
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     parser.add_argument("--bad-fraction", type=float, default=0.2, help="share of requests that carry a bad image")
     parser.add_argument(

@@ -69,7 +69,9 @@ def operating_points(benchmark: Mapping[str, Any], endpoint: str = DEFAULT_ENDPO
         raise CapacityError(f"unsupported benchmark schema_version {benchmark.get('schema_version')!r} (expected 1)")
     endpoints = benchmark.get("endpoints", {})
     if endpoint not in endpoints:
-        raise CapacityError(f"no endpoint {endpoint!r} in the benchmark; it has {', '.join(sorted(endpoints)) or 'none'}")
+        raise CapacityError(
+            f"no endpoint {endpoint!r} in the benchmark; it has {', '.join(sorted(endpoints)) or 'none'}"
+        )
     points = []
     for run in endpoints[endpoint].values():
         try:

@@ -92,11 +92,7 @@ class LoadReport:
             "shed_reasons": dict(self.shed_reasons),
             "failures": dict(self.failures),
             "throughput_rps": self.throughput_rps,
-            **{
-                f"{outcome}_p{q}_ms": self.p(outcome, q) * 1e3
-                for outcome in (OK, SHED)
-                for q in (50, 99)
-            },
+            **{f"{outcome}_p{q}_ms": self.p(outcome, q) * 1e3 for outcome in (OK, SHED) for q in (50, 99)},
             "ok_max_ms": max(self.latencies_s[OK], default=0.0) * 1e3,
         }
 
@@ -136,7 +132,10 @@ def open_loop(
         raise ValueError(f"rate and duration must be positive, got {rate_rps} and {duration_s}")
     report = LoadReport(rate_rps=rate_rps, duration_s=duration_s)
     interval = 1.0 / rate_rps
-    with _client(url, answer_timeout_s) as client, ThreadPoolExecutor(max_in_flight, thread_name_prefix="open-loop") as pool:
+    with (
+        _client(url, answer_timeout_s) as client,
+        ThreadPoolExecutor(max_in_flight, thread_name_prefix="open-loop") as pool,
+    ):
         start = time.monotonic()
         index = 0
         while True:
@@ -190,7 +189,10 @@ def format_report(report: LoadReport, title: str = "") -> str:
     rate = f"{report.rate_rps:.1f} requests/s offered" if report.rate_rps else "closed loop"
     rows = [
         ("load", f"{rate} for {report.duration_s:.0f} s: {report.sent} sent"),
-        ("classified", f"{d['ok']} ({report.throughput_rps:.1f}/s), p50 {d['ok_p50_ms']:.0f} ms, p99 {d['ok_p99_ms']:.0f} ms, max {d['ok_max_ms']:.0f} ms"),
+        (
+            "classified",
+            f"{d['ok']} ({report.throughput_rps:.1f}/s), p50 {d['ok_p50_ms']:.0f} ms, p99 {d['ok_p99_ms']:.0f} ms, max {d['ok_max_ms']:.0f} ms",
+        ),
         ("shed (UNAVAILABLE)", f"{d['shed']}, p50 {d['shed_p50_ms']:.0f} ms, p99 {d['shed_p99_ms']:.0f} ms"),
         *((f"  {reason}", str(n)) for reason, n in sorted(report.shed_reasons.items())),
         ("failed otherwise", str(d["failed"])),

@@ -119,8 +119,12 @@ def build_samples(seed: int = 0, form: str = DEFAULT_FORM) -> tuple[list[Sample]
     rng = np.random.default_rng(seed)
     bad = [
         Sample("empty", (b"",), "image 0: empty image"),
-        Sample("all-zero row", (bytes(4096),), "image 0: empty image" if form == PADDED_FORM else "image 0: not an image"),
-        Sample("random bytes", (b"\x17" + rng.integers(0, 256, 4095, dtype=np.uint8).tobytes(),), "image 0: not an image"),
+        Sample(
+            "all-zero row", (bytes(4096),), "image 0: empty image" if form == PADDED_FORM else "image 0: not an image"
+        ),
+        Sample(
+            "random bytes", (b"\x17" + rng.integers(0, 256, 4095, dtype=np.uint8).tobytes(),), "image 0: not an image"
+        ),
         Sample("cut JPEG", (cut,), "image 0: truncated JPEG"),
         Sample("corrupt PNG data", (corrupt,), "image 0: cannot be decoded"),
         Sample("65000x65000 header", (huge_jpeg_header(),), "image 0: declares 65000x65000"),
@@ -366,7 +370,11 @@ class SoakReport:
 
     def growth_verdicts(self, max_growth: float) -> dict[str, tuple[float, bool]]:
         """``{"RSS": (percent, within), "/dev/shm": ..., "GPU memory": ...}`` for the readings there are."""
-        figures = {"RSS": self.rss_growth_percent, "/dev/shm": self.shm_growth_percent, "GPU memory": self.gpu_growth_percent}
+        figures = {
+            "RSS": self.rss_growth_percent,
+            "/dev/shm": self.shm_growth_percent,
+            "GPU memory": self.gpu_growth_percent,
+        }
         return {name: (value, value < max_growth) for name, value in figures.items() if value is not None}
 
     def to_dict(self) -> dict:
@@ -380,7 +388,9 @@ class SoakReport:
         return data
 
 
-def choose(samples_good: Sequence[Sample], samples_bad: Sequence[Sample], n: int, bad_fraction: float, seed: int) -> list[Sample]:
+def choose(
+    samples_good: Sequence[Sample], samples_bad: Sequence[Sample], n: int, bad_fraction: float, seed: int
+) -> list[Sample]:
     """The ``n`` requests of a soak, in order: a seeded mix, bad ones cycling through every kind."""
     rng = random.Random(seed)
     return [_draw(rng, samples_good, samples_bad, bad_fraction) for _ in range(n)]
@@ -398,7 +408,10 @@ def photo_batches(good: Sequence[Sample], images_per_request: int) -> list[Sampl
         return list(good)
     images = [image for sample in good for image in sample.images]
     return [
-        Sample(f"{images_per_request} photographs", tuple(images[(start + i) % len(images)] for i in range(images_per_request)))
+        Sample(
+            f"{images_per_request} photographs",
+            tuple(images[(start + i) % len(images)] for i in range(images_per_request)),
+        )
         for start in range(len(images))
     ]
 
@@ -462,7 +475,9 @@ def run_soak(
             return _draw(rng, good, bad, options.bad_fraction)
 
     def worker() -> None:
-        with ClassifierClient(options.url, protocol=options.protocol, form=options.form, timeout_s=options.timeout_s) as client:
+        with ClassifierClient(
+            options.url, protocol=options.protocol, form=options.form, timeout_s=options.timeout_s
+        ) as client:
             while (sample := next_sample(time.perf_counter() - started)) is not None:
                 sent = time.perf_counter()
                 status, message = _send(client, sample)
@@ -487,7 +502,9 @@ def run_soak(
                 with lock:
                     trace.append((elapsed, done, snapshot))
             if progress is not None:
-                progress(f"{elapsed:.0f}/{options.duration_s:.0f} s, {done} requests, {tally.count(UNEXPECTED)} unexpected")
+                progress(
+                    f"{elapsed:.0f}/{options.duration_s:.0f} s, {done} requests, {tally.count(UNEXPECTED)} unexpected"
+                )
 
     def reporter() -> None:
         every = max(1, options.requests // 10)
@@ -555,14 +572,22 @@ def format_report(report: SoakReport, max_growth: float | None = None) -> str:
             m = report.memory[phase]
             gpu = "" if m.gpu_total_mib is None else f", GPU {m.gpu_total_mib} MiB"
             rows.append(
-                (f"memory at {phase}", f"RSS {m.rss_kib / 1024:.1f} MiB ({m.processes} processes), /dev/shm {m.shm_bytes / 2**20:.1f} MiB{gpu}")
+                (
+                    f"memory at {phase}",
+                    f"RSS {m.rss_kib / 1024:.1f} MiB ({m.processes} processes), /dev/shm {m.shm_bytes / 2**20:.1f} MiB{gpu}",
+                )
             )
     if "warm" in report.memory and "end" in report.memory:
         warm, end = report.memory["warm"], report.memory["end"]
         for name in warm.by_process:
             if name in end.by_process:
                 before, after = warm.by_process[name], end.by_process[name]
-                rows.append((f"  RSS {name}", f"{before / 1024:.1f} -> {after / 1024:.1f} MiB ({growth_percent(before, after):+.1f} %)"))
+                rows.append(
+                    (
+                        f"  RSS {name}",
+                        f"{before / 1024:.1f} -> {after / 1024:.1f} MiB ({growth_percent(before, after):+.1f} %)",
+                    )
+                )
         for name in warm.gpu_mib or {}:
             if end.gpu_mib and name in end.gpu_mib:
                 before, after = warm.gpu_mib[name], end.gpu_mib[name]
@@ -572,7 +597,12 @@ def format_report(report: SoakReport, max_growth: float | None = None) -> str:
         rows.append(("RSS + shm growth after warm-up", f"{report.total_growth_percent:+.2f} %"))
     if max_growth is not None:
         for name, (value, within) in report.growth_verdicts(max_growth).items():
-            rows.append((f"verdict: {name}", f"{value:+.2f} % after warm-up: {'ok' if within else 'FAILED'} (limit {max_growth:g} %)"))
+            rows.append(
+                (
+                    f"verdict: {name}",
+                    f"{value:+.2f} % after warm-up: {'ok' if within else 'FAILED'} (limit {max_growth:g} %)",
+                )
+            )
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if report.unexpected_examples:

@@ -68,9 +68,7 @@ def efficientnet_lite0(num_classes: int = 1000, image_size: int = 224) -> nn.Mod
     """
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_name(
-        "efficientnet-lite0", num_classes=num_classes, image_size=image_size
-    )
+    return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, image_size=image_size)
 
 
 # --- NVIDIA DeepLearningExamples layout -------------------------------------------------
@@ -128,9 +126,7 @@ class _DleSqueezeExcitation(nn.Module):
 class _DleMBConv(nn.Module):
     """Inverted residual block; keys ``expand``, ``depsep``, ``se``, ``proj``."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.residual = stride == 1 and in_channels == out_channels
@@ -152,9 +148,7 @@ class DleEfficientNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        self.stem = _dle_conv_bn(
-            3, B0_STEM_CHANNELS, 3, stride=2, activation_name="activation"
-        )
+        self.stem = _dle_conv_bn(3, B0_STEM_CHANNELS, 3, stride=2, activation_name="activation")
         layers = []
         for stage in B0_STAGES:
             blocks = OrderedDict(
@@ -163,9 +157,7 @@ class DleEfficientNet(nn.Module):
             )
             layers.append(nn.Sequential(blocks))
         self.layers = nn.Sequential(*layers)
-        self.features = _dle_conv_bn(
-            B0_STAGES[-1].out_channels, B0_HEAD_CHANNELS, 1, activation_name="activation"
-        )
+        self.features = _dle_conv_bn(B0_STAGES[-1].out_channels, B0_HEAD_CHANNELS, 1, activation_name="activation")
         self.classifier = nn.Sequential(
             OrderedDict(
                 [
@@ -234,9 +226,7 @@ class _TvSqueezeExcitation(nn.Module):
 class _TvMBConv(nn.Module):
     """torchvision's ``MBConv``: everything under an index-keyed ``block`` Sequential."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.use_res_connect = stride == 1 and in_channels == out_channels

@@ -193,9 +193,7 @@ def _read_weights_only(path: Path) -> object:
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     # Training scripts nest the weights next to epoch counters and optimizer state.
-    while isinstance(obj, Mapping) and not all(
-        isinstance(value, torch.Tensor) for value in obj.values()
-    ):
+    while isinstance(obj, Mapping) and not all(isinstance(value, torch.Tensor) for value in obj.values()):
         wrapper = next((key for key in _WRAPPER_KEYS if isinstance(obj.get(key), Mapping)), None)
         if wrapper is None:
             shown = ", ".join(repr(key) for key in list(obj)[:_KEYS_SHOWN])
@@ -207,9 +205,7 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
         obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return {
-        key.removeprefix(_DATA_PARALLEL_PREFIX): value for key, value in obj.items()
-    }
+    return {key.removeprefix(_DATA_PARALLEL_PREFIX): value for key, value in obj.items()}
 
 
 def _mismatch_message(
@@ -266,9 +262,7 @@ def model_from_checkpoint(checkpoint: Any, arch: str, path: str | Path) -> nn.Mo
     expected = model.state_dict()
     # Checkpoints from old PyTorch versions lack BatchNorm's step counters; load_state_dict
     # fills them in, and inference never reads them.
-    missing = [
-        key for key in expected if key not in state and not key.endswith(".num_batches_tracked")
-    ]
+    missing = [key for key in expected if key not in state and not key.endswith(".num_batches_tracked")]
     unexpected = [key for key in state if key not in expected]
     if missing or unexpected:
         raise CheckpointError(_mismatch_message(spec, path, missing, unexpected, state.keys()))

@@ -53,9 +53,7 @@ class PreprocessingSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.crop <= self.resize_shorter:
-            raise ConfigError(
-                f"crop ({self.crop}) must be positive and at most resize_shorter ({self.resize_shorter})"
-            )
+            raise ConfigError(f"crop ({self.crop}) must be positive and at most resize_shorter ({self.resize_shorter})")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"unknown interpolation {self.interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}"

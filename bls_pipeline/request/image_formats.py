@@ -80,8 +80,22 @@ _GIF_TRAILER = 0x3B
 
 # Bytes of one value of each TIFF field type (TIFF 6.0 section 2, plus BigTIFF's 8-byte types).
 _TIFF_TYPE_SIZES = {
-    1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
-    16: 8, 17: 8, 18: 8,
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
 }
 # (offsets tag, byte counts tag): strips, tiles, and an old-style JPEG stream.
 _TIFF_DATA_TAGS = ((273, 279), (324, 325), (513, 514))
@@ -117,8 +131,7 @@ def truncated_format(data: Buffer, formats: Collection[str]) -> str | None:
         return None
     for fmt, parts in _SIGNATURES:
         if fmt in formats and all(
-            head[offset : offset + len(magic)] == magic[: max(0, len(head) - offset)]
-            for offset, magic in parts
+            head[offset : offset + len(magic)] == magic[: max(0, len(head) - offset)] for offset, magic in parts
         ):
             return fmt
     return None
@@ -267,9 +280,7 @@ def tiff_structure_end(data: Buffer) -> int | None:
     return end
 
 
-def _tiff_values(
-    data: memoryview, order: str, field_type: int, n_values: int, value_at: int
-) -> np.ndarray:
+def _tiff_values(data: memoryview, order: str, field_type: int, n_values: int, value_at: int) -> np.ndarray:
     """Read a field's SHORT/LONG/IFD values as int64 (inline when they fit in 4 bytes)."""
     dtypes = {3: "u2", 4: "u4", 13: "u4"}
     if field_type not in dtypes:

@@ -68,9 +68,7 @@ class ImageHeader:
         return self.width * self.height
 
 
-def check_image(
-    data: bytes | bytearray | memoryview, *, max_bytes: int, max_pixels: int
-) -> ImageHeader:
+def check_image(data: bytes | bytearray | memoryview, *, max_bytes: int, max_pixels: int) -> ImageHeader:
     """Return the header of ``data`` if the endpoint may decode it, else raise.
 
     Raises :class:`ImageHeaderError` if ``data`` is empty or longer than ``max_bytes``, is
@@ -85,8 +83,7 @@ def check_image(
     header = read_header(data)
     if header.pixels > max_pixels:
         raise ImageHeaderError(
-            f"declares {header.width}x{header.height} = {header.pixels} pixels, "
-            f"over the limit of {max_pixels} pixels"
+            f"declares {header.width}x{header.height} = {header.pixels} pixels, over the limit of {max_pixels} pixels"
         )
     check_complete(data, header.format)
     return header
@@ -152,9 +149,7 @@ def _identify(view: memoryview) -> str:
     if fmt in ACCEPTED_FORMATS:
         return fmt
     if fmt is not None:
-        raise ImageHeaderError(
-            f"{FORMAT_NAMES[fmt]} images are not accepted; accepted formats: {_ACCEPTED_LIST}"
-        )
+        raise ImageHeaderError(f"{FORMAT_NAMES[fmt]} images are not accepted; accepted formats: {_ACCEPTED_LIST}")
     # A prefix of a signature is a truncated image, which deserves that message.
     fmt = truncated_format(view, ACCEPTED_FORMATS)
     if fmt is None:
@@ -194,9 +189,7 @@ def _jpeg_frame(view: memoryview) -> tuple[int, int, int]:
         if marker in (0x00, 0xD8, 0xDA):
             # A stuffed byte, a second SOI or a scan before the frame header: libjpeg refuses
             # all three, and walking on would read entropy-coded data as segments.
-            raise ImageHeaderError(
-                f"corrupt JPEG header (marker FF {marker:02X} at byte {pos - 2})"
-            )
+            raise ImageHeaderError(f"corrupt JPEG header (marker FF {marker:02X} at byte {pos - 2})")
         if pos + 2 > end:
             raise ImageHeaderError("truncated JPEG header")
         (length,) = struct.unpack_from(">H", view, pos)
@@ -210,9 +203,7 @@ def _jpeg_frame(view: memoryview) -> tuple[int, int, int]:
             height, width = struct.unpack_from(">HH", view, pos + 3)
             return width, height, pos
         pos += length
-    raise ImageHeaderError(
-        f"corrupt JPEG header (over {MAX_JPEG_SEGMENTS} segments before the frame header)"
-    )
+    raise ImageHeaderError(f"corrupt JPEG header (over {MAX_JPEG_SEGMENTS} segments before the frame header)")
 
 
 def _png_size(view: memoryview) -> tuple[int, int]:

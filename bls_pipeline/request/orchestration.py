@@ -100,7 +100,9 @@ def prepare_request(
     """
     if (rows is None) == (encoded is None):
         given = "both" if rows is not None else "neither"
-        raise InvalidRequestError(f"a request carries exactly one of the inputs {IMAGE_INPUT} or {IMAGE_BYTES_INPUT}, got {given}")
+        raise InvalidRequestError(
+            f"a request carries exactly one of the inputs {IMAGE_INPUT} or {IMAGE_BYTES_INPUT}, got {given}"
+        )
     images = _padded_images(rows, settings) if rows is not None else _encoded_images(encoded, settings)
     k = parse_top_k(top_k, num_classes, default=settings.default_top_k)
     checked = []

@@ -89,9 +89,7 @@ def _row_array(row: np.ndarray | bytes | bytearray | memoryview) -> np.ndarray:
     """View a row as contiguous 1-D ``uint8`` without copying; other arrays are rejected."""
     if isinstance(row, np.ndarray):
         if row.ndim != 1 or row.dtype != np.uint8:
-            raise InvalidRequestError(
-                f"an image row must be 1-D uint8, got {row.ndim}-D {row.dtype}"
-            )
+            raise InvalidRequestError(f"an image row must be 1-D uint8, got {row.ndim}-D {row.dtype}")
         return np.ascontiguousarray(row)
     return np.frombuffer(row, dtype=np.uint8)
 

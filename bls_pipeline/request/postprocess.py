@@ -169,8 +169,6 @@ def map_labels(class_ids: np.ndarray, labels: Sequence[str] | np.ndarray) -> np.
     ids = np.asarray(class_ids)
     if ids.size and (ids.min() < 0 or ids.max() >= len(labels)):
         bad = int(ids.max()) if ids.max() >= len(labels) else int(ids.min())
-        raise ConfigError(
-            f"class id {bad} has no label: {len(labels)} labels do not match the model's classes"
-        )
+        raise ConfigError(f"class id {bad} has no label: {len(labels)} labels do not match the model's classes")
     table = labels if isinstance(labels, np.ndarray) else label_table(labels)
     return table[ids]

@@ -153,7 +153,9 @@ def gpu_runtime_missing() -> str | None:
         return "no GPU network runtime: neither TensorRT, torch with CUDA nor ONNX Runtime is importable"
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return None
-    return "no GPU network runtime: no TensorRT, torch sees no CUDA device and ONNX Runtime has no CUDAExecutionProvider"
+    return (
+        "no GPU network runtime: no TensorRT, torch sees no CUDA device and ONNX Runtime has no CUDAExecutionProvider"
+    )
 
 
 def network_options(parameters: Mapping[str, str]) -> dict[str, Any]:

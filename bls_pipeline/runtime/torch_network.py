@@ -34,6 +34,7 @@ import numpy as np
 
 LOGGER = logging.getLogger(__name__)
 
+
 def batch_buckets(max_batch_size: int) -> list[int]:
     """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself.
 
@@ -88,7 +89,9 @@ class TorchCudaNetwork:
                 self._capture(bucket)
         LOGGER.info(
             "torch network on %s (%s, channels_last, CUDA graphs for batches %s)",
-            self.device, "FP16" if fp16 else "FP32", self.buckets if self._use_graphs else "off",
+            self.device,
+            "FP16" if fp16 else "FP32",
+            self.buckets if self._use_graphs else "off",
         )
 
     @classmethod
@@ -112,7 +115,9 @@ class TorchCudaNetwork:
             arch, image_size = str(saved["arch"]), int(saved["image_size"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} is not a network file of this package's build (no arch/image_size)") from exc
-        return cls(model_from_checkpoint(saved, arch, path), image_size=image_size, max_batch_size=max_batch_size, **kwargs)
+        return cls(
+            model_from_checkpoint(saved, arch, path), image_size=image_size, max_batch_size=max_batch_size, **kwargs
+        )
 
     def _capture(self, bucket: int) -> None:
         torch = self._torch

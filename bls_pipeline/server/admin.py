@@ -55,7 +55,9 @@ def check_key(key: str, source: str) -> str:
     if len(key) < MIN_KEY_LENGTH:
         raise AdminKeyError(f"the admin key from {source} has {len(key)} characters, needs at least {MIN_KEY_LENGTH}")
     if not _KEY.fullmatch(key):
-        raise AdminKeyError(f"the admin key from {source} may hold only letters, digits and _.~+/- (openssl rand -hex 32)")
+        raise AdminKeyError(
+            f"the admin key from {source} may hold only letters, digits and _.~+/- (openssl rand -hex 32)"
+        )
     return key
 
 
@@ -67,7 +69,9 @@ def admin_key(environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
         try:
             key = Path(path).read_text().strip()
         except OSError as exc:
-            raise AdminKeyError(f"cannot read the admin key file {path} ({KEY_FILE_ENV}): {exc.strerror or exc}") from None
+            raise AdminKeyError(
+                f"cannot read the admin key file {path} ({KEY_FILE_ENV}): {exc.strerror or exc}"
+            ) from None
         return check_key(key, f"{KEY_FILE_ENV}={path}"), path
     if environ.get(KEY_ENV):
         return check_key(environ[KEY_ENV].strip(), KEY_ENV), KEY_ENV
@@ -106,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     else:
-        print(f"admin: {', '.join(RESTRICTED_APIS)} APIs need the {ADMIN_HEADER} header (key from {source})", flush=True)
+        print(
+            f"admin: {', '.join(RESTRICTED_APIS)} APIs need the {ADMIN_HEADER} header (key from {source})", flush=True
+        )
     os.execvp(command[0], command)
     return 0  # not reached: execvp replaces the process
 

@@ -181,9 +181,7 @@ class LocalTritonServer:
         self.reloaded_models: list[str] = []
         try:
             self._admin_key, self.admin_key_source = (
-                (check_key(options.admin_key, "ServerOptions.admin_key"), "given")
-                if options.admin_key
-                else admin_key()
+                (check_key(options.admin_key, "ServerOptions.admin_key"), "given") if options.admin_key else admin_key()
             )
         except AdminKeyError as exc:
             raise ServerError(str(exc)) from None
@@ -210,7 +208,9 @@ class LocalTritonServer:
     def _environment(self, root: Path) -> dict[str, str]:
         env = dict(os.environ)
         libs = [str(root.parent.parent / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            libs + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+        )
         # The stub embeds libpython, which finds its prefix (and so this virtual
         # environment's site-packages) through the first python3 on PATH.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -288,7 +288,9 @@ class LocalTritonServer:
         """Start the server and wait until it is ready; raises :class:`ServerError` otherwise."""
         o = self.options
         if not Path(o.model_repository).is_dir():
-            raise ServerError(f"model repository {o.model_repository} does not exist: build it with tools/build_repo.py")
+            raise ServerError(
+                f"model repository {o.model_repository} does not exist: build it with tools/build_repo.py"
+            )
         for name in ("http_port", "grpc_port", "metrics_port"):
             if getattr(o, name) == 0:
                 setattr(o, name, free_port(o.host))
@@ -301,7 +303,9 @@ class LocalTritonServer:
                 "(with numpy 2 every tensor arrives empty): pip install 'numpy<2'"
             )
         self.sizing = ServerSizing.from_repository(Path(o.model_repository))
-        LOGGER.info("memory: %s", self.sizing.describe() if self.sizing else "Triton's defaults (no classifier repository)")
+        LOGGER.info(
+            "memory: %s", self.sizing.describe() if self.sizing else "Triton's defaults (no classifier repository)"
+        )
         self.native_backends = self._find_native_backends()
         self._workdir = Path(tempfile.mkdtemp(prefix="bls-triton-"))
         backends = self._stage_backends(root, self._workdir)

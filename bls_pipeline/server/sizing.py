@@ -54,7 +54,9 @@ class ServerSizing:
     @classmethod
     def defaults(cls) -> ServerSizing:
         """The sizes for a repository that is not this project's (no configs to read)."""
-        return cls(cuda_pool_bytes=0, shm_default_bytes=MIN_SHM_BYTES, shm_growth_bytes=MIN_SHM_BYTES, gpus=(), batch_bytes=0)
+        return cls(
+            cuda_pool_bytes=0, shm_default_bytes=MIN_SHM_BYTES, shm_growth_bytes=MIN_SHM_BYTES, gpus=(), batch_bytes=0
+        )
 
     @classmethod
     def from_repository(cls, repository: Path, gpus: tuple[int, ...] | None = None) -> ServerSizing | None:
@@ -150,7 +152,9 @@ def dev_shm_bytes(configs: Mapping[str, object], *, shm_default_byte_size: int, 
     from bls_pipeline.request.orchestration import ClassifierSettings
 
     classifier, network = configs[mc.CLASSIFIER], configs[mc.NETWORK]
-    settings = ClassifierSettings.from_parameters(mc.parameters_of(classifier), max_batch_size=classifier.max_batch_size)
+    settings = ClassifierSettings.from_parameters(
+        mc.parameters_of(classifier), max_batch_size=classifier.max_batch_size
+    )
     batch = settings.max_batch_size
     images = batch * settings.max_image_bytes
     dali = ServerSizing.from_configs(configs[mc.PREPROCESSING], network).batch_bytes

@@ -128,7 +128,9 @@ class ClassifierMetrics:
     server for its metrics.
     """
 
-    def __init__(self, *, model: str, version: str, max_batch_size: int, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self, *, model: str, version: str, max_batch_size: int, flush_interval_s: float = FLUSH_INTERVAL_S
+    ) -> None:
         import triton_python_backend_utils as pb_utils
 
         labels = {"model": model, "version": version}

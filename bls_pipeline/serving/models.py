@@ -202,7 +202,10 @@ class ClassifierModel:
             preprocess=self.timer.timed(
                 "preprocessing",
                 lambda rows: call_model(
-                    wiring.preprocessing_model, {wiring.preprocessing_input: rows}, wiring.preprocessing_output, gpu_id=gpu_id
+                    wiring.preprocessing_model,
+                    {wiring.preprocessing_input: rows},
+                    wiring.preprocessing_output,
+                    gpu_id=gpu_id,
                 ),
             ),
             infer=self.timer.timed(
@@ -210,7 +213,9 @@ class ClassifierModel:
                 lambda batch: host_array(
                     wiring.network_model,
                     call_model(
-                        wiring.network_model, {wiring.network_input: network_input(batch, wiring)}, wiring.network_output
+                        wiring.network_model,
+                        {wiring.network_input: network_input(batch, wiring)},
+                        wiring.network_output,
                     ),
                 ),
             ),
@@ -328,7 +333,10 @@ class PreprocessingModel:
         if self.runner.on_device:
             import torch
 
-            return [pb_utils.Tensor.from_dlpack(self.output_name, part) for part in torch.split(self.runner.on_gpu(rows), counts)]
+            return [
+                pb_utils.Tensor.from_dlpack(self.output_name, part)
+                for part in torch.split(self.runner.on_gpu(rows), counts)
+            ]
         return [pb_utils.Tensor(self.output_name, part) for part in np.split(self.runner(rows), np.cumsum(counts)[:-1])]
 
 

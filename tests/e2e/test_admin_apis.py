@@ -58,15 +58,21 @@ def shm_region():
 def _calls(client, shm_key: str):
     """Each closed API as one call taking the request headers."""
     return {
-        "register shared memory": lambda headers: client.register_system_shared_memory("bls_admin_test", shm_key, 64, headers=headers),
-        "trace settings": lambda headers: client.update_trace_settings(settings={"trace_rate": "1000"}, headers=headers),
+        "register shared memory": lambda headers: client.register_system_shared_memory(
+            "bls_admin_test", shm_key, 64, headers=headers
+        ),
+        "trace settings": lambda headers: client.update_trace_settings(
+            settings={"trace_rate": "1000"}, headers=headers
+        ),
         "log settings": lambda headers: client.update_log_settings(settings={"log_verbose_level": 0}, headers=headers),
         "unload a model": lambda headers: client.unload_model("preprocessing", headers=headers),
         "load a model": lambda headers: client.load_model("preprocessing", headers=headers),
     }
 
 
-@pytest.mark.parametrize("api", ["register shared memory", "trace settings", "log settings", "unload a model", "load a model"])
+@pytest.mark.parametrize(
+    "api", ["register shared memory", "trace settings", "log settings", "unload a model", "load a model"]
+)
 def test_a_closed_api_is_refused_without_the_key_or_with_a_wrong_one(admin_client, shm_region, api):
     from tritonclient.utils import InferenceServerException
 

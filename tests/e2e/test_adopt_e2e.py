@@ -99,8 +99,14 @@ def server(adopted, tmp_path_factory: pytest.TempPathFactory):
 def test_the_build_prints_what_it_found_wrote_and_verified(adopted) -> None:
     repository, printed, hosting = adopted
     assert f"({'ensemble ' + ENSEMBLE})" in printed
-    assert "preprocessing (dali): DALI_INPUT UINT8 [-1] -> DALI_OUTPUT FP32 [3, 224, 224], max batch 32 (from config.pbtxt)" in printed
-    assert "efficientnet-b0 (onnx): images__0 FP32 [3, 224, 224] -> logits__0 FP32 [1000], max batch 32 (from config.pbtxt)" in printed
+    assert (
+        "preprocessing (dali): DALI_INPUT UINT8 [-1] -> DALI_OUTPUT FP32 [3, 224, 224], max batch 32 (from config.pbtxt)"
+        in printed
+    )
+    assert (
+        "efficientnet-b0 (onnx): images__0 FP32 [3, 224, 224] -> logits__0 FP32 [1000], max batch 32 (from config.pbtxt)"
+        in printed
+    )
     assert "classifier: new, max batch 64 (split into 32 for the sub-models)" in printed
     assert f"verified in process (cpu) on {len(sample_photos())} sample photographs" in printed
     assert "model.dali written beside your dali.py (cpu decoder for --device cpu)" in printed
@@ -143,7 +149,9 @@ def test_a_request_larger_than_the_models_max_batch_is_split_by_the_classifier(s
 
 def test_the_tutorials_printed_pipeline_is_refused_naming_the_file_line_and_name(network_file, tmp_path: Path) -> None:
     printed_as_is = write_tutorial_repository(tmp_path / "as_printed", network=network_file, as_printed=True)
-    status, _, errors = _build(["--from-repository", str(printed_as_is), "--output", str(tmp_path / "out"), "--device", "cpu"])
+    status, _, errors = _build(
+        ["--from-repository", str(printed_as_is), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    )
     dali_py = printed_as_is / "preprocessing" / "1" / "dali.py"
     assert status != 0
     assert errors.strip() == (
@@ -159,7 +167,18 @@ def test_a_network_file_with_names_of_its_own_is_served(hosting, network_file, t
         require_native_backends()
     output = tmp_path / "model_repository"
     status, printed, errors = _build(
-        ["--network", str(network_file), "--output", str(output), "--device", "cpu", "--hosting", hosting, "--max-batch-size", "8"]
+        [
+            "--network",
+            str(network_file),
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+            "--hosting",
+            hosting,
+            "--max-batch-size",
+            "8",
+        ]
     )
     assert status == 0, printed + errors
     assert "effnet.onnx (onnx, dynamic batch): images__0 FP32 [3, 224, 224] -> logits__0 FP32 [1000]" in printed
@@ -170,7 +189,18 @@ def test_a_network_file_with_names_of_its_own_is_served(hosting, network_file, t
 
 def test_a_network_that_does_not_fit_the_preprocessing_is_refused_in_one_line(network_file, tmp_path: Path) -> None:
     status, _, errors = _build(
-        ["--network", str(network_file), "--crop", "192", "--resize-shorter", "220", "--output", str(tmp_path / "out"), "--device", "cpu"]
+        [
+            "--network",
+            str(network_file),
+            "--crop",
+            "192",
+            "--resize-shorter",
+            "220",
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
     )
     assert status != 0
     assert errors.strip() == (
@@ -179,14 +209,20 @@ def test_a_network_that_does_not_fit_the_preprocessing_is_refused_in_one_line(ne
     )
 
 
-def test_a_network_with_fp16_inputs_gets_the_preprocessed_batch_cast_by_the_classifier(network_file, tmp_path: Path) -> None:
+def test_a_network_with_fp16_inputs_gets_the_preprocessed_batch_cast_by_the_classifier(
+    network_file, tmp_path: Path
+) -> None:
     require_native_backends()
     fp16 = rename_tensors(network_file, tmp_path / "effnet_fp16.onnx", fp16_input=True)
     tutorial = write_tutorial_repository(tmp_path / "tutorial", network=fp16, fp16_input=True)
     output = tmp_path / "adopted"
     arguments = ["--from-repository", str(tutorial), "--output", str(output), "--device", "cpu"]
     status, _, errors = _build(arguments)
-    assert status != 0 and "which Triton refuses at load (an ensemble does not cast; the classifier does): pass --no-keep-ensemble" in errors
+    assert (
+        status != 0
+        and "which Triton refuses at load (an ensemble does not cast; the classifier does): pass --no-keep-ensemble"
+        in errors
+    )
     status, printed, errors = _build([*arguments, "--no-keep-ensemble"])
     assert status == 0, printed + errors
     assert f"{ENSEMBLE}: left out (--no-keep-ensemble)" in printed and not (output / ENSEMBLE).exists()

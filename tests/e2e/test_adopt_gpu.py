@@ -70,7 +70,9 @@ def served(request, network_file: Path, tmp_path_factory: pytest.TempPathFactory
     output = root / "adopted"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = main(["--from-repository", str(tutorial), "--output", str(output), "--device", "gpu", "--hosting", hosting])
+        status = main(
+            ["--from-repository", str(tutorial), "--output", str(output), "--device", "gpu", "--hosting", hosting]
+        )
     print(printed.getvalue())
     assert status == 0, printed.getvalue()
     assert "verified in process (gpu)" in printed.getvalue() or "not verified here" in printed.getvalue()
@@ -86,7 +88,9 @@ def test_an_adopted_gpu_repository_classifies_the_samples_like_its_ensemble(serv
 
     photos = sample_photos()
     with ClassifierClient(served.url) as client:
-        by_classifier = [prediction.class_ids[0] for prediction in client.classify([p.read_bytes() for p in photos], top_k=1)]
+        by_classifier = [
+            prediction.class_ids[0] for prediction in client.classify([p.read_bytes() for p in photos], top_k=1)
+        ]
     client = httpclient.InferenceServerClient(host_port(served.url))
     try:
         by_ensemble = []

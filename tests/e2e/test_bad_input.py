@@ -65,7 +65,9 @@ VALID = {
     "PNG RGBA": lambda cat: encode(np.dstack([cat, np.full(cat.shape[:2], 255, np.uint8)]), "PNG"),
     "PNG palette": lambda cat: encode(Image.fromarray(cat).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
     "PNG grayscale": lambda cat: encode(Image.fromarray(cat).convert("L"), "PNG"),
-    "PNG 16-bit grayscale": lambda cat: encode(np.asarray(Image.fromarray(cat).convert("L")).astype(np.uint16) * 257, "PNG"),
+    "PNG 16-bit grayscale": lambda cat: encode(
+        np.asarray(Image.fromarray(cat).convert("L")).astype(np.uint16) * 257, "PNG"
+    ),
     "PNG 16-bit RGB": png_rgb16,
     "JPEG grayscale": lambda cat: encode(Image.fromarray(cat).convert("L"), "JPEG"),
     "JPEG CMYK": lambda cat: encode(Image.fromarray(cat).convert("CMYK"), "JPEG"),
@@ -145,17 +147,33 @@ def test_exif_orientation_is_applied_so_a_rotated_photo_scores_like_the_upright_
 
 BAD_IMAGES = [
     ("empty row", lambda cat, jpeg: b"", "image 0: empty image"),
-    ("random bytes", lambda cat, jpeg: b"\x17" + np.random.default_rng(0).bytes(5000), "image 0: not an image (unknown format, first bytes 17 "),
-    ("JPEG cut in half", lambda cat, jpeg: jpeg[: len(jpeg) // 2], "image 0: truncated JPEG (no end-of-image marker after the frame header)"),
+    (
+        "random bytes",
+        lambda cat, jpeg: b"\x17" + np.random.default_rng(0).bytes(5000),
+        "image 0: not an image (unknown format, first bytes 17 ",
+    ),
+    (
+        "JPEG cut in half",
+        lambda cat, jpeg: jpeg[: len(jpeg) // 2],
+        "image 0: truncated JPEG (no end-of-image marker after the frame header)",
+    ),
     ("PNG cut in half", lambda cat, jpeg: encode(cat, "PNG")[:50_000], "image 0: truncated PNG (no IEND chunk)"),
     # The decoder's own failure names its operator, which depends on the device (below).
-    ("PNG with corrupt pixel data", lambda cat, jpeg: corrupt_png_data(encode(cat, "PNG")), "image 0: {decoding_failure}"),
+    (
+        "PNG with corrupt pixel data",
+        lambda cat, jpeg: corrupt_png_data(encode(cat, "PNG")),
+        "image 0: {decoding_failure}",
+    ),
     (
         "65000x65000 header",
         lambda cat, jpeg: huge_jpeg_header(),
         "image 0: declares 65000x65000 = 4225000000 pixels, over the limit of 40000000 pixels",
     ),
-    ("GIF", lambda cat, jpeg: encode(cat, "GIF"), "image 0: GIF images are not accepted; accepted formats: JPEG, PNG, BMP, TIFF, WebP"),
+    (
+        "GIF",
+        lambda cat, jpeg: encode(cat, "GIF"),
+        "image 0: GIF images are not accepted; accepted formats: JPEG, PNG, BMP, TIFF, WebP",
+    ),
     (
         "JPEG 2000",
         lambda cat, jpeg: encode(cat, "JPEG2000"),
@@ -198,19 +216,53 @@ def test_the_server_keeps_serving_after_bad_images(client, cat_jpeg):
 
 # (name, the tensor for a classifier of max batch size M, its datatype, Triton's message)
 WRONG_TENSORS = [
-    ("FP32", lambda m: np.zeros((1, 64), np.float32), "FP32", "inference input 'IMAGE' data-type is 'FP32', but model 'classifier' expects 'UINT8'"),
-    ("INT8", lambda m: np.zeros((1, 64), np.int8), "INT8", "inference input 'IMAGE' data-type is 'INT8', but model 'classifier' expects 'UINT8'"),
+    (
+        "FP32",
+        lambda m: np.zeros((1, 64), np.float32),
+        "FP32",
+        "inference input 'IMAGE' data-type is 'FP32', but model 'classifier' expects 'UINT8'",
+    ),
+    (
+        "INT8",
+        lambda m: np.zeros((1, 64), np.int8),
+        "INT8",
+        "inference input 'IMAGE' data-type is 'INT8', but model 'classifier' expects 'UINT8'",
+    ),
     # With max_batch_size > 0 the first dimension is the batch: a 1-D tensor of 4M bytes is
     # 4M images of no bytes, and 8 bytes are 8 images of the wrong rank.
-    ("1-D", lambda m: np.zeros(4 * m, np.uint8), "UINT8", "inference request batch-size must be <= {m} for 'classifier'"),
-    ("1-D short", lambda m: np.zeros(8, np.uint8), "UINT8", "unexpected shape for input 'IMAGE' for model 'classifier'. Expected [-1,-1], got [8]"),
-    ("3-D", lambda m: np.zeros((1, 2, 64), np.uint8), "UINT8", "unexpected shape for input 'IMAGE' for model 'classifier'. Expected [-1,-1], got [1,2,64]"),
-    ("one image over max batch", lambda m: np.zeros((m + 1, 64), np.uint8), "UINT8", "inference request batch-size must be <= {m} for 'classifier'"),
+    (
+        "1-D",
+        lambda m: np.zeros(4 * m, np.uint8),
+        "UINT8",
+        "inference request batch-size must be <= {m} for 'classifier'",
+    ),
+    (
+        "1-D short",
+        lambda m: np.zeros(8, np.uint8),
+        "UINT8",
+        "unexpected shape for input 'IMAGE' for model 'classifier'. Expected [-1,-1], got [8]",
+    ),
+    (
+        "3-D",
+        lambda m: np.zeros((1, 2, 64), np.uint8),
+        "UINT8",
+        "unexpected shape for input 'IMAGE' for model 'classifier'. Expected [-1,-1], got [1,2,64]",
+    ),
+    (
+        "one image over max batch",
+        lambda m: np.zeros((m + 1, 64), np.uint8),
+        "UINT8",
+        "inference request batch-size must be <= {m} for 'classifier'",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "make", "datatype", "message"), WRONG_TENSORS, ids=[case[0] for case in WRONG_TENSORS])
-def test_a_tensor_of_the_wrong_type_or_shape_is_refused_by_triton(triton_server, max_batch_size, name, make, datatype, message):
+@pytest.mark.parametrize(
+    ("name", "make", "datatype", "message"), WRONG_TENSORS, ids=[case[0] for case in WRONG_TENSORS]
+)
+def test_a_tensor_of_the_wrong_type_or_shape_is_refused_by_triton(
+    triton_server, max_batch_size, name, make, datatype, message
+):
     # The GPU repository may be built for another max batch size than the CPU one (16).
     _, status, text = raw_infer(triton_server.url, make(max_batch_size), datatype)
     message = message.format(m=max_batch_size)

@@ -36,9 +36,10 @@ def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_ser
 
     images = [encode(photos[name], "JPEG", quality=90) for name in PHOTOS]
     # The ensembles feed IMAGE to DALI as it is: they take only the padded form.
-    with ClassifierClient(bench_server.url, form="padded") as bls, ClassifierClient(
-        bench_server.url, model_name=ENDPOINTS[endpoint], form="padded"
-    ) as other:
+    with (
+        ClassifierClient(bench_server.url, form="padded") as bls,
+        ClassifierClient(bench_server.url, model_name=ENDPOINTS[endpoint], form="padded") as other,
+    ):
         expected, got = bls.classify(images, top_k=3), other.classify(images, top_k=3)
 
     assert [p.class_ids[0] for p in got] == list(PHOTOS.values())
@@ -66,7 +67,9 @@ def test_quick_run_writes_a_complete_result_with_both_hostings_and_a_plot(native
 
     json_out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
 
-    assert main(["--repository", str(native_repository), "--quick", "--json-out", str(json_out), "--plot", str(plot)]) == 0
+    assert (
+        main(["--repository", str(native_repository), "--quick", "--json-out", str(json_out), "--plot", str(plot)]) == 0
+    )
 
     result = json.loads(json_out.read_text())
     check_result_schema(result)
@@ -84,7 +87,9 @@ def test_quick_run_writes_a_complete_result_with_both_hostings_and_a_plot(native
     assert result["ratios"]["bls_vs_inprocess"] == result["images_per_s"]["bls"] / result["images_per_s"]["pipelined"]
     assert {f"pipelined_{name}" for name in batches} <= set(result["cpu_ms_per_image"])
     # Server CPU per image for every endpoint and concurrency, and the in-process reference.
-    assert {f"{key}_c{c}" for key in ENDPOINTS for c in result["config"]["concurrencies"]} <= set(result["cpu_ms_per_image"])
+    assert {f"{key}_c{c}" for key in ENDPOINTS for c in result["config"]["concurrencies"]} <= set(
+        result["cpu_ms_per_image"]
+    )
     assert "inprocess_batch_1" in result["cpu_ms_per_image"]
     assert "bls_native_cpu_vs_inprocess" in result["targets"]
     assert result["machine"]["cpu_count"] >= 1

@@ -50,7 +50,9 @@ def test_a_sources_folder_without_the_archives_fails_in_one_line_naming_the_arch
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"build_backends: error: missing archive {sources.SOURCES[0].archive_name} in {empty}"
+    assert (
+        result.stderr.strip() == f"build_backends: error: missing archive {sources.SOURCES[0].archive_name} in {empty}"
+    )
 
 
 @pytest.mark.skipif(not build.DEFAULT_SOURCES.is_dir(), reason="no shared source archives")

@@ -17,7 +17,14 @@ from tests.conftest import PHOTOS, encode
 pytestmark = pytest.mark.e2e
 
 # Different sizes and both formats in one request: 451x300, 600x400, 640x427.
-MIXED_REQUEST = [("chelsea", "JPEG"), ("coffee", "PNG"), ("rocket", "JPEG"), ("coffee", "JPEG"), ("rocket", "PNG"), ("chelsea", "PNG")]
+MIXED_REQUEST = [
+    ("chelsea", "JPEG"),
+    ("coffee", "PNG"),
+    ("rocket", "JPEG"),
+    ("coffee", "JPEG"),
+    ("rocket", "PNG"),
+    ("chelsea", "PNG"),
+]
 # Lossless chelsea is a near tie for EfficientNet-Lite0: tiger cat (282) 0.364, Egyptian
 # cat (285) 0.360 (the JPEG: 285 at 0.380). Both cats lead; the order is not asserted.
 NEAR_TIE = {5: {282, 285}}
@@ -78,7 +85,9 @@ def test_the_served_preprocessing_equals_the_python_dali_pipeline(triton_server,
         served = client.infer(mc.PREPROCESSING, [tensor]).as_numpy(mc.DALI_OUTPUT)
     finally:
         client.close()
-    reference = DaliPreprocessor.from_file(built_repository / "preprocessing" / "1" / "dali.py", max_batch_size=16)(list(batch))
+    reference = DaliPreprocessor.from_file(built_repository / "preprocessing" / "1" / "dali.py", max_batch_size=16)(
+        list(batch)
+    )
 
     assert served.shape == reference.shape == (len(mixed_images), 3, 224, 224)
     np.testing.assert_allclose(served, reference, atol=1e-5, rtol=0)

@@ -195,7 +195,9 @@ def test_classify_prints_a_table_of_the_sample_photos(triton_server):
     assert len(rows) == 3 * 5
 
 
-@pytest.mark.parametrize("extra", [[], ["--batch-size", "1", "--concurrency", "3"]], ids=["one-batch", "batches-of-one"])
+@pytest.mark.parametrize(
+    "extra", [[], ["--batch-size", "1", "--concurrency", "3"]], ids=["one-batch", "batches-of-one"]
+)
 def test_classify_json_has_the_class_ids_of_the_sample_photos(triton_server, extra):
     result = run_tool("classify", "--url", triton_server.url, "--json", "--top-k", "3", *extra, "samples/")
 
@@ -271,8 +273,18 @@ def test_jsonl_has_one_object_per_file_in_order_with_errors_in_place(triton_serv
 
 def test_jsonl_lines_arrive_while_later_files_are_still_being_classified(triton_server, tmp_path):
     names = jsonl_folder(tmp_path, copies=30)
-    command = [sys.executable, "tools/classify.py", "--url", triton_server.url, "--jsonl",
-               "--batch-size", "1", "--concurrency", "1", str(tmp_path)]
+    command = [
+        sys.executable,
+        "tools/classify.py",
+        "--url",
+        triton_server.url,
+        "--jsonl",
+        "--batch-size",
+        "1",
+        "--concurrency",
+        "1",
+        str(tmp_path),
+    ]
 
     with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         first = process.stdout.readline()

@@ -98,7 +98,9 @@ def test_sigterm_under_load_drains_in_flight_requests_and_refuses_new_ones_clean
         outcomes: list[Outcome] = []
         readings: list[tuple[float, bool]] = []
         lock = threading.Lock()
-        threads = [threading.Thread(target=_sender, args=(grpc_url, requests, stop, outcomes, lock)) for _ in range(SENDERS)]
+        threads = [
+            threading.Thread(target=_sender, args=(grpc_url, requests, stop, outcomes, lock)) for _ in range(SENDERS)
+        ]
         threads.append(threading.Thread(target=_poll_ready, args=(http_url, stop, readings)))
         for thread in threads:
             thread.start()
@@ -129,10 +131,14 @@ def test_sigterm_under_load_drains_in_flight_requests_and_refuses_new_ones_clean
     assert refusals, "no request was sent after SIGTERM"
     not_ready = [t for t, ready in readings if t > terminated and not ready]
     assert not_ready and not_ready[0] <= min(o.answered for o in refusals)
-    flips = [(round(t - terminated, 2), ready) for (t, ready), (_, before) in zip(readings[1:], readings) if ready != before]
+    flips = [
+        (round(t - terminated, 2), ready) for (t, ready), (_, before) in zip(readings[1:], readings) if ready != before
+    ]
     assert sum(ready for t, ready in readings if t > not_ready[0]) <= 2, flips
     # Later requests were refused cleanly, each in one line.
     print(Counter(o.result.split(";")[0] for o in refusals))
     for outcome in refusals:
-        assert outcome.result.startswith(("shed: server stopping", "refused: ")) and "\n" not in outcome.result, outcome.result
+        assert outcome.result.startswith(("shed: server stopping", "refused: ")) and "\n" not in outcome.result, (
+            outcome.result
+        )
         assert outcome.answered - outcome.sent < 30.0

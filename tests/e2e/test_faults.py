@@ -57,7 +57,12 @@ def _send_until(url: str, image: bytes, stop: threading.Event, log: list[tuple[f
     ("hosting", "model"),
     # On Triton's own backends the classifier is the only Python-backend model, so the only
     # stub (on a GPU the network's stub runs beside it: the classifier's is the one killed).
-    [("python", "preprocessing"), ("native", "classifier"), ("gpu-python", "preprocessing"), ("gpu-native", "classifier")],
+    [
+        ("python", "preprocessing"),
+        ("native", "classifier"),
+        ("gpu-python", "preprocessing"),
+        ("gpu-native", "classifier"),
+    ],
 )
 def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recovers(
     request, hosting, model, tmp_path, cat_jpeg
@@ -82,7 +87,9 @@ def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recove
         killed_at = time.monotonic()
         os.kill(stub.pid, signal.SIGKILL)
         deadline = killed_at + 60
-        while time.monotonic() < deadline and not any(t > killed_at + 0.5 and e is None for log in logs for t, e in log):
+        while time.monotonic() < deadline and not any(
+            t > killed_at + 0.5 and e is None for log in logs for t, e in log
+        ):
             time.sleep(0.2)
         time.sleep(1.0)  # and keep serving a while after the recovery
         stop.set()
@@ -114,9 +121,13 @@ def test_killing_a_stub_fails_requests_in_flight_clearly_and_the_endpoint_recove
 
 
 @pytest.mark.parametrize("hosting", ["python", "gpu-python"])
-def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_ready(request, hosting, tmp_path, cat_jpeg):
+def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_ready(
+    request, hosting, tmp_path, cat_jpeg
+):
     # One preprocessing stub, so that killing it leaves none (a GPU build runs 2 instances).
-    repository = copy_repository(request.getfixturevalue(repository_fixture(hosting)), tmp_path / "repository", instances=1)
+    repository = copy_repository(
+        request.getfixturevalue(repository_fixture(hosting)), tmp_path / "repository", instances=1
+    )
     # A model whose stub is dead cannot unload: do not wait the default 10 s for it on stop.
     server = start_server(repository, tmp_path / "tritonserver.log", restart_dead_stubs=False, exit_timeout_s=1)
     try:
@@ -141,7 +152,9 @@ def test_without_the_watchdog_a_dead_stub_fails_every_request_while_triton_says_
         ("corrupt", dict.fromkeys(("python", "native"), "Load model from {path} failed:Protobuf parsing failed.")),
     ],
 )
-def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(built_repository, tmp_path, fault, messages):
+def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(
+    built_repository, tmp_path, fault, messages
+):
     repository = copy_repository(built_repository, tmp_path / "repository")
     version = repository / mc.NETWORK / "1"
     onnx = version / "model.onnx"
@@ -172,11 +185,11 @@ def test_a_missing_or_corrupt_network_file_fails_the_start_fast_naming_the_file(
 
 # A step in front of DALI's decoder that fails as a GPU out of memory does: DALI reports it
 # as an operator error, the text the classifier once took for a bad image.
-CUDA_FAULT = '''
+CUDA_FAULT = """
 
 def _cuda_fault(sample):
     raise RuntimeError("CUDA runtime API error cudaErrorMemoryAllocation (2):\\nout of memory")
-'''
+"""
 
 
 @pytest.mark.parametrize("hosting", ["python", "gpu-python"])

@@ -129,7 +129,13 @@ def test_a_dali_pipeline_build_at_crop_256_on_the_gpu_builds_verifies_and_serves
     server = start_server(output, tmp_path / "tritonserver.log")
     try:
         with ClassifierClient(server.url) as client:
-            predictions = client.classify([(Path(__file__).resolve().parents[2] / "samples" / f"{name}.jpg").read_bytes() for name in ("chelsea", "coffee")], top_k=5)
+            predictions = client.classify(
+                [
+                    (Path(__file__).resolve().parents[2] / "samples" / f"{name}.jpg").read_bytes()
+                    for name in ("chelsea", "coffee")
+                ],
+                top_k=5,
+            )
     finally:
         server.stop()
     assert [PHOTOS[name] in p.class_ids for name, p in zip(("chelsea", "coffee"), predictions)] == [True, True]

@@ -57,7 +57,11 @@ def build_wheel(tmp_path: Path, env: dict[str, str]) -> Path:
             REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.plan")
         )
     wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], env, tmp_path)
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        env,
+        tmp_path,
+    )
     (wheel,) = wheels.glob("bls_pipeline-*.whl")
     return wheel
 
@@ -67,8 +71,14 @@ def fresh_venv(tmp_path: Path, wheel: Path, env: dict[str, str]) -> tuple[Path, 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env, tmp_path)
     python = venv / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], env, tmp_path)
-    site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env, tmp_path).strip())
+    run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        env,
+        tmp_path,
+    )
+    site = Path(
+        run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env, tmp_path).strip()
+    )
     # A plain path line: the directory joins sys.path after the venv's own site-packages, and
     # its .pth files (the checkout's editable install among them) are not run.
     (site / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -110,10 +120,21 @@ def test_a_wheel_installed_in_a_fresh_venv_builds_and_serves_the_repository(tmp_
 
     port = free_port()
     command = [
-        str(venv / "bin" / "bls-serve"), "--model-repository", str(repository), "--http-port", str(port),
-        "--grpc-port", "0", "--metrics-port", "0", "--log-file", str(tmp_path / "tritonserver.log"),
+        str(venv / "bin" / "bls-serve"),
+        "--model-repository",
+        str(repository),
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--log-file",
+        str(tmp_path / "tritonserver.log"),
     ]
-    with subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
+    with subprocess.Popen(
+        command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as server:
         try:
             wait_until_ready(server, deadline_s=300)
             with ClassifierClient(f"127.0.0.1:{port}", protocol="http") as client:

@@ -54,9 +54,15 @@ def score_atol(repository_device) -> float:
 def bad_images(photos, repository_device) -> dict[str, tuple[bytes, str]]:
     jpeg = encode(photos["coffee"], "JPEG")
     return {
-        "corrupt PNG data": (corrupt_png_data(encode(photos["rocket"], "PNG")), f"image 0: {decoding_failure(repository_device)}"),
+        "corrupt PNG data": (
+            corrupt_png_data(encode(photos["rocket"], "PNG")),
+            f"image 0: {decoding_failure(repository_device)}",
+        ),
         "cut JPEG": (jpeg[: len(jpeg) // 2], "image 0: truncated JPEG (no end-of-image marker after the frame header)"),
-        "65000x65000 header": (huge_jpeg_header(), "image 0: declares 65000x65000 = 4225000000 pixels, over the limit of 40000000 pixels"),
+        "65000x65000 header": (
+            huge_jpeg_header(),
+            "image 0: declares 65000x65000 = 4225000000 pixels, over the limit of 40000000 pixels",
+        ),
     }
 
 
@@ -120,7 +126,9 @@ def test_the_pipeline_recovers_after_a_decoding_failure(batching_server, good_im
     np.testing.assert_allclose(_vector(prediction), alone["chelsea.jpeg"], atol=score_atol, rtol=0)
 
 
-def test_a_decoding_failure_names_the_sub_model_and_the_index_in_a_multi_image_request(batching_server, good_images, bad_images):
+def test_a_decoding_failure_names_the_sub_model_and_the_index_in_a_multi_image_request(
+    batching_server, good_images, bad_images
+):
     corrupt = bad_images["corrupt PNG data"][0]
 
     with ClassifierClient(batching_server.url) as client, pytest.raises(ClientError) as raised:

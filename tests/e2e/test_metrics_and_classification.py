@@ -53,7 +53,9 @@ def test_class_count_gets_tritons_score_index_label_strings_that_match_the_top_k
     parsed = [[entry.decode().split(":", 2) for entry in row] for row in strings]
     assert [int(row[0][1]) for row in parsed] == list(PHOTOS.values())
     assert [row[0][2] for row in parsed] == ["Egyptian cat", "espresso", "missile"]
-    np.testing.assert_array_equal([[int(i) for _, i, _ in row] for row in parsed], result.as_numpy(mc.CLASS_IDS_OUTPUT)[:, :3])
+    np.testing.assert_array_equal(
+        [[int(i) for _, i, _ in row] for row in parsed], result.as_numpy(mc.CLASS_IDS_OUTPUT)[:, :3]
+    )
     np.testing.assert_allclose(
         [[float(s) for s, _, _ in row] for row in parsed], result.as_numpy(mc.SCORES_OUTPUT)[:, :3], atol=1e-6
     )
@@ -96,7 +98,9 @@ def test_stage_metrics_count_every_image_and_add_up_to_the_classifier_compute_ti
     assert 0.8 * compute <= sum(stages.values()) <= compute, (stages, compute)
     assert stages["preprocessing"] + stages["network"] > 0.5 * compute
     # What the GPU benchmark reports from the same two scrapes: ms per execute.
-    assert classifier_stages_ms(before, after, mc.CLASSIFIER) == pytest.approx({k: v / 10 / 1e3 for k, v in stages.items()})
+    assert classifier_stages_ms(before, after, mc.CLASSIFIER) == pytest.approx(
+        {k: v / 10 / 1e3 for k, v in stages.items()}
+    )
 
 
 def test_refusals_appear_by_reason_on_the_metrics_endpoint(triton_server, jpegs):
@@ -107,7 +111,10 @@ def test_refusals_appear_by_reason_on_the_metrics_endpoint(triton_server, jpegs)
     _, bad_k, _ = raw_infer(triton_server.url, pad_batch(jpegs[:1]), parameters={"top_k": 0})
 
     after = scrape_metrics_until(
-        port, lambda now: metric(now, REFUSALS, reason="invalid_request") > metric(before, REFUSALS, reason="invalid_request")
+        port,
+        lambda now: (
+            metric(now, REFUSALS, reason="invalid_request") > metric(before, REFUSALS, reason="invalid_request")
+        ),
     )
     assert (status, bad_k) == ("400", "400")
     for reason, count in {"invalid_image": 1, "invalid_request": 1, "undecodable": 0, "submodel_failure": 0}.items():

@@ -36,7 +36,9 @@ def server(native_repository, tmp_path_factory):
 
 
 def test_open_loop_overload_is_shed_cleanly_and_the_server_recovers_at_full_speed(server, capsys):
-    policy = read_config(server.options.model_repository / CLASSIFIER / "config.pbtxt").dynamic_batching.default_queue_policy
+    policy = read_config(
+        server.options.model_repository / CLASSIFIER / "config.pbtxt"
+    ).dynamic_batching.default_queue_policy
     assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0
     requests = [sample.images for sample in build_samples()[0]]
     before = closed_loop(server.grpc_url, requests, concurrency=8, duration_s=8.0)
@@ -47,7 +49,12 @@ def test_open_loop_overload_is_shed_cleanly_and_the_server_recovers_at_full_spee
     memory_after = server_memory(server.process.pid)
     after = closed_loop(server.grpc_url, requests, concurrency=8, duration_s=8.0)
     with capsys.disabled():
-        print("\n" + "\n\n".join(format_report(r, title) for r, title in [(before, "before"), (report, "overload"), (after, "after")]))
+        print(
+            "\n"
+            + "\n\n".join(
+                format_report(r, title) for r, title in [(before, "before"), (report, "overload"), (after, "after")]
+            )
+        )
     # Every request answered: a result or a clear refusal, none lost, none failed otherwise.
     assert report.sent == report.answered and report.lost == 0
     assert report.outcomes[FAILED] == 0, report.failures
@@ -57,7 +64,9 @@ def test_open_loop_overload_is_shed_cleanly_and_the_server_recovers_at_full_spee
     # full queue: the bound the policy sets, with one more full queue's time for the load
     # generator's share of the same two cores.
     bound_s = policy.default_timeout_microseconds / 1e6 + 2 * policy.max_queue_size / before.throughput_rps
-    assert report.p(OK, 99) < bound_s, f"classified p99 {report.p(OK, 99):.2f} s over the policy's bound {bound_s:.2f} s"
+    assert report.p(OK, 99) < bound_s, (
+        f"classified p99 {report.p(OK, 99):.2f} s over the policy's bound {bound_s:.2f} s"
+    )
     # Refusals come back fast: most are "queue full", answered at once.
     assert report.shed_reasons["queue full"] > report.outcomes[SHED] / 2
     assert report.p(SHED, 50) < report.p(OK, 50) / 5

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize(("source", "hosting"), [("python", "native"), ("native", "python")])
-def test_a_built_repository_rehosted_serves_the_classifier_on_the_other_hosting(request, source, hosting, tmp_path, photos):
+def test_a_built_repository_rehosted_serves_the_classifier_on_the_other_hosting(
+    request, source, hosting, tmp_path, photos
+):
     require_native_backends()
     built = request.getfixturevalue(f"{source}_repository")
 

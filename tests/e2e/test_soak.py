@@ -17,12 +17,18 @@ def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys)
     report_path = tmp_path / "soak.json"
     code = main(
         [
-            "--url", triton_server.url,
-            "--server-pid", str(triton_server.process.pid),
-            "--requests", "200",
-            "--concurrency", "4",
-            "--bad-fraction", "0.3",
-            "--json-out", str(report_path),
+            "--url",
+            triton_server.url,
+            "--server-pid",
+            str(triton_server.process.pid),
+            "--requests",
+            "200",
+            "--concurrency",
+            "4",
+            "--bad-fraction",
+            "0.3",
+            "--json-out",
+            str(report_path),
             "--quiet",
         ]
     )

@@ -51,8 +51,20 @@ def built(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = main(
-            ["--dali-pipeline", f"{TUTORIAL_SCRIPT}:validation_pipe", *arguments, "--device", "cpu",
-             "--target", target, *flags, "--max-batch-size", "8", "--output", str(output)]
+            [
+                "--dali-pipeline",
+                f"{TUTORIAL_SCRIPT}:validation_pipe",
+                *arguments,
+                "--device",
+                "cpu",
+                "--target",
+                target,
+                *flags,
+                "--max-batch-size",
+                "8",
+                "--output",
+                str(output),
+            ]
         )
     assert status == 0, printed.getvalue()
     return output, printed.getvalue(), target
@@ -72,9 +84,15 @@ def server(built, tmp_path_factory: pytest.TempPathFactory):
 def test_the_build_says_it_runs_the_script_and_what_it_verified(built) -> None:
     _, printed, _ = built
     assert "(this runs the code of your training script)" in printed
-    assert "fn.readers.file -> fn.external_source(name='DALI_INPUT'); outputs dropped (labels, metadata): 1; decoder: cpu" in printed
+    assert (
+        "fn.readers.file -> fn.external_source(name='DALI_INPUT'); outputs dropped (labels, metadata): 1; decoder: cpu"
+        in printed
+    )
     assert "reader-only arguments, no value needed: data_dir" in printed
-    assert f"verified on {len(sample_photos())} sample photographs: output float32 [3, 224, 224], max |converted - original| = 0" in printed
+    assert (
+        f"verified on {len(sample_photos())} sample photographs: output float32 [3, 224, 224], max |converted - original| = 0"
+        in printed
+    )
     assert (built[0] / mc.PREPROCESSING / "1" / "model.dali").is_file()
     backend = mc.read_config(built[0] / mc.PREPROCESSING / "config.pbtxt").backend
     assert backend == {"local": "python", "triton": "dali"}[built[2]]

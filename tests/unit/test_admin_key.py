@@ -79,7 +79,9 @@ def test_the_entrypoint_replaces_itself_with_the_command_and_its_flags():
 
     assert result.returncode == 0, result.stderr
     *said, echoed = result.stdout.splitlines()
-    assert said == [f"admin: shared-memory, trace, logging, model-repository APIs need the {ADMIN_HEADER} header (key from {KEY_ENV})"]
+    assert said == [
+        f"admin: shared-memory, trace, logging, model-repository APIs need the {ADMIN_HEADER} header (key from {KEY_ENV})"
+    ]
     assert echoed.split() == ["--model-repository=/models", *restriction_args(KEY)]
 
 

@@ -110,7 +110,9 @@ def test_a_preprocessing_output_that_does_not_fit_the_network_is_refused_in_one_
         check_fit(CHW, network, preprocessing="preprocessing", network="net.onnx")
     message = str(raised.value)
     assert "\n" not in message and why in message
-    assert message.startswith(f"preprocessing gives DALI_OUTPUT FP32 [3, 224, 224] but net.onnx takes input {network.data_type[5:]}")
+    assert message.startswith(
+        f"preprocessing gives DALI_OUTPUT FP32 [3, 224, 224] but net.onnx takes input {network.data_type[5:]}"
+    )
 
 
 # --- reading a repository -----------------------------------------------------------------------
@@ -195,7 +197,9 @@ def test_a_repository_with_a_classifier_already_is_refused(tutorial):
 def test_a_network_config_that_does_not_fit_the_dali_output_is_refused_naming_both(tutorial):
     config = tutorial / "efficientnet-b0" / "config.pbtxt"
     config.write_text(config.read_text().replace("dims: [ 3, 224, 224 ]", "dims: [ 224, 224, 3 ]"))
-    with pytest.raises(ConfigError, match=r"^preprocessing gives DALI_OUTPUT FP32 \[3, 224, 224\] but efficientnet-b0 takes images__0"):
+    with pytest.raises(
+        ConfigError, match=r"^preprocessing gives DALI_OUTPUT FP32 \[3, 224, 224\] but efficientnet-b0 takes images__0"
+    ):
         read_repository(tutorial)
 
 

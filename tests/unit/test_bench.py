@@ -108,7 +108,12 @@ def test_targets_compare_ratios_and_the_latency_budget():
     }
     assert not check_targets(ratios, {"inprocess_single": 5.0, "bls_p50_c1": 8.01})["bls_p50_c1"]["met"]
     assert "pipelined" in checks["bls_vs_inprocess"]["target"]
-    assert "serial" in check_targets(ratios, {"inprocess_single": 5.0, "bls_p50_c1": 8.0}, limit="inprocess")["bls_vs_inprocess"]["target"]
+    assert (
+        "serial"
+        in check_targets(ratios, {"inprocess_single": 5.0, "bls_p50_c1": 8.0}, limit="inprocess")["bls_vs_inprocess"][
+            "target"
+        ]
+    )
 
 
 MACHINE = {"cpu_count": 2, "cpu_model": "test", "platform": "linux", "python": "3.11", "versions": {}}
@@ -161,7 +166,10 @@ def test_assembled_result_reports_medians_and_best_values():
     assert result["ratios"]["bls_vs_inprocess_serial"] == pytest.approx(144.5 / 160.5)
     assert result["targets"]["bls_vs_inprocess"]["value"] == pytest.approx(144.5 / 200.5)
     # Both CPU figures per image; the serial one at batch 1 stays the CPU ratios' reference.
-    assert (result["cpu_ms_per_image"]["inprocess_batch_1"], result["cpu_ms_per_image"]["pipelined_batch_4"]) == (10.0, 9.5)
+    assert (result["cpu_ms_per_image"]["inprocess_batch_1"], result["cpu_ms_per_image"]["pipelined_batch_4"]) == (
+        10.0,
+        9.5,
+    )
     assert result["endpoints"]["bls"]["c1"]["images_per_s"] == pytest.approx(
         {"median": 141.5, "min": 141.0, "max": 142.0, "q1": 141.25, "q3": 141.75, "n": 2}
     )

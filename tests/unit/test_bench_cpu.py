@@ -72,5 +72,10 @@ def test_cpu_per_image_adds_the_server_roles_and_leaves_the_load_generator_out()
     roles = {SERVER_DALI: 1.0, SERVER_OTHER: 0.5, "stub: classifier": 0.5, LOAD_GENERATOR: 2.0}
 
     assert cpu_ms_per_image(roles, 1000) == {
-        SERVER_DALI: 1.0, SERVER_OTHER: 0.5, "stub: classifier": 0.5, LOAD_GENERATOR: 2.0, "server total": 2.0}
+        SERVER_DALI: 1.0,
+        SERVER_OTHER: 0.5,
+        "stub: classifier": 0.5,
+        LOAD_GENERATOR: 2.0,
+        "server total": 2.0,
+    }
     assert cpu_ms_per_image(roles, 0) is None

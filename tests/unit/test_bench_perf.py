@@ -57,7 +57,9 @@ def test_the_classifiers_stage_times_are_read_per_execute_between_two_scrapes():
             f'bls_classifier_stage_duration_us{{model="classifier",stage="network",version="1"}} {other_model_us}\n'
         )
 
-    stages = classifier_stages_ms(scrape(10, 1000, 20000), scrape(30, 3000, 60000, other_model_us=9e9), "classifier_native")
+    stages = classifier_stages_ms(
+        scrape(10, 1000, 20000), scrape(30, 3000, 60000, other_model_us=9e9), "classifier_native"
+    )
 
     assert stages == {"trim_check": 0.1, "preprocessing": 0.0, "network": 2.0, "postprocessing": 0.0}
     assert classifier_stages_ms(scrape(10, 0, 0), scrape(10, 0, 0), "classifier_native") == {}
@@ -69,8 +71,13 @@ def test_an_empty_perf_csv_is_an_error():
 
 
 def _stats(executions, inferences, requests, queue_ms, compute_ms):
-    return {"executions": executions, "inferences": inferences, "requests": requests,
-            "queue_ns": int(queue_ms * 1e6), "compute_ns": int(compute_ms * 1e6)}
+    return {
+        "executions": executions,
+        "inferences": inferences,
+        "requests": requests,
+        "queue_ns": int(queue_ms * 1e6),
+        "compute_ns": int(compute_ms * 1e6),
+    }
 
 
 def test_statistics_delta_gives_the_mean_batch_and_request_times_of_the_window():
@@ -91,8 +98,15 @@ def test_statistics_delta_gives_the_mean_batch_and_request_times_of_the_window()
 
 def _point(endpoint, concurrency, images_per_s, p99_ms, p50_ms=5.0):
     return {
-        "model": endpoint, "protocol": "grpc", "concurrency": concurrency, "images_per_s": images_per_s,
-        "p50_ms": p50_ms, "p90_ms": p99_ms, "p99_ms": p99_ms, "server_queue_ms": 0.0, "server_compute_ms": 0.0,
+        "model": endpoint,
+        "protocol": "grpc",
+        "concurrency": concurrency,
+        "images_per_s": images_per_s,
+        "p50_ms": p50_ms,
+        "p90_ms": p99_ms,
+        "p99_ms": p99_ms,
+        "server_queue_ms": 0.0,
+        "server_compute_ms": 0.0,
         "gpu_util_percent": 50.0,
         "extra": {"endpoint": endpoint, "models": {"preprocessing": {"mean_batch": 32.0, "compute_ms": 9.0}}},
     }
@@ -100,8 +114,15 @@ def _point(endpoint, concurrency, images_per_s, p99_ms, p50_ms=5.0):
 
 def _form(form: str, images: str, per_request: int, images_per_s: float, p99_ms: float) -> dict:
     return {
-        "protocol": "grpc", "form": form, "images_per_request": per_request, "concurrency": 8, "processes": 4,
-        "images_per_s": images_per_s, "p50_ms": p99_ms / 2, "p99_ms": p99_ms, "request_bytes": 1.5e6,
+        "protocol": "grpc",
+        "form": form,
+        "images_per_request": per_request,
+        "concurrency": 8,
+        "processes": 4,
+        "images_per_s": images_per_s,
+        "p50_ms": p99_ms / 2,
+        "p99_ms": p99_ms,
+        "request_bytes": 1.5e6,
         "extra": {"images": images, "models": {"preprocessing": {"mean_batch": 64.0, "compute_ms": 12.0}}},
     }
 
@@ -121,15 +142,24 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
             "single_image_stage_ms": {"preprocessing": 0.6, "network": 0.8},
         },
         "endpoints": [
-            {**_point("bls_native", 1, 200.0, 6.0, p50_ms=4.4),
-             "extra": {"endpoint": "bls_native", "models": {}, "classifier_stages_ms": {"trim_check": 0.1, "network": 1.9}}},
+            {
+                **_point("bls_native", 1, 200.0, 6.0, p50_ms=4.4),
+                "extra": {
+                    "endpoint": "bls_native",
+                    "models": {},
+                    "classifier_stages_ms": {"trim_check": 0.1, "network": 1.9},
+                },
+            },
             _point("bls_native", 64, 6000.0, 90.0),
             _point("bls_native", 256, 7000.0, 300.0),  # over the p99 limit: not the best
             _point("ensemble_native", 64, 5000.0, 80.0),
             _point("ensemble_native", 1, 250.0, 5.0, p50_ms=3.5),
         ],
         "sub_models_alone": [
-            {**_point("preprocessing_native", 1, 900.0, 2.0, p50_ms=1.2), "extra": {"role": "preprocessing", "models": {}}},
+            {
+                **_point("preprocessing_native", 1, 900.0, 2.0, p50_ms=1.2),
+                "extra": {"role": "preprocessing", "models": {}},
+            },
             {**_point("efficientnet-b0", 1, 600.0, 2.5, p50_ms=1.6), "extra": {"role": "network", "models": {}}},
         ],
         "forms": [
@@ -141,7 +171,8 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
         ],
     }
     result["forms"][-1]["extra"].update(
-        server_cpu_ms_per_image=0.9, cpu_ms_per_image={"server: DALI threads": 0.5, "load generator": 0.3, "server total": 0.9}
+        server_cpu_ms_per_image=0.9,
+        cpu_ms_per_image={"server: DALI threads": 0.5, "load generator": 0.3, "server total": 0.9},
     )
     result["summary"] = summary = summarize(result)
     # The limit is the pipelined figure; the serial one is reported beside it.
@@ -154,10 +185,21 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
     assert summary["bls_multi_image_over_in_process"] == 0.8
     # The client's default point (64 x 8) on each photo set, against that set's pipelined limit.
     assert summary["client_default_by_photos"] == {
-        "same size": {"images_per_s": 9600.0, "p99_ms": 60.0, "pipelined_limit": 12000.0, "over_pipelined_limit": 0.8,
-                      "server_cpu_ms_per_image": None},
-        "imagenet-sized": {"images_per_s": 8000.0, "p99_ms": 90.0, "pipelined_limit": 10000.0,
-                           "over_pipelined_limit": 0.8, "server_cpu_ms_per_image": 0.9}}
+        "same size": {
+            "images_per_s": 9600.0,
+            "p99_ms": 60.0,
+            "pipelined_limit": 12000.0,
+            "over_pipelined_limit": 0.8,
+            "server_cpu_ms_per_image": None,
+        },
+        "imagenet-sized": {
+            "images_per_s": 8000.0,
+            "p99_ms": 90.0,
+            "pipelined_limit": 10000.0,
+            "over_pipelined_limit": 0.8,
+            "server_cpu_ms_per_image": 0.9,
+        },
+    }
     assert latency_breakdown(result) == {
         "in_process_preprocessing": 0.6,
         "in_process_network": 0.8,
@@ -201,13 +243,23 @@ def test_an_unknown_form_is_refused():
 def test_form_loads_put_the_two_forms_of_a_point_back_to_back():
     from bls_pipeline.devtools.bench.forms import form_loads
 
-    loads = form_loads("classifier", {"grpc": "h:8001", "http": "h:8000"}, protocols=("grpc", "http"), points=((8, 32), (32, 8)))
+    loads = form_loads(
+        "classifier", {"grpc": "h:8001", "http": "h:8000"}, protocols=("grpc", "http"), points=((8, 32), (32, 8))
+    )
 
     assert [(load.images_per_request, load.protocol, load.form) for load in loads] == [
-        (8, "grpc", "padded"), (8, "grpc", "bytes"), (8, "http", "padded"), (8, "http", "bytes"),
-        (32, "grpc", "padded"), (32, "grpc", "bytes"), (32, "http", "padded"), (32, "http", "bytes"),
+        (8, "grpc", "padded"),
+        (8, "grpc", "bytes"),
+        (8, "http", "padded"),
+        (8, "http", "bytes"),
+        (32, "grpc", "padded"),
+        (32, "grpc", "bytes"),
+        (32, "http", "padded"),
+        (32, "http", "bytes"),
     ]
-    assert {load.url for load in loads if load.protocol == "grpc"} == {"h:8001"} and {load.model for load in loads} == {"classifier"}
+    assert {load.url for load in loads if load.protocol == "grpc"} == {"h:8001"} and {load.model for load in loads} == {
+        "classifier"
+    }
 
 
 def test_varied_images_span_imagenets_sizes():
@@ -226,16 +278,21 @@ def test_imagenet_sized_images_span_shapes_and_50_to_400_kb():
     kilobytes = sorted(len(image.data) / 1000 for image in images)
 
     assert {(image.width > image.height, image.width == image.height) for image in images} == {
-        (True, False), (False, False), (False, True)}
+        (True, False),
+        (False, False),
+        (False, True),
+    }
     assert 50 <= kilobytes[0] and kilobytes[-1] <= 400 and kilobytes[-1] > 4 * kilobytes[0]
 
 
 def test_dmon_output_gives_the_sm_and_jpeg_utilization_of_its_last_sample():
     from bls_pipeline.devtools.bench.perf import parse_dmon_utilization
 
-    output = ("# gpu     sm    mem    enc    dec    jpg    ofa \n"
-              "# Idx      %      %      %      %      %      % \n"
-              "    0     61     12      0      0      7      - \n")
+    output = (
+        "# gpu     sm    mem    enc    dec    jpg    ofa \n"
+        "# Idx      %      %      %      %      %      % \n"
+        "    0     61     12      0      0      7      - \n"
+    )
 
     assert parse_dmon_utilization(output) == {"gpu": 0.0, "sm": 61.0, "mem": 12.0, "enc": 0.0, "dec": 0.0, "jpg": 7.0}
     assert parse_dmon_utilization("No devices were found") == {}

@@ -62,7 +62,10 @@ def test_lists_of_the_command_line_become_tuples():
     options = parse(["--mean", "1", "2", "3", "--gpus", "0,1", "--dali-pipeline", "t.py:f", "--pipeline-arg", "a=1"])
 
     assert options.mean == (1.0, 2.0, 3.0) and options.gpus == (0, 1) and options.pipeline_args == ("a=1",)
-    assert options.usage_error() == "--mean cannot be combined with --dali-pipeline: the pipeline decides the preprocessing"
+    assert (
+        options.usage_error()
+        == "--mean cannot be combined with --dali-pipeline: the pipeline decides the preprocessing"
+    )
 
 
 @pytest.mark.parametrize(
@@ -89,7 +92,10 @@ def test_torch_cuda_graphs_run_in_a_python_model_on_a_gpu():
 
 def test_the_spec_round_trips_through_bls_build_json(tmp_path):
     converted = convert_pipeline(
-        PipelineSource.parse(f"{TUTORIAL_SCRIPT}:validation_pipe", CROP_256), decoder_device="cpu", max_batch_size=4, num_threads=1
+        PipelineSource.parse(f"{TUTORIAL_SCRIPT}:validation_pipe", CROP_256),
+        decoder_device="cpu",
+        max_batch_size=4,
+        num_threads=1,
     )
     spec = plan_repository(
         parse(["--gpus", "0", "--max-image-bytes", "1000"]),
@@ -109,12 +115,21 @@ def test_the_spec_round_trips_through_bls_build_json(tmp_path):
 
 def test_a_dali_pipeline_build_at_crop_256_for_the_gpu_hands_256_to_every_writer(tmp_path):
     options = parse(
-        ["--device", "gpu", "--dali-pipeline", f"{TUTORIAL_SCRIPT}:validation_pipe", *sum((["--pipeline-arg", a] for a in CROP_256), [])]
+        [
+            "--device",
+            "gpu",
+            "--dali-pipeline",
+            f"{TUTORIAL_SCRIPT}:validation_pipe",
+            *sum((["--pipeline-arg", a] for a in CROP_256), []),
+        ]
     )
     # The real conversion, on the CPU decoder (the mixed one needs a GPU to verify): the
     # pipeline's output decides the crop; the GPU build's conversion differs only in its decoder.
     converted = convert_pipeline(
-        PipelineSource.parse(options.dali_pipeline, options.pipeline_args), decoder_device="cpu", max_batch_size=4, num_threads=1
+        PipelineSource.parse(options.dali_pipeline, options.pipeline_args),
+        decoder_device="cpu",
+        max_batch_size=4,
+        num_threads=1,
     )
     assert converted.output_shape == (3, 256, 256)
     # The pip-installed server's GPU build without TensorRT: model.onnx and model.pt.
@@ -135,7 +150,9 @@ def test_a_dali_pipeline_build_at_crop_256_for_the_gpu_hands_256_to_every_writer
     assert warmup == (3, 256, 256)
 
     model = architectures.dle_efficientnet_b0(num_classes=10).eval()
-    files, diff = write_network_files(model, spec, tmp_path, arch="efficientnet-b0", fp16=True, progress=lambda line: None)
+    files, diff = write_network_files(
+        model, spec, tmp_path, arch="efficientnet-b0", fp16=True, progress=lambda line: None
+    )
     assert [path.name for path in files] == [ONNX_FILE, TORCH_WEIGHTS_FILE]
     dims = [dim.dim_value for dim in onnx.load(tmp_path / ONNX_FILE).graph.input[0].type.tensor_type.shape.dim[1:]]
     assert dims == [3, 256, 256]

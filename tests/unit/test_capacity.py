@@ -46,7 +46,9 @@ def test_operating_points_are_median_throughput_and_worst_p99_by_concurrency(ben
         (1, 1000, 0.5, 2, 3, 200),
     ],
 )
-def test_plan_takes_the_fastest_point_within_the_p99_and_derates_it(images_per_s, p99_ms, utilization, spare, replicas, chosen):
+def test_plan_takes_the_fastest_point_within_the_p99_and_derates_it(
+    images_per_s, p99_ms, utilization, spare, replicas, chosen
+):
     plan = plan_capacity(POINTS, images_per_s=images_per_s, p99_ms=p99_ms, utilization=utilization, spare=spare)
 
     assert (plan.replicas, plan.point.images_per_s) == (replicas, chosen)

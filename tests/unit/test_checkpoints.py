@@ -82,13 +82,10 @@ def test_saved_state_dict_loads_back_with_identical_outputs(
     assert torch.equal(_outputs(loaded), _outputs(reference))
 
 
-def test_dle_checkpoint_with_ngc_stage_names_loads(
-    reference_models: dict[str, nn.Module], tmp_path: Path
-) -> None:
+def test_dle_checkpoint_with_ngc_stage_names_loads(reference_models: dict[str, nn.Module], tmp_path: Path) -> None:
     reference = reference_models["efficientnet-b0"]
     ngc_style = {
-        (f"layer{int(key.split('.')[1]) + 1}." + key.split(".", 2)[2]) if key.startswith("layers.")
-        else key: value
+        (f"layer{int(key.split('.')[1]) + 1}." + key.split(".", 2)[2]) if key.startswith("layers.") else key: value
         for key, value in reference.state_dict().items()
     }
     assert "layer1.block0.depsep.conv.weight" in ngc_style
@@ -147,8 +144,11 @@ def test_renamed_keys_are_listed_as_missing_and_unexpected(
     path = tmp_path / "renamed.pth"
     torch.save(state, path)
 
-    with pytest.raises(CheckpointError, match=r"1 missing keys \(features\.conv\.weight\).*"
-                       r"1 unexpected keys \(features\.conv\.renamed\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 missing keys \(features\.conv\.weight\).*"
+        r"1 unexpected keys \(features\.conv\.renamed\)",
+    ):
         load_checkpoint(path, "efficientnet-b0")
 
 
@@ -265,9 +265,7 @@ def _preprocess(image: np.ndarray, settings: PreprocessingSettings) -> torch.Ten
         ("chelsea", 285, 2),
     ],
 )
-def test_shipped_lite0_classifies_real_photographs(
-    lite0: nn.Module, photo: str, class_id: int, top_k: int
-) -> None:
+def test_shipped_lite0_classifies_real_photographs(lite0: nn.Module, photo: str, class_id: int, top_k: int) -> None:
     image = _preprocess(getattr(skdata, photo)(), get_arch("efficientnet-lite0").preprocessing)
 
     with torch.no_grad():

@@ -112,7 +112,10 @@ def test_a_sub_model_that_dies_during_the_retry_fails_the_rest_of_the_batch():
     ("message", "about_input"),
     [
         (DALI_DECODE_ERROR, True),
-        ("DALI Backend error: Critical error in pipeline:\nError in MIXED operator `nvidia.dali.fn.decoders.image`", True),
+        (
+            "DALI Backend error: Critical error in pipeline:\nError in MIXED operator `nvidia.dali.fn.decoders.image`",
+            True,
+        ),
         ("Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode", True),
         ("Stub process 'preprocessing_0_0' is not healthy.", False),
         ("Request for unknown model: 'preprocessing' is not found", False),
@@ -124,14 +127,18 @@ def test_only_dali_operator_errors_blame_the_input(message, about_input):
 
 
 def _decoder_error(reason: str, device: str = "MIXED") -> str:
-    return DALI_DECODE_ERROR.replace("CPU operator", f"{device} operator").replace("Failed to decode sample #3 : ", reason)
+    return DALI_DECODE_ERROR.replace("CPU operator", f"{device} operator").replace(
+        "Failed to decode sample #3 : ", reason
+    )
 
 
 @pytest.mark.parametrize(
     "message",
     [
         _decoder_error("CUDA runtime API error cudaErrorMemoryAllocation (2):\nout of memory"),
-        _decoder_error("CUDA driver API error CUDA_ERROR_ILLEGAL_ADDRESS (700):\nan illegal memory access was encountered"),
+        _decoder_error(
+            "CUDA driver API error CUDA_ERROR_ILLEGAL_ADDRESS (700):\nan illegal memory access was encountered"
+        ),
         _decoder_error("Can't allocate 38535168 bytes on device 0."),
         _decoder_error("std::bad_alloc", device="CPU"),
         _decoder_error("nvJPEG error (NVJPEG_STATUS_EXECUTION_FAILED)"),

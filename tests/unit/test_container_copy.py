@@ -59,7 +59,11 @@ def _container_copy(tmp_path: Path) -> Path:
 def test_the_container_copy_holds_only_the_classifiers_modules(tmp_path):
     version = _container_copy(tmp_path)
 
-    copied = sorted(path.relative_to(version / "bls_pipeline").as_posix() for path in (version / "bls_pipeline").rglob("*") if path.is_file())
+    copied = sorted(
+        path.relative_to(version / "bls_pipeline").as_posix()
+        for path in (version / "bls_pipeline").rglob("*")
+        if path.is_file()
+    )
     assert copied == EXPECTED
 
 
@@ -68,13 +72,21 @@ def test_the_classifier_imports_from_the_copy_alone(tmp_path):
     stub_utils = pytriton_root() / "backends" / "python"
 
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(version), str(stub_utils)], capture_output=True, text=True, check=False, cwd=tmp_path
+        [sys.executable, "-c", PROBE, str(version), str(stub_utils)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     modules = json.loads(result.stdout)
 
-    package = {name: path for name, path in modules.items() if name == "bls_pipeline" or name.startswith("bls_pipeline.")}
+    package = {
+        name: path for name, path in modules.items() if name == "bls_pipeline" or name.startswith("bls_pipeline.")
+    }
     assert package and all(Path(path).is_relative_to(version / "bls_pipeline") for path in package.values())
     assert sorted(Path(path).relative_to(version / "bls_pipeline").as_posix() for path in package.values()) == EXPECTED
-    heavy = [name for name in modules if name.split(".")[0] in ("torch", "nvidia", "tritonclient", "google", "onnxruntime")]
+    heavy = [
+        name for name in modules if name.split(".")[0] in ("torch", "nvidia", "tritonclient", "google", "onnxruntime")
+    ]
     assert heavy == []

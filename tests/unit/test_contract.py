@@ -25,7 +25,13 @@ def test_the_contract_imports_nothing_outside_the_standard_library():
 
 @pytest.mark.parametrize(
     ("spec", "datatype"),
-    [(contract.IMAGE, "UINT8"), (contract.IMAGE_BYTES, "BYTES"), (contract.SCORES, "FP32"), (contract.CLASS_IDS, "INT64"), (contract.LABELS, "BYTES")],
+    [
+        (contract.IMAGE, "UINT8"),
+        (contract.IMAGE_BYTES, "BYTES"),
+        (contract.SCORES, "FP32"),
+        (contract.CLASS_IDS, "INT64"),
+        (contract.LABELS, "BYTES"),
+    ],
 )
 def test_a_tensor_spec_names_its_protocol_datatype(spec, datatype):
     assert spec.datatype == datatype
@@ -42,9 +48,13 @@ def test_every_config_declares_the_contract_tensors(target):
         return [(s.name, s.data_type, s.dims) for s in specs]
 
     assert declared(configs[contract.CLASSIFIER].input) == expected(*contract.CLASSIFIER_INPUTS)
-    assert declared(configs[contract.CLASSIFIER].output) == expected(*contract.CLASSIFIER_OUTPUTS, contract.probabilities(7))
+    assert declared(configs[contract.CLASSIFIER].output) == expected(
+        *contract.CLASSIFIER_OUTPUTS, contract.probabilities(7)
+    )
     assert declared(configs[contract.PREPROCESSING].input) == expected(contract.ENCODED)
-    assert declared(configs[contract.PREPROCESSING].output) == expected(contract.preprocessed(contract.DALI_OUTPUT, 224))
+    assert declared(configs[contract.PREPROCESSING].output) == expected(
+        contract.preprocessed(contract.DALI_OUTPUT, 224)
+    )
     assert declared(configs[contract.NETWORK].input) == expected(contract.preprocessed(contract.NETWORK_INPUT, 224))
     assert declared(configs[contract.NETWORK].output) == expected(contract.logits(7))
 

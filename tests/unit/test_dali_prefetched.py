@@ -26,7 +26,9 @@ def _batches() -> list[list[np.ndarray]]:
 def _serialized(directory: Path) -> Path:
     module = load_pipeline_module(PACKAGED_PIPELINE)
     settings = module.load_settings(PACKAGED_PIPELINE.parent)
-    pipe = pipeline_from_settings(module, {**settings, "decoder_device": "cpu"}, max_batch_size=4, num_threads=2, device_id=None)
+    pipe = pipeline_from_settings(
+        module, {**settings, "decoder_device": "cpu"}, max_batch_size=4, num_threads=2, device_id=None
+    )
     pipe.serialize(filename=str(directory / SERIALIZED_FILE))
     return directory
 

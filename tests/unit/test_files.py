@@ -40,7 +40,9 @@ def test_a_result_is_predictions_or_an_error_in_json():
 
 def test_the_table_puts_top_1_on_the_file_row_runners_up_below_and_errors_inline():
     long_path = "x/" * 40 + "c.jpg"
-    table = format_table([FileResult("a.jpg", [CAT]), FileResult("b.png", error="not an image"), FileResult(long_path, [CAT])])
+    table = format_table(
+        [FileResult("a.jpg", [CAT]), FileResult("b.png", error="not an image"), FileResult(long_path, [CAT])]
+    )
 
     lines = table.splitlines()
     assert lines[0].split() == ["FILE", "LABEL", "PROBABILITY"]
@@ -54,7 +56,10 @@ def test_the_table_puts_top_1_on_the_file_row_runners_up_below_and_errors_inline
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        ("image 0: not an image (unknown format, first bytes 74 68 69 73)", "not an image (unknown format, first bytes 74 68 69 73)"),
+        (
+            "image 0: not an image (unknown format, first bytes 74 68 69 73)",
+            "not an image (unknown format, first bytes 74 68 69 73)",
+        ),
         ("[400] image 0: empty image", "empty image"),
         ("[StatusCode.INVALID_ARGUMENT] image 0: truncated PNG (no IEND chunk)", "truncated PNG (no IEND chunk)"),
         ("preprocessing: Stub process is not healthy.", "preprocessing: Stub process is not healthy."),

@@ -34,7 +34,10 @@ def native_models(**kwargs) -> set[str]:
     ],
 )
 def test_who_hosts_each_sub_model(target, device, runtime, requested, built, expected):
-    assert native_models(target=target, device=device, runtime=runtime, requested=requested, backends_built=built) == expected
+    assert (
+        native_models(target=target, device=device, runtime=runtime, requested=requested, backends_built=built)
+        == expected
+    )
 
 
 def test_the_fallback_says_why_and_how_to_build_the_backends():
@@ -45,7 +48,9 @@ def test_the_fallback_says_why_and_how_to_build_the_backends():
     )
 
 
-@pytest.mark.parametrize(("requested", "message"), [(NATIVE, "--hosting native: .* not built"), ("remote", "unknown hosting 'remote'")])
+@pytest.mark.parametrize(
+    ("requested", "message"), [(NATIVE, "--hosting native: .* not built"), ("remote", "unknown hosting 'remote'")]
+)
 def test_an_impossible_or_unknown_hosting_is_refused(requested, message):
     with pytest.raises(ConfigError, match=message):
         choose_hosting(target="local", device="cpu", runtime="onnxruntime", requested=requested, backends_built=False)
@@ -93,7 +98,9 @@ def test_a_natively_hosted_local_repository_ships_a_serialized_pipeline_and_no_m
     onnx.write_bytes(b"onnx")
     output = tmp_path / "repository"
     output.mkdir()
-    write_repository(output, local_spec(frozenset({mc.PREPROCESSING, mc.NETWORK})), labels=list("abcde"), network_files=[onnx])
+    write_repository(
+        output, local_spec(frozenset({mc.PREPROCESSING, mc.NETWORK})), labels=list("abcde"), network_files=[onnx]
+    )
 
     files = {path.relative_to(output).as_posix() for path in output.rglob("*") if path.is_file()}
     assert f"{mc.PREPROCESSING}/1/{SERIALIZED_FILE}" in files

@@ -43,7 +43,6 @@ def test_detect_format_reads_magic_bytes(head: bytes, fmt: str | None) -> None:
     assert detect_format(memoryview(head)) == fmt
 
 
-
 @pytest.mark.parametrize(
     ("head", "fmt"),
     [(b"II+\x00", "bigtiff"), (b"MM\x00+", "bigtiff"), (b"\xff\xd8\x00\x10", "jpeg")],
@@ -78,9 +77,7 @@ def test_padding_and_header_agree_on_a_jpeg_with_garbage_after_its_start_marker(
         (b"", None),
     ],
 )
-def test_truncated_format_names_the_format_whose_signature_was_cut(
-    head: bytes, fmt: str | None
-) -> None:
+def test_truncated_format_names_the_format_whose_signature_was_cut(head: bytes, fmt: str | None) -> None:
     assert truncated_format(head, ("jpeg", "png", "bmp", "tiff", "webp")) == fmt
 
 

@@ -101,9 +101,7 @@ def tiff_header(order: str, entries: list[tuple[int, int, int, int]]) -> bytes:
     ifd = struct.pack(order + "H", len(entries))
     for tag, kind, count, value in entries:
         # A SHORT value is left-justified in the 4-byte value field.
-        packed = (
-            struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
-        )
+        packed = struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
         ifd += struct.pack(order + "HHI", tag, kind, count) + packed
     return prefix + struct.pack(order + "I", 8) + ifd + struct.pack(order + "I", 0)
 
@@ -195,9 +193,7 @@ REAL_IMAGES: list[tuple[str, Callable[[], bytes]]] = [
     ("png-1-bit", lambda: encode(photo().convert("1"), "PNG")),
     (
         "png-16-bit",
-        lambda: encode(
-            Image.fromarray(np.asarray(photo().convert("L")).astype(np.uint16) * 257), "PNG"
-        ),
+        lambda: encode(Image.fromarray(np.asarray(photo().convert("L")).astype(np.uint16) * 257), "PNG"),
     ),
     ("bmp-24-bit", lambda: encode(photo(), "BMP")),
     ("bmp-8-bit-palette", lambda: encode(photo().convert("P"), "BMP")),
@@ -242,16 +238,12 @@ def test_read_header_reports_the_size_pil_decodes(real_images: dict[str, bytes],
         ("webp-lossless-alpha-vp8l", b"VP8L"),
     ],
 )
-def test_webp_cases_cover_each_first_chunk(
-    real_images: dict[str, bytes], name: str, chunk: bytes
-) -> None:
+def test_webp_cases_cover_each_first_chunk(real_images: dict[str, bytes], name: str, chunk: bytes) -> None:
     assert real_images[name][12:16] == chunk
 
 
 def test_jpeg_with_exif_puts_app1_before_the_frame_header(real_images: dict[str, bytes]) -> None:
-    markers = [
-        marker for marker, _ in jpeg_segments(real_images["jpeg-exif-app1-before-frame-header"])
-    ]
+    markers = [marker for marker, _ in jpeg_segments(real_images["jpeg-exif-app1-before-frame-header"])]
     assert markers.index(0xE1) < markers.index(0xC0)
 
 
@@ -341,9 +333,7 @@ def test_jpeg_walk_finds_the_first_frame_header(
 
 
 @pytest.mark.parametrize("marker", sorted(set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}), ids=hex)
-def test_jpeg_every_sof_marker_is_a_frame_header(
-    real_images: dict[str, bytes], marker: int
-) -> None:
+def test_jpeg_every_sof_marker_is_a_frame_header(real_images: dict[str, bytes], marker: int) -> None:
     data = bytearray(real_images["jpeg-baseline"])
     data[sof_offset(data) + 1] = marker
     assert read_header(data) == ImageHeader("jpeg", 451, 300)
@@ -390,9 +380,7 @@ def test_check_image_refuses_a_decompression_bomb_naming_its_size(
 
 
 @pytest.mark.parametrize("name", case_ids(REAL_IMAGES))
-def test_check_image_accepts_real_images_at_the_limits(
-    real_images: dict[str, bytes], name: str
-) -> None:
+def test_check_image_accepts_real_images_at_the_limits(real_images: dict[str, bytes], name: str) -> None:
     data = real_images[name]
     assert check_image(data, max_bytes=len(data), max_pixels=451 * 300) == read_header(data)
 
@@ -411,9 +399,7 @@ def test_check_image_refuses_more_bytes_than_the_limit(real_images: dict[str, by
         check_image(data, max_bytes=len(data) - 1, max_pixels=10**9)
 
 
-@pytest.mark.parametrize(
-    "data", [b"", bytearray(), memoryview(b"")], ids=["bytes", "bytearray", "memoryview"]
-)
+@pytest.mark.parametrize("data", [b"", bytearray(), memoryview(b"")], ids=["bytes", "bytearray", "memoryview"])
 def test_empty_image_is_refused(data: bytes) -> None:
     with pytest.raises(ImageHeaderError, match=r"^empty image$"):
         check_image(data, max_bytes=100, max_pixels=100)
@@ -436,9 +422,7 @@ REFUSED_FORMATS = [
 
 
 @pytest.mark.parametrize(("name", "make", "what"), REFUSED_FORMATS, ids=case_ids(REFUSED_FORMATS))
-def test_refused_formats_name_the_accepted_ones(
-    name: str, make: Callable[[], bytes], what: str
-) -> None:
+def test_refused_formats_name_the_accepted_ones(name: str, make: Callable[[], bytes], what: str) -> None:
     with pytest.raises(ImageHeaderError) as raised:
         check_image(make(), max_bytes=10**7, max_pixels=10**8)
     assert str(raised.value) == f"{what} are not accepted; {ACCEPTED_LIST}"
@@ -587,9 +571,7 @@ def corrupt_cases() -> list[tuple[str, Callable[[dict[str, bytes]], bytes], str]
     ]
 
 
-@pytest.mark.parametrize(
-    ("name", "make", "message"), corrupt_cases(), ids=case_ids(corrupt_cases())
-)
+@pytest.mark.parametrize(("name", "make", "message"), corrupt_cases(), ids=case_ids(corrupt_cases()))
 def test_corrupt_headers_are_refused_with_a_one_line_reason(
     real_images: dict[str, bytes],
     name: str,
@@ -602,9 +584,7 @@ def test_corrupt_headers_are_refused_with_a_one_line_reason(
 
 
 @pytest.mark.parametrize("name", case_ids(REAL_IMAGES))
-def test_a_truncated_image_gives_its_full_header_or_a_header_error(
-    real_images: dict[str, bytes], name: str
-) -> None:
+def test_a_truncated_image_gives_its_full_header_or_a_header_error(real_images: dict[str, bytes], name: str) -> None:
     data = real_images[name]
     full = read_header(data)
     for cut in range(min(len(data), 200)):
@@ -642,9 +622,7 @@ def test_random_bytes_raise_only_header_errors(prefix: bytes) -> None:
 
 
 @pytest.mark.parametrize("name", case_ids(REAL_IMAGES))
-def test_flipped_header_bytes_raise_only_header_errors(
-    real_images: dict[str, bytes], name: str
-) -> None:
+def test_flipped_header_bytes_raise_only_header_errors(real_images: dict[str, bytes], name: str) -> None:
     original = real_images[name]
     rng = np.random.default_rng(7)
     for _ in range(300):

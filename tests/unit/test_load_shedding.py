@@ -122,7 +122,9 @@ def test_a_built_repositorys_queue_policy_changes_where_given(tmp_path) -> None:
     path = tmp_path / mc.CLASSIFIER / "config.pbtxt"
     mc.write_config(path, RepositorySpec(target="local", max_batch_size=8, num_classes=10).configs()[mc.CLASSIFIER])
 
-    assert change_queue_policy(tmp_path, max_queue_size=1) == mc.QueuePolicy(1, device_default("queue_timeout_ms", "cpu"))
+    assert change_queue_policy(tmp_path, max_queue_size=1) == mc.QueuePolicy(
+        1, device_default("queue_timeout_ms", "cpu")
+    )
     assert change_queue_policy(tmp_path, timeout_ms=0) == mc.QueuePolicy(1, 0)
     policy = mc.read_config(path).dynamic_batching.default_queue_policy
     assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (1, 0, True)

@@ -115,7 +115,12 @@ def test_recording_does_not_wait_for_the_server_and_everything_recorded_is_sent(
 
     assert _sent(classifier_metrics, 0, "stage")["network"] == 300.0
     assert sorted(classifier_metrics._families[1].metrics[0].values) == [3.0, 5.0, 8.0]
-    assert _sent(classifier_metrics, 2, "reason") == {"invalid_request": 0, "invalid_image": 3.0, "undecodable": 0, "submodel_failure": 0}
+    assert _sent(classifier_metrics, 2, "reason") == {
+        "invalid_request": 0,
+        "invalid_image": 3.0,
+        "undecodable": 0,
+        "submodel_failure": 0,
+    }
 
 
 def test_the_sending_thread_sends_without_a_flush(classifier_metrics):

@@ -240,7 +240,10 @@ def fake_site(root: Path) -> Site:
 
 def test_relocatable_runpaths_climb_from_the_backend_folder_to_the_site(tmp_path):
     site = fake_site(tmp_path)
-    assert site.runpath("dali", relative=True) == "$ORIGIN/../../../../nvidia/dali:$ORIGIN/../../../../nvidia_pytriton.libs"
+    assert (
+        site.runpath("dali", relative=True)
+        == "$ORIGIN/../../../../nvidia/dali:$ORIGIN/../../../../nvidia_pytriton.libs"
+    )
     assert site.runpath("onnxruntime", relative=False) == f"{site.onnxruntime}:{site.pytriton_libs}"
 
 

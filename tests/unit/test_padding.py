@@ -37,7 +37,8 @@ def _jpeg_with_exif_thumbnail() -> bytes:
     ifd1_offset = 8 + 2 + 4
     thumbnail_offset = ifd1_offset + 2 + 2 * 12 + 4
     tiff = (
-        b"II*\x00" + struct.pack("<I", 8)
+        b"II*\x00"
+        + struct.pack("<I", 8)
         + struct.pack("<HI", 0, ifd1_offset)
         + struct.pack("<H", 2)
         + struct.pack("<HHII", 513, 4, 1, thumbnail_offset)
@@ -206,9 +207,7 @@ def test_jpeg_with_exif_thumbnail_is_trimmed_after_the_main_images_eoi(
     ],
     ids=["junk", "zeros", "junk-with-eoi"],
 )
-def test_jpeg_bytes_after_the_last_eoi_are_dropped(
-    encoded_images: Images, trailer: bytes, kept: bytes
-) -> None:
+def test_jpeg_bytes_after_the_last_eoi_are_dropped(encoded_images: Images, trailer: bytes, kept: bytes) -> None:
     original = encoded_images["jpeg-baseline"]
     assert trim_padding(_padded_row(original + trailer)) == original + kept
 
@@ -248,8 +247,14 @@ def test_empty_and_all_zero_rows_give_empty_bytes(row: bytes | np.ndarray) -> No
         b"MM\x00+ big tiff",
     ],
     ids=[
-        "unknown", "pnm", "jpeg-no-eoi", "bmp-size-zero", "bmp-size-too-big",
-        "webp-size-too-big", "tiff-bad-ifd", "bigtiff",
+        "unknown",
+        "pnm",
+        "jpeg-no-eoi",
+        "bmp-size-zero",
+        "bmp-size-too-big",
+        "webp-size-too-big",
+        "tiff-bad-ifd",
+        "bigtiff",
     ],
 )
 def test_rows_whose_end_cannot_be_located_are_kept_whole(content: bytes) -> None:

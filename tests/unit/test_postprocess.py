@@ -36,8 +36,16 @@ def _softmax_float64(logits: np.ndarray) -> np.ndarray:
         np.random.default_rng(0).normal(0, 8, size=(4, 1000)).astype(np.float16),
         np.random.default_rng(1).normal(0, 8, size=(16, 1000)).astype(np.float32),
     ],
-    ids=["small", "huge-opposite", "all-very-negative", "float32-extremes", "float64-huge",
-         "float64-extremes", "float16", "imagenet-sized"],
+    ids=[
+        "small",
+        "huge-opposite",
+        "all-very-negative",
+        "float32-extremes",
+        "float64-huge",
+        "float64-extremes",
+        "float16",
+        "imagenet-sized",
+    ],
 )
 def test_softmax_is_finite_sums_to_one_and_matches_float64(logits: np.ndarray) -> None:
     probs = softmax(logits)
@@ -68,8 +76,7 @@ def test_softmax_follows_the_axis_argument() -> None:
         ([[0.1, 0.3, 0.3, 0.3]], 2, [[0.3, 0.3]], [[1, 2]]),
         ([[0.0] * 7 + [1.0]], 3, [[1.0, 0.0, 0.0]], [[7, 0, 1]]),
     ],
-    ids=["k1", "k-equals-classes", "two-rows", "tie-inside", "all-tied", "tie-at-boundary",
-         "tied-zeros"],
+    ids=["k1", "k-equals-classes", "two-rows", "tie-inside", "all-tied", "tie-at-boundary", "tied-zeros"],
 )
 def test_top_k_sorts_descending_and_breaks_ties_by_lower_class_id(
     probs: list[list[float]], k: int, scores: list[list[float]], ids: list[list[int]]
@@ -148,8 +155,7 @@ def test_parse_top_k_default_beyond_the_classes_is_a_config_error() -> None:
 
 @pytest.mark.parametrize(
     ("index", "label"),
-    [(0, "tench"), (285, "Egyptian cat"), (657, "missile"), (967, "espresso"),
-     (999, "toilet tissue")],
+    [(0, "tench"), (285, "Egyptian cat"), (657, "missile"), (967, "espresso"), (999, "toilet tissue")],
 )
 def test_imagenet_labels_are_torchvisions_in_class_order(index: int, label: str) -> None:
     assert imagenet_labels()[index] == label
@@ -176,9 +182,7 @@ def test_imagenet_labels_cannot_be_mutated_by_a_caller() -> None:
     ],
     ids=["trailing-newline", "no-trailing-newline", "crlf-and-spaces", "utf8"],
 )
-def test_load_labels_reads_one_stripped_label_per_line(
-    tmp_path: Path, text: str, expected: list[str]
-) -> None:
+def test_load_labels_reads_one_stripped_label_per_line(tmp_path: Path, text: str, expected: list[str]) -> None:
     path = tmp_path / "labels.txt"
     path.write_bytes(text.encode("utf-8"))
     assert load_labels(path) == expected
@@ -197,9 +201,7 @@ def test_load_labels_reads_one_stripped_label_per_line(
     ],
     ids=["empty", "blank-middle", "whitespace-only", "blank-at-end", "blank-first", "latin-1"],
 )
-def test_load_labels_rejects_bad_files_naming_the_line(
-    tmp_path: Path, content: bytes, message: str
-) -> None:
+def test_load_labels_rejects_bad_files_naming_the_line(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "labels.txt"
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):

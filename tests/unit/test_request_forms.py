@@ -111,7 +111,10 @@ def test_a_malformed_bytes_tensor_is_refused(encoded, message):
 def test_both_forms_are_optional_inputs_of_the_classifier_on_every_target(target):
     from bls_pipeline.builder.repository import RepositorySpec
 
-    inputs = {i.name: i for i in RepositorySpec(target=target, max_batch_size=4, num_classes=7).configs()[contract.CLASSIFIER].input}
+    inputs = {
+        i.name: i
+        for i in RepositorySpec(target=target, max_batch_size=4, num_classes=7).configs()[contract.CLASSIFIER].input
+    }
 
     assert set(inputs) == {contract.IMAGE_INPUT, contract.IMAGE_BYTES_INPUT}
     assert all(i.optional for i in inputs.values())
@@ -206,7 +209,9 @@ def test_the_bench_sends_the_bytes_form_only_to_endpoints_that_take_it(tmp_path)
 def test_a_model_without_image_bytes_gets_the_way_out_named():
     from bls_pipeline.client import request_failure
 
-    triton = RuntimeError("[StatusCode.INVALID_ARGUMENT] [request id: <id_unknown>] unexpected inference input 'IMAGE_BYTES' for model 'classifier'")
+    triton = RuntimeError(
+        "[StatusCode.INVALID_ARGUMENT] [request id: <id_unknown>] unexpected inference input 'IMAGE_BYTES' for model 'classifier'"
+    )
 
     message = str(request_failure(triton))
 

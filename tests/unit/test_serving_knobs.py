@@ -11,11 +11,18 @@ from bls_pipeline.errors import ConfigError
 
 def test_instance_counts_reach_the_preprocessing_and_network_configs():
     spec = RepositorySpec(
-        target="triton", device="gpu", max_batch_size=64, num_classes=1000,
-        preprocessing_instances=2, network_instances=3, classifier_instances=4,
+        target="triton",
+        device="gpu",
+        max_batch_size=64,
+        num_classes=1000,
+        preprocessing_instances=2,
+        network_instances=3,
+        classifier_instances=4,
     )
     configs = spec.configs()
-    assert [(g.kind, g.count) for g in configs[mc.PREPROCESSING].instance_group] == [(mc.model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)]
+    assert [(g.kind, g.count) for g in configs[mc.PREPROCESSING].instance_group] == [
+        (mc.model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)
+    ]
     assert [g.count for g in configs[mc.NETWORK].instance_group] == [3]
     assert [g.count for g in configs[mc.CLASSIFIER].instance_group] == [4]
 
@@ -43,20 +50,38 @@ def test_zero_instances_are_refused():
         (
             "cpu",
             {},
-            {"dali_threads": 2, "hw_decoder_load": 0.65, "preprocessing_instances": 1, "classifier_instances": 1,
-             "max_queue_size": 8, "queue_timeout_ms": 2000},
+            {
+                "dali_threads": 2,
+                "hw_decoder_load": 0.65,
+                "preprocessing_instances": 1,
+                "classifier_instances": 1,
+                "max_queue_size": 8,
+                "queue_timeout_ms": 2000,
+            },
         ),
         (
             "gpu",
             {},
-            {"dali_threads": 8, "hw_decoder_load": 0.65, "preprocessing_instances": 2, "classifier_instances": 8,
-             "max_queue_size": 512, "queue_timeout_ms": 1000},
+            {
+                "dali_threads": 8,
+                "hw_decoder_load": 0.65,
+                "preprocessing_instances": 2,
+                "classifier_instances": 8,
+                "max_queue_size": 512,
+                "queue_timeout_ms": 1000,
+            },
         ),
         (
             "gpu",
             {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1, "max_queue_size": 0},
-            {"dali_threads": 12, "hw_decoder_load": 1.0, "preprocessing_instances": 1, "classifier_instances": 8,
-             "max_queue_size": 0, "queue_timeout_ms": 1000},
+            {
+                "dali_threads": 12,
+                "hw_decoder_load": 1.0,
+                "preprocessing_instances": 1,
+                "classifier_instances": 8,
+                "max_queue_size": 0,
+                "queue_timeout_ms": 1000,
+            },
         ),
     ],
 )
@@ -67,7 +92,9 @@ def test_unset_knobs_take_the_devices_measured_defaults(tmp_path, device, given,
 
 
 def test_gpus_place_every_models_instances_on_those_gpus():
-    spec = RepositorySpec(target="local", device="gpu", max_batch_size=8, num_classes=10, gpus=(0, 1), network_instances=2)
+    spec = RepositorySpec(
+        target="local", device="gpu", max_batch_size=8, num_classes=10, gpus=(0, 1), network_instances=2
+    )
     for config in spec.configs().values():
         (group,) = config.instance_group
         assert list(group.gpus) == [0, 1]

@@ -185,8 +185,19 @@ def test_the_cli_documents_every_flag(capsys):
 
     assert exited.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--url", "--model-repository", "--server-pid", "--requests", "--concurrency", "--bad-fraction",
-                 "--warmup", "--seed", "--max-growth", "--json-out", "--quiet"):
+    for flag in (
+        "--url",
+        "--model-repository",
+        "--server-pid",
+        "--requests",
+        "--concurrency",
+        "--bad-fraction",
+        "--warmup",
+        "--seed",
+        "--max-growth",
+        "--json-out",
+        "--quiet",
+    ):
         assert flag in text
 
 

@@ -69,7 +69,9 @@ def test_the_watchdog_needs_explicit_model_control_and_can_be_turned_off(tmp_pat
     from bls_pipeline.server.launcher import LocalTritonServer
 
     on = LocalTritonServer(ServerOptions(tmp_path)).command(tmp_path, tmp_path / "tritonserver")
-    off = LocalTritonServer(ServerOptions(tmp_path, restart_dead_stubs=False)).command(tmp_path, tmp_path / "tritonserver")
+    off = LocalTritonServer(ServerOptions(tmp_path, restart_dead_stubs=False)).command(
+        tmp_path, tmp_path / "tritonserver"
+    )
 
     assert {"--model-control-mode=explicit", "--load-model=*"} <= set(on)
     assert not any(arg.startswith(("--model-control-mode", "--load-model")) for arg in off)

@@ -43,7 +43,10 @@ def test_exit_codes_are_distinct_and_usage_is_argparse_s():
     ("kwargs", "shown"),
     [
         ({"type": int, "default": 8, "help": "requests in flight"}, "requests in flight (default: 8)"),
-        ({"type": int, "default": None, "help": "threads (default: 2 on cpu, 8 on gpu)"}, "threads (default: 2 on cpu, 8 on gpu)"),
+        (
+            {"type": int, "default": None, "help": "threads (default: 2 on cpu, 8 on gpu)"},
+            "threads (default: 2 on cpu, 8 on gpu)",
+        ),
         ({"default": (), "help": "GPU ids (default: each visible GPU)"}, "GPU ids (default: each visible GPU)"),
         ({"action": "append", "default": [], "help": "a value per argument"}, "a value per argument"),
         ({"default": "/x", "help": "folder; default: ./x when it exists"}, "folder; default: ./x when it exists"),

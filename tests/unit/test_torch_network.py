@@ -68,6 +68,10 @@ def test_a_corrupt_file_is_refused_naming_it(tmp_path, content):
 
 def test_fp16_weights_are_half_the_size(tmp_path):
     model = architectures.dle_efficientnet_b0(num_classes=10)
-    full = save_torch_weights(model, tmp_path / "fp32.pt", arch="efficientnet-b0", image_size=224, fp16=False).stat().st_size
+    full = (
+        save_torch_weights(model, tmp_path / "fp32.pt", arch="efficientnet-b0", image_size=224, fp16=False)
+        .stat()
+        .st_size
+    )
     half = save_torch_weights(model, tmp_path / "fp16.pt", arch="efficientnet-b0", image_size=224).stat().st_size
     assert half < 0.6 * full

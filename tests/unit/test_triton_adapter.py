@@ -145,7 +145,12 @@ class FakeRequest:
     models: dict[str, object] = {}
 
     def __init__(
-        self, model_name: str = "", inputs: list[FakeTensor] = (), requested_output_names=(), parameters=None, preferred_memory=None
+        self,
+        model_name: str = "",
+        inputs: list[FakeTensor] = (),
+        requested_output_names=(),
+        parameters=None,
+        preferred_memory=None,
     ) -> None:
         self.model_name = model_name
         self.preferred_memory = preferred_memory
@@ -193,7 +198,9 @@ def _args(repository: Path, name: str, kind: str = "CPU") -> dict:
 
 
 def _load_model_py(repository: Path, name: str, kind: str = "CPU"):
-    spec = importlib.util.spec_from_file_location(f"model_{name.replace('-', '_')}", repository / name / "1" / "model.py")
+    spec = importlib.util.spec_from_file_location(
+        f"model_{name.replace('-', '_')}", repository / name / "1" / "model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     instance = module.TritonPythonModel()
@@ -209,7 +216,9 @@ def models(python_repository: Path):
     sys.modules.pop("bls_pipeline.serving.models", None)
     sys.modules.pop("bls_pipeline.serving.bls", None)
     try:
-        loaded = {name: _load_model_py(python_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")}
+        loaded = {
+            name: _load_model_py(python_repository, name) for name in ("preprocessing", "efficientnet-b0", "classifier")
+        }
         FakeRequest.models = loaded
         yield loaded
     finally:
@@ -222,7 +231,9 @@ def models(python_repository: Path):
 
 
 def _request(images: list[bytes], outputs: tuple[str, ...] = (), **parameters: object) -> FakeRequest:
-    return FakeRequest(inputs=[FakeTensor("IMAGE", pad_batch(images))], requested_output_names=outputs, parameters=parameters)
+    return FakeRequest(
+        inputs=[FakeTensor("IMAGE", pad_batch(images))], requested_output_names=outputs, parameters=parameters
+    )
 
 
 def _sent(family: str, label: str) -> dict[str, float]:
@@ -273,7 +284,11 @@ def test_one_execute_batches_every_image_into_one_call_per_sub_model(models, jpe
 
 def test_a_bad_image_fails_only_its_request_with_invalid_arg_naming_its_index(models, jpegs):
     cut = jpegs["rocket"][: len(jpegs["rocket"]) // 2]
-    requests = [_request([jpegs["coffee"]]), _request([jpegs["chelsea"], b"not an image at all"]), _request([jpegs["rocket"]])]
+    requests = [
+        _request([jpegs["coffee"]]),
+        _request([jpegs["chelsea"], b"not an image at all"]),
+        _request([jpegs["rocket"]]),
+    ]
 
     good, bad, other = models["classifier"].execute(requests)
 
@@ -419,7 +434,9 @@ def test_a_gpu_tensor_where_host_logits_were_asked_for_is_a_clear_internal_error
     (response,) = models["classifier"].execute([_request([jpegs["coffee"]])])
 
     assert response.has_error() and response.error().code() == INTERNAL
-    assert response.error().message() == "efficientnet-b0: returned OUTPUT in GPU memory where host memory was asked for"
+    assert (
+        response.error().message() == "efficientnet-b0: returned OUTPUT in GPU memory where host memory was asked for"
+    )
 
 
 # --- errors that blame the right party ------------------------------------------------------
@@ -508,7 +525,9 @@ class RenamedSubModel:
         if self.dtype is not None:
             assert array.dtype == self.dtype, f"sent {array.dtype}, the model takes {self.dtype}"
         self.sizes.append(len(array))
-        (response,) = self.model.execute([FakeRequest(inputs=[FakeTensor(self.inputs[1], array.astype(np.float32) if self.dtype else array)])])
+        (response,) = self.model.execute(
+            [FakeRequest(inputs=[FakeTensor(self.inputs[1], array.astype(np.float32) if self.dtype else array)])]
+        )
         return [FakeResponse([FakeTensor(self.outputs[0], response.outputs[self.outputs[1]].as_numpy())])]
 
 
@@ -518,9 +537,16 @@ def test_the_classifier_calls_the_sub_models_its_parameters_name_casting_and_spl
     from bls_pipeline.request.submodels import SubModels
 
     wiring = SubModels(
-        preprocessing_model="my_dali", preprocessing_input="ENCODED", preprocessing_output="PIXELS",
-        preprocessing_max_batch_size=4, network_model="my_net", network_input="input__0", network_output="output__0",
-        network_input_dtype="TYPE_FP16", network_input_dims=(3, 224, 224), network_max_batch_size=2,
+        preprocessing_model="my_dali",
+        preprocessing_input="ENCODED",
+        preprocessing_output="PIXELS",
+        preprocessing_max_batch_size=4,
+        network_model="my_net",
+        network_input="input__0",
+        network_output="output__0",
+        network_input_dtype="TYPE_FP16",
+        network_input_dims=(3, 224, 224),
+        network_max_batch_size=2,
     )
     repository = tmp_path / "repository"
     shutil.copytree(python_repository / "classifier", repository / "classifier")
@@ -529,7 +555,9 @@ def test_the_classifier_calls_the_sub_models_its_parameters_name_casting_and_spl
         config.parameters[key].string_value = value
     mc.write_config(repository / "classifier" / "config.pbtxt", config)
     dali = RenamedSubModel(models["preprocessing"], ("ENCODED", "DALI_INPUT"), ("PIXELS", "DALI_OUTPUT"))
-    network = RenamedSubModel(models["efficientnet-b0"], ("input__0", "INPUT"), ("output__0", "OUTPUT"), dtype=np.float16)
+    network = RenamedSubModel(
+        models["efficientnet-b0"], ("input__0", "INPUT"), ("output__0", "OUTPUT"), dtype=np.float16
+    )
     monkeypatch.setattr(FakeRequest, "models", {"my_dali": dali, "my_net": network})
     classifier = _load_model_py(repository, "classifier")
 
@@ -547,5 +575,8 @@ def test_a_preprocessed_batch_of_other_dims_than_the_network_takes_fails_naming_
     wiring = SubModels(network_input="input__0", network_input_dims=(3, 224, 224))
     batch = FakeTensor("DALI_OUTPUT", np.zeros((2, 3, 256, 256), np.float32))
 
-    with pytest.raises(SubModelError, match=r"DALI_OUTPUT is \[3, 256, 256\] per image, efficientnet-b0's input__0 takes \[3, 224, 224\]"):
+    with pytest.raises(
+        SubModelError,
+        match=r"DALI_OUTPUT is \[3, 256, 256\] per image, efficientnet-b0's input__0 takes \[3, 224, 224\]",
+    ):
         network_input(batch, wiring)

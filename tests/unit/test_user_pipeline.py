@@ -46,20 +46,65 @@ def convert(path: Path, function: str, arguments: list[str] = (), **options):
 @pytest.mark.parametrize(
     ("path", "function", "arguments", "reader", "shape", "dropped", "placeholders"),
     [
-        pytest.param(TRAIN, "validation_pipe", TUTORIAL_ARGS, "fn.readers.file", (3, 224, 224), (1,), ("data_dir",), id="tutorial"),
-        pytest.param(MORE, "file_list_pipe", [], "fn.readers.file", (3, 224, 224), (1,), ("file_list",), id="file-list-one-hot"),
+        pytest.param(
+            TRAIN,
+            "validation_pipe",
+            TUTORIAL_ARGS,
+            "fn.readers.file",
+            (3, 224, 224),
+            (1,),
+            ("data_dir",),
+            id="tutorial",
+        ),
+        pytest.param(
+            MORE, "file_list_pipe", [], "fn.readers.file", (3, 224, 224), (1,), ("file_list",), id="file-list-one-hot"
+        ),
         pytest.param(MORE, "fixed_size_pipe", [], "fn.readers.file", (3, 224, 224), (), ("data_dir",), id="resize-x-y"),
-        pytest.param(MORE, "graph_function", ["size=160"], "fn.readers.file", (3, 160, 160), (), ("data_dir",), id="plain-function"),
-        pytest.param(MORE, "webdataset_pipe", [], "fn.readers.webdataset", (3, 224, 224), (1,), ("tars", "indices"), id="webdataset"),
-        pytest.param(MORE, "coco_pipe", [], "fn.readers.coco", (3, 224, 224), (1, 2), ("root", "annotations"), id="coco"),
+        pytest.param(
+            MORE,
+            "graph_function",
+            ["size=160"],
+            "fn.readers.file",
+            (3, 160, 160),
+            (),
+            ("data_dir",),
+            id="plain-function",
+        ),
+        pytest.param(
+            MORE,
+            "webdataset_pipe",
+            [],
+            "fn.readers.webdataset",
+            (3, 224, 224),
+            (1,),
+            ("tars", "indices"),
+            id="webdataset",
+        ),
+        pytest.param(
+            MORE, "coco_pipe", [], "fn.readers.coco", (3, 224, 224), (1, 2), ("root", "annotations"), id="coco"
+        ),
         pytest.param(MORE, "mxnet_pipe", [], "fn.readers.mxnet", (3, 224, 224), (1,), ("rec", "idx"), id="mxnet"),
         pytest.param(
-            FIXTURES / "project" / "train.py", "val_pipeline", [], "fn.readers.file", (3, 192, 192), (1,), ("data_dir",),
+            FIXTURES / "project" / "train.py",
+            "val_pipeline",
+            [],
+            "fn.readers.file",
+            (3, 192, 192),
+            (1,),
+            ("data_dir",),
             id="imports-its-project",
         ),
-        pytest.param(MORE, "conditional_pipe", [], "fn.readers.file", (3, 224, 224), (1,), ("data_dir",), id="conditionals"),
         pytest.param(
-            MORE, "tfrecord_pipe", [], "fn.readers.tfrecord", (3, 224, 224), (1,), ("tfrecord_files", "index_files"),
+            MORE, "conditional_pipe", [], "fn.readers.file", (3, 224, 224), (1,), ("data_dir",), id="conditionals"
+        ),
+        pytest.param(
+            MORE,
+            "tfrecord_pipe",
+            [],
+            "fn.readers.tfrecord",
+            (3, 224, 224),
+            (1,),
+            ("tfrecord_files", "index_files"),
             id="tfrecord",
         ),
     ],
@@ -82,85 +127,113 @@ def test_a_validation_pipeline_converts_and_equals_the_original_on_the_photograp
     ("path", "function", "arguments", "message"),
     [
         pytest.param(
-            TRAIN, "training_pipe", ["image_size=224", "interpolation=types.INTERP_LINEAR", "output_layout='CHW'"],
+            TRAIN,
+            "training_pipe",
+            ["image_size=224", "interpolation=types.INTERP_LINEAR", "output_layout='CHW'"],
             "fn.random.coin_flip: cannot be served: it is random (augmentation); "
             "serve the validation pipeline, which must give the same output for the same image",
             id="random-flip",
         ),
         pytest.param(
-            MORE, "random_crop_pipe", [],
+            MORE,
+            "random_crop_pipe",
+            [],
             "fn.random_resized_crop: cannot be served: it is random (augmentation); "
             "serve the validation pipeline, which must give the same output for the same image",
             id="random-crop",
         ),
         pytest.param(
-            MORE, "two_readers_pipe", [],
+            MORE,
+            "two_readers_pipe",
+            [],
             "fn.readers.file: cannot be served: several image inputs (fn.readers.file and fn.readers.file); "
             "the served model takes one encoded image per sample",
             id="two-readers",
         ),
         pytest.param(
-            MORE, "video_pipe", [],
+            MORE,
+            "video_pipe",
+            [],
             "fn.readers.video: cannot be served: videos are not images: write a dali.py by hand with "
             "fn.experimental.inputs.video or fn.external_source + fn.experimental.decoders.video "
             "(see DALI's 'from training to inference')",
             id="video",
         ),
         pytest.param(
-            MORE, "fp16_hwc_pipe", [],
+            MORE,
+            "fp16_hwc_pipe",
+            [],
             "the pipeline outputs float16 HWC (224, 224, 3); the network takes float32 CHW: "
             "use dtype=types.FLOAT and output_layout='CHW' (crop_mirror_normalize)",
             id="fp16-hwc",
         ),
         pytest.param(
-            MORE, "train_model", [],
+            MORE,
+            "train_model",
+            [],
             "train_model is not a DALI pipeline: it returned dict, not DALI outputs "
             "(decorate it with @pipeline_def, or return the outputs of fn.* operators)",
             id="not-a-pipeline",
         ),
         pytest.param(
-            TRAIN, "validation_pipe", ["image_size=256", "image_crop=224", "output_layout='CHW'"],
+            TRAIN,
+            "validation_pipe",
+            ["image_size=256", "image_crop=224", "output_layout='CHW'"],
             "validation_pipe needs a value for interpolation (not only a reader argument): "
             "pass --pipeline-arg interpolation=VALUE",
             id="missing-argument",
         ),
         pytest.param(
-            TRAIN, "validation_pipe", [*TUTORIAL_ARGS, "batch=3"],
+            TRAIN,
+            "validation_pipe",
+            [*TUTORIAL_ARGS, "batch=3"],
             "validation_pipe has no argument batch (it takes: data_dir, interpolation, image_size, image_crop, "
             "output_layout, rank, world_size)",
             id="unknown-argument",
         ),
         pytest.param(TRAIN, "no_such_pipe", [], f"{TRAIN} has no 'no_such_pipe'", id="no-such-function"),
         pytest.param(
-            MORE, "label_dependent_pipe", [],
+            MORE,
+            "label_dependent_pipe",
+            [],
             "output 0 of the pipeline combines the images with the reader's labels or metadata "
             "(the served model gets no labels): return the images alone",
             id="images-mixed-with-labels",
         ),
         pytest.param(
-            MORE, "extra_input_pipe", [],
+            MORE,
+            "extra_input_pipe",
+            [],
             "fn.external_source (name 'SCALE'): cannot be served: several inputs (the reader and this one); "
             "the served model takes the encoded image alone",
             id="extra-external-source",
         ),
         pytest.param(
-            MORE, "caffe_pipe", [],
+            MORE,
+            "caffe_pipe",
+            [],
             "fn.readers.caffe: cannot be served: its LMDB sample layout is not built here, so the conversion "
             "could not be verified; replace it by hand with fn.external_source(name='DALI_INPUT')",
             id="unverifiable-reader",
         ),
         pytest.param(
-            MORE, "layout_argument_pipe", [],
+            MORE,
+            "layout_argument_pipe",
+            [],
             "layout_argument_pipe needs a value for layout (not only a reader argument): pass --pipeline-arg layout=VALUE",
             id="string-argument-not-for-the-reader",
         ),
         pytest.param(
-            MORE, "aliased_reader_pipe", [],
+            MORE,
+            "aliased_reader_pipe",
+            [],
             "aliased_reader_pipe: no fn.readers.* reader was called (call it as fn.readers.NAME), so there is no input to serve",
             id="aliased-reader",
         ),
         pytest.param(
-            MORE, "IMAGENET_MEAN", [],
+            MORE,
+            "IMAGENET_MEAN",
+            [],
             f"{MORE}:IMAGENET_MEAN is not a DALI pipeline function: name the @pipeline_def function "
             "(or a plain function that returns fn.* outputs), got list",
             id="not-callable",
@@ -206,8 +279,11 @@ def test_pipeline_args_may_name_dali_types() -> None:
             "--pipeline-arg 'output_layout=CHW': 'CHW' is neither a Python literal nor a name from "
             "nvidia.dali.types (quote strings: output_layout=\"'CHW'\")",
         ),
-        ("x=types", "--pipeline-arg 'x=types': 'types' is neither a Python literal nor a name from "
-         "nvidia.dali.types (quote strings: x=\"'types'\")"),
+        (
+            "x=types",
+            "--pipeline-arg 'x=types': 'types' is neither a Python literal nor a name from "
+            "nvidia.dali.types (quote strings: x=\"'types'\")",
+        ),
     ],
 )
 def test_bad_pipeline_args_are_refused(text, message) -> None:
@@ -258,7 +334,9 @@ def test_the_served_graph_has_one_named_input_and_no_reader(tutorial) -> None:
     from nvidia.dali import types
     from nvidia.dali.pipeline import Pipeline
 
-    pipe = Pipeline.deserialize(tutorial.serialized, batch_size=2, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    pipe = Pipeline.deserialize(
+        tutorial.serialized, batch_size=2, num_threads=1, device_id=None, prefetch_queue_depth=1
+    )
     jpeg = np.fromfile(sample_photos()[0], np.uint8)
     pipe.feed_input(mc.DALI_INPUT, [jpeg, jpeg])
     (output,) = pipe.run()
@@ -284,7 +362,9 @@ def test_the_served_graph_has_one_named_input_and_no_reader(tutorial) -> None:
 )
 def test_the_served_model_equals_the_training_scripts_own_run(tmp_path: Path, device: str) -> None:
     photos = sample_photos()
-    converted = convert(TRAIN, "validation_pipe", TUTORIAL_ARGS, decoder_device=decoder_device(device), max_batch_size=8)
+    converted = convert(
+        TRAIN, "validation_pipe", TUTORIAL_ARGS, decoder_device=decoder_device(device), max_batch_size=8
+    )
     expected = run_tutorial_pipeline_with_its_reader(photos, tmp_path / "val", decoder_device(device))
     version = tmp_path / "preprocessing" / "1"
     version.mkdir(parents=True)

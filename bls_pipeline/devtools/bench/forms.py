@@ -140,15 +140,23 @@ def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int
     window_start = time.time() + _START_DELAY_S + load.warmup_s
     window_end = window_start + load.duration_s
     shares = [
-        _Share(load, groups, load.concurrency // count + (1 if i < load.concurrency % count else 0), i * 7,
-               window_start, window_end)
+        _Share(
+            load,
+            groups,
+            load.concurrency // count + (1 if i < load.concurrency % count else 0),
+            i * 7,
+            window_start,
+            window_end,
+        )
         for i in range(count)
     ]
     with multiprocessing.get_context("spawn").Pool(count) as pool:
         try:
             per_process = pool.map(_drive, shares)
         except Exception as exc:  # noqa: BLE001 - the client's errors come back pickled, any type
-            raise EndpointFailure(f"{load.form} over {load.protocol}, {load.images_per_request} images per request: {exc}") from None
+            raise EndpointFailure(
+                f"{load.form} over {load.protocol}, {load.images_per_request} images per request: {exc}"
+            ) from None
     latencies = [latency for part in per_process for latency in part]
     if not latencies:
         raise EndpointFailure(f"no request completed within {load.duration_s} s ({load.form}, {load.protocol})")
@@ -166,14 +174,26 @@ def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int
     )
 
 
-def form_loads(model: str, urls: dict[str, str], *, protocols: Sequence[str], points: Sequence[tuple[int, int]] = DEFAULT_FORM_POINTS,
-               forms: Sequence[str] = FORMS) -> list[FormLoad]:
+def form_loads(
+    model: str,
+    urls: dict[str, str],
+    *,
+    protocols: Sequence[str],
+    points: Sequence[tuple[int, int]] = DEFAULT_FORM_POINTS,
+    forms: Sequence[str] = FORMS,
+) -> list[FormLoad]:
     """Every (images per request, concurrency) point in every protocol and form, forms adjacent
     so that each pair is measured back to back."""
     loads = []
     for images_per_request, concurrency in points:
         for protocol in protocols:
-            base = FormLoad(url=urls[protocol], model=model, protocol=protocol, form=forms[0],
-                            images_per_request=images_per_request, concurrency=concurrency)
+            base = FormLoad(
+                url=urls[protocol],
+                model=model,
+                protocol=protocol,
+                form=forms[0],
+                images_per_request=images_per_request,
+                concurrency=concurrency,
+            )
             loads.extend(replace(base, form=form) for form in forms)
     return loads

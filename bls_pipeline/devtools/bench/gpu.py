@@ -63,7 +63,10 @@ DEFAULT_GPU_BATCHES = (1, 8, 32, 64, 128)
 # The photo sets besides the benchmark's own (one size): the client's default form and the
 # pipelined in-process limit are measured on each, since throughput per byte varies most.
 SAME_SIZE = "same size"
-PHOTO_SETS: dict[str, Callable[[], list[BenchImage]]] = {"imagenet-sized": imagenet_sized_images, "varied sizes": varied_images}
+PHOTO_SETS: dict[str, Callable[[], list[BenchImage]]] = {
+    "imagenet-sized": imagenet_sized_images,
+    "varied sizes": varied_images,
+}
 # The endpoints that are this project's BLS classifier (the others are ensembles).
 BLS_ENDPOINTS = ("bls_native", "bls")
 
@@ -115,8 +118,12 @@ class InProcessGpu:
 
         def make_pipeline(prefetch_queue_depth: int) -> Any:
             pipe = pipeline_from_settings(
-                module, {**settings, "decoder_device": "mixed"}, max_batch_size=max_batch_size,
-                num_threads=settings["num_threads"], device_id=0, prefetch_queue_depth=prefetch_queue_depth,
+                module,
+                {**settings, "decoder_device": "mixed"},
+                max_batch_size=max_batch_size,
+                num_threads=settings["num_threads"],
+                device_id=0,
+                prefetch_queue_depth=prefetch_queue_depth,
             )
             pipe.build()
             return pipe
@@ -148,8 +155,14 @@ class InProcessGpu:
         self.preprocess(full_batch)
         self._torch.cuda.current_stream().synchronize()
 
-    def pipelined_throughput(self, batches: Sequence[list[np.ndarray]], full_batch: list[np.ndarray],
-                             duration_s: float, *, warm_up_s: float = 1.0) -> float:
+    def pipelined_throughput(
+        self,
+        batches: Sequence[list[np.ndarray]],
+        full_batch: list[np.ndarray],
+        duration_s: float,
+        *,
+        warm_up_s: float = 1.0,
+    ) -> float:
         """Images/s of DALI feeding the network the way one process runs it well: a pipeline
         prefetching two batches (``exec_async``, ``exec_pipelined``) with three batches fed
         ahead of ``run()``; its GPU output taken through DLPack into one of two staging
@@ -264,13 +277,21 @@ def _batches(images: Sequence[BenchImage], size: int) -> list[list[np.ndarray]]:
     return [encoded_batch(images, size, offset) for offset in range(0, max(len(images), size * 4), size)]
 
 
-def measure_in_process(repository: Path, images: Sequence[BenchImage], options: GpuBenchOptions, max_batch_size: int,
-                       progress: Callable[[str], None], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def measure_in_process(
+    repository: Path,
+    images: Sequence[BenchImage],
+    options: GpuBenchOptions,
+    max_batch_size: int,
+    progress: Callable[[str], None],
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The in-process rows: images/s per stage, mode and batch size; single-image latency."""
     parts = InProcessGpu(repository, max_batch_size, overrides=overrides)
     full_batch = encoded_batch(images, max_batch_size, 0)
     parts.prime(full_batch)
-    rows: dict[str, Any] = {"settings": {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}}
+    rows: dict[str, Any] = {
+        "settings": {k: parts.settings[k] for k in ("num_threads", "hw_decoder_load") if k in parts.settings}
+    }
     for size in (s for s in options.batch_sizes if s <= max_batch_size):
         batches = _batches(images, size)
         for stage in IN_PROCESS_STAGES:
@@ -288,19 +309,25 @@ def measure_in_process(repository: Path, images: Sequence[BenchImage], options: 
     largest = max((s for s in options.batch_sizes if s <= max_batch_size), default=max_batch_size)
     for label in options.other_photo_sets:
         photos = PHOTO_SETS[label]()
-        rate = parts.pipelined_throughput(_batches(photos, largest), encoded_batch(photos, max_batch_size, 0),
-                                          options.inprocess_duration_s)
+        rate = parts.pipelined_throughput(
+            _batches(photos, largest), encoded_batch(photos, max_batch_size, 0), options.inprocess_duration_s
+        )
         rows.setdefault("pipelined_by_photos", {})[label] = {largest: rate}
         progress(f"in process pipelined     batch {largest:<3d} {rate:8.0f} images/s ({label})")
     rows["single_image_ms"] = parts.single_image_ms(images)
-    rows["single_image_stage_ms"] = {stage: parts.single_image_ms(images, stage) for stage in ("preprocessing", "network")}
-    progress(f"in process single image {rows['single_image_ms']:.2f} ms (preprocessing "
-             f"{rows['single_image_stage_ms']['preprocessing']:.2f}, network {rows['single_image_stage_ms']['network']:.2f})")
+    rows["single_image_stage_ms"] = {
+        stage: parts.single_image_ms(images, stage) for stage in ("preprocessing", "network")
+    }
+    progress(
+        f"in process single image {rows['single_image_ms']:.2f} ms (preprocessing "
+        f"{rows['single_image_stage_ms']['preprocessing']:.2f}, network {rows['single_image_stage_ms']['network']:.2f})"
+    )
     return rows
 
 
-def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
-                      progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+def run_gpu_benchmark(
+    options: GpuBenchOptions, images: Sequence[BenchImage], *, progress: Callable[[str], None] = lambda line: None
+) -> dict[str, Any]:
     """Measure everything in the module docstring; returns the JSON-ready result."""
     from bls_pipeline.builder import model_config as mc
     from bls_pipeline.client import host_port
@@ -320,10 +347,13 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
         names = write_bench_repository(repository, bench_repo)
         missing = [key for key in options.endpoints if key not in names]
         if missing:
-            raise BenchError(f"the benchmark repository has no {missing}: build the native backends (tools/build_backends.py)")
+            raise BenchError(
+                f"the benchmark repository has no {missing}: build the native backends (tools/build_backends.py)"
+            )
         data = write_input_data(images, Path(workdir) / "data.json")
-        server_options = ServerOptions(model_repository=bench_repo, http_port=0, grpc_port=0, metrics_port=0,
-                                       log_path=options.server_log)
+        server_options = ServerOptions(
+            model_repository=bench_repo, http_port=0, grpc_port=0, metrics_port=0, log_path=options.server_log
+        )
         with LocalTritonServer(server_options) as server:
             http_url = host_port(server.url)
             grpc_url = host_port(server.grpc_url)
@@ -340,8 +370,15 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                     stages = settled_metrics(server.options.metrics_port) if key in BLS_ENDPOINTS else None
                     for concurrency in options.concurrencies:
                         cpu_before = meter.snapshot()
-                        point = _point_with_statistics(names[key], data, url=url, protocol=protocol, concurrency=concurrency,
-                                                       measurement_ms=options.measurement_ms, http_url=http_url)
+                        point = _point_with_statistics(
+                            names[key],
+                            data,
+                            url=url,
+                            protocol=protocol,
+                            concurrency=concurrency,
+                            measurement_ms=options.measurement_ms,
+                            http_url=http_url,
+                        )
                         # Over all of perf_analyzer's windows, warm-up included: CPU time of each
                         # role per image the server answered in that time.
                         _add_cpu_per_image(point.extra, meter, cpu_before, names[key])
@@ -351,21 +388,38 @@ def run_gpu_benchmark(options: GpuBenchOptions, images: Sequence[BenchImage], *,
                             stages = closing
                         point.extra["endpoint"] = key
                         endpoints.append(point.as_dict())
-                        progress(f"{key:8s} {protocol:4s} c={concurrency:<4d} {point.images_per_s:8.0f} images/s "
-                                 f"p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms GPU {point.gpu_util_percent or 0:4.0f} %")
-            result["sub_models_alone"] = _sub_models_alone(bench_repo / names["bls_native"], images, grpc_url, http_url,
-                                                           Path(workdir), options.measurement_ms, progress)
+                        progress(
+                            f"{key:8s} {protocol:4s} c={concurrency:<4d} {point.images_per_s:8.0f} images/s "
+                            f"p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms GPU {point.gpu_util_percent or 0:4.0f} %"
+                        )
+            result["sub_models_alone"] = _sub_models_alone(
+                bench_repo / names["bls_native"],
+                images,
+                grpc_url,
+                http_url,
+                Path(workdir),
+                options.measurement_ms,
+                progress,
+            )
             if options.form_points:
-                result["forms"] = _measure_forms(options, names["bls_native"], images,
-                                                 {"grpc": grpc_url, "http": http_url}, meter, progress)
+                result["forms"] = _measure_forms(
+                    options, names["bls_native"], images, {"grpc": grpc_url, "http": http_url}, meter, progress
+                )
     result["endpoints"] = endpoints
     result["summary"] = summarize(result)
     result["single_image_latency_ms"] = latency_breakdown(result)
     return result
 
 
-def _sub_models_alone(classifier: Path, images: Sequence[BenchImage], grpc_url: str, http_url: str, workdir: Path,
-                      measurement_ms: int, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+def _sub_models_alone(
+    classifier: Path,
+    images: Sequence[BenchImage],
+    grpc_url: str,
+    http_url: str,
+    workdir: Path,
+    measurement_ms: int,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
     """The two models ``classifier`` calls, each loaded alone at concurrency 1 over gRPC, one
     image per request: what a request costs without the classifier's BLS hops.
 
@@ -382,22 +436,46 @@ def _sub_models_alone(classifier: Path, images: Sequence[BenchImage], grpc_url: 
     points = []
     for role, model, inputs in (("preprocessing", preprocessing, data), ("network", network, RANDOM_DATA)):
         _warm_up(model, inputs, grpc_url, "grpc", concurrency=1, workdir=workdir)
-        point = _point_with_statistics(model, inputs, url=grpc_url, protocol="grpc", concurrency=1,
-                                       measurement_ms=measurement_ms, http_url=http_url, workdir=workdir)
+        point = _point_with_statistics(
+            model,
+            inputs,
+            url=grpc_url,
+            protocol="grpc",
+            concurrency=1,
+            measurement_ms=measurement_ms,
+            http_url=http_url,
+            workdir=workdir,
+        )
         point.extra["role"] = role
         points.append(point.as_dict())
         progress(f"{role} alone ({model}) grpc c=1 p50 {point.p50_ms:.2f} ms")
     return points
 
 
-def _point_with_statistics(model: str, data: Path | str, *, url: str, protocol: str, concurrency: int, measurement_ms: int,
-                           http_url: str, workdir: Path | None = None) -> PerfPoint:
+def _point_with_statistics(
+    model: str,
+    data: Path | str,
+    *,
+    url: str,
+    protocol: str,
+    concurrency: int,
+    measurement_ms: int,
+    http_url: str,
+    workdir: Path | None = None,
+) -> PerfPoint:
     """One :func:`run_perf_analyzer` point with the GPU's utilization and Triton's per-model
     statistics of its window (``extra["models"]``)."""
     before = model_statistics(http_url)
     with GpuSampler() as sampler:
-        point = run_perf_analyzer(model, data, url=url, protocol=protocol, concurrency=concurrency,
-                                  measurement_ms=measurement_ms, workdir=workdir)
+        point = run_perf_analyzer(
+            model,
+            data,
+            url=url,
+            protocol=protocol,
+            concurrency=concurrency,
+            measurement_ms=measurement_ms,
+            workdir=workdir,
+        )
     point.gpu_util_percent = sampler.mean()
     point.extra["jpeg_util_percent"] = sampler.mean_jpeg()
     point.extra["models"] = statistics_delta(before, model_statistics(http_url))
@@ -413,38 +491,57 @@ def _add_cpu_per_image(extra: dict[str, Any], meter: CpuByRole, before: CpuSnaps
     extra["server_cpu_ms_per_image"] = (extra["cpu_ms_per_image"] or {}).get("server total")
 
 
-def _warm_up(model: str, data: Path | str, url: str, protocol: str, *, concurrency: int = 8,
-             workdir: Path | None = None) -> None:
+def _warm_up(
+    model: str, data: Path | str, url: str, protocol: str, *, concurrency: int = 8, workdir: Path | None = None
+) -> None:
     """A short load before the measured ones; whether perf_analyzer calls it stable does not matter."""
     try:
-        run_perf_analyzer(model, data, url=url, protocol=protocol, concurrency=concurrency, measurement_ms=1500,
-                          workdir=workdir)
+        run_perf_analyzer(
+            model, data, url=url, protocol=protocol, concurrency=concurrency, measurement_ms=1500, workdir=workdir
+        )
     except BenchError:
         pass
 
 
-def _measure_forms(options: GpuBenchOptions, model: str, images: Sequence[BenchImage], urls: dict[str, str],
-                   meter: CpuByRole, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+def _measure_forms(
+    options: GpuBenchOptions,
+    model: str,
+    images: Sequence[BenchImage],
+    urls: dict[str, str],
+    meter: CpuByRole,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
     """Every form point on the benchmark's photographs (all protocols), then the client's
     default point on each other photo set (gRPC), each with Triton's per-model statistics,
     the GPU's and JPEG engine's utilization and the CPU per image by role."""
-    plan = [(SAME_SIZE, images, load) for load in form_loads(model, urls, protocols=options.protocols,
-                                                               points=options.form_points)]
+    plan = [
+        (SAME_SIZE, images, load)
+        for load in form_loads(model, urls, protocols=options.protocols, points=options.form_points)
+    ]
     for label in options.other_photo_sets:
-        plan += [(label, PHOTO_SETS[label](), load) for load in form_loads(model, urls, protocols=("grpc",), points=(CLIENT_DEFAULT_POINT,))]
+        plan += [
+            (label, PHOTO_SETS[label](), load)
+            for load in form_loads(model, urls, protocols=("grpc",), points=(CLIENT_DEFAULT_POINT,))
+        ]
     points = []
     for label, photos, load in plan:
         before, cpu_before = model_statistics(urls["http"]), meter.snapshot()
         with GpuSampler() as sampler:
             point = measure_form(load, photos)
-        point.extra = {"images": label, "models": statistics_delta(before, model_statistics(urls["http"])),
-                       "gpu_util_percent": sampler.mean(), "jpeg_util_percent": sampler.mean_jpeg()}
+        point.extra = {
+            "images": label,
+            "models": statistics_delta(before, model_statistics(urls["http"])),
+            "gpu_util_percent": sampler.mean(),
+            "jpeg_util_percent": sampler.mean_jpeg(),
+        }
         # Over the client processes' whole run (start and warm-up included).
         _add_cpu_per_image(point.extra, meter, cpu_before, model)
         points.append(point.as_dict())
-        progress(f"form {load.form:6s} {load.protocol:4s} {label:14s} {load.images_per_request:3d}/request c={load.concurrency:<3d} "
-                 f"{point.images_per_s:8.0f} images/s p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms "
-                 f"{point.request_bytes / 1e6:6.2f} MB/request, server CPU {point.extra['server_cpu_ms_per_image'] or 0:.2f} ms/image")
+        progress(
+            f"form {load.form:6s} {load.protocol:4s} {label:14s} {load.images_per_request:3d}/request c={load.concurrency:<3d} "
+            f"{point.images_per_s:8.0f} images/s p50 {point.p50_ms:6.1f} p99 {point.p99_ms:6.1f} ms "
+            f"{point.request_bytes / 1e6:6.2f} MB/request, server CPU {point.extra['server_cpu_ms_per_image'] or 0:.2f} ms/image"
+        )
     return points
 
 
@@ -473,14 +570,25 @@ def summarize(result: Mapping[str, Any], p99_limit_ms: float = 150.0) -> dict[st
             k: best_form[k] for k in ("images_per_s", "protocol", "form", "images_per_request", "concurrency", "p99_ms")
         }
         summary["bls_multi_image_over_in_process"] = best_form["images_per_s"] / limit if limit else None
-    limits = {SAME_SIZE: limit, **{label: max(rates.values()) for label, rates in in_process.get("pipelined_by_photos", {}).items()}}
+    limits = {
+        SAME_SIZE: limit,
+        **{label: max(rates.values()) for label, rates in in_process.get("pipelined_by_photos", {}).items()},
+    }
     for label, set_limit in limits.items():
-        points = [p for p in result.get("forms", []) if p["extra"]["images"] == label and p["form"] == "bytes"
-                  and (p["images_per_request"], p["concurrency"]) == CLIENT_DEFAULT_POINT and p["protocol"] == "grpc"]
+        points = [
+            p
+            for p in result.get("forms", [])
+            if p["extra"]["images"] == label
+            and p["form"] == "bytes"
+            and (p["images_per_request"], p["concurrency"]) == CLIENT_DEFAULT_POINT
+            and p["protocol"] == "grpc"
+        ]
         if points and set_limit:
             summary.setdefault("client_default_by_photos", {})[label] = {
-                "images_per_s": points[0]["images_per_s"], "p99_ms": points[0]["p99_ms"],
-                "pipelined_limit": set_limit, "over_pipelined_limit": points[0]["images_per_s"] / set_limit,
+                "images_per_s": points[0]["images_per_s"],
+                "p99_ms": points[0]["p99_ms"],
+                "pipelined_limit": set_limit,
+                "over_pipelined_limit": points[0]["images_per_s"] / set_limit,
                 "server_cpu_ms_per_image": points[0]["extra"].get("server_cpu_ms_per_image"),
             }
     if single:
@@ -507,8 +615,11 @@ def latency_breakdown(result: Mapping[str, Any]) -> dict[str, float]:
 
 def single_image_point(result: Mapping[str, Any], endpoint: str = "bls_native") -> Mapping[str, Any]:
     """The gRPC point of ``endpoint`` at concurrency 1, or ``{}`` when it was not measured."""
-    points = [p for p in result["endpoints"]
-              if p["extra"]["endpoint"] == endpoint and p["concurrency"] == 1 and p["protocol"] == "grpc"]
+    points = [
+        p
+        for p in result["endpoints"]
+        if p["extra"]["endpoint"] == endpoint and p["concurrency"] == 1 and p["protocol"] == "grpc"
+    ]
     return points[0] if points else {}
 
 
@@ -518,7 +629,9 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
     for stage, rates in result["in_process"].items():
         if stage in IN_PROCESS_STAGES:
             label = STAGE_LABELS.get(stage, stage)
-            lines.append(f"{label:28s} " + " ".join(f"{rates.get(b, rates.get(str(b), 0)):8.0f}" for b in _sizes(result)))
+            lines.append(
+                f"{label:28s} " + " ".join(f"{rates.get(b, rates.get(str(b), 0)):8.0f}" for b in _sizes(result))
+            )
     for label, rates in result["in_process"].get("pipelined_by_photos", {}).items():
         lines.append(f"pipelined, {label:17s} " + ", ".join(f"b={b}: {rate:.0f}" for b, rate in rates.items()))
     lines.append(f"single image, bytes to logits: {result['in_process'].get('single_image_ms', 0):.2f} ms")
@@ -528,25 +641,41 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
         lines += [f"  {name:36s} {ms:6.2f}" for name, ms in breakdown.items()]
         stages = single_image_point(result).get("extra", {}).get("classifier_stages_ms")
         if stages:
-            lines.append("  classifier's own stages per execute: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
-    lines += ["", "SERVED, one image per request (perf_analyzer)",
-              f"{'endpoint':9s} {'proto':5s} {'conc':>5s} {'images/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'GPU %':>6s} "
-              f"{'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms"]
+            lines.append(
+                "  classifier's own stages per execute: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            )
+    lines += [
+        "",
+        "SERVED, one image per request (perf_analyzer)",
+        f"{'endpoint':9s} {'proto':5s} {'conc':>5s} {'images/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'GPU %':>6s} "
+        f"{'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms",
+    ]
     for p in result["endpoints"]:
-        models = "; ".join(f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items())
-        lines.append(f"{p['extra']['endpoint']:9s} {p['protocol']:5s} {p['concurrency']:5d} {p['images_per_s']:9.0f} "
-                     f"{p['p50_ms']:7.1f} {p['p99_ms']:7.1f} {p['gpu_util_percent'] or 0:6.0f} "
-                     f"{p['extra'].get('jpeg_util_percent') or 0:6.1f} {p['extra'].get('server_cpu_ms_per_image') or 0:6.2f}  {models}")
+        models = "; ".join(
+            f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items()
+        )
+        lines.append(
+            f"{p['extra']['endpoint']:9s} {p['protocol']:5s} {p['concurrency']:5d} {p['images_per_s']:9.0f} "
+            f"{p['p50_ms']:7.1f} {p['p99_ms']:7.1f} {p['gpu_util_percent'] or 0:6.0f} "
+            f"{p['extra'].get('jpeg_util_percent') or 0:6.1f} {p['extra'].get('server_cpu_ms_per_image') or 0:6.2f}  {models}"
+        )
     if result.get("forms"):
-        lines += ["", "SERVED, request forms (the project's client as load generator)",
-                  f"{'form':7s} {'proto':5s} {'images':14s} {'img/req':>7s} {'conc':>5s} {'images/s':>9s} "
-                  f"{'p50 ms':>7s} {'p99 ms':>7s} {'MB/req':>7s} {'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms"]
+        lines += [
+            "",
+            "SERVED, request forms (the project's client as load generator)",
+            f"{'form':7s} {'proto':5s} {'images':14s} {'img/req':>7s} {'conc':>5s} {'images/s':>9s} "
+            f"{'p50 ms':>7s} {'p99 ms':>7s} {'MB/req':>7s} {'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms",
+        ]
         for p in result["forms"]:
-            models = "; ".join(f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items())
-            lines.append(f"{p['form']:7s} {p['protocol']:5s} {p['extra']['images']:14s} {p['images_per_request']:7d} "
-                         f"{p['concurrency']:5d} {p['images_per_s']:9.0f} {p['p50_ms']:7.1f} {p['p99_ms']:7.1f} "
-                         f"{p['request_bytes'] / 1e6:7.2f} {p['extra'].get('jpeg_util_percent') or 0:6.1f} "
-                         f"{p['extra'].get('server_cpu_ms_per_image') or 0:6.2f}  {models}")
+            models = "; ".join(
+                f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items()
+            )
+            lines.append(
+                f"{p['form']:7s} {p['protocol']:5s} {p['extra']['images']:14s} {p['images_per_request']:7d} "
+                f"{p['concurrency']:5d} {p['images_per_s']:9.0f} {p['p50_ms']:7.1f} {p['p99_ms']:7.1f} "
+                f"{p['request_bytes'] / 1e6:7.2f} {p['extra'].get('jpeg_util_percent') or 0:6.1f} "
+                f"{p['extra'].get('server_cpu_ms_per_image') or 0:6.2f}  {models}"
+            )
     lines += ["", "HOST CPU PER IMAGE BY ROLE (ms; over each point's whole run)"] + _cpu_lines(result)
     lines += ["", "SUMMARY"] + [f"  {k}: {v}" for k, v in result["summary"].items()]
     return "\n".join(lines)
@@ -559,8 +688,11 @@ def _cpu_lines(result: Mapping[str, Any]) -> list[str]:
         roles = p["extra"].get("cpu_ms_per_image")
         if not roles:
             continue
-        what = (f"{p['extra']['endpoint']} c={p['concurrency']}" if "endpoint" in p["extra"]
-                else f"{p['form']} {p['extra']['images']} {p['images_per_request']}x{p['concurrency']}")
+        what = (
+            f"{p['extra']['endpoint']} c={p['concurrency']}"
+            if "endpoint" in p["extra"]
+            else f"{p['form']} {p['extra']['images']} {p['images_per_request']}x{p['concurrency']}"
+        )
         lines.append(f"  {what:32s} " + ", ".join(f"{role} {ms:.2f}" for role, ms in roles.items()))
     return lines
 

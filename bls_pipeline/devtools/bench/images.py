@@ -73,7 +73,9 @@ def render_photo(array: np.ndarray, size: tuple[int, int] = IMAGE_SIZE, quality:
     image = Image.fromarray(array).convert("RGB")
     width, height = image.size
     scale = max(size[0] / width, size[1] / height)
-    scaled = image.resize((max(size[0], round(width * scale)), max(size[1], round(height * scale))), Image.Resampling.LANCZOS)
+    scaled = image.resize(
+        (max(size[0], round(width * scale)), max(size[1], round(height * scale))), Image.Resampling.LANCZOS
+    )
     left, top = (scaled.width - size[0]) // 2, (scaled.height - size[1]) // 2
     buffer = io.BytesIO()
     scaled.crop((left, top, left + size[0], top + size[1])).save(buffer, "JPEG", quality=quality, optimize=False)

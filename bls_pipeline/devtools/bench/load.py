@@ -185,7 +185,9 @@ def warm_up(
             raise EndpointFailure(f"{model}: a warm-up request failed: {' '.join(str(exc).split())}") from None
         single_s = time.perf_counter() - started
         bound_s = max(30.0, bound_factor * concurrency * single_s)
-        greenlets = [gevent.spawn(client.infer, model, requests[i % len(requests)], outputs=outputs) for i in range(concurrency)]
+        greenlets = [
+            gevent.spawn(client.infer, model, requests[i % len(requests)], outputs=outputs) for i in range(concurrency)
+        ]
         done = gevent.joinall(greenlets, timeout=bound_s)
         failed = [g.exception for g in done if g.exception is not None]
         if failed:

@@ -38,7 +38,7 @@ from bls_pipeline.serving.metrics import EXECUTE_IMAGES, FLUSH_INTERVAL_S, STAGE
 # perf_analyzer's CSV columns (microseconds) that this module reports.
 _LATENCY_COLUMNS = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency"}
 _SERVER_COLUMNS = {"server_queue_ms": "Server Queue", "server_compute_ms": "Server Compute Infer"}
-_PROMETHEUS_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_PROMETHEUS_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _PROMETHEUS_LABEL = re.compile(r'(\w+)="([^"]*)"')
 # perf_analyzer's --input-data value for random tensors of the model's own input shapes.
 RANDOM_DATA = "random"
@@ -126,13 +126,27 @@ def run_perf_analyzer(
     csv_path = workdir / f"perf-{model}-{protocol}-{concurrency}.csv"
     command = [
         perf_analyzer_binary(),
-        "-m", model, "-u", url, "-i", protocol,
-        "--input-data", str(input_data), "-b", "1",
-        "--concurrency-range", f"{concurrency}:{concurrency}",
-        "--measurement-interval", str(measurement_ms),
+        "-m",
+        model,
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "--input-data",
+        str(input_data),
+        "-b",
+        "1",
+        "--concurrency-range",
+        f"{concurrency}:{concurrency}",
+        "--measurement-interval",
+        str(measurement_ms),
         # A GPU server's throughput swings more than 20 % between 3 s windows at low load.
-        "--stability-percentage", "35", "--max-trials", "5",
-        "-f", str(csv_path),
+        "--stability-percentage",
+        "35",
+        "--max-trials",
+        "5",
+        "-f",
+        str(csv_path),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 or not csv_path.is_file():
@@ -206,17 +220,25 @@ def classifier_stages_ms(before: Metrics, after: Metrics, model: str) -> dict[st
     """The classifier ``model``'s own stages between two scrapes, in ms per ``execute``: where
     its time goes around the two BLS calls (``bls_classifier_stage_duration_us``,
     docs/metrics.md); empty when it executed nothing in between."""
-    executes = metric(after, f"{EXECUTE_IMAGES}_count", model=model) - metric(before, f"{EXECUTE_IMAGES}_count", model=model)
+    executes = metric(after, f"{EXECUTE_IMAGES}_count", model=model) - metric(
+        before, f"{EXECUTE_IMAGES}_count", model=model
+    )
     if executes <= 0:
         return {}
     return {
-        stage: (metric(after, STAGE_DURATION, model=model, stage=stage) - metric(before, STAGE_DURATION, model=model, stage=stage))
-        / executes / 1e3
+        stage: (
+            metric(after, STAGE_DURATION, model=model, stage=stage)
+            - metric(before, STAGE_DURATION, model=model, stage=stage)
+        )
+        / executes
+        / 1e3
         for stage in STAGES
     }
 
 
-def statistics_delta(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+def statistics_delta(
+    before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
     """What happened between two :func:`model_statistics` readings.
 
     Per model: executions, the mean batch of an execution, and the mean queue and compute
@@ -305,7 +327,9 @@ def gpu_process_memory() -> dict[str, float]:
         return {}
     out = subprocess.run(
         ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, timeout=10,
+        capture_output=True,
+        text=True,
+        timeout=10,
     ).stdout
     memory = {}
     for line in out.strip().splitlines():
@@ -313,4 +337,3 @@ def gpu_process_memory() -> dict[str, float]:
         if len(parts) == 3 and parts[2].replace(".", "", 1).isdigit():
             memory[f"{parts[0]}:{Path(parts[1]).name}"] = float(parts[2])
     return memory
-

@@ -78,8 +78,7 @@ def format_table(result: Mapping[str, Any]) -> str:
             lines.append(
                 f"{labels.get(key, key):22s} {row['concurrency']:>4d}  {_fmt(row['images_per_s']):>22s}  "
                 f"{_fmt(latency['p50']):>22s}  {latency['p90']['median']:8.1f}  {latency['p99']['median']:8.1f}  "
-                f"{cpu['median'] if cpu else float('nan'):10.2f}"
-                + ("  slow" if row.get("slow") else "")
+                f"{cpu['median'] if cpu else float('nan'):10.2f}" + ("  slow" if row.get("slow") else "")
             )
     lines.append("")
     best_at = result.get("best_at", {})
@@ -90,7 +89,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         if name not in targets:
             lines.append(f"{name:18s} {value:8.3f}  (no target)")
     for name, check in targets.items():
-        lines.append(f"{name:18s} {check['value']:8.3f}  target {check['target']:40s} {'met' if check['met'] else 'NOT MET'}")
+        lines.append(
+            f"{name:18s} {check['value']:8.3f}  target {check['target']:40s} {'met' if check['met'] else 'NOT MET'}"
+        )
     return "\n".join(lines)
 
 
@@ -102,7 +103,13 @@ def plot_result(result: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = {"bls": "tab:blue", "ensemble": "tab:orange", "naive": "tab:green", "bls_native": "tab:purple", "ensemble_native": "tab:brown"}
+    colors = {
+        "bls": "tab:blue",
+        "ensemble": "tab:orange",
+        "naive": "tab:green",
+        "bls_native": "tab:purple",
+        "ensemble_native": "tab:brown",
+    }
     for key, by_concurrency in result["endpoints"].items():
         rows = sorted(by_concurrency.values(), key=lambda row: row["concurrency"])
         x = [row["concurrency"] for row in rows]
@@ -116,8 +123,20 @@ def plot_result(result: Mapping[str, Any], path: Path) -> Path:
             label=key,
             color=colors.get(key),
         )
-        latency.plot(x, [row["latency_ms"]["p50"]["median"] for row in rows], marker="o", color=colors.get(key), label=f"{key} p50")
-        latency.plot(x, [row["latency_ms"]["p99"]["median"] for row in rows], linestyle="--", color=colors.get(key), label=f"{key} p99")
+        latency.plot(
+            x,
+            [row["latency_ms"]["p50"]["median"] for row in rows],
+            marker="o",
+            color=colors.get(key),
+            label=f"{key} p50",
+        )
+        latency.plot(
+            x,
+            [row["latency_ms"]["p99"]["median"] for row in rows],
+            linestyle="--",
+            color=colors.get(key),
+            label=f"{key} p99",
+        )
     # Results written before the pipelined figure existed compared with the serial one.
     limit = result.get("in_process_limit", {"stage": "inprocess"})["stage"]
     for stage, style in (("pipelined", ":"), ("inprocess", "-.")):

@@ -108,7 +108,11 @@ def classifier_ensemble_config(
             mc.EnsembleStep(
                 POSTPROCESS,
                 {LOGITS_INPUT: "logits"},
-                {mc.SCORES_OUTPUT: mc.SCORES_OUTPUT, mc.CLASS_IDS_OUTPUT: mc.CLASS_IDS_OUTPUT, mc.LABELS_OUTPUT: mc.LABELS_OUTPUT},
+                {
+                    mc.SCORES_OUTPUT: mc.SCORES_OUTPUT,
+                    mc.CLASS_IDS_OUTPUT: mc.CLASS_IDS_OUTPUT,
+                    mc.LABELS_OUTPUT: mc.LABELS_OUTPUT,
+                },
             ),
         ],
     )
@@ -175,7 +179,9 @@ def _write_classifier(built: Path, output: Path, name: str, preprocessing: str, 
 def native_hosting(built: Path, backends_built: bool) -> frozenset[str]:
     """The sub-models the native variant hosts on Triton's own backends (empty: no variant)."""
     spec = _spec(built, frozenset())
-    hosting = choose_hosting(target="local", device=spec.device, runtime=spec.runtime, requested=AUTO, backends_built=backends_built)
+    hosting = choose_hosting(
+        target="local", device=spec.device, runtime=spec.runtime, requested=AUTO, backends_built=backends_built
+    )
     return frozenset(model for model, choice in hosting.items() if choice.native)
 
 
@@ -210,7 +216,9 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
     shutil.copyfile(labels, post_dir / LABELS_FILE)
     mc.write_config(
         output / POSTPROCESS / CONFIG_FILE,
-        postprocess_config(max_batch_size=max_batch_size, num_classes=python_spec.num_classes, max_queue_delay_us=delay),
+        postprocess_config(
+            max_batch_size=max_batch_size, num_classes=python_spec.num_classes, max_queue_delay_us=delay
+        ),
     )
     (output / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
     mc.write_config(output / ENSEMBLE / CONFIG_FILE, classifier_ensemble_config(max_batch_size=max_batch_size))
@@ -224,7 +232,9 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
         (output / ensemble / "1").mkdir(parents=True)
         mc.write_config(
             output / ensemble / CONFIG_FILE,
-            classifier_ensemble_config(max_batch_size=max_batch_size, name=ensemble, preprocessing=preprocessing, network=network),
+            classifier_ensemble_config(
+                max_batch_size=max_batch_size, name=ensemble, preprocessing=preprocessing, network=network
+            ),
         )
         written.update(bls_native=ENDPOINTS["bls_native"], ensemble_native=ensemble)
 

@@ -493,9 +493,13 @@ def run_benchmark(
         names = write_bench_repository(repository, bench_repo)
         skipped = [key for key in options.endpoints if key not in names]
         if skipped:
-            progress(f"not measured: {', '.join(skipped)} (Triton's own backends are not built: tools/build_backends.py)")
+            progress(
+                f"not measured: {', '.join(skipped)} (Triton's own backends are not built: tools/build_backends.py)"
+            )
         endpoint_keys = [key for key in options.endpoints if key in names]
-        endpoint_runs: dict[str, dict[int, list[LoadSample]]] = {key: {c: [] for c in options.concurrencies} for key in endpoint_keys}
+        endpoint_runs: dict[str, dict[int, list[LoadSample]]] = {
+            key: {c: [] for c in options.concurrencies} for key in endpoint_keys
+        }
         progress("building the in-process DALI pipeline and network")
         # From the Python-hosted sub-models: the same files and settings as every endpoint.
         parts = _InProcess.from_repository(bench_repo, max_batch_size)
@@ -507,7 +511,9 @@ def run_benchmark(
             url = host_port(server.url)
             progress("warming up every endpoint (until each answers, with a bound that scales with this machine)")
             for key in endpoint_keys:
-                single_s = warm_up(url, names[key], images, concurrency=max(options.concurrencies), form=options.request_form)
+                single_s = warm_up(
+                    url, names[key], images, concurrency=max(options.concurrencies), form=options.request_form
+                )
                 progress(f"  {key}: one request alone {single_s * 1e3:.0f} ms")
             for repeat in range(options.repeats):
                 progress(f"repeat {repeat + 1}/{options.repeats}: in process, batch sizes {list(batch_sizes)}")
@@ -529,9 +535,15 @@ def run_benchmark(
                         progress(
                             f"repeat {repeat + 1}/{options.repeats}: {key:8s} c={concurrency:<2d} "
                             f"{sample.images_per_s:6.1f} images/s, p50 {percentile(sample.latencies_s, 50) * 1e3:6.1f} ms"
-                            + (f" (slow: every request outlasted the {options.duration_s:g} s window)" if sample.slow else "")
+                            + (
+                                f" (slow: every request outlasted the {options.duration_s:g} s window)"
+                                if sample.slow
+                                else ""
+                            )
                         )
-    return assemble_result(options, images, machine, parts.settings, _repository_settings(repository), in_process_runs, endpoint_runs)
+    return assemble_result(
+        options, images, machine, parts.settings, _repository_settings(repository), in_process_runs, endpoint_runs
+    )
 
 
 def assemble_result(
@@ -558,7 +570,11 @@ def assemble_result(
             f"batch_{size}": Spread.of([run[key][size] for run in in_process_runs]).to_json()
             for size in options.batch_sizes
         }
-    single = Spread.of([run["single_ms"][1] for run in in_process_runs if run.get("single_ms")]) if 1 in options.batch_sizes else None
+    single = (
+        Spread.of([run["single_ms"][1] for run in in_process_runs if run.get("single_ms")])
+        if 1 in options.batch_sizes
+        else None
+    )
     cpu_ms_per_image: dict[str, float] = {}
     if all(run.get("cpu_ms_per_image") for run in in_process_runs):
         in_process["inprocess_cpu_ms_per_image"] = {
@@ -566,14 +582,18 @@ def assemble_result(
             for size in options.batch_sizes
         }
         for size in options.batch_sizes:
-            cpu_ms_per_image[f"inprocess_batch_{size}"] = in_process["inprocess_cpu_ms_per_image"][f"batch_{size}"]["median"]
+            cpu_ms_per_image[f"inprocess_batch_{size}"] = in_process["inprocess_cpu_ms_per_image"][f"batch_{size}"][
+                "median"
+            ]
     if not absent and all(run.get("pipelined_cpu_ms_per_image") for run in in_process_runs):
         in_process["pipelined_cpu_ms_per_image"] = {
             f"batch_{size}": Spread.of([run["pipelined_cpu_ms_per_image"][size] for run in in_process_runs]).to_json()
             for size in options.batch_sizes
         }
         for size in options.batch_sizes:
-            cpu_ms_per_image[f"pipelined_batch_{size}"] = in_process["pipelined_cpu_ms_per_image"][f"batch_{size}"]["median"]
+            cpu_ms_per_image[f"pipelined_batch_{size}"] = in_process["pipelined_cpu_ms_per_image"][f"batch_{size}"][
+                "median"
+            ]
 
     endpoints: dict[str, Any] = {}
     for key, by_concurrency in endpoint_runs.items():
@@ -652,5 +672,3 @@ def assemble_result(
         "ratios": ratios,
         "targets": targets,
     }
-
-
