@@ -8,7 +8,9 @@ each importing only the ones below it (``make test`` checks it: ``[tool.importli
   ``tools/*.py`` scripts call them) and ``common`` (what they share: exit codes, help, progress)
 - ``devtools``: development tooling: ``bench`` (CPU and GPU benchmark), ``soak``, ``overload``
   (open-loop load beyond capacity), ``capacity``
-- ``server`` (the local launcher: ``launcher``, ``processes`` (its stubs, CPU time and shared
+- ``server`` (the local launcher: ``launcher`` (``LocalTritonServer``), ``staging`` (its
+  backend directory and environment), ``lifecycle`` (readiness, drain, stop), ``watchdog``
+  (reloads a model whose stub died), ``logs``, ``processes`` (its stubs, CPU time and shared
   memory, from /proc), ``sizing`` (its memory pools), ``admin`` (the closed admin APIs' key and
   flags; the container's entrypoint)) beside ``client`` and ``client_files``
   (classifying files through the endpoint)
