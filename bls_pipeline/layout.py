@@ -2,7 +2,7 @@
 
 The builder writes them, the runtime and the Triton adapters read them, the launcher, the
 benchmark and the demo find their way through a built repository with them. Standard library
-only: the classifier imports this module inside the NVIDIA Triton container.
+only, so that any layer may import it (the classifier's container copy does not need it).
 ``preprocessing/1/dali.py`` keeps its own copy of ``SETTINGS_FILE`` (the DALI backend loads
 that file without this package); a test holds the two equal.
 
