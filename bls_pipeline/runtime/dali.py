@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -107,6 +108,32 @@ def pipeline_from_settings(
         decoder_device=settings["decoder_device"],
         **optional,
     )
+
+
+def prefetched_outputs(
+    pipe: Any,
+    input_name: str,
+    batches: Sequence[Sequence[np.ndarray]],
+    depth: int,
+    *,
+    first: Sequence[np.ndarray] | None = None,
+) -> Iterator[Any]:
+    """DALI's output of each ``run()`` of ``pipe`` (built with ``prefetch_queue_depth=depth``)
+    on ``batches`` over and over, ``first`` before them when given, with ``depth + 1`` batches
+    always fed ahead so that its worker threads prepare the next ones meanwhile.
+
+    Each output is DALI's own buffer, valid until the next ``next()``. ``first`` is the batch
+    the pipeline runs first: a mixed decoder sizes its hardware share from it.
+    """
+    queue = itertools.chain([first] if first is not None else [], itertools.cycle(batches))
+    ahead = 0
+    while True:
+        while ahead <= depth:
+            pipe.feed_input(input_name, list(next(queue)))
+            ahead += 1
+        (output,) = pipe.run()
+        ahead -= 1
+        yield output
 
 
 class DaliPreprocessor:
@@ -257,17 +284,13 @@ class DaliPreprocessor:
 
     def _prefetched_runs(self, batches: Sequence[Sequence[np.ndarray]], depth: int) -> Iterator[np.ndarray]:
         pipe = self._build(prefetch_queue_depth=depth)
-        fed = returned = 0
+        runs = prefetched_outputs(pipe, self.input_name, batches, depth)
         try:
-            while True:
-                while fed - returned <= depth:
-                    pipe.feed_input(self.input_name, list(batches[fed % len(batches)]))
-                    fed += 1
-                (output,) = pipe.run()
-                returned += 1
+            for output in runs:
                 yield self._host(output, copy=False)
         finally:
-            del pipe
+            runs.close()
+            del runs, pipe
             release_free_memory()
 
     def on_gpu(self, images: Sequence[np.ndarray]) -> torch.Tensor:

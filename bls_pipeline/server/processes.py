@@ -69,14 +69,22 @@ def thread_cpu_seconds(pid: int | str, proc: Path = Path("/proc")) -> dict[int, 
     return threads
 
 
-def descendants(pid: int, proc: Path = Path("/proc")) -> set[int]:
-    """Every live process below ``pid`` (children, their children, ...)."""
+def process_children(proc: Path = Path("/proc")) -> dict[int, list[int]]:
+    """``{parent pid: [child pids]}`` of every live process, from one pass over ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in proc.iterdir():
         if entry.name.isdigit():
             parent = proc_status(entry.name, proc).get("PPid")
             if parent and parent.isdigit():
                 children.setdefault(int(parent), []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, proc: Path = Path("/proc"), *, children: dict[int, list[int]] | None = None) -> set[int]:
+    """Every live process below ``pid`` (children, their children, ...); ``children`` (of
+    :func:`process_children`) saves reading ``/proc`` again for several roots."""
+    if children is None:
+        children = process_children(proc)
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):

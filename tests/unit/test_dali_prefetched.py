@@ -61,3 +61,27 @@ def test_prefetched_refuses_batches_over_the_maximum(runner):
 
     with pytest.raises(ValueError, match="at most 4 images"):
         runner.prefetched([rows])
+
+
+def test_prefetched_outputs_run_the_first_batch_before_cycling_through_the_others():
+    from bls_pipeline.runtime.dali import prefetched_outputs
+
+    module = load_pipeline_module(PACKAGED_PIPELINE)
+    settings = module.load_settings(PACKAGED_PIPELINE.parent)
+    pipe = pipeline_from_settings(
+        module,
+        {**settings, "decoder_device": "cpu"},
+        max_batch_size=4,
+        num_threads=2,
+        device_id=None,
+        prefetch_queue_depth=2,
+    )
+    pipe.build()
+    batches = _batches()
+    first = [row for batch in batches[:2] for row in batch]  # 3 images, run before the others
+
+    runs = prefetched_outputs(pipe, module.INPUT_NAME, batches, 2, first=first)
+    sizes = [output.as_tensor().shape()[0] for output in islice(runs, 5)]
+    runs.close()
+
+    assert sizes == [3, 2, 1, 2, 2]

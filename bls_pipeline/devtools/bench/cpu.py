@@ -18,7 +18,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bls_pipeline.server.processes import cpu_seconds, descendants, stub_processes, thread_cpu_seconds
+from bls_pipeline.server.processes import (
+    cpu_seconds,
+    descendants,
+    process_children,
+    stub_processes,
+    thread_cpu_seconds,
+)
 
 # Triton's DALI backend names its worker threads "[DALI][TP<n>]..." (the mixed decoder's host
 # side, CPU operators) and "[DALI][Executor]", "[DALI][CUDA]...".
@@ -46,9 +52,10 @@ class CpuByRole:
 
     def snapshot(self) -> CpuSnapshot:
         """The CPU seconds of every role now."""
-        server_tree = {self.server_pid} | descendants(self.server_pid)
+        children = process_children()  # one pass over /proc for both trees
+        server_tree = {self.server_pid} | descendants(self.server_pid, children=children)
         stubs = {stub.pid: (stub.model, cpu_seconds(stub.pid)) for stub in stub_processes(self.server_pid)}
-        load = {pid: cpu_seconds(pid) for pid in descendants(os.getpid()) - server_tree}
+        load = {pid: cpu_seconds(pid) for pid in descendants(os.getpid(), children=children) - server_tree}
         times = os.times()
         # This process and the children it has waited for (perf_analyzer runs, client
         # processes that ended): their CPU time no longer shows in /proc.

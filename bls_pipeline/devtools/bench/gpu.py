@@ -55,7 +55,7 @@ from bls_pipeline.devtools.bench.perf import (
     statistics_delta,
     write_input_data,
 )
-from bls_pipeline.devtools.bench.run import IN_PROCESS_STAGES, STAGE_LABELS, encoded_batch, machine_info
+from bls_pipeline.devtools.bench.run import IN_PROCESS_STAGES, PREFETCH_DEPTH, STAGE_LABELS, encoded_batch, machine_info
 from bls_pipeline.errors import BenchError
 
 DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
@@ -164,33 +164,24 @@ class InProcessGpu:
         warm_up_s: float = 1.0,
     ) -> float:
         """Images/s of DALI feeding the network the way one process runs it well: a pipeline
-        prefetching two batches (``exec_async``, ``exec_pipelined``) with three batches fed
-        ahead of ``run()``; its GPU output taken through DLPack into one of two staging
+        prefetching ``PREFETCH_DEPTH`` batches (``exec_async``, ``exec_pipelined``), fed one
+        more ahead of ``run()`` (:func:`~bls_pipeline.runtime.dali.prefetched_outputs`); its GPU output taken through DLPack into one of two staging
         tensors (DALI reuses its buffer at the next ``run()``); the network on it; the logits
         copied to pinned host memory asynchronously and waited for one step later, so batch
         k+1's preprocessing overlaps batch k's network. Primed like :meth:`prime`."""
+        from bls_pipeline.runtime.dali import prefetched_outputs
+
         torch = self._torch
-        pipe = self._make_pipeline(2)
+        pipe = self._make_pipeline(PREFETCH_DEPTH)
+        runs = prefetched_outputs(pipe, self.input_name, batches, PREFETCH_DEPTH, first=full_batch)
         size = len(batches[0])
         stream = torch.cuda.current_stream()
-        fed = {"count": 0, "returned": 0}
-
-        def feed_ahead(depth: int = 3) -> None:
-            while fed["count"] - fed["returned"] < depth:
-                pipe.feed_input(self.input_name, batches[fed["count"] % len(batches)])
-                fed["count"] += 1
 
         def dali_run() -> Any:
-            (output,) = pipe.run()
-            fed["returned"] += 1
-            feed_ahead()
-            return torch.from_dlpack(output.as_tensor())
+            return torch.from_dlpack(next(runs).as_tensor())  # DALI's buffer, valid until the next run
 
         with torch.inference_mode():
-            pipe.feed_input(self.input_name, full_batch)  # the first batch run: see prime()
-            fed["count"] += 1
-            feed_ahead()
-            dali_run()
+            dali_run()  # the full batch: see prime()
             stage = [torch.empty((size, 3, self.crop, self.crop), device="cuda") for _ in range(2)]
             classes = int(self.network.logits(stage[0]).shape[1])
             host = [torch.empty((size, classes), pin_memory=True) for _ in range(2)]
@@ -210,10 +201,8 @@ class InProcessGpu:
                 steps["n"] += 1
 
             rate = _timed(step, size, duration_s, warm_up_s, torch.cuda.synchronize)
-            while fed["returned"] < fed["count"]:  # drain what was fed ahead
-                pipe.run()
-                fed["returned"] += 1
-        del pipe
+        runs.close()
+        del runs, pipe
         return rate
 
     def throughput(self, batches: Sequence[list[np.ndarray]], stage: str, duration_s: float) -> float:
