@@ -22,6 +22,7 @@ import re
 # definition, and the note that follows every failure of a pipeline run.
 _DALI_NOISE = ("File ", "Critical error", "Error in", "which was", "encountered:", "Current pipeline object")
 _DALI_SAMPLE = re.compile(r"\s+(?:of )?sample #\d+")
+_FAILED_SAMPLE = re.compile(r"Failed to decode sample #(\d+)")
 # The Python traceback DALI appends to an error raised in Python code ("At:" and indented frames).
 _DALI_PYTHON_FRAMES = re.compile(r"^At:\n(?:[ \t]+\S.*(?:\n|$))*", re.MULTILINE)
 
@@ -55,6 +56,15 @@ def blames_input(message: str) -> bool:
     model or a timeout are the server's.
     """
     return _DECODER_ERROR.search(message) is not None and not is_system_fault(message)
+
+
+def failed_sample(message: str, batch_size: int) -> int | None:
+    """The number DALI gives the sample its decoder failed on (``Failed to decode sample #3``),
+    when it names one within a batch of ``batch_size``; ``None`` otherwise."""
+    found = _FAILED_SAMPLE.search(message)
+    if found is None or int(found.group(1)) >= batch_size:
+        return None
+    return int(found.group(1))
 
 
 def summarize_dali_error(message: str) -> str:

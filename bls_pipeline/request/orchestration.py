@@ -23,7 +23,7 @@ import numpy as np
 
 from bls_pipeline.contract import IMAGE_BYTES_INPUT, IMAGE_INPUT
 from bls_pipeline.errors import BlsPipelineError, InvalidImageError, InvalidRequestError, SubModelError
-from bls_pipeline.request.faults import summarize_dali_error
+from bls_pipeline.request.faults import failed_sample, summarize_dali_error
 from bls_pipeline.request.image_header import ImageHeaderError, check_image
 from bls_pipeline.request.padding import pad_batch, trim_padding
 from bls_pipeline.request.postprocess import map_labels, parse_top_k, softmax, top_k
@@ -166,12 +166,12 @@ class Orchestrator:
     handle on, so that a GPU batch never comes to the host. Both raise
     :class:`SubModelError` on failure.
 
-    When preprocessing refuses a batch because an image does not decode, the images are
-    preprocessed one by one to find the bad ones, then the good ones once more as one batch
-    (stacking the single-image handles would need their memory). When the sub-model itself
-    fails (a dead stub, a CUDA error: see :mod:`bls_pipeline.request.faults`), every image of
-    the batch fails with that error: retrying image by image would only blame the images, and
-    slowly.
+    When preprocessing refuses a batch because an image does not decode, the batch is split
+    until the bad images are found (:meth:`_isolate`), then the good ones are preprocessed once
+    more as one batch where they were found in several parts (stacking handles would need
+    their memory). When the sub-model itself fails (a dead stub, a CUDA error: see
+    :mod:`bls_pipeline.request.faults`), every image of the batch fails with that error:
+    retrying would only blame the images, and slowly.
     """
 
     preprocess: Callable[[np.ndarray], Any]
@@ -210,23 +210,53 @@ class Orchestrator:
             if not exc.invalid_input:
                 results[:] = [exc] * len(images)
                 return None, []
-            if len(images) == 1:
-                results[0] = _image_error(exc)
-                return None, []
-            LOGGER.info("preprocessing a batch of %d failed (%s): retrying image by image", len(images), exc)
-        good = []
-        for index, image in enumerate(images):
-            try:
-                self.preprocess(pad_batch([image]))
-            except SubModelError as exc:
-                if not exc.invalid_input:
-                    # The sub-model failed: no image is to blame, and none can be preprocessed.
-                    for i in [*good, *range(index, len(images))]:
-                        results[i] = exc
-                    return None, []
-                results[index] = _image_error(exc)
+            failure = exc
+        if len(images) > 1:
+            LOGGER.info("preprocessing a batch of %d failed (%s): finding the bad images", len(images), failure)
+        return self._isolate(images, failure, results)
+
+    def _isolate(
+        self, images: Sequence[bytes], failure: SubModelError, results: list[np.ndarray | BlsPipelineError | None]
+    ) -> tuple[Any, list[int]]:
+        """Split the failed batch until every group either decodes or is one bad image.
+
+        A group that failed is split around the sample DALI's error names (the rest, then that
+        image alone), or in halves when it names none: one bad image among 64 costs three calls,
+        not 65. The larger part goes first because DALI rebuilds its pipeline after a failure
+        and a mixed decoder sizes its hardware share from the first batch it runs. The groups
+        that decoded are preprocessed again as one batch, unless one group holds them all.
+        """
+        pending = [(list(range(len(images))), failure)]
+        decoded: list[list[int]] = []
+        # The handle of the only group decoded so far; dropped once a second one decodes (only
+        # one batch's memory is held at a time).
+        kept: Any = None
+        while pending:
+            group, error = pending.pop()
+            if len(group) == 1:
+                results[group[0]] = _image_error(error)
                 continue
-            good.append(index)
+            suspect = failed_sample(error.message, len(group))
+            if suspect is None:
+                parts = [group[: len(group) // 2], group[len(group) // 2 :]]
+            else:
+                parts = [group[:suspect] + group[suspect + 1 :], [group[suspect]]]
+            for part in parts:
+                try:
+                    handle = self.preprocess(pad_batch([images[i] for i in part]))
+                    decoded.append(part)
+                    kept = handle if len(decoded) == 1 else None
+                except SubModelError as exc:
+                    if not exc.invalid_input:
+                        # The sub-model failed: no image is to blame, and none can be preprocessed.
+                        for i, result in enumerate(results):
+                            if result is None:
+                                results[i] = exc
+                        return None, []
+                    pending.append((part, exc))
+        if len(decoded) == 1:
+            return kept, decoded[0]
+        good = sorted(i for part in decoded for i in part)
         if not good:
             return None, []
         try:

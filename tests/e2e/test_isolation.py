@@ -13,6 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from bls_pipeline.builder import model_config as mc
 from bls_pipeline.client import ClassifierClient, ClientError
 from bls_pipeline.devtools.soak import corrupt_png_data, huge_jpeg_header
 from tests.conftest import DECODER_PROBABILITY_TOLERANCE, PHOTOS, encode
@@ -135,3 +136,70 @@ def test_a_decoding_failure_names_the_sub_model_and_the_index_in_a_multi_image_r
         client.classify([good_images["coffee.jpeg"], good_images["rocket.png"], corrupt])
 
     assert str(raised.value).startswith("image 2: cannot be decoded (preprocessing: ")
+
+
+@pytest.fixture(scope="module")
+def merging_server(built_repository, tmp_path_factory):
+    """Four classifier instances in front of one preprocessing instance, as a GPU build has
+    eight in front of two: their requests reach DALI at once. Where the preprocessing model
+    batches (Python-hosted), it waits 20 ms to fill its batches, so that they run together."""
+    directory = tmp_path_factory.mktemp("merging")
+    repository = copy_repository(built_repository, directory / "repository", instances=1)
+    for model, change in ((mc.CLASSIFIER, _four_instances), (mc.PREPROCESSING, _batches_for_20_ms)):
+        path = repository / model / "config.pbtxt"
+        config = mc.read_config(path)
+        change(config)
+        mc.write_config(path, config)
+    server = start_server(repository, directory / "tritonserver.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _four_instances(config) -> None:
+    config.instance_group[0].count = 4
+
+
+def _batches_for_20_ms(config) -> None:
+    if config.HasField("dynamic_batching"):
+        config.dynamic_batching.max_queue_delay_microseconds = 20_000
+
+
+def test_a_bad_image_never_fails_another_requests_good_images(merging_server, good_images, bad_images):
+    """A decoding failure belongs to the request that holds the image, whatever DALI batched
+    it with: every good request is answered, every bad one blames its own image."""
+    corrupt, reason = bad_images["corrupt PNG data"]
+    good = list(good_images.values())
+    requests = []
+    for round_ in range(6):
+        requests += [good[round_ % len(good) :] + good[: round_ % len(good)]] * 3
+        requests.append([good[0], corrupt])
+    with ClassifierClient(merging_server.url, concurrency=8) as client:
+        results = client.classify_batches(requests, top_k=1)
+
+    for request, result in zip(requests, results):
+        if corrupt in request:
+            assert isinstance(result, ClientError)
+            assert str(result) == reason.replace("image 0", "image 1")
+        else:
+            assert not isinstance(result, ClientError), str(result)
+    requested, executions, batching = _preprocessing_stats(merging_server.url)
+    if batching:
+        assert executions < requested, "DALI never ran two requests in one batch: the test proves nothing"
+    else:
+        assert executions == requested  # each classifier request ran alone: its failure is its own
+
+
+def _preprocessing_stats(url: str) -> tuple[int, int, bool]:
+    """(requests, executions) of the preprocessing model so far, and whether it batches requests."""
+    with urllib.request.urlopen(f"{url}/v2/models/{mc.PREPROCESSING}/stats") as response:
+        (stats,) = json.load(response)["model_stats"]
+    with urllib.request.urlopen(f"{url}/v2/models/{mc.PREPROCESSING}/config") as response:
+        batching = "dynamic_batching" in json.load(response)
+    inferences = stats["inference_stats"]
+    return (
+        int(inferences["success"]["count"]) + int(inferences["fail"]["count"]),
+        int(stats["execution_count"]),
+        batching,
+    )

@@ -49,18 +49,23 @@ def _network(images: np.ndarray) -> np.ndarray:
 
 
 class FakePreprocessing:
-    """Refuses batches that hold a ``b"bad"`` image, like the DALI model does; counts calls."""
+    """Refuses batches that hold a ``b"bad"`` image, like the DALI model does, naming the first
+    one's sample number as DALI's CPU decoder does (``numbered``) or none, as a message may
+    not; counts calls."""
 
-    def __init__(self, dead: bool = False) -> None:
+    def __init__(self, dead: bool = False, numbered: bool = True) -> None:
         self.dead = dead
+        self.numbered = numbered
         self.calls = 0
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
         if self.dead:
             raise SubModelError("preprocessing", "Stub process 'preprocessing_0_0' is not healthy.")
-        if any(bytes(row[:3]) == b"bad" for row in batch):
-            raise SubModelError("preprocessing", DALI_DECODE_ERROR, invalid_input=True)
+        bad = [index for index, row in enumerate(batch) if bytes(row[:3]) == b"bad"]
+        if bad:
+            message = DALI_DECODE_ERROR.replace("sample #3 ", f"sample #{bad[0]} " if self.numbered else "")
+            raise SubModelError("preprocessing", message, invalid_input=True)
         return np.repeat(batch[:, :1].astype(np.float32), 3, axis=1)[:, :, None]
 
 
@@ -90,22 +95,24 @@ def test_a_failing_sub_model_fails_every_image_once_without_blaming_them():
     assert str(request_error(results)) == "preprocessing: Stub process 'preprocessing_0_0' is not healthy."
 
 
-def test_a_sub_model_that_dies_during_the_retry_fails_the_rest_of_the_batch():
+def test_a_sub_model_that_dies_while_the_bad_image_is_sought_fails_every_image_left_and_is_called_no_more():
     preprocessing = FakePreprocessing()
     original = preprocessing.__call__
 
-    def dies_after_the_first_retry(batch: np.ndarray) -> np.ndarray:
+    def dies_after_two_calls(batch: np.ndarray) -> np.ndarray:
         if preprocessing.calls >= 2:
             preprocessing.dead = True
         return original(batch)
 
-    orchestrator = Orchestrator(preprocess=dies_after_the_first_retry, infer=_network, max_batch_size=8)
+    orchestrator = Orchestrator(preprocess=dies_after_two_calls, infer=_network, max_batch_size=8)
 
-    results = orchestrator([b"bad", b"\x01ok", b"\x02ok", b"\x03ok"])
+    results = orchestrator([b"\x01ok", b"\x02ok", b"\x03ok", b"bad", b"\x04ok", b"bad"])
 
-    assert isinstance(results[0], InvalidImageError)
-    assert all(type(r) is SubModelError for r in results[1:])
-    assert preprocessing.calls == 3  # the batch, the bad image, then the failure: no more
+    # the batch fails naming image 3; the rest fails naming its image 4 (the second bad one),
+    # whose rest then meets the dead stub
+    assert preprocessing.calls == 3
+    assert all(type(r) is SubModelError for r in results)
+    assert str(request_error(results)) == "preprocessing: Stub process 'preprocessing_0_0' is not healthy."
 
 
 @pytest.mark.parametrize(
@@ -182,18 +189,82 @@ def test_a_cuda_error_in_a_batch_fails_every_image_once_without_a_retry():
     assert all(type(r) is SubModelError for r in results)
 
 
-def test_only_the_images_that_decode_are_preprocessed_again_as_one_batch_for_the_network():
+def _run(images: list[bytes], preprocessing: FakePreprocessing) -> tuple[list, list[int], list[int]]:
+    """Results, the size of each preprocessing call, and the rows the network got."""
     batches: list[int] = []
-    preprocessing = FakePreprocessing()
+    network_rows: list[int] = []
 
     def counting(batch: np.ndarray) -> np.ndarray:
         batches.append(len(batch))
         return preprocessing(batch)
 
-    results = Orchestrator(preprocess=counting, infer=_network, max_batch_size=8)([b"\x01ok", b"bad", b"\x02ok"])
+    def network(images: np.ndarray) -> np.ndarray:
+        network_rows.append(len(images))
+        return _network(images)
 
-    assert batches == [3, 1, 1, 1, 2]  # the batch, each image, then the good ones together
-    assert [r[0] for r in (results[0], results[2])] == [1.0, 2.0]
+    results = Orchestrator(preprocess=counting, infer=network, max_batch_size=64)(images)
+    return results, batches, network_rows
+
+
+def _check(images: list[bytes], results: list) -> None:
+    for image, result in zip(images, results):
+        if image == b"bad":
+            assert isinstance(result, InvalidImageError)
+        else:
+            assert not isinstance(result, Exception)
+            assert result[0] == float(image[0])
+
+
+def test_the_sample_dali_names_is_tried_alone_after_the_rest_whose_batch_goes_to_the_network():
+    images = [b"\x01ok", b"bad", b"\x02ok", b"\x03ok"]
+
+    results, batches, network_rows = _run(images, FakePreprocessing())
+
+    assert batches == [4, 3, 1]  # the batch, the rest (it decodes: it is the network's batch), the bad one
+    assert network_rows == [3]
+    _check(images, results)
+
+
+def test_without_a_sample_number_a_bad_image_among_64_is_found_by_halves_in_few_calls():
+    images = [bytes([1 + i, 111, 107]) for i in range(64)]
+    images[37] = b"bad"
+
+    results, batches, network_rows = _run(images, FakePreprocessing(numbered=False))
+
+    assert len(batches) <= 1 + 2 * 6 + 1  # the batch, two halves per level, the good ones together
+    assert batches[-1] == 63
+    assert network_rows == [63]
+    _check(images, results)
+
+
+@pytest.mark.parametrize("numbered", [True, False])
+def test_several_bad_images_fail_alone_and_the_good_ones_are_preprocessed_again_as_one_batch(numbered):
+    images = [b"bad", b"\x01ok", b"\x02ok", b"bad", b"\x03ok", b"\x04ok", b"\x05ok", b"bad"]
+
+    results, batches, network_rows = _run(images, FakePreprocessing(numbered=numbered))
+
+    assert network_rows == [5]
+    assert batches[0] == 8 and 5 in batches  # the good ones went to the network as one batch
+    _check(images, results)
+
+
+def test_a_sample_number_that_is_wrong_blames_no_good_image():
+    images = [b"\x01ok", b"\x02ok", b"bad", b"\x03ok"]
+    preprocessing = FakePreprocessing()
+    original = preprocessing.__call__
+
+    def misnumbering(batch: np.ndarray) -> np.ndarray:
+        try:
+            return original(batch)
+        except SubModelError as exc:
+            raise SubModelError(
+                "preprocessing", exc.message.replace("sample #2 ", "sample #0 "), invalid_input=True
+            ) from None
+
+    results, _, network_rows = _run(images, misnumbering)  # type: ignore[arg-type]
+
+    assert network_rows == [3]
+    _check(images, results)
 
 
 def _settings(**kwargs):
