@@ -270,10 +270,13 @@ class ClassifierClient:
                 self.url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s
             )
             self._per_call: dict[str, float] = {}
+            # The wait before a retry yields to the other requests in flight on this thread.
+            self._sleep: Callable[[float], None] = importlib.import_module("gevent").sleep
         else:
             # A gRPC client takes its timeout with every call instead.
             self._client = self._triton.InferenceServerClient(self.url)
             self._per_call = {"client_timeout": timeout_s}
+            self._sleep = time.sleep
 
     def close(self) -> None:
         """Close the connections."""
@@ -338,9 +341,16 @@ class ClassifierClient:
             for i in range(len(scores))
         ]
 
-    def _send(self, request: dict[str, Any]) -> Any:
-        """Send one prepared request without waiting: a handle with ``get_result()``."""
+    def _send(self, request: dict[str, Any], wait: bool) -> Any:
+        """Send one prepared request: a handle with ``get_result()``.
+
+        ``wait`` over HTTP sends with the blocking call and returns once answered:
+        ``async_infer`` yields to the event loop for 10 ms after every send, which a caller
+        that waits at once need not pay.
+        """
         if _is_http(self._triton):
+            if wait:
+                return _Answered(self._client.infer(self.model_name, **request))
             return self._client.async_infer(self.model_name, **request)
         answer = _GrpcAnswer()
         self._client.async_infer(self.model_name, callback=answer, **request)
@@ -349,13 +359,14 @@ class ClassifierClient:
     def classify(self, images: Sequence[bytes], *, top_k: int | None = None) -> list[Prediction]:
         """Classify ``images`` in one request; raises :class:`ClientError` if it fails
         (:class:`ServerBusy` when it was shed until the retry deadline)."""
-        return self.submit(images, top_k=top_k).result()
+        return self.submit(images, top_k=top_k, wait=True).result()
 
-    def submit(self, images: Sequence[bytes], *, top_k: int | None = None) -> PendingRequest:
-        """Send ``images`` as one request without waiting; :meth:`PendingRequest.result` waits
-        (and retries it while the server sheds it)."""
+    def submit(self, images: Sequence[bytes], *, top_k: int | None = None, wait: bool = False) -> PendingRequest:
+        """Send ``images`` as one request; :meth:`PendingRequest.result` waits for the answer
+        (and retries it while the server sheds it). ``wait``: return only once it is answered
+        (cheaper over HTTP, for a caller that would wait at once)."""
         request = self._request(images, top_k)
-        return PendingRequest(lambda: self._send(request), self.retry, self._rng)
+        return PendingRequest(lambda: self._send(request, wait), self.retry, self._rng, self._sleep)
 
     def classify_batches(
         self, batches: Sequence[Sequence[bytes]], *, top_k: int | None = None
@@ -373,6 +384,16 @@ class ClassifierClient:
             except ClientError as exc:
                 results.append(exc)
         return results
+
+
+class _Answered:
+    """The handle of a request sent with the blocking call: its result is already there."""
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def get_result(self) -> Any:
+        return self._result
 
 
 class _GrpcAnswer:
@@ -403,13 +424,24 @@ class PendingRequest:
 
     ``send`` sends it (again) and returns a handle with ``get_result()`` (``tritonclient.http``'s
     async handle or a :class:`_GrpcAnswer`); it is sent once here, and again by
-    :meth:`result` after each ``UNAVAILABLE`` while ``retry`` allows.
+    :meth:`result` after each ``UNAVAILABLE`` while ``retry`` allows, ``sleep`` waiting in
+    between (gevent's over HTTP, so that the other requests of the thread go on meanwhile).
+    ``attempts`` counts the sends.
     """
 
-    def __init__(self, send: Callable[[], Any], retry: RetryPolicy, rng: random.Random) -> None:
+    def __init__(
+        self,
+        send: Callable[[], Any],
+        retry: RetryPolicy,
+        rng: random.Random,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._send = send
         self._retry = retry
         self._rng = rng
+        self._sleep = sleep
+        # Sends so far: more than one once the server shed it and it was sent again.
+        self.attempts = 1
         self._started = time.monotonic()
         self._handle: Any = None
         self._error: Exception | None = None
@@ -428,7 +460,6 @@ class PendingRequest:
 
     def result(self) -> list[Prediction]:
         """Wait for the answer; raises :class:`ClientError` if the request failed."""
-        attempts = 1
         waits = self._retry.waits(self._rng)
         while True:
             try:
@@ -437,9 +468,9 @@ class PendingRequest:
                 elapsed = time.monotonic() - self._started
                 wait = next(waits)
                 if not is_unavailable(exc) or elapsed + wait > self._retry.deadline_s:
-                    raise request_failure(exc, attempts=attempts, waited_s=elapsed) from None
-            time.sleep(wait)
-            attempts += 1
+                    raise request_failure(exc, attempts=self.attempts, waited_s=elapsed) from None
+            self._sleep(wait)
+            self.attempts += 1
             self._error = None
             self._start()
 

@@ -1,12 +1,13 @@
 """Drive the ``classifier`` endpoint open-loop, faster than it can answer, and account for every request.
 
 A closed-loop client waits for each answer before it sends again, so it slows down with the
-server and never overloads it. Real traffic does not wait: :func:`open_loop` sends requests
-at a fixed rate whatever happens to them, through the project's client with retries off, and
-records for each one how it ended: classified, shed by the server (``UNAVAILABLE``: its queue
-was full, or the request waited past the queue timeout), failed otherwise, or not answered by
-the end. Latency is measured from the moment a request was due, so a send that falls behind
-its schedule counts against the server, not for it.
+server and never overloads it (:func:`closed_loop` measures the capacity that way, with the
+driver of :mod:`bls_pipeline.devtools.load`). Real traffic does not wait: :func:`open_loop`
+sends requests at a fixed rate whatever happens to them, through the project's client with
+retries off, and records for each one how it ended: classified, shed by the server
+(``UNAVAILABLE``: its queue was full, or the request waited past the queue timeout), failed
+otherwise, or not answered by the end. Latency is measured from the moment a request was
+due, so a send that falls behind its schedule counts against the server, not for it.
 
 Example::
 
@@ -18,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -25,12 +27,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from bls_pipeline.client import ClassifierClient, ClientError, RetryPolicy, ServerBusy
+from bls_pipeline.client import ClassifierClient
+from bls_pipeline.devtools.load import FAILED, NO_RETRY, OK, SHED, Answer, Request, Target, clock, drive, send
 from bls_pipeline.devtools.stats import percentile
-
-OK = "ok"
-SHED = "shed"
-FAILED = "failed"
 
 
 @dataclass
@@ -48,15 +47,15 @@ class LoadReport:
     late_sends: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, outcome: str, latency_s: float, detail: str | None = None) -> None:
+    def record(self, answer: Answer) -> None:
         """Count one answered request (thread-safe)."""
         with self._lock:
-            self.outcomes[outcome] += 1
-            self.latencies_s[outcome].append(latency_s)
-            if outcome == SHED and detail:
-                self.shed_reasons[detail] += 1
-            elif outcome == FAILED and detail:
-                self.failures[detail] += 1
+            self.outcomes[answer.outcome] += 1
+            self.latencies_s[answer.outcome].append(answer.latency_s)
+            if answer.outcome == SHED:
+                self.shed_reasons[answer.detail] += 1
+            elif answer.outcome == FAILED:
+                self.failures[str(answer.error)[:120]] += 1
 
     @property
     def answered(self) -> int:
@@ -97,20 +96,13 @@ class LoadReport:
         }
 
 
-def _classify_one(client: ClassifierClient, images: Sequence[bytes], due: float, report: LoadReport) -> None:
-    try:
-        client.classify(images)
-    except ServerBusy as exc:
-        report.record(SHED, time.monotonic() - due, exc.reason)
-    except ClientError as exc:
-        report.record(FAILED, time.monotonic() - due, str(exc)[:120])
-    else:
-        report.record(OK, time.monotonic() - due)
-
-
-def _client(url: str, timeout_s: float) -> ClassifierClient:
+def _target(url: str, timeout_s: float) -> Target:
     # No retries: the run counts what the server itself answers.
-    return ClassifierClient(url, timeout_s=timeout_s, retry=RetryPolicy(deadline_s=0.0))
+    return Target(url, retry=NO_RETRY, timeout_s=timeout_s)
+
+
+def _classify_one(client: ClassifierClient, images: Sequence[bytes], due: float, report: LoadReport) -> None:
+    report.record(send(client, Request(tuple(images)), sent_s=due))
 
 
 def open_loop(
@@ -133,16 +125,16 @@ def open_loop(
     report = LoadReport(rate_rps=rate_rps, duration_s=duration_s)
     interval = 1.0 / rate_rps
     with (
-        _client(url, answer_timeout_s) as client,
+        _target(url, answer_timeout_s).client() as client,
         ThreadPoolExecutor(max_in_flight, thread_name_prefix="open-loop") as pool,
     ):
-        start = time.monotonic()
+        start = clock()
         index = 0
         while True:
             due = start + index * interval
             if due >= start + duration_s:
                 break
-            now = time.monotonic()
+            now = clock()
             if due > now:
                 time.sleep(due - now)
             elif now - due > 0.05:
@@ -161,25 +153,20 @@ def closed_loop(
     duration_s: float,
     answer_timeout_s: float = 60.0,
 ) -> LoadReport:
-    """``concurrency`` senders, each sending the next request as soon as its last one is answered."""
+    """``concurrency`` requests (``requests``, cycled) always in flight for ``duration_s``, each
+    sent once, and how every one ended."""
     report = LoadReport(rate_rps=None, duration_s=duration_s)
-    lock = threading.Lock()
-    counter = iter(range(1 << 62))
+    cycle = itertools.cycle(requests)
+    with _target(url, answer_timeout_s).client(concurrency) as client:
+        end = clock() + duration_s
 
-    def sender(client: ClassifierClient, end: float) -> None:
-        while time.monotonic() < end:
-            with lock:
-                index = next(counter)
-                report.sent += 1
-            _classify_one(client, requests[index % len(requests)], time.monotonic(), report)
+        def next_request() -> Request | None:
+            if clock() >= end:
+                return None
+            report.sent += 1
+            return Request(tuple(next(cycle)))
 
-    with _client(url, answer_timeout_s) as client:
-        end = time.monotonic() + duration_s
-        threads = [threading.Thread(target=sender, args=(client, end), daemon=True) for _ in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        drive(client, next_request, lambda _, answer: report.record(answer), concurrency=concurrency)
     return report
 
 

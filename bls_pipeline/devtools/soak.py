@@ -2,7 +2,9 @@
 
 ``tools/soak.py`` is the command line over this module. Requests go through the project's
 client (:class:`~bls_pipeline.client.ClassifierClient`, its default protocol and form unless
-told otherwise). Every request carries either good images (real photographs as JPEG or PNG),
+told otherwise), ``concurrency`` in flight in the closed loop of :mod:`bls_pipeline.devtools.load`,
+and a request the server sheds is retried as users' clients do (:data:`SOAK_RETRY`); the report
+counts those that were (``retried``). Every request carries either good images (real photographs as JPEG or PNG),
 which must be classified, or one of the bad kinds of :func:`build_samples`, which must be
 refused with ``INVALID_ARG`` and a message that names the image and the reason. Anything else
 is an *unexpected* outcome. The soak runs for a number of requests or a duration and reads
@@ -28,7 +30,6 @@ import shutil
 import struct
 import subprocess
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from bls_pipeline.client import DEFAULT_FORM, ClassifierClient, ClientError, ServerBusy
+from bls_pipeline.client import DEFAULT_FORM, RetryPolicy, ServerBusy
 from bls_pipeline.contract import PADDED_FORM
+from bls_pipeline.devtools.load import Answer, Target, clock, cyclic_groups, drive
 from bls_pipeline.devtools.stats import percentile
 from bls_pipeline.server.processes import proc_status, stub_processes
 
@@ -48,6 +50,9 @@ OK = "ok"
 EXPECTED = "expected error"
 UNEXPECTED = "UNEXPECTED"
 PHASES = ("start", "warm", "end")
+# The soak's client retries shed requests as users' clients do (the client's default deadline):
+# only a request shed past it is an outcome of its own, an unexpected one.
+SOAK_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -341,6 +346,8 @@ class SoakReport:
     # (seconds since the start, requests answered, snapshot), every sample interval
     memory_trace: list[tuple[float, int, MemorySnapshot]] = field(default_factory=list)
     images_per_s: float = 0.0
+    # Requests the server shed at least once, then answered when the client sent them again.
+    retried: int = 0
 
     def _growth(self, value: Callable[[MemorySnapshot], float | None]) -> float | None:
         if "warm" not in self.memory or "end" not in self.memory:
@@ -407,25 +414,18 @@ def photo_batches(good: Sequence[Sample], images_per_request: int) -> list[Sampl
     if images_per_request == 1:
         return list(good)
     images = [image for sample in good for image in sample.images]
-    return [
-        Sample(
-            f"{images_per_request} photographs",
-            tuple(images[(start + i) % len(images)] for i in range(images_per_request)),
-        )
-        for start in range(len(images))
-    ]
+    return [Sample(f"{images_per_request} photographs", group) for group in cyclic_groups(images, images_per_request)]
 
 
-def _send(client: ClassifierClient, sample: Sample) -> tuple[str | None, str | None]:
-    """Send one request; (``None``, ``None``) on success, else (status, message)."""
-    try:
-        predictions = client.classify(list(sample.images), top_k=sample.top_k)  # type: ignore[arg-type]
-    except ServerBusy as exc:
-        return "shed", str(exc)
-    except ClientError as exc:
-        return exc.status or "no status", str(exc)
-    if len(predictions) != len(sample.images):
-        return "bad response", f"predictions for {len(predictions)} images, sent {len(sample.images)}"
+def _status(sample: Sample, answer: Answer) -> tuple[str | None, str | None]:
+    """(``None``, ``None``) for a request answered with a prediction per image, else (status, message)."""
+    if isinstance(answer.error, ServerBusy):
+        return "shed", str(answer.error)
+    if answer.error is not None:
+        return answer.error.status or "no status", str(answer.error)
+    assert answer.predictions is not None
+    if len(answer.predictions) != len(sample.images):
+        return "bad response", f"predictions for {len(answer.predictions)} images, sent {len(sample.images)}"
     return None, None
 
 
@@ -437,10 +437,11 @@ def run_soak(
     progress: Callable[[str], None] | None = None,
     snapshots: int = 20,
 ) -> SoakReport:
-    """Send the soak's requests from ``options.concurrency`` threads and tally the outcomes.
+    """Keep ``options.concurrency`` of the soak's requests in flight and tally the outcomes.
 
-    Each thread has its own client (the project's default one unless ``options`` says
-    otherwise, retrying shed requests as users' clients do). With ``server_pid``, memory is
+    One client (the project's default one unless ``options`` says otherwise, retrying shed
+    requests as users' clients do: :data:`SOAK_RETRY`) drives the closed loop of
+    :func:`~bls_pipeline.devtools.load.drive`. With ``server_pid``, memory is
     read before the first request ("start"), when the warm-up ends ("warm": after
     ``warmup_requests``, or ``warmup_seconds`` with a duration), over the run (about
     ``snapshots`` times, or every ``sample_interval_s`` with a duration) and at the end.
@@ -455,7 +456,7 @@ def run_soak(
     read_memory = (lambda: server_memory(server_pid)) if server_pid is not None else None
     trace_every = max(1, options.requests // max(1, snapshots))
     lock = threading.Lock()
-    state = {"sent": 0, "done": 0, "images": 0}
+    state = {"sent": 0, "done": 0, "images": 0, "retried": 0}
     finished = threading.Event()
 
     def warm_reached(elapsed: float, done: int) -> bool:
@@ -467,36 +468,33 @@ def run_soak(
             with lock:
                 memory.setdefault(name, snapshot)
 
-    def next_sample(elapsed: float) -> Sample | None:
-        with lock:
-            if (timed and elapsed >= options.duration_s) or (not timed and state["sent"] >= options.requests):
-                return None
-            state["sent"] += 1
-            return _draw(rng, good, bad, options.bad_fraction)
+    def next_sample() -> Sample | None:
+        # The driver calls it under its own lock, one worker at a time.
+        elapsed = clock() - started
+        if (timed and elapsed >= options.duration_s) or (not timed and state["sent"] >= options.requests):
+            return None
+        state["sent"] += 1
+        return _draw(rng, good, bad, options.bad_fraction)
 
-    def worker() -> None:
-        with ClassifierClient(
-            options.url, protocol=options.protocol, form=options.form, timeout_s=options.timeout_s
-        ) as client:
-            while (sample := next_sample(time.perf_counter() - started)) is not None:
-                sent = time.perf_counter()
-                status, message = _send(client, sample)
-                tally.record(sample, judge(sample, status, message), time.perf_counter() - sent, message)
-                with lock:
-                    state["done"] += 1
-                    state["images"] += len(sample.images) if status is None else 0
-                    done = state["done"]
-                if "warm" not in memory and warm_reached(time.perf_counter() - started, done):
-                    take("warm")
-                if read_memory is not None and not timed and done % trace_every == 0:
-                    snapshot = read_memory()
-                    with lock:
-                        trace.append((time.perf_counter() - started, done, snapshot))
+    def on_answer(sample: Sample, answer: Answer) -> None:
+        status, message = _status(sample, answer)
+        tally.record(sample, judge(sample, status, message), answer.latency_s, message)
+        with lock:
+            state["done"] += 1
+            state["images"] += len(sample.images) if status is None else 0
+            state["retried"] += answer.attempts > 1
+            done = state["done"]
+        if "warm" not in memory and warm_reached(clock() - started, done):
+            take("warm")
+        if read_memory is not None and not timed and done % trace_every == 0:
+            snapshot = read_memory()
+            with lock:
+                trace.append((clock() - started, done, snapshot))
 
     def sampler() -> None:
         # With a duration: memory (and progress) every sample interval, whatever the request rate.
         while not finished.wait(options.sample_interval_s):
-            elapsed, done = time.perf_counter() - started, state["done"]
+            elapsed, done = clock() - started, state["done"]
             if read_memory is not None:
                 snapshot = read_memory()
                 with lock:
@@ -514,21 +512,26 @@ def run_soak(
                 reported = state["done"] // every
                 progress(f"{state['done']}/{options.requests} requests, {tally.count(UNEXPECTED)} unexpected")  # type: ignore[misc]
 
+    target = Target(
+        options.url, retry=SOAK_RETRY, protocol=options.protocol, form=options.form, timeout_s=options.timeout_s
+    )
     take("start")
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker, name=f"soak-{i}", daemon=True) for i in range(options.concurrency)]
+    watchers = []
     if timed:
-        threads.append(threading.Thread(target=sampler, name="soak-memory", daemon=True))
+        watchers.append(threading.Thread(target=sampler, name="soak-memory", daemon=True))
     elif progress is not None:
-        threads.append(threading.Thread(target=reporter, name="soak-progress", daemon=True))
-    for thread in threads:
-        thread.start()
-    for thread in threads[: options.concurrency]:
-        thread.join()
-    duration = time.perf_counter() - started
-    finished.set()
-    for thread in threads[options.concurrency :]:
-        thread.join()
+        watchers.append(threading.Thread(target=reporter, name="soak-progress", daemon=True))
+    with target.client(options.concurrency) as client:
+        started = clock()
+        for thread in watchers:
+            thread.start()
+        try:
+            drive(client, next_sample, on_answer, concurrency=options.concurrency)
+        finally:
+            duration = clock() - started
+            finished.set()
+            for thread in watchers:
+                thread.join()
     take("end")
     trace.sort(key=lambda item: item[0])
     answered = state["done"]
@@ -547,6 +550,7 @@ def run_soak(
         memory=memory,
         memory_trace=trace,
         images_per_s=state["images"] / duration if duration > 0 else 0.0,
+        retried=state["retried"],
     )
 
 
@@ -562,6 +566,7 @@ def format_report(report: SoakReport, max_growth: float | None = None) -> str:
     rows.append(("UNEXPECTED", str(report.unexpected)))
     for kind, n in report.unexpected_by_kind.items():
         rows.append((f"  unexpected: {kind}", str(n)))
+    rows.append(("shed, then sent again", str(report.retried)))
     rows += [
         ("duration", f"{report.duration_s:.1f} s"),
         ("throughput", f"{report.throughput_rps:.1f} requests/s, {report.images_per_s:.1f} images/s classified"),

@@ -51,12 +51,13 @@ def test_comparison_endpoints_classify_real_photos_like_the_classifier(bench_ser
 def test_a_point_slower_than_its_window_is_measured_and_marked_slow_not_failed(bench_server):
     from bls_pipeline.client import host_port
     from bls_pipeline.devtools.bench.images import benchmark_images
-    from bls_pipeline.devtools.bench.load import closed_loop_load, warm_up
+    from bls_pipeline.devtools.load import NO_RETRY, Target, cyclic_groups, measure_window, warm_up
 
-    url, images = host_port(bench_server.url), benchmark_images()
-    single_s = warm_up(url, "classifier", images, concurrency=4)
+    target = Target(host_port(bench_server.url), retry=NO_RETRY, protocol="http", form="padded")
+    images = [image.data for image in benchmark_images()]
+    single_s = warm_up(target, images, concurrency=4)
     # A window far shorter than one request: nothing starts and ends inside it.
-    sample = closed_loop_load(url, "classifier", images, concurrency=4, duration_s=single_s / 100, warmup_s=0.0)
+    sample = measure_window(target, cyclic_groups(images, 1), concurrency=4, duration_s=single_s / 100, warmup_s=0.0)
 
     assert sample.slow and sample.requests >= 1
     assert min(sample.latencies_s) > single_s / 100 and sample.images_per_s > 0

@@ -7,12 +7,10 @@ import copy
 import io
 
 import pytest
-import tritonclient.http as httpclient
 from PIL import Image
 
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.devtools.bench.images import BenchImage, benchmark_images, render_photo
-from bls_pipeline.devtools.bench.load import LoadSample, request_inputs
 from bls_pipeline.devtools.bench.report import format_table, perf_analyzer_data
 from bls_pipeline.devtools.bench.run import (
     BenchOptions,
@@ -21,6 +19,7 @@ from bls_pipeline.devtools.bench.run import (
     check_targets,
     compute_ratios,
 )
+from bls_pipeline.devtools.load import NO_RETRY, LoadSample, Target, cyclic_groups
 from bls_pipeline.devtools.stats import Spread, latency_percentiles, percentile
 from bls_pipeline.errors import BenchError, ConfigError
 
@@ -293,7 +292,10 @@ def test_ensemble_config_refuses_broken_chains(steps, message):
 def test_load_requests_carry_padded_rows_of_consecutive_images(per_request):
     images = benchmark_images()[:4]
 
-    requests = request_inputs(httpclient, images, per_request)
+    groups = cyclic_groups([image.data for image in images], per_request)
+    # What the load driver's client sends for one of them (it connects only when it sends).
+    client = Target("127.0.0.1:1", retry=NO_RETRY, protocol="http", form="padded").client()
+    requests = [client._request(group, None)["inputs"] for group in groups]
 
     assert len(requests) == len(images)
     shape = requests[3][0].shape()

@@ -221,10 +221,10 @@ def test_the_gpu_summary_takes_the_best_points_under_the_p99_limit_and_the_table
 def test_request_groups_cycle_through_the_photographs_and_forms_count_their_bytes():
     from bls_pipeline.devtools.bench.forms import request_bytes
     from bls_pipeline.devtools.bench.images import BenchImage
-    from bls_pipeline.devtools.bench.load import request_groups
+    from bls_pipeline.devtools.load import cyclic_groups
 
     images = [BenchImage(name, b"x" * size, 1, 1) for name, size in (("a", 10), ("b", 100), ("c", 30))]
-    groups = request_groups(images, 2)
+    groups = cyclic_groups([image.data for image in images], 2)
 
     assert [[len(image) for image in group] for group in groups] == [[10, 100], [100, 30], [30, 10]]
     # Padded: every row as long as the longest; bytes: each file and its 4-byte length.

@@ -7,6 +7,7 @@ The behaviour against a real server is in tests/e2e/test_overload.py.
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -16,6 +17,7 @@ from bls_pipeline.builder.repository import RepositorySpec
 from bls_pipeline.builder.spec import BuildOptions, device_default
 from bls_pipeline.client import (
     ClientError,
+    PendingRequest,
     RetryPolicy,
     ServerBusy,
     is_unavailable,
@@ -101,6 +103,30 @@ def test_two_clients_shed_together_do_not_retry_together() -> None:
     first = RetryPolicy().waits(random.Random(1))
     second = RetryPolicy().waits(random.Random(2))
     assert [next(first) for _ in range(5)] != [next(second) for _ in range(5)]
+
+
+def test_a_request_shed_until_the_deadline_counts_its_sends_and_waits_with_the_clients_sleep() -> None:
+    def shed() -> None:
+        raise InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    policy = RetryPolicy(deadline_s=0.2, first_wait_s=0.02, max_wait_s=0.02)
+    pending = PendingRequest(shed, policy, random.Random(0), sleep=sleep)
+
+    with pytest.raises(ServerBusy, match=r"server busy: queue full, retry later \(\d+ attempts over") as raised:
+        pending.result()
+
+    assert waits and pending.attempts == len(waits) + 1
+    assert f"({pending.attempts} attempts over" in str(raised.value)
+    never = PendingRequest(shed, RetryPolicy(deadline_s=0.0), random.Random(0), sleep=sleep)
+    with pytest.raises(ServerBusy, match="not retried"):
+        never.result()
+    assert never.attempts == 1
 
 
 @pytest.mark.parametrize("kwargs", [{"deadline_s": -1}, {"first_wait_s": 0}, {"first_wait_s": 2, "max_wait_s": 1}])

@@ -183,14 +183,13 @@ def test_an_unknown_form_is_refused_by_the_client():
 
 
 def test_the_load_generator_sends_either_form():
-    import tritonclient.http as httpclient
-
     from bls_pipeline.devtools.bench.images import benchmark_images
-    from bls_pipeline.devtools.bench.load import request_inputs
+    from bls_pipeline.devtools.load import NO_RETRY, Target, cyclic_groups
 
     images = benchmark_images()[:3]
+    client = Target("127.0.0.1:1", retry=NO_RETRY, protocol="http", form="bytes").client()
 
-    (first, *_) = request_inputs(httpclient, images, 2, "bytes")
+    (first, *_) = [client._request(group, None)["inputs"] for group in cyclic_groups([i.data for i in images], 2)]
 
     assert (first[0].name(), first[0].datatype(), first[0].shape()) == ("IMAGE_BYTES", "BYTES", [2, 1])
 

@@ -6,8 +6,9 @@ zero-padded rows of ``IMAGE`` (``[N, L]`` uint8, every row as long as the longes
 carry the same bytes; with several, padding sends ``N x max(len)`` bytes for ``sum(len)`` of
 files. This module measures both forms, over gRPC and HTTP, at several images per request,
 with :class:`~bls_pipeline.client.ClassifierClient` itself as the load generator
-(the numbers are what a user of the client gets), spread over several processes so that the
-client's Python does not starve the server.
+(the numbers are what a user of the client gets; each request sent once), one closed loop of
+:mod:`bls_pipeline.devtools.load` in each of several processes so that the client's Python
+does not starve the server.
 
 Example::
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -29,9 +29,9 @@ from typing import Any
 from bls_pipeline import contract
 from bls_pipeline.client import DEFAULT_IMAGES_PER_REQUEST, DEFAULT_REQUESTS_IN_FLIGHT, FORMS
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.devtools.bench.load import check_request_form, request_groups
+from bls_pipeline.devtools.load import NO_RETRY, Request, Target, Window, clock, cyclic_groups, run_window
 from bls_pipeline.devtools.stats import percentile
-from bls_pipeline.errors import EndpointFailure
+from bls_pipeline.errors import BenchError, EndpointFailure
 
 # (images per request, requests in flight): the client's default, and 256 images in flight
 # at 8 and 32 per request (the load at which the classifier peaked with one image per request).
@@ -43,6 +43,12 @@ MAX_PROCESSES = 4
 _START_DELAY_S = 4.0
 # BYTES elements travel with a 4-byte length each.
 _BYTES_LENGTH_PREFIX = 4
+
+
+def check_request_form(form: str) -> None:
+    """Raise :class:`BenchError` unless ``form`` names one of the contract's input forms."""
+    if form not in contract.FORMS:
+        raise BenchError(f"unknown request form {form!r}: expected one of {', '.join(contract.FORMS)}")
 
 
 def request_bytes(group: Sequence[bytes], form: str) -> int:
@@ -93,7 +99,7 @@ class _Share:
     """One client process's part of a load: its requests in flight and the window (epoch s)."""
 
     load: FormLoad
-    groups: list[list[bytes]]
+    groups: list[tuple[bytes, ...]]
     concurrency: int
     first: int
     window_start: float
@@ -103,39 +109,25 @@ class _Share:
 def _drive(share: _Share) -> list[float]:
     """Closed loop in one process: ``share.concurrency`` requests always in flight; returns
     the latency (s) of every request sent and answered inside the window."""
-    from bls_pipeline.client import ClassifierClient
-
     load = share.load
-    latencies: list[float] = []
-    with ClassifierClient(
-        load.url, model_name=load.model, protocol=load.protocol, form=load.form, concurrency=share.concurrency
-    ) as client:
-        time.sleep(max(0.0, share.window_start - load.warmup_s - time.time()))
-        in_flight: deque = deque()
-        index = share.first
-
-        def send() -> None:
-            nonlocal index
-            in_flight.append((time.time(), client.submit(share.groups[index % len(share.groups)])))
-            index += 1
-
-        for _ in range(share.concurrency):
-            send()
-        while in_flight:
-            sent, pending = in_flight.popleft()
-            pending.result()
-            done = time.time()
-            if sent >= share.window_start and done <= share.window_end:
-                latencies.append(done - sent)
-            if done < share.window_end:
-                send()
-    return latencies
+    # Each request sent once: a shed one fails the point instead of waiting in the latencies.
+    target = Target(load.url, retry=NO_RETRY, model_name=load.model, protocol=load.protocol, form=load.form)
+    # The window is in wall-clock seconds, shared by every process; the driver's clock is local.
+    offset = clock() - time.time()
+    window = Window(share.window_start + offset, share.window_end + offset)
+    with target.client(share.concurrency) as client:
+        time.sleep(max(0.0, window.start_s - load.warmup_s - clock()))
+        requests = [Request(group) for group in share.groups]
+        run_window(client, requests, window, concurrency=share.concurrency, first=share.first)
+    if window.failures:
+        raise EndpointFailure(f"a request failed: {window.failures[0]}")
+    return window.latencies_s
 
 
 def measure_form(load: FormLoad, images: Sequence[BenchImage], *, processes: int | None = None) -> FormPoint:
     """Measure ``load`` with the client in up to :data:`MAX_PROCESSES` processes."""
     check_request_form(load.form)  # before any process starts
-    groups = request_groups(images, load.images_per_request)
+    groups = cyclic_groups([image.data for image in images], load.images_per_request)
     count = max(1, min(processes or MAX_PROCESSES, load.concurrency))
     window_start = time.time() + _START_DELAY_S + load.warmup_s
     window_end = window_start + load.duration_s

@@ -54,8 +54,9 @@ import numpy as np
 
 from bls_pipeline import contract
 from bls_pipeline.client import host_port
+from bls_pipeline.devtools.bench.forms import check_request_form
 from bls_pipeline.devtools.bench.images import BenchImage
-from bls_pipeline.devtools.bench.load import LoadSample, check_request_form, closed_loop_load, warm_up
+from bls_pipeline.devtools.load import NO_RETRY, LoadSample, Target, cyclic_groups, measure_window, warm_up
 from bls_pipeline.devtools.stats import Spread, latency_percentiles, percentile
 from bls_pipeline.errors import BenchError
 
@@ -508,28 +509,35 @@ def run_benchmark(
         )
         progress(f"starting tritonserver on {bench_repo}")
         with LocalTritonServer(server_options) as server:
-            url = host_port(server.url)
+            # Over HTTP, as users' HTTP clients; each request sent once: a shed one fails the point.
+            targets = {
+                key: Target(
+                    host_port(server.url),
+                    retry=NO_RETRY,
+                    model_name=names[key],
+                    protocol="http",
+                    form=options.request_form,
+                )
+                for key in endpoint_keys
+            }
+            encoded = [image.data for image in images]
+            groups = cyclic_groups(encoded, options.images_per_request)
             progress("warming up every endpoint (until each answers, with a bound that scales with this machine)")
             for key in endpoint_keys:
-                single_s = warm_up(
-                    url, names[key], images, concurrency=max(options.concurrencies), form=options.request_form
-                )
+                single_s = warm_up(targets[key], encoded, concurrency=max(options.concurrencies))
                 progress(f"  {key}: one request alone {single_s * 1e3:.0f} ms")
             for repeat in range(options.repeats):
                 progress(f"repeat {repeat + 1}/{options.repeats}: in process, batch sizes {list(batch_sizes)}")
                 in_process_runs.append(_measure_in_process(parts, images, options))
                 for concurrency in options.concurrencies:
                     for key in endpoint_keys:
-                        sample = closed_loop_load(
-                            url,
-                            names[key],
-                            images,
+                        sample = measure_window(
+                            targets[key],
+                            groups,
                             concurrency=concurrency,
                             duration_s=options.duration_s,
                             warmup_s=options.warmup_s,
-                            images_per_request=options.images_per_request,
                             server_cpu=server.cpu_seconds,
-                            form=options.request_form,
                         )
                         endpoint_runs[key][concurrency].append(sample)
                         progress(
@@ -605,7 +613,7 @@ def assemble_result(
                 "images_per_s": Spread.of([sample.images_per_s for sample in samples]).to_json(),
                 "latency_ms": {q: Spread.of([p[q] for p in percentiles]).to_json() for q in ("p50", "p90", "p99")},
                 "requests": sum(sample.requests for sample in samples),
-                # Some repeat's requests all outlasted the window (load.closed_loop_load).
+                # Some repeat's requests all outlasted the window (devtools.load.Window.sample).
                 "slow": any(sample.slow for sample in samples),
             }
             cpu = [sample.server_cpu_ms_per_image for sample in samples]
