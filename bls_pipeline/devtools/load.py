@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -177,13 +178,7 @@ def drive(
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    http = client.protocol == "http"
-    if http:
-        import gevent
-
-        sleep: Callable[[float], None] = gevent.sleep
-    else:
-        sleep = time.sleep
+    run, sleep = (_run_as_greenlets, _gevent_sleep()) if client.protocol == "http" else (_run_as_threads, time.sleep)
     lock = threading.Lock()
     raised: list[BaseException] = []
 
@@ -205,23 +200,31 @@ def drive(
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller
             raised.append(exc)
 
-    tasks: list[tuple[Callable[..., None], tuple]] = [(worker, ())] * concurrency
-    tasks += [(timer, (at, action)) for at, action in timers]
-    if http:
-        import gevent
-
-        gevent.joinall([gevent.spawn(task, *args) for task, args in tasks])
-    else:
-        threads = [
-            threading.Thread(target=task, args=args, name=f"load-{i}", daemon=True)
-            for i, (task, args) in enumerate(tasks)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    run([worker] * concurrency + [functools.partial(timer, at, action) for at, action in timers])
     if raised:
         raise raised[0]
+
+
+def _gevent_sleep() -> Callable[[float], None]:
+    import gevent
+
+    return gevent.sleep
+
+
+def _run_as_greenlets(tasks: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` as greenlets on this thread (HTTP: the client's gevent loop) until all end."""
+    import gevent
+
+    gevent.joinall([gevent.spawn(task) for task in tasks])
+
+
+def _run_as_threads(tasks: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` as threads (gRPC: one channel for all) until all end."""
+    threads = [threading.Thread(target=task, name=f"load-{i}", daemon=True) for i, task in enumerate(tasks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 # --- a measurement window -----------------------------------------------------------------------

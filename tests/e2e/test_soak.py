@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from tests.e2e._support import hosting_of
+from tests.e2e._support import hosting_of, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -44,3 +45,21 @@ def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys)
     stubs = 1 if hosting_of(triton_server.options.model_repository) == "native" else 3
     assert report["memory"]["end"]["processes"] == 1 + stubs
     assert "UNEXPECTED" in capsys.readouterr().out
+
+
+def test_requests_the_server_sheds_are_retried_and_counted_not_hidden(native_repository, tmp_path):
+    from bls_pipeline.builder.repository import change_queue_policy
+    from bls_pipeline.devtools.soak import SoakOptions, build_samples, run_soak
+
+    # A queue of one request, eight in flight: the server sheds some, the client sends them again.
+    repository = tmp_path / "model_repository"
+    shutil.copytree(native_repository, repository)
+    change_queue_policy(repository, max_queue_size=1)
+    server = start_server(repository, tmp_path / "tritonserver.log")
+    try:
+        report = run_soak(SoakOptions(url=server.url, requests=64, concurrency=8, bad_fraction=0.0), build_samples())
+    finally:
+        server.stop()
+
+    assert report.retried > 0
+    assert report.ok == 64 and report.unexpected == 0
