@@ -194,23 +194,29 @@ class Orchestrator:
             logits = self.infer(batch)
         except BlsPipelineError as exc:
             for i in good:
-                results[i] = exc
+                results[i] = _detached(exc)
             return results  # type: ignore[return-value]
         for row, i in enumerate(good):
             results[i] = logits[row]
         return results  # type: ignore[return-value]
 
+    def _preprocess(self, images: Sequence[bytes]) -> tuple[Any, SubModelError | None]:
+        """The preprocessed batch of ``images``, or the error preprocessing raised instead."""
+        try:
+            return self.preprocess(pad_batch(images)), None
+        except SubModelError as exc:
+            return None, _detached(exc)
+
     def _preprocess_isolated(
         self, images: Sequence[bytes], results: list[np.ndarray | BlsPipelineError | None]
     ) -> tuple[Any, list[int]]:
         """The preprocessed batch of the images that decode, and their indices; errors go into ``results``."""
-        try:
-            return self.preprocess(pad_batch(images)), list(range(len(images)))
-        except SubModelError as exc:
-            if not exc.invalid_input:
-                results[:] = [exc] * len(images)
-                return None, []
-            failure = exc
+        batch, failure = self._preprocess(images)
+        if failure is None:
+            return batch, list(range(len(images)))
+        if not failure.invalid_input:
+            results[:] = [failure] * len(images)
+            return None, []
         if len(images) > 1:
             LOGGER.info("preprocessing a batch of %d failed (%s): finding the bad images", len(images), failure)
         return self._isolate(images, failure, results)
@@ -242,29 +248,36 @@ class Orchestrator:
             else:
                 parts = [group[:suspect] + group[suspect + 1 :], [group[suspect]]]
             for part in parts:
-                try:
-                    handle = self.preprocess(pad_batch([images[i] for i in part]))
+                handle, error = self._preprocess([images[i] for i in part])
+                if error is None:
                     decoded.append(part)
                     kept = handle if len(decoded) == 1 else None
-                except SubModelError as exc:
-                    if not exc.invalid_input:
-                        # The sub-model failed: no image is to blame, and none can be preprocessed.
-                        for i, result in enumerate(results):
-                            if result is None:
-                                results[i] = exc
-                        return None, []
-                    pending.append((part, exc))
+                elif error.invalid_input:
+                    pending.append((part, error))
+                else:
+                    # The sub-model failed: no image is to blame, and none can be preprocessed.
+                    for i, result in enumerate(results):
+                        if result is None:
+                            results[i] = error
+                    return None, []
         if len(decoded) == 1:
             return kept, decoded[0]
         good = sorted(i for part in decoded for i in part)
         if not good:
             return None, []
-        try:
-            return self.preprocess(pad_batch([images[i] for i in good])), good
-        except SubModelError as exc:
-            for i in good:
-                results[i] = exc
-            return None, []
+        batch, error = self._preprocess([images[i] for i in good])
+        if error is None:
+            return batch, good
+        for i in good:
+            results[i] = error
+        return None, []
+
+
+def _detached(error: BlsPipelineError) -> BlsPipelineError:
+    """``error`` without its traceback, to be kept as a result: the traceback holds the frames
+    it passed through, the BLS call's request and response tensors (shared memory) among them,
+    alive until the garbage collector finds the cycle through the results that hold it."""
+    return error.with_traceback(None)
 
 
 def _image_error(exc: SubModelError) -> InvalidImageError:

@@ -303,3 +303,19 @@ def test_the_request_byte_limit_is_a_config_parameter():
     settings = ClassifierSettings.from_parameters({"max_request_bytes": "123"}, max_batch_size=2)
 
     assert settings.request_byte_limit == 123
+
+
+def test_the_errors_kept_as_results_hold_no_traceback():
+    """A traceback keeps the frames it passed through alive, and with them the BLS call's
+    tensors in shared memory (a soak of bad images grew the stubs' memory until it was dropped)."""
+
+    def network_down(images: np.ndarray) -> np.ndarray:
+        raise SubModelError("efficientnet-b0", "Stub process 'efficientnet-b0_0_0' is not healthy.")
+
+    bad_batch = Orchestrator(preprocess=FakePreprocessing(), infer=_network, max_batch_size=8)([b"bad", b"\x01ok"])
+    dead = Orchestrator(preprocess=FakePreprocessing(dead=True), infer=_network, max_batch_size=8)([b"\x01ok"])
+    no_network = Orchestrator(preprocess=FakePreprocessing(), infer=network_down, max_batch_size=8)([b"\x01ok"])
+
+    errors = [r for r in [*bad_batch, *dead, *no_network] if isinstance(r, Exception)]
+    assert len(errors) == 3
+    assert all(error.__traceback__ is None for error in errors)
