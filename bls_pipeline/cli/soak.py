@@ -4,8 +4,8 @@
         --json-out /tmp/soak20k.json
     python tools/soak.py --url http://127.0.0.1:8000 --server-pid 1234 --requests 500
     python tools/soak.py --url grpc://127.0.0.1:8001 --server-pid "$(pgrep -x tritonserver)" \\
-        --duration 720 --warmup-seconds 120 --concurrency 8 --images-per-request 32 \\
-        --max-growth 5 --json-out /tmp/soak-gpu.json      # 12 minutes at saturation on a GPU
+        --duration 780 --warmup-seconds 180 --concurrency 8 --images-per-request 64 \\
+        --max-growth 5 --json-out /tmp/soak-gpu.json      # 13 minutes at saturation on a GPU
 
 Success means every good image was classified and every bad one refused with INVALID_ARG
 as expected (and RSS, /dev/shm and, where nvidia-smi is, the GPU memory of the server and
