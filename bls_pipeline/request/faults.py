@@ -67,11 +67,12 @@ def failed_sample(message: str, batch_size: int) -> int | None:
     return int(found.group(1))
 
 
-def summarize_dali_error(message: str) -> str:
+def summarize_dali_error(message: str, *, keep_sample: bool = False) -> str:
     """One line out of DALI's multi-line error: the failing operator and DALI's reason.
 
     DALI numbers samples within its own batch (``Failed to decode sample #0 :``), which
-    means nothing to a client: the number is dropped.
+    means nothing to a client: the number is dropped, unless ``keep_sample`` (for the
+    classifier, which sent that batch and finds the bad image by it: :func:`failed_sample`).
     """
     lines = [line.strip() for line in _DALI_PYTHON_FRAMES.sub("", message).splitlines() if line.strip()]
     if not lines:
@@ -80,8 +81,10 @@ def summarize_dali_error(message: str) -> str:
     reason = next((line for line in reversed(lines) if not line.startswith(_DALI_NOISE)), None)
     if reason is None:
         reason = "" if operator else lines[-1]
-    reason = re.sub(r"\s+:", ":", _DALI_SAMPLE.sub("", reason)).rstrip(" :")
     if operator is None:
-        return reason
-    operator = operator.rstrip(",")
-    return f"{operator}: {reason}" if reason else operator
+        summary = reason
+    else:
+        operator = operator.rstrip(",")
+        summary = f"{operator}: {reason}" if reason else operator
+    # A summary that is summarized again (a Python-hosted model's one line) loses its number too.
+    return re.sub(r"\s+:", ":", summary if keep_sample else _DALI_SAMPLE.sub("", summary)).rstrip(" :")

@@ -324,7 +324,8 @@ class PreprocessingModel:
             if not blames_input(message):
                 return [_internal_error(message)] * len(requests)
             if len(requests) == 1:
-                return [error_response(InvalidRequestError(summarize_dali_error(message)))]
+                # The sample number stays: the classifier finds its bad image by it.
+                return [error_response(InvalidRequestError(summarize_dali_error(message, keep_sample=True)))]
             return [response for request in requests for response in self.execute([request])]
         return [pb_utils.InferenceResponse(output_tensors=[output]) for output in outputs]
 

@@ -203,3 +203,17 @@ def _preprocessing_stats(url: str) -> tuple[int, int, bool]:
         int(stats["execution_count"]),
         batching,
     )
+
+
+def test_a_bad_image_among_eight_is_found_in_three_preprocessing_runs(batching_server, good_images, bad_images):
+    """DALI names the sample it failed on: the classifier runs the rest, then that image alone."""
+    corrupt, reason = bad_images["corrupt PNG data"]
+    images = [*list(good_images.values())[:5], corrupt, *list(good_images.values())[:2]]
+    before, _, _ = _preprocessing_stats(batching_server.url)
+
+    with ClassifierClient(batching_server.url) as client, pytest.raises(ClientError) as raised:
+        client.classify(images)
+
+    after, _, _ = _preprocessing_stats(batching_server.url)
+    assert str(raised.value) == reason.replace("image 0", "image 5")
+    assert after - before == 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bls_pipeline.errors import InvalidImageError, SubModelError
-from bls_pipeline.request.faults import blames_input, summarize_dali_error
+from bls_pipeline.request.faults import blames_input, failed_sample, summarize_dali_error
 from bls_pipeline.request.orchestration import Orchestrator, request_error
 
 # What DALI 2.4 raises for a JPEG cut in half (the decoder's own reason goes to stderr).
@@ -42,6 +42,14 @@ DALI_DECODE_ERROR = (
 )
 def test_dali_errors_are_summarized_in_one_line_without_dali_sample_numbers(message, summary):
     assert summarize_dali_error(message) == summary
+
+
+def test_the_sample_number_is_kept_for_the_classifier_and_found_again():
+    summary = summarize_dali_error(DALI_DECODE_ERROR, keep_sample=True)
+    assert summary == "Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode sample #3"
+    assert failed_sample(summary, 4) == 3
+    assert failed_sample(summary, 3) is None  # not a sample of a batch of 3
+    assert summarize_dali_error(summary) == "Error in CPU operator `nvidia.dali.fn.decoders.image`: Failed to decode"
 
 
 def _network(images: np.ndarray) -> np.ndarray:
