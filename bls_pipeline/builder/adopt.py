@@ -443,22 +443,8 @@ def _write_preprocessing(options: AdoptOptions, model: FoundModel, hosting: str)
         )
         notes.append("hosted in a Python-backend model (same name, tensors and batching)")
     else:
-        notes.append("Triton's DALI backend, your config as it is" + _batching_warning(options, model))
+        notes.append("Triton's DALI backend, your config as it is")
     return f"{model.name}: " + "; ".join(notes)
-
-
-def _batching_warning(options: AdoptOptions, model: FoundModel) -> str:
-    """A warning for a natively hosted DALI model whose config batches requests: Triton's DALI
-    backend answers every request of a batch with the batch's error (the Python-hosted model
-    reruns a failed batch request by request)."""
-    if model.config is None or not model.config.HasField("dynamic_batching"):
-        return ""
-    return (
-        "\n      warning: your config batches requests (dynamic_batching), and Triton's DALI backend fails every"
-        " request of a batch with the batch's error: a bad image in one request (through your ensemble, or from"
-        " another classifier instance) fails the good images batched with it. Remove dynamic_batching from"
-        f" {options.output / model.name / CONFIG_FILE}: the classifier batches already"
-    )
 
 
 def _write_network(options: AdoptOptions, model: FoundModel, hosting: str) -> str:

@@ -220,24 +220,6 @@ def test_for_the_container_the_users_models_are_copied_byte_for_byte_beside_the_
     assert any(line.startswith("  verified in process (cpu)") for line in lines)
 
 
-def test_a_native_dali_model_that_batches_requests_is_flagged_and_left_as_it_is(tutorial, tmp_path):
-    from bls_pipeline.builder.adopt import AdoptOptions, adopt_repository
-
-    def adopt(source, name):
-        lines: list[str] = []
-        adopt_repository(AdoptOptions(source=source, output=tmp_path / name, target="triton"), progress=lines.append)
-        return [line for line in "\n".join(lines).splitlines() if "dynamic_batching" in line]
-
-    assert adopt(tutorial, "plain") == []  # the tutorial's DALI model runs each request alone
-    batching = tmp_path / "batching"
-    shutil.copytree(tutorial, batching)
-    config = batching / "preprocessing" / "config.pbtxt"
-    config.write_text(config.read_text() + "dynamic_batching { }\n")
-    (warning,) = adopt(batching, "adopted")
-    assert "fails every request of a batch" in warning and str(tmp_path / "adopted" / "preprocessing") in warning
-    assert (tmp_path / "adopted" / "preprocessing" / "config.pbtxt").read_text() == config.read_text()
-
-
 def test_a_gpu_onnx_network_for_the_pip_server_is_flagged_where_onnx_runtime_has_no_cuda(tutorial, tmp_path):
     import onnxruntime
 
