@@ -188,8 +188,7 @@ def preprocessing_config(
     outputs are left out and the backend derives them from the pipeline (``ndim``/``dtype``
     of the external source, ``output_ndim``/``output_dtype``). Otherwise a Python-backend
     model hosts the same ``dali.py``. ``device`` sets the instance kind; the decoder that
-    matches it is in ``preprocessing.json``. Only the Python-hosted model batches requests
-    (``max_queue_delay_us``); see the comment below for why the native one does not.
+    matches it is in ``preprocessing.json``.
     """
     check_target(target)
     native = target == "triton" if native is None else native
@@ -197,17 +196,12 @@ def preprocessing_config(
     config: dict[str, Any] = {
         "name": PREPROCESSING,
         "max_batch_size": max_batch_size,
+        "dynamic_batching": _dynamic_batching(max_queue_delay_us),
         "instance_group": _instances(device, instances, gpus),
     }
     if native:
         config["backend"] = "dali"
-        # No dynamic batching: Triton's DALI backend answers every request of a batch with the
-        # batch's error, so a bad image in one classifier instance's request would fail another
-        # instance's good images run with it. The classifier batches already; each of its
-        # requests runs alone.
     else:
-        # The Python-hosted model runs each request alone again when a batch fails.
-        config["dynamic_batching"] = _dynamic_batching(max_queue_delay_us)
         config["backend"] = "python"
         # Its input is the classifier's host bytes: nothing to gain from GPU inputs.
         parameters = _python_backend_parameters(parameters, gpu_inputs=False)

@@ -210,11 +210,7 @@ class BuildOptions:
         "largest accepted IMAGE tensor of one request, padding included (default: max batch size x max image bytes)",
         group=SERVING,
     )
-    queue_delay_us: int = knob(
-        "dynamic batching max queue delay of every model that batches (not the native DALI preprocessing model, which runs each request alone)",
-        0,
-        group=SERVING,
-    )
+    queue_delay_us: int = knob("dynamic batching max queue delay of every model", 0, group=SERVING)
     # The classifier's queue bound: on the CPU measured open-loop at 2-8x capacity
     # (docs/overload-and-security.md); on a GPU sized from the H100's rates (512 one-image
     # requests are ~0.13 s of work at ~3,900 requests/s; the timeout catches larger requests).

@@ -108,19 +108,3 @@ def test_a_natively_hosted_local_repository_ships_a_serialized_pipeline_and_no_m
     assert {f"{mc.PREPROCESSING}/1/{MODEL_FILE}", f"{mc.NETWORK}/1/{MODEL_FILE}"}.isdisjoint(files)
     # The serialized pipeline is DALI's protobuf, naming the external source the classifier feeds.
     assert b"DALI_INPUT" in (output / mc.PREPROCESSING / "1" / SERIALIZED_FILE).read_bytes()
-
-
-@pytest.mark.parametrize("target", ["local", "triton"])
-def test_only_the_python_hosted_dali_model_batches_requests(target):
-    """Triton's DALI backend fails every request of a batch with the batch's error: it runs
-    each request alone. The Python-hosted model reruns a failed batch request by request."""
-    if target == "local":
-        native = local_spec(frozenset({mc.PREPROCESSING, mc.NETWORK}), queue_delay_us=500).configs()
-    else:
-        native = RepositorySpec(target=target, max_batch_size=8, num_classes=5, queue_delay_us=500).configs()
-    python = local_spec(frozenset(), queue_delay_us=500).configs()
-    assert native[mc.PREPROCESSING].backend == "dali"
-    assert not native[mc.PREPROCESSING].HasField("dynamic_batching")
-    assert python[mc.PREPROCESSING].dynamic_batching.max_queue_delay_microseconds == 500
-    for configs in (native, python):
-        assert configs[mc.CLASSIFIER].dynamic_batching.max_queue_delay_microseconds == 500

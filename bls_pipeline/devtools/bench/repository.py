@@ -10,9 +10,7 @@ designs they are compared with.
   ``onnxruntime_onnx``) and ``classifier_native`` over them;
 - ``classifier_ensemble`` (and ``classifier_ensemble_native``): a Triton ensemble of the same
   two sub-models, ending in ``classifier_postprocess`` (a Python model doing the classifier's
-  softmax/top-k/labels), so that it answers exactly like ``classifier``; the native one runs
-  ``preprocessing_native_batching``, the same DALI model with dynamic batching as the DALI
-  tutorial's ensemble has it (the classifier's runs each request alone);
+  softmax/top-k/labels), so that it answers exactly like ``classifier``;
 - ``classifier_naive``: one Python model that decodes with PIL and transforms with numpy
   (:mod:`bls_pipeline.devtools.bench.naive`), then runs the same network file with the same thread
   settings and batching as the built repository.
@@ -59,8 +57,6 @@ NAIVE = "classifier_naive"
 LOGITS_INPUT = "LOGITS"
 # The models of the natively hosted variant are named with this suffix.
 NATIVE_SUFFIX = "_native"
-# The ensemble's own copy of the native preprocessing model, with dynamic batching.
-BATCHING_SUFFIX = "_batching"
 # The endpoints the benchmark loads, by the name it reports them under.
 ENDPOINTS = {
     "bls": mc.CLASSIFIER,
@@ -180,20 +176,6 @@ def _write_classifier(built: Path, output: Path, name: str, preprocessing: str, 
     mc.write_config(output / name / CONFIG_FILE, config)
 
 
-def _batching_copy(output: Path, preprocessing: str, max_queue_delay_us: int) -> str:
-    """A copy of the native ``preprocessing`` model with dynamic batching, as the DALI tutorial's
-    ensemble has it; its name. The served one runs each request alone (see
-    :func:`~bls_pipeline.builder.model_config.preprocessing_config`), which would leave the
-    ensemble's one-image requests unbatched."""
-    name = preprocessing + BATCHING_SUFFIX
-    shutil.copytree(output / preprocessing, output / name)
-    config = mc.read_config(output / name / CONFIG_FILE)
-    config.name = name
-    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    mc.write_config(output / name / CONFIG_FILE, config)
-    return name
-
-
 def native_hosting(built: Path, backends_built: bool) -> frozenset[str]:
     """The sub-models the native variant hosts on Triton's own backends (empty: no variant)."""
     spec = _spec(built, frozenset())
@@ -251,10 +233,7 @@ def write_bench_repository(built: Path, output: Path, *, native: bool | None = N
         mc.write_config(
             output / ensemble / CONFIG_FILE,
             classifier_ensemble_config(
-                max_batch_size=max_batch_size,
-                name=ensemble,
-                preprocessing=_batching_copy(output, preprocessing, delay),
-                network=network,
+                max_batch_size=max_batch_size, name=ensemble, preprocessing=preprocessing, network=network
             ),
         )
         written.update(bls_native=ENDPOINTS["bls_native"], ensemble_native=ensemble)
