@@ -193,8 +193,7 @@ class Orchestrator:
         try:
             logits = self.infer(batch)
         except BlsPipelineError as exc:
-            for i in good:
-                results[i] = _detached(exc)
+            _fail_undecided(results, _detached(exc))
             return results  # type: ignore[return-value]
         for row, i in enumerate(good):
             results[i] = logits[row]
@@ -215,7 +214,7 @@ class Orchestrator:
         if failure is None:
             return batch, list(range(len(images)))
         if not failure.invalid_input:
-            results[:] = [failure] * len(images)
+            _fail_undecided(results, failure)
             return None, []
         if len(images) > 1:
             LOGGER.info("preprocessing a batch of %d failed (%s): finding the bad images", len(images), failure)
@@ -256,9 +255,7 @@ class Orchestrator:
                     pending.append((part, error))
                 else:
                     # The sub-model failed: no image is to blame, and none can be preprocessed.
-                    for i, result in enumerate(results):
-                        if result is None:
-                            results[i] = error
+                    _fail_undecided(results, error)
                     return None, []
         if len(decoded) == 1:
             return kept, decoded[0]
@@ -268,9 +265,16 @@ class Orchestrator:
         batch, error = self._preprocess([images[i] for i in good])
         if error is None:
             return batch, good
-        for i in good:
-            results[i] = error
+        _fail_undecided(results, error)
         return None, []
+
+
+def _fail_undecided(results: list[np.ndarray | BlsPipelineError | None], error: BlsPipelineError) -> None:
+    """``error`` for every image of the chunk whose result is not known yet (the bad images
+    found so far keep their own)."""
+    for i, result in enumerate(results):
+        if result is None:
+            results[i] = error
 
 
 def _detached(error: BlsPipelineError) -> BlsPipelineError:

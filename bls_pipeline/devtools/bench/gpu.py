@@ -640,9 +640,7 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
         f"{'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms",
     ]
     for p in result["endpoints"]:
-        models = "; ".join(
-            f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items()
-        )
+        models = _per_model(p)
         lines.append(
             f"{p['extra']['endpoint']:9s} {p['protocol']:5s} {p['concurrency']:5d} {p['images_per_s']:9.0f} "
             f"{p['p50_ms']:7.1f} {p['p99_ms']:7.1f} {p['gpu_util_percent'] or 0:6.0f} "
@@ -656,9 +654,7 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
             f"{'p50 ms':>7s} {'p99 ms':>7s} {'MB/req':>7s} {'JPEG %':>6s} {'CPU ms':>6s}  per-model mean batch / compute ms",
         ]
         for p in result["forms"]:
-            models = "; ".join(
-                f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in p["extra"]["models"].items()
-            )
+            models = _per_model(p)
             lines.append(
                 f"{p['form']:7s} {p['protocol']:5s} {p['extra']['images']:14s} {p['images_per_request']:7d} "
                 f"{p['concurrency']:5d} {p['images_per_s']:9.0f} {p['p50_ms']:7.1f} {p['p99_ms']:7.1f} "
@@ -668,6 +664,13 @@ def format_gpu_table(result: Mapping[str, Any]) -> str:
     lines += ["", "HOST CPU PER IMAGE BY ROLE (ms; over each point's whole run)"] + _cpu_lines(result)
     lines += ["", "SUMMARY"] + [f"  {k}: {v}" for k, v in result["summary"].items()]
     return "\n".join(lines)
+
+
+def _per_model(point: Mapping[str, Any]) -> str:
+    """A served point's per-model column: each model's mean batch / compute ms."""
+    return "; ".join(
+        f"{name} {m['mean_batch']:.1f}/{m['compute_ms']:.1f}" for name, m in point["extra"]["models"].items()
+    )
 
 
 def _cpu_lines(result: Mapping[str, Any]) -> list[str]:
