@@ -188,27 +188,33 @@ def preprocessing_config(
     outputs are left out and the backend derives them from the pipeline (``ndim``/``dtype``
     of the external source, ``output_ndim``/``output_dtype``). Otherwise a Python-backend
     model hosts the same ``dali.py``. ``device`` sets the instance kind; the decoder that
-    matches it is in ``preprocessing.json``.
+    matches it is in ``preprocessing.json``. The native model is unbatched (``max_batch_size`` 0):
+    a request ``[N, bytes]`` is N images, answered ``[N, 3, crop, crop]``.
     """
     check_target(target)
     native = target == "triton" if native is None else native
     parameters: dict[str, object] = {"num_threads": num_threads}
-    config: dict[str, Any] = {
-        "name": PREPROCESSING,
-        "max_batch_size": max_batch_size,
-        "dynamic_batching": _dynamic_batching(max_queue_delay_us),
-        "instance_group": _instances(device, instances, gpus),
-    }
+    config: dict[str, Any] = {"name": PREPROCESSING, "instance_group": _instances(device, instances, gpus)}
+    encoded, preprocessed = contract.ENCODED.config(), contract.preprocessed(DALI_OUTPUT, crop).config()
     if native:
-        config["backend"] = "dali"
+        # Unbatched: Triton's DALI backend answers every request of a batch with the batch's
+        # error, and completes a batched model's config with dynamic_batching, so requests of
+        # several classifier instances that ran as one DALI batch all failed for one bad image.
+        # Unbatched, it runs one request at a time; each is a batch of up to max_batch_size
+        # images already (the classifier's), its first dimension still counts the images, and
+        # the pipeline's own batch size (preprocessing.json) bounds it.
+        config.update(backend="dali", max_batch_size=0)
+        encoded["dims"] = [-1, *encoded["dims"]]
+        preprocessed["dims"] = [-1, *preprocessed["dims"]]
     else:
-        config["backend"] = "python"
+        config.update(backend="python", max_batch_size=max_batch_size)
+        config["dynamic_batching"] = _dynamic_batching(max_queue_delay_us)
+        encoded["allow_ragged_batch"] = True
         # Its input is the classifier's host bytes: nothing to gain from GPU inputs.
         parameters = _python_backend_parameters(parameters, gpu_inputs=False)
     config["parameters"] = _string_parameters(parameters)
     if not (autoconfig and native):
-        config["input"] = [{**contract.ENCODED.config(), "allow_ragged_batch": True}]
-        config["output"] = [contract.preprocessed(DALI_OUTPUT, crop).config()]
+        config["input"], config["output"] = [encoded], [preprocessed]
     return _parse(config)
 
 
@@ -355,14 +361,18 @@ def add_warmup(
     can be warmed: a BLS request during the server's start fails with "Server not ready".
     """
     for batch_size in batch_sizes:
-        json_format.ParseDict(
-            {
-                "name": f"batch {batch_size}",
-                "batch_size": batch_size,
-                "inputs": {k: dict(v) for k, v in inputs.items()},
-            },
-            config.model_warmup.add(),
-        )
+        add_warmup_sample(config, name=f"batch {batch_size}", batch_size=batch_size, inputs=inputs)
+    return config
+
+
+def add_warmup_sample(
+    config: ModelConfig, *, name: str, batch_size: int, inputs: Mapping[str, Mapping[str, Any]]
+) -> ModelConfig:
+    """Add one ``model_warmup`` sample: ``batch_size`` requests of ``inputs`` (see :func:`add_warmup`).
+    An unbatched model's request is one full-shape tensor, so it warms a batch with ``batch_size`` 1
+    and the images in the input's first dimension."""
+    sample = {"name": name, "batch_size": batch_size, "inputs": {k: dict(v) for k, v in inputs.items()}}
+    json_format.ParseDict(sample, config.model_warmup.add())
     return config
 
 
@@ -389,7 +399,13 @@ def check_runtime_device(runtime: str, device: str) -> None:
 
 def config_text(config: ModelConfig) -> str:
     """The ``config.pbtxt`` text of ``config``."""
-    return text_format.MessageToString(config)
+    text = text_format.MessageToString(config)
+    if config.max_batch_size == 0:
+        # Text format leaves a zero out, and Triton's DALI backend learns that a model is
+        # unbatched only from a max_batch_size line in config.pbtxt: without one, it serves it
+        # as batched (and refuses the unbatched dims).
+        text = "max_batch_size: 0\n" + text
+    return text
 
 
 def write_config(path: str | os.PathLike[str], config: ModelConfig) -> Path:

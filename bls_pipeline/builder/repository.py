@@ -220,16 +220,27 @@ class RepositorySpec:
         mc.add_classification_output(
             configs[mc.CLASSIFIER], num_classes=self.num_classes, label_filename=f"1/{LABELS_FILE}"
         )
+        warmup_sizes = self.warmup_sizes()
+        image = {"data_type": "TYPE_UINT8", "dims": [WARMUP_IMAGE.stat().st_size], "input_data_file": WARMUP_IMAGE.name}
+        if self.native(mc.PREPROCESSING):
+            for images in warmup_sizes:
+                rows = {**image, "dims": [images, *image["dims"]], "input_data_file": warmup_file(images)}
+                mc.add_warmup_sample(
+                    configs[mc.PREPROCESSING], name=f"batch {images}", batch_size=1, inputs={mc.DALI_INPUT: rows}
+                )
+        else:
+            mc.add_warmup(configs[mc.PREPROCESSING], inputs={mc.DALI_INPUT: image}, batch_sizes=warmup_sizes)
+        zeros = {"data_type": self.submodels.network_input_dtype, "dims": [3, crop, crop], "zero_data": True}
+        mc.add_warmup(configs[mc.NETWORK], inputs={self.submodels.network_input: zeros}, batch_sizes=warmup_sizes)
+        return configs
+
+    def warmup_sizes(self) -> list[int]:
+        """The batch sizes the sub-models warm up at, in order."""
         # Largest batch first: nvImageCodec sizes the mixed decoder's share of hardware-decoded
         # JPEGs once, from the first batch a pipeline runs (hw_decoder_load x that batch, rounded
         # up to the engines' mini-batch), and keeps it. Warmed at one image first, every later
         # batch sent only one mini-batch to the hardware JPEG engine and the rest to the CPU.
-        warmup_sizes = sorted({1, self.max_batch_size}, reverse=True)
-        image = {"data_type": "TYPE_UINT8", "dims": [WARMUP_IMAGE.stat().st_size], "input_data_file": WARMUP_IMAGE.name}
-        mc.add_warmup(configs[mc.PREPROCESSING], inputs={mc.DALI_INPUT: image}, batch_sizes=warmup_sizes)
-        zeros = {"data_type": self.submodels.network_input_dtype, "dims": [3, crop, crop], "zero_data": True}
-        mc.add_warmup(configs[mc.NETWORK], inputs={self.submodels.network_input: zeros}, batch_sizes=warmup_sizes)
-        return configs
+        return sorted({1, self.max_batch_size}, reverse=True)
 
     def network_parameters(self) -> dict[str, object] | None:
         """The network's threading parameters, in the keys of whatever hosts it."""
@@ -253,6 +264,22 @@ class RepositorySpec:
         settings["num_threads"] = self.dali_threads
         settings["hw_decoder_load"] = self.hw_decoder_load
         return settings
+
+
+def warmup_file(images: int) -> str:
+    """The preprocessing warmup file of ``images`` copies of the warmup photograph, end to end:
+    an unbatched DALI model's warmup sample is one ``[images, bytes]`` tensor read from a file."""
+    return WARMUP_IMAGE.name if images == 1 else f"warmup-x{images}.bin"
+
+
+def write_warmup_files(directory: Path, spec: RepositorySpec) -> None:
+    """The files that the preprocessing model's ``model_warmup`` samples read, into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(WARMUP_IMAGE, directory / WARMUP_IMAGE.name)
+    if spec.native(mc.PREPROCESSING):
+        for images in spec.warmup_sizes():
+            if images > 1:
+                (directory / warmup_file(images)).write_bytes(WARMUP_IMAGE.read_bytes() * images)
 
 
 def _tuples(value: Any) -> Any:
@@ -359,8 +386,7 @@ def write_repository(
             shutil.move(os.fspath(path), destination)
 
     write_classifier_files(output, labels=labels, target=spec.target)
-    (output / mc.PREPROCESSING / WARMUP_DIR).mkdir(exist_ok=True)
-    shutil.copyfile(WARMUP_IMAGE, output / mc.PREPROCESSING / WARMUP_DIR / WARMUP_IMAGE.name)
+    write_warmup_files(output / mc.PREPROCESSING / WARMUP_DIR, spec)
     if spec.user_pipeline:
         # Both hostings load the serialized graph: the DALI backend reads model.dali first.
         (versions[mc.PREPROCESSING] / SERIALIZED_FILE).write_bytes(spec.user_pipeline.serialized)

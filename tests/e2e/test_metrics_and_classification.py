@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bls_pipeline.builder import model_config as mc
+from bls_pipeline.builder.repository import warmup_file
 from bls_pipeline.client import host_port
 from bls_pipeline.devtools.bench.perf import classifier_stages_ms, metric, scrape_metrics, settled_metrics
 from bls_pipeline.request.padding import pad_batch
@@ -129,11 +130,20 @@ def test_ready_sub_models_were_warmed_with_the_real_photograph(triton_server):
         # A warmup sample that fails fails the model's load, so a ready model ran its samples.
         for model in (mc.PREPROCESSING, mc.NETWORK):
             assert client.is_model_ready(model)
-            samples = client.get_model_config(model)["model_warmup"]
-            # The max batch first: the mixed decoder sizes its hardware share from the first batch.
-            assert [sample["batch_size"] for sample in samples] == [16, 1]
-        image = client.get_model_config(mc.PREPROCESSING)["model_warmup"][0]["inputs"][mc.DALI_INPUT]
-        assert image["input_data_file"] == "warmup.jpg"
+        # The max batch first: the mixed decoder sizes its hardware share from the first batch.
+        network = client.get_model_config(mc.NETWORK)["model_warmup"]
+        assert [sample["batch_size"] for sample in network] == [16, 1]
+        preprocessing = client.get_model_config(mc.PREPROCESSING)
+        images = [sample["inputs"][mc.DALI_INPUT] for sample in preprocessing["model_warmup"]]
+        if preprocessing["max_batch_size"] == 0:
+            # Unbatched (Triton's DALI backend): one request of 16 copies of the photograph, then one.
+            assert [(image["input_data_file"], int(image["dims"][0])) for image in images] == [
+                (warmup_file(16), 16),
+                ("warmup.jpg", 1),
+            ]
+        else:
+            assert [sample["batch_size"] for sample in preprocessing["model_warmup"]] == [16, 1]
+            assert {image["input_data_file"] for image in images} == {"warmup.jpg"}
     finally:
         client.close()
 

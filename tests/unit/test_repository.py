@@ -13,6 +13,7 @@ from bls_pipeline.builder.repository import (
     WARMUP_IMAGE,
     RepositorySpec,
     prepare_output,
+    warmup_file,
     write_repository,
 )
 from bls_pipeline.builder.spec import preprocessing_defaults
@@ -89,6 +90,15 @@ def test_every_config_round_trips_through_text_format(tmp_path: Path, spec: Repo
         assert config.name == name
 
 
+def test_an_unbatched_config_says_so_in_its_text() -> None:
+    # Triton's DALI backend reads max_batch_size from the text; text format leaves a zero out.
+    unbatched = RepositorySpec(target="triton", max_batch_size=8, num_classes=2).configs()[mc.PREPROCESSING]
+    batched = RepositorySpec(target="local", max_batch_size=8, num_classes=2).configs()[mc.PREPROCESSING]
+
+    assert mc.config_text(unbatched).splitlines().count("max_batch_size: 0") == 1
+    assert "max_batch_size: 8" in mc.config_text(batched) and "max_batch_size: 0" not in mc.config_text(batched)
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_the_three_configs_agree_on_names_and_shapes(spec: RepositorySpec) -> None:
     configs = spec.configs()
@@ -100,12 +110,18 @@ def test_the_three_configs_agree_on_names_and_shapes(spec: RepositorySpec) -> No
     assert parameters["network_model"] == network.name == mc.NETWORK
     assert parameters["labels_file"] == LABELS_FILE
     assert parameters["max_image_bytes"] == str(1 << 20)
-    assert {config.max_batch_size for config in configs.values()} == {spec.max_batch_size}
+    assert classifier.max_batch_size == network.max_batch_size == spec.max_batch_size
     assert _dims(network.input, mc.NETWORK_INPUT) == [3, crop, crop]
     assert _dims(network.output, mc.NETWORK_OUTPUT) == [NUM_CLASSES]
+    # Triton's DALI backend fails every request of a batch with its error: natively hosted,
+    # the model is unbatched, and the images are its tensors' first dimension.
+    unbatched = spec.native(mc.PREPROCESSING)
+    assert preprocessing.max_batch_size == (0 if unbatched else spec.max_batch_size)
+    assert preprocessing.HasField("dynamic_batching") is not unbatched
+    images = [-1] if unbatched else []
     if preprocessing.output:
-        assert _dims(preprocessing.output, mc.DALI_OUTPUT) == _dims(network.input, mc.NETWORK_INPUT)
-        assert _dims(preprocessing.input, mc.DALI_INPUT) == [-1]
+        assert _dims(preprocessing.output, mc.DALI_OUTPUT) == images + _dims(network.input, mc.NETWORK_INPUT)
+        assert _dims(preprocessing.input, mc.DALI_INPUT) == [*images, -1]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -129,11 +145,21 @@ def test_sub_models_warm_up_at_the_max_batch_first_then_one_image_before_ready(s
     assert not configs[mc.CLASSIFIER].model_warmup
     for name, input_name in ((mc.PREPROCESSING, mc.DALI_INPUT), (mc.NETWORK, mc.NETWORK_INPUT)):
         samples = configs[name].model_warmup
-        # The max batch first: the mixed decoder's hardware share is sized by the first batch.
-        assert [sample.batch_size for sample in samples] == [spec.max_batch_size, 1]
         assert all(list(sample.inputs) == [input_name] for sample in samples)
-    image = configs[mc.PREPROCESSING].model_warmup[0].inputs[mc.DALI_INPUT]
-    assert (image.input_data_file, list(image.dims)) == (WARMUP_IMAGE.name, [WARMUP_IMAGE.stat().st_size])
+    # The max batch first: the mixed decoder's hardware share is sized by the first batch.
+    assert [sample.batch_size for sample in configs[mc.NETWORK].model_warmup] == [spec.max_batch_size, 1]
+    images = [sample.inputs[mc.DALI_INPUT] for sample in configs[mc.PREPROCESSING].model_warmup]
+    size = WARMUP_IMAGE.stat().st_size
+    if spec.native(mc.PREPROCESSING):
+        # Unbatched: one request of N copies of the photograph, from a file that holds them.
+        assert [sample.batch_size for sample in configs[mc.PREPROCESSING].model_warmup] == [1, 1]
+        assert [(i.input_data_file, list(i.dims)) for i in images] == [
+            (warmup_file(spec.max_batch_size), [spec.max_batch_size, size]),
+            (WARMUP_IMAGE.name, [1, size]),
+        ]
+    else:
+        assert [sample.batch_size for sample in configs[mc.PREPROCESSING].model_warmup] == [spec.max_batch_size, 1]
+        assert {(i.input_data_file, tuple(i.dims)) for i in images} == {(WARMUP_IMAGE.name, (size,))}
     zeros = configs[mc.NETWORK].model_warmup[0].inputs[mc.NETWORK_INPUT]
     assert zeros.zero_data and list(zeros.dims) == [3, crop, crop]
 
@@ -305,6 +331,11 @@ def test_write_repository_produces_the_files_of_the_target(tmp_path: Path, targe
     }
     if target == "local":
         expected |= {f"{mc.PREPROCESSING}/1/{MODEL_FILE}", f"{mc.NETWORK}/1/{MODEL_FILE}"}
+    else:
+        # The unbatched DALI model warms its max batch with one request of that many photographs.
+        expected.add(f"{mc.PREPROCESSING}/{WARMUP_DIR}/{warmup_file(spec.max_batch_size)}")
+        rows = (output / mc.PREPROCESSING / WARMUP_DIR / warmup_file(spec.max_batch_size)).read_bytes()
+        assert rows == WARMUP_IMAGE.read_bytes() * spec.max_batch_size
     assert _files(output) == expected
 
     shipped = output / mc.CLASSIFIER / "1" / "bls_pipeline"
@@ -378,7 +409,8 @@ def test_written_dali_pipeline_preprocesses_a_photograph(written: tuple[Reposito
     images = runner([image])
 
     assert images.dtype == np.float32
-    assert list(images.shape) == [1, *config.output[0].dims] == [1, 3, SETTINGS.crop, SETTINGS.crop]
+    # [3, crop, crop] per image; the natively hosted, unbatched model's dims start with the images.
+    assert list(images.shape) == [1, *config.output[0].dims[-3:]] == [1, 3, SETTINGS.crop, SETTINGS.crop]
     assert np.isfinite(images).all()
 
 

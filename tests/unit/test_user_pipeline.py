@@ -390,7 +390,8 @@ def test_the_repository_serves_model_dali_for_both_targets(tmp_path: Path, tutor
     assert (version / "model.py").exists() == (target == "local")
     config = mc.read_config(tmp_path / mc.PREPROCESSING / "config.pbtxt")
     if not autoconfig:
-        assert list(config.output[0].dims) == [3, 224, 224]
+        # Natively hosted, the model is unbatched: its first dimension counts the images.
+        assert list(config.output[0].dims) == [-1, 3, 224, 224][(target == "local") :]
     network = mc.read_config(tmp_path / mc.NETWORK / "config.pbtxt")
     assert list(network.input[0].dims) == [3, 224, 224]
 

@@ -34,7 +34,13 @@ from bls_pipeline import contract
 from bls_pipeline.backends import native_backends_dir
 from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.hosting import AUTO, choose_hosting
-from bls_pipeline.builder.repository import TEMPLATE_DIR, RepositorySpec, read_build_spec, serialize_pipeline
+from bls_pipeline.builder.repository import (
+    TEMPLATE_DIR,
+    RepositorySpec,
+    read_build_spec,
+    serialize_pipeline,
+    write_warmup_files,
+)
 from bls_pipeline.errors import ConfigError
 from bls_pipeline.layout import (
     BUILD_SPEC_FILE,
@@ -155,8 +161,8 @@ def _write_sub_models(built: Path, output: Path, spec: RepositorySpec, suffix: s
             # first), the network files; model.py follows the hosting.
             if path.is_file() and path.name != MODEL_FILE:
                 os.link(path, version / path.name)
-        if (built / model / WARMUP_DIR).is_dir():
-            shutil.copytree(built / model / WARMUP_DIR, output / name / WARMUP_DIR)
+        if model == mc.PREPROCESSING:
+            write_warmup_files(output / name / WARMUP_DIR, spec)
         if not spec.native(model):
             shutil.copyfile(TEMPLATE_DIR / model / "1" / MODEL_FILE, version / MODEL_FILE)
         elif model == mc.PREPROCESSING and not (version / SERIALIZED_FILE).is_file():
