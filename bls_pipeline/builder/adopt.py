@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -221,13 +221,30 @@ def _single(config: mc.ModelConfig, name: str) -> tuple[TensorSpec, TensorSpec]:
     return _spec(config.input[0]), _spec(config.output[0])
 
 
+def _per_image(tensor: TensorSpec, name: str) -> TensorSpec:
+    """An unbatched DALI model's tensor without its first dimension, which counts the images."""
+    if len(tensor.dims) < 2:
+        raise ConfigError(
+            f"{name}: max_batch_size 0 with {describe_tensor(tensor)}: the classifier sends a batch of images, "
+            "the first dimension of an unbatched DALI model's tensors"
+        )
+    return replace(tensor, dims=tensor.dims[1:])
+
+
 def _dali_model(directory: Path, config: mc.ModelConfig | None, device: str) -> FoundModel:
     name = directory.name
     if config is not None and config.input and config.output:
-        if config.max_batch_size < 1:
+        if config.max_batch_size < 0:
             raise ConfigError(f"{name}: max_batch_size {config.max_batch_size}: the classifier sends batches")
         source, output = _single(config, name)
-        return FoundModel(name, directory, DALI, source, output, config.max_batch_size, CONFIG_FILE, config)
+        if config.max_batch_size > 0:
+            return FoundModel(name, directory, DALI, source, output, config.max_batch_size, CONFIG_FILE, config)
+        # Unbatched (as this project builds it): Triton's DALI backend still takes a batch, the
+        # first dimension of each tensor, up to the pipeline's own batch size.
+        pipeline = load_user_pipeline(_latest_version(directory), decoder_device=decoder_device(device))
+        source, output = _per_image(source, name), _per_image(output, name)
+        where = f"{CONFIG_FILE}; max batch from {pipeline.source.name}"
+        return FoundModel(name, directory, DALI, source, output, pipeline.max_batch_size, where, config)
     # No inputs and outputs in a config: Triton's DALI backend derives them from the pipeline, so do we.
     pipeline = load_user_pipeline(_latest_version(directory), decoder_device=decoder_device(device))
     if len(pipeline.input_names) != 1:

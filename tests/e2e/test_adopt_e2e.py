@@ -228,3 +228,36 @@ def test_a_network_with_fp16_inputs_gets_the_preprocessed_batch_cast_by_the_clas
     assert f"{ENSEMBLE}: left out (--no-keep-ensemble)" in printed and not (output / ENSEMBLE).exists()
     assert "efficientnet-b0: images__0 FP16 [3, 224, 224] -> logits__0 (max batch 32)" in printed
     assert _served_classes(output, tmp_path / "tritonserver.log") == [PHOTOS[photo.stem] for photo in sample_photos()]
+
+
+def test_an_unbatched_dali_model_is_adopted_and_serves_as_it_is(network_file, tmp_path: Path) -> None:
+    """``max_batch_size: 0``, as this project builds the DALI model for Triton's DALI backend:
+    the classifier sends it whole batches, up to its pipeline's batch size, in the first dimension."""
+    require_native_backends()
+    tutorial = write_tutorial_repository(tmp_path / "tutorial", network=network_file)
+    config = tutorial / mc.PREPROCESSING / "config.pbtxt"
+    text = (
+        config.read_text()
+        .replace("max_batch_size: 32", "max_batch_size: 0")
+        .replace("dims: [ -1 ]", "dims: [ -1, -1 ]")
+    )
+    config.write_text(text.replace("dims: [ 3, 224, 224 ]", "dims: [ -1, 3, 224, 224 ]"))
+    output = tmp_path / "adopted"
+
+    status, printed, errors = _build(
+        ["--from-repository", str(tutorial), "--output", str(output), "--device", "cpu", "--hosting", "native"]
+    )
+
+    assert status == 0, printed + errors
+    assert "max batch 32 (from config.pbtxt; max batch from dali.py)" in printed
+    assert mc.read_config(output / mc.PREPROCESSING / "config.pbtxt").max_batch_size == 0
+    photos = sample_photos()
+    server = start_server(output, tmp_path / "tritonserver.log")
+    try:
+        with ClassifierClient(server.url) as client:
+            # More than the pipeline's batch of 32: the classifier splits it.
+            predictions = client.classify([photos[i % len(photos)].read_bytes() for i in range(40)], top_k=1)
+        assert [p.class_ids[0] for p in predictions] == [PHOTOS[photos[i % len(photos)].stem] for i in range(40)]
+        assert [_ensemble_class(server.url, photo) for photo in photos] == [PHOTOS[photo.stem] for photo in photos]
+    finally:
+        server.stop()

@@ -135,6 +135,37 @@ def test_the_tutorials_repository_is_followed_through_its_ensemble(tutorial):
     )
 
 
+def _unbatched(tutorial: Path, output_dims: str = "[ -1, 3, 224, 224 ]") -> None:
+    config = tutorial / "preprocessing" / "config.pbtxt"
+    text = (
+        config.read_text()
+        .replace("max_batch_size: 32", "max_batch_size: 0")
+        .replace("dims: [ -1 ]", "dims: [ -1, -1 ]")
+    )
+    config.write_text(text.replace("dims: [ 3, 224, 224 ]", f"dims: {output_dims}"))
+
+
+def test_an_unbatched_dali_model_takes_the_batch_in_its_first_dimension(tutorial):
+    # As this project builds it for Triton's DALI backend, which fails a whole batch for one bad image.
+    _unbatched(tutorial)
+
+    found = read_repository(tutorial)
+
+    assert (found.preprocessing.input.dims, found.preprocessing.output.dims) == ((-1,), (3, 224, 224))
+    # Its limit is the pipeline's batch size (the tutorial's pipeline_def(batch_size=32)).
+    assert found.submodels().preprocessing_max_batch_size == 32
+    assert found.preprocessing.describe().endswith("max batch 32 (from config.pbtxt; max batch from dali.py)")
+
+
+def test_an_unbatched_dali_model_without_a_batch_dimension_is_refused(tutorial):
+    _unbatched(tutorial, output_dims="[ 3, 224, 224 ]")
+    config = tutorial / "preprocessing" / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ -1, -1 ]", "dims: [ -1 ]"))
+
+    with pytest.raises(ConfigError, match=r"^preprocessing: max_batch_size 0 with DALI_INPUT UINT8 \[-1\]"):
+        read_repository(tutorial)
+
+
 def test_without_configs_the_tensors_come_from_the_autoserialized_pipeline_and_the_onnx_file(tutorial):
     (tutorial / "preprocessing" / "config.pbtxt").unlink()
     (tutorial / "efficientnet-b0" / "config.pbtxt").unlink()
