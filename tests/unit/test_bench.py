@@ -18,6 +18,7 @@ from bls_pipeline.devtools.bench.run import (
     check_result_schema,
     check_targets,
     compute_ratios,
+    served_max_batch_size,
 )
 from bls_pipeline.devtools.load import NO_RETRY, LoadSample, Target, cyclic_groups
 from bls_pipeline.devtools.stats import Spread, latency_percentiles, percentile
@@ -328,3 +329,14 @@ def test_a_failing_endpoint_is_the_servers_fault_for_the_exit_code():
     assert exit_code_for(EndpointFailure("classifier: a request failed: [500] boom")) == ExitCode.SERVER
     assert isinstance(EndpointFailure("x"), BenchError)
     assert exit_code_for(BenchError("no images to benchmark")) == ExitCode.INPUT
+
+
+def test_the_served_max_batch_is_the_classifiers_where_the_dali_model_has_none(tmp_path) -> None:
+    from bls_pipeline.builder.repository import RepositorySpec
+
+    for name, config in RepositorySpec(target="triton", max_batch_size=8, num_classes=2).configs().items():
+        (tmp_path / name).mkdir()
+        mc.write_config(tmp_path / name / "config.pbtxt", config)
+
+    assert mc.read_config(tmp_path / mc.PREPROCESSING / "config.pbtxt").max_batch_size == 0
+    assert served_max_batch_size(tmp_path) == 8

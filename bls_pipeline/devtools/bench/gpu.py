@@ -55,7 +55,14 @@ from bls_pipeline.devtools.bench.perf import (
     statistics_delta,
     write_input_data,
 )
-from bls_pipeline.devtools.bench.run import IN_PROCESS_STAGES, PREFETCH_DEPTH, STAGE_LABELS, encoded_batch, machine_info
+from bls_pipeline.devtools.bench.run import (
+    IN_PROCESS_STAGES,
+    PREFETCH_DEPTH,
+    STAGE_LABELS,
+    encoded_batch,
+    machine_info,
+    served_max_batch_size,
+)
 from bls_pipeline.errors import BenchError
 
 DEFAULT_GPU_CONCURRENCIES = (1, 16, 64, 256)
@@ -326,7 +333,7 @@ def run_gpu_benchmark(
     repository = Path(options.repository)
     if not (repository / mc.CLASSIFIER / "config.pbtxt").is_file():
         raise BenchError(f"{repository} is not a built repository: run tools/build_repo.py --device gpu first")
-    max_batch_size = mc.read_config(repository / mc.PREPROCESSING / "config.pbtxt").max_batch_size
+    max_batch_size = served_max_batch_size(repository)
     result: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in vars(options).items()}}
     result["in_process"] = measure_in_process(repository, images, options, max_batch_size, progress)
 

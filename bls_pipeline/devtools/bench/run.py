@@ -445,7 +445,9 @@ def _measure_in_process(parts: _InProcess, images: Sequence[BenchImage], options
     return out
 
 
-def _max_batch_size(repository: Path) -> int:
+def served_max_batch_size(repository: Path) -> int:
+    """The classifier's max batch: the largest batch the served path runs (natively hosted,
+    the DALI model is unbatched and has none of its own)."""
     from bls_pipeline.builder import model_config as mc
 
     return mc.read_config(repository / mc.CLASSIFIER / "config.pbtxt").max_batch_size
@@ -484,7 +486,7 @@ def run_benchmark(
     if not (repository / "classifier" / "config.pbtxt").is_file():
         raise BenchError(f"{repository} is not a built repository: run tools/build_repo.py first")
     machine = machine_info()
-    max_batch_size = _max_batch_size(repository)
+    max_batch_size = served_max_batch_size(repository)
     batch_sizes = tuple(size for size in options.batch_sizes if size <= max_batch_size)
     options = dataclasses.replace(options, batch_sizes=batch_sizes)
 
