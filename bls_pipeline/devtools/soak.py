@@ -199,6 +199,9 @@ class MemorySnapshot:
     by_process: dict[str, int] = field(default_factory=dict)
     # GPU MiB by process, the same names; None where nvidia-smi is not there
     gpu_mib: dict[str, int] | None = None
+    # /dev/shm bytes of each stub's region, the same names: a Python-backend region grows in
+    # steps of shm-growth-byte-size and never shrinks, so a step says which stub needed more
+    shm_by_process: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_mib(self) -> float:
@@ -219,10 +222,12 @@ def server_memory(server_pid: int, gpu: bool = True) -> MemorySnapshot:
     for stub in stubs:
         names[stub.pid] = stub.model if stub.model not in names.values() else f"{stub.model} (pid {stub.pid})"
     by_process = {name: read_rss_kib(pid) for pid, name in names.items()}
-    shm = segment_bytes([stub.shm_region for stub in stubs])
+    shm_by_process = {names[stub.pid]: segment_bytes([stub.shm_region]) for stub in stubs}
     used = gpu_memory_by_pid() if gpu else None
     gpu_mib = None if used is None else {name: used.get(pid, 0) for pid, name in names.items()}
-    return MemorySnapshot(sum(by_process.values()), shm, 1 + len(stubs), by_process, gpu_mib)
+    return MemorySnapshot(
+        sum(by_process.values()), sum(shm_by_process.values()), 1 + len(stubs), by_process, gpu_mib, shm_by_process
+    )
 
 
 def growth_percent(before: float, after: float) -> float:
@@ -597,6 +602,10 @@ def format_report(report: SoakReport, max_growth: float | None = None) -> str:
             if end.gpu_mib and name in end.gpu_mib:
                 before, after = warm.gpu_mib[name], end.gpu_mib[name]
                 rows.append((f"  GPU {name}", f"{before} -> {after} MiB ({growth_percent(before, after):+.1f} %)"))
+        for name, before in warm.shm_by_process.items():
+            after = end.shm_by_process.get(name, before)
+            if after != before:
+                rows.append((f"  shm {name}", f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB"))
     if report.rss_growth_percent is not None:
         rows.append(("RSS growth after warm-up", f"{report.rss_growth_percent:+.2f} %"))
         rows.append(("RSS + shm growth after warm-up", f"{report.total_growth_percent:+.2f} %"))

@@ -44,6 +44,9 @@ def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys)
     # where Triton's own backends host the other two.
     stubs = 1 if hosting_of(triton_server.options.model_repository) == "native" else 3
     assert report["memory"]["end"]["processes"] == 1 + stubs
+    # Each stub's shared-memory region, read apart: they add up to the /dev/shm figure.
+    regions = report["memory"]["end"]["shm_by_process"]
+    assert len(regions) == stubs and sum(regions.values()) == report["memory"]["end"]["shm_bytes"] > 0
     assert "UNEXPECTED" in capsys.readouterr().out
 
 

@@ -230,6 +230,18 @@ def test_every_memory_kind_gets_a_growth_verdict_where_it_was_read():
     assert "verdict: GPU memory" in text and "FAILED (limit 5 %)" in text and "GPU classifier" in text
 
 
+def test_the_report_names_each_stub_whose_shared_memory_region_grew():
+    mib = 2**20
+    warm = MemorySnapshot(1000, 148 * mib, 3, shm_by_process={"classifier": 74 * mib, "classifier (pid 7)": 74 * mib})
+    end = MemorySnapshot(1000, 222 * mib, 3, shm_by_process={"classifier": 74 * mib, "classifier (pid 7)": 148 * mib})
+
+    lines = [line.split() for line in format_report(report(warm=warm, end=end)).splitlines()]
+
+    assert [line for line in lines if line[0] == "shm"] == [
+        ["shm", "classifier", "(pid", "7)", "74.0", "->", "148.0", "MiB"]
+    ]
+
+
 def test_good_requests_carry_the_asked_number_of_photographs():
     from bls_pipeline.devtools.soak import photo_batches
 
