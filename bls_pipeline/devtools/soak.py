@@ -9,9 +9,17 @@ which must be classified, or one of the bad kinds of :func:`build_samples`, whic
 refused with ``INVALID_ARG`` and a message that names the image and the reason. Anything else
 is an *unexpected* outcome. The soak runs for a number of requests or a duration and reads
 the server's memory at its start, after the warm-up, over the run and at the end: the
-resident set of ``tritonserver`` and its Python-backend stubs (``VmRSS`` in
-``/proc/<pid>/status``), the stubs' ``/dev/shm`` segments, and on a GPU machine the GPU
-memory of each of those processes (``nvidia-smi --query-compute-apps``).
+resident set of ``tritonserver`` and its Python-backend stubs less their shared-memory pages
+(``VmRSS`` - ``RssShmem`` in ``/proc/<pid>/status``), the stubs' ``/dev/shm`` segments (so
+each shared page counts once), and on a GPU machine the GPU memory of each of those processes
+(``nvidia-smi --query-compute-apps``).
+
+The warm-up starts with a peak (:attr:`SoakOptions.peak_requests`): the largest good
+photograph, ``images_per_request`` copies a request, with more requests in flight than the
+classifier has instances, so that the dynamic batcher merges them into full executions. A
+Python-backend region grows to hold its largest execution once and never shrinks, as DALI's
+and the allocators' pools keep their high-water mark: the peak lets each reach it before the
+"warm" reading, so that growth after it is growth, not a first large batch.
 
 Example::
 
@@ -53,6 +61,9 @@ PHASES = ("start", "warm", "end")
 # The soak's client retries shed requests as users' clients do (the client's default deadline):
 # only a request shed past it is an outcome of its own, an unexpected one.
 SOAK_RETRY = RetryPolicy()
+# The peak keeps this many times the soak's concurrency in flight: the soak's own concurrency
+# is about one request per classifier instance, and merged executions need a queue.
+PEAK_IN_FLIGHT_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -145,9 +156,19 @@ def build_samples(seed: int = 0, form: str = DEFAULT_FORM) -> tuple[list[Sample]
 
 
 def read_rss_kib(pid: int, proc: Path = Path("/proc")) -> int:
-    """``VmRSS`` of ``pid`` in KiB, 0 when the process is gone (or a zombie without memory)."""
-    rss = proc_status(pid, proc).get("VmRSS")
-    return int(rss.split()[0]) if rss else 0
+    """Resident KiB of ``pid`` less its shared-memory pages (``VmRSS`` - ``RssShmem``), 0 when
+    the process is gone (or a zombie without memory).
+
+    ``tritonserver`` maps every stub's ``/dev/shm`` region and each stub its own, so ``VmRSS``
+    counts a region's pages again in each process that touched them (``tritonserver``'s rose
+    by up to the regions' size as it wrote further into them). The soak counts those pages once,
+    as ``/dev/shm``.
+    """
+    status = proc_status(pid, proc)
+    rss, shared = status.get("VmRSS"), status.get("RssShmem")
+    if not rss:
+        return 0
+    return int(rss.split()[0]) - (int(shared.split()[0]) if shared else 0)
 
 
 def segment_bytes(names: Sequence[str], shm_dir: Path = Path("/dev/shm")) -> int:
@@ -303,6 +324,9 @@ class SoakOptions:
     protocol: str | None = None
     form: str = DEFAULT_FORM
     sample_interval_s: float = 10.0
+    # The warm-up's peak (see the module docstring): requests of the largest good photograph,
+    # PEAK_IN_FLIGHT_FACTOR times ``concurrency`` in flight; None: two rounds of that, 0: none.
+    peak_requests: int | None = None
 
     def __post_init__(self) -> None:
         if self.requests < 1:
@@ -319,6 +343,18 @@ class SoakOptions:
             raise ValueError("a warm-up in seconds goes with a longer --duration")
         if self.images_per_request < 1 or self.sample_interval_s <= 0:
             raise ValueError("images per request must be at least 1 and the sample interval positive")
+        if self.peak_requests is not None and self.peak_requests < 0:
+            raise ValueError(f"peak requests must be 0 or more, got {self.peak_requests}")
+
+    @property
+    def peak_concurrency(self) -> int:
+        """Requests in flight during the peak: more than the classifier's instances take at once."""
+        return PEAK_IN_FLIGHT_FACTOR * self.concurrency
+
+    @property
+    def peak_total(self) -> int:
+        """Requests of the peak: ``peak_requests``, or two rounds of :attr:`peak_concurrency`."""
+        return 2 * self.peak_concurrency if self.peak_requests is None else self.peak_requests
 
     @property
     def warmup_requests(self) -> int:
@@ -353,6 +389,8 @@ class SoakReport:
     images_per_s: float = 0.0
     # Requests the server shed at least once, then answered when the client sent them again.
     retried: int = 0
+    # Requests of the warm-up's peak, included in ``requests`` and the outcomes.
+    peak_requests: int = 0
 
     def _growth(self, value: Callable[[MemorySnapshot], float | None]) -> float | None:
         if "warm" not in self.memory or "end" not in self.memory:
@@ -414,6 +452,13 @@ def _draw(rng: random.Random, good: Sequence[Sample], bad: Sequence[Sample], bad
     return good[rng.randrange(len(good))]
 
 
+def peak_sample(good: Sequence[Sample], images_per_request: int) -> Sample:
+    """A good request of ``images_per_request`` copies of the largest good photograph: the
+    largest execution the soak's load can make, once the dynamic batcher merges such requests."""
+    largest = max((image for sample in good for image in sample.images), key=len)
+    return Sample(f"peak: {images_per_request} x {len(largest) // 1024} KB", (largest,) * images_per_request)
+
+
 def photo_batches(good: Sequence[Sample], images_per_request: int) -> list[Sample]:
     """Good requests of ``images_per_request`` photographs each (one per starting photograph, cyclic)."""
     if images_per_request == 1:
@@ -452,6 +497,7 @@ def run_soak(
     ``snapshots`` times, or every ``sample_interval_s`` with a duration) and at the end.
     """
     good, bad = samples
+    peak = peak_sample(good, options.images_per_request)
     good = photo_batches(good, options.images_per_request)
     rng = random.Random(options.seed)
     timed = options.duration_s is not None
@@ -465,7 +511,7 @@ def run_soak(
     finished = threading.Event()
 
     def warm_reached(elapsed: float, done: int) -> bool:
-        return elapsed >= options.warmup_seconds if timed else done >= options.warmup_requests
+        return elapsed >= options.warmup_seconds if timed else done >= options.peak_total + options.warmup_requests
 
     def take(name: str) -> None:
         if read_memory is not None:
@@ -526,11 +572,26 @@ def run_soak(
         watchers.append(threading.Thread(target=sampler, name="soak-memory", daemon=True))
     elif progress is not None:
         watchers.append(threading.Thread(target=reporter, name="soak-progress", daemon=True))
+    peak_left = [options.peak_total]
+
+    def next_peak() -> Sample | None:
+        if peak_left[0] == 0:
+            return None
+        peak_left[0] -= 1
+        return peak
+
     with target.client(options.concurrency) as client:
         started = clock()
         for thread in watchers:
             thread.start()
         try:
+            if options.peak_total:
+                if progress is not None:
+                    progress(
+                        f"warm-up peak: {options.peak_total} requests of {peak.kind}, {options.peak_concurrency} in flight"
+                    )
+                with target.client(options.peak_concurrency) as peak_client:
+                    drive(peak_client, next_peak, on_answer, concurrency=options.peak_concurrency)
             drive(client, next_sample, on_answer, concurrency=options.concurrency)
         finally:
             duration = clock() - started
@@ -556,6 +617,7 @@ def run_soak(
         memory_trace=trace,
         images_per_s=state["images"] / duration if duration > 0 else 0.0,
         retried=state["retried"],
+        peak_requests=options.peak_total,
     )
 
 

@@ -37,7 +37,9 @@ def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys)
     report = json.loads(report_path.read_text())
     assert code == 0, capsys.readouterr().out
     assert report["unexpected"] == 0
-    assert report["ok"] + sum(report["expected_errors"].values()) == 200
+    # The warm-up's peak (16 requests in flight of the largest photograph) comes first, on top.
+    assert report["peak_requests"] == 2 * 4 * 4
+    assert report["ok"] + sum(report["expected_errors"].values()) == 200 + report["peak_requests"]
     assert len(report["expected_errors"]) >= 5  # most bad kinds came up, each refused as expected
     assert {"start", "warm", "end"} <= set(report["memory"])
     # tritonserver and one stub per Python-backend model: three, or the classifier's alone
@@ -60,7 +62,8 @@ def test_requests_the_server_sheds_are_retried_and_counted_not_hidden(native_rep
     change_queue_policy(repository, max_queue_size=1)
     server = start_server(repository, tmp_path / "tritonserver.log")
     try:
-        report = run_soak(SoakOptions(url=server.url, requests=64, concurrency=8, bad_fraction=0.0), build_samples())
+        options = SoakOptions(url=server.url, requests=64, concurrency=8, bad_fraction=0.0, peak_requests=0)
+        report = run_soak(options, build_samples())
     finally:
         server.stop()
 

@@ -23,6 +23,7 @@ from bls_pipeline.devtools.soak import (
     growth_percent,
     huge_jpeg_header,
     judge,
+    peak_sample,
     read_rss_kib,
     segment_bytes,
 )
@@ -101,9 +102,14 @@ def test_rss_is_read_from_proc_status_in_kib(tmp_path: Path):
     (tmp_path / "43").mkdir()
     (tmp_path / "43" / "status").write_text("Name:\tzombie\nState:\tZ (zombie)\n")
 
+    (tmp_path / "45").mkdir()
+    (tmp_path / "45" / "status").write_text("Name:\ttritonserver\nVmRSS:\t  900000 kB\nRssShmem:\t  300000 kB\n")
+
     assert read_rss_kib(42, proc=tmp_path) == 123456
     assert read_rss_kib(43, proc=tmp_path) == 0
     assert read_rss_kib(44, proc=tmp_path) == 0
+    # Pages of the stubs' /dev/shm regions that the server touched: counted once, as /dev/shm.
+    assert read_rss_kib(45, proc=tmp_path) == 600000
     assert read_rss_kib(os.getpid()) > 1000  # this Python, from the real /proc
 
 
@@ -258,6 +264,7 @@ def test_good_requests_carry_the_asked_number_of_photographs():
         ({"duration_s": 10, "warmup_s": 10}, "warm-up in seconds goes with a longer --duration"),
         ({"warmup_s": 1}, "warm-up in seconds goes with a longer --duration"),
         ({"images_per_request": 0}, "images per request must be at least 1"),
+        ({"peak_requests": -1}, "peak requests must be 0 or more"),
     ],
 )
 def test_timed_soak_options_refuse_impossible_values(kwargs, message):
@@ -269,3 +276,15 @@ def test_a_timed_soak_warms_up_for_a_tenth_of_it_up_to_a_minute():
     assert SoakOptions(url="x", duration_s=660).warmup_seconds == 60.0
     assert SoakOptions(url="x", duration_s=100).warmup_seconds == 10.0
     assert SoakOptions(url="x", duration_s=100, warmup_s=5).warmup_seconds == 5.0
+
+
+def test_the_warm_up_peak_sends_the_largest_photograph_with_a_queue_behind_each_instance():
+    good = [Sample("small", (b"a" * 10,)), Sample("pair", (b"b" * 30, b"c" * 20))]
+
+    peak = peak_sample(good, images_per_request=64)
+
+    assert peak.images == (b"b" * 30,) * 64 and not peak.bad
+    options = SoakOptions(url="x", concurrency=8)
+    assert options.peak_concurrency == 32 and options.peak_total == 64
+    assert SoakOptions(url="x", concurrency=8, peak_requests=0).peak_total == 0
+    assert SoakOptions(url="x", concurrency=8, peak_requests=5).peak_total == 5
