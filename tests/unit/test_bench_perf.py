@@ -44,6 +44,11 @@ def test_perf_analyzer_data_names_the_input_it_is_for(tmp_path):
     path = write_input_data([BenchImage("x", b"abc", 1, 1)], tmp_path / "data.json", contract.DALI_INPUT)
 
     assert json.loads(path.read_text())["data"] == [{contract.DALI_INPUT: {"b64": "YWJj", "shape": [3]}}]
+    # The built DALI model is unbatched: its input's shape holds the batch of one.
+    path = write_input_data(
+        [BenchImage("x", b"abc", 1, 1)], tmp_path / "data.json", contract.DALI_INPUT, unbatched=True
+    )
+    assert json.loads(path.read_text())["data"] == [{contract.DALI_INPUT: {"b64": "YWJj", "shape": [1, 3]}}]
 
 
 def test_the_classifiers_stage_times_are_read_per_execute_between_two_scrapes():

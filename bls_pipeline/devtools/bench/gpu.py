@@ -419,8 +419,9 @@ def _sub_models_alone(
     """The two models ``classifier`` calls, each loaded alone at concurrency 1 over gRPC, one
     image per request: what a request costs without the classifier's BLS hops.
 
-    The preprocessing model gets the photographs; the network gets perf_analyzer's random
-    tensors of its input shape, in host memory (the classifier hands it a GPU tensor).
+    The preprocessing model gets the photographs (one ``[1, bytes]`` batch each where it is
+    unbatched); the network gets perf_analyzer's random tensors of its input shape, in host
+    memory (the classifier hands it a GPU tensor).
     """
     from bls_pipeline import contract
     from bls_pipeline.builder import model_config as mc
@@ -428,7 +429,8 @@ def _sub_models_alone(
     parameters = mc.read_config(classifier / "config.pbtxt").parameters
     preprocessing = parameters["preprocessing_model"].string_value
     network = parameters["network_model"].string_value
-    data = write_input_data(images, workdir / "preprocessing_data.json", contract.DALI_INPUT)
+    unbatched = mc.read_config(classifier.parent / preprocessing / "config.pbtxt").max_batch_size == 0
+    data = write_input_data(images, workdir / "preprocessing_data.json", contract.DALI_INPUT, unbatched=unbatched)
     points = []
     for role, model, inputs in (("preprocessing", preprocessing, data), ("network", network, RANDOM_DATA)):
         _warm_up(model, inputs, grpc_url, "grpc", concurrency=1, workdir=workdir)

@@ -80,10 +80,12 @@ def perf_analyzer_binary() -> str:
     return str(binary)
 
 
-def write_input_data(images: Sequence[BenchImage], path: Path, input_name: str = contract.IMAGE_INPUT) -> Path:
-    """Write :func:`perf_analyzer_data` of ``images`` (as input ``input_name``) to ``path``."""
+def write_input_data(
+    images: Sequence[BenchImage], path: Path, input_name: str = contract.IMAGE_INPUT, *, unbatched: bool = False
+) -> Path:
+    """Write :func:`perf_analyzer_data` of ``images`` (as input ``input_name``, ``unbatched``) to ``path``."""
     path = Path(path)
-    path.write_text(json.dumps(perf_analyzer_data(images, input_name)))
+    path.write_text(json.dumps(perf_analyzer_data(images, input_name, unbatched=unbatched)))
     return path
 
 

@@ -164,18 +164,22 @@ def plot_result(result: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def perf_analyzer_data(images: Sequence[BenchImage], input_name: str = contract.IMAGE_INPUT) -> dict[str, Any]:
+def perf_analyzer_data(
+    images: Sequence[BenchImage], input_name: str = contract.IMAGE_INPUT, *, unbatched: bool = False
+) -> dict[str, Any]:
     """perf_analyzer ``--input-data`` JSON: each photograph one request, bytes base64-encoded.
 
     One image per request needs no padding, so none is sent: each row is exactly the file
     (its own ``shape``), and the server's dynamic ragged batching forms the batches. A
     64-image zero-padded request of ImageNet-sized photos carries 20-39 MB for 7 MB of JPEG.
     ``input_name`` is the classifier's ``IMAGE`` unless the preprocessing model is loaded
-    alone (``DALI_INPUT``).
+    alone (``DALI_INPUT``). ``unbatched``: for a model of ``max_batch_size: 0`` (the built
+    DALI model), whose input shape holds the batch, so each row is ``[1, bytes]``.
     """
+    lead = [1] if unbatched else []
     return {
         "data": [
-            {input_name: {"b64": base64.b64encode(image.data).decode("ascii"), "shape": [len(image.data)]}}
+            {input_name: {"b64": base64.b64encode(image.data).decode("ascii"), "shape": [*lead, len(image.data)]}}
             for image in images
         ]
     }
