@@ -6,6 +6,8 @@
     python tools/soak.py --url grpc://127.0.0.1:8001 --server-pid "$(pgrep -x tritonserver)" \\
         --duration 780 --warmup-seconds 180 --concurrency 8 --images-per-request 64 \\
         --max-growth 5 --json-out /tmp/soak-gpu.json      # 13 minutes at saturation on a GPU
+    python tools/soak.py --in-process /tmp/repo --duration 300 --max-growth 5
+        # no server: the repository's DALI pipeline and network in this process, memory watched
 
 Success means every good image was classified and every bad one refused with INVALID_ARG
 as expected (and RSS, /dev/shm and, where nvidia-smi is, the GPU memory of the server and
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.client import DEFAULT_FORM, DEFAULT_IMAGES_PER_REQUEST, DEFAULT_PROTOCOL, FORMS, PROTOCOLS
-from bls_pipeline.devtools.soak import SoakOptions, build_samples, format_report, run_soak
+from bls_pipeline.devtools.soak import SoakOptions, SoakReport, build_samples, format_report, run_soak
 from bls_pipeline.errors import BlsPipelineError
 
 
@@ -46,6 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model-repository",
         type=Path,
         help="start a local tritonserver on this repository (free ports on 127.0.0.1) and soak it",
+    )
+    where.add_argument(
+        "--in-process",
+        type=Path,
+        metavar="REPOSITORY",
+        help="no server: run this repository's DALI pipeline and network in this process on batches of every size "
+        "up to its max batch, from the soak's photographs, and watch this process's memory (tells their growth "
+        "from the server's; needs --duration)",
     )
     parser.add_argument(
         "--server-pid",
@@ -101,12 +111,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.server_pid is not None and args.url is None:
         parser.error("--server-pid goes with --url (with --model-repository the pid is known)")
+    if args.in_process is not None and args.duration is None:
+        parser.error("--in-process needs --duration")
     return args
+
+
+def _in_process(args: argparse.Namespace, progress) -> SoakReport:
+    from bls_pipeline.devtools.soak_in_process import InProcessSoakOptions, run_in_process_soak
+
+    options = InProcessSoakOptions(
+        duration_s=args.duration,
+        warmup_s=args.warmup_seconds if args.warmup_seconds is not None else min(60.0, args.duration / 10),
+        sample_interval_s=args.sample_interval,
+        seed=args.seed,
+    )
+    good, _ = build_samples(args.seed, args.form)
+    images = [image for sample in good for image in sample.images]
+    return run_in_process_soak(args.in_process, images, options, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.in_process is not None:
+        try:
+            report = _in_process(args, progress)
+        except ValueError as exc:
+            return report_error("soak", exc, ExitCode.USAGE)
+        except BlsPipelineError as exc:
+            return report_error("soak", exc)
+        return _finish(args, report)
     try:
         options = SoakOptions(
             url=args.url or "",
@@ -125,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         return report_error("soak", exc, ExitCode.USAGE)
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     samples = build_samples(args.seed, args.form)
     try:
         if args.model_repository is not None:
@@ -140,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             report = run_soak(options, samples, server_pid=args.server_pid, progress=progress)
     except BlsPipelineError as exc:
         return report_error("soak", exc)
+    return _finish(args, report)
+
+
+def _finish(args: argparse.Namespace, report: SoakReport) -> int:
+    """Print the report, write its JSON, and the exit code of its outcomes and growth."""
     print(format_report(report, args.max_growth))
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -69,3 +69,44 @@ def test_requests_the_server_sheds_are_retried_and_counted_not_hidden(native_rep
 
     assert report.retried > 0
     assert report.ok == 64 and report.unexpected == 0
+
+
+def test_the_in_process_soak_runs_the_repositorys_pipeline_and_network_and_watches_its_memory(
+    native_repository, tmp_path, capsys
+):
+    from bls_pipeline.cli.soak import main
+
+    report_path = tmp_path / "in-process.json"
+    code = main(
+        [
+            "--in-process",
+            str(native_repository),
+            "--duration",
+            "6",
+            "--warmup-seconds",
+            "2",
+            "--sample-interval",
+            "1",
+            "--json-out",
+            str(report_path),
+            "--quiet",
+        ]
+    )
+
+    report = json.loads(report_path.read_text())
+    assert code == 0, capsys.readouterr().out
+    # Batches of the soak's photographs through the real DALI pipeline and ONNX Runtime network.
+    assert report["requests"] >= 2 and report["images_per_s"] > 0
+    assert {"start", "warm", "end"} <= set(report["memory"])
+    assert report["memory"]["end"]["by_process"]["this process"] > 100_000  # KiB: DALI and the network loaded
+    assert len(report["memory_trace"]) >= 3
+    assert "RSS growth after warm-up" in capsys.readouterr().out
+
+
+def test_the_in_process_soak_needs_a_duration(capsys):
+    from bls_pipeline.cli.soak import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--in-process", "/nonexistent"])
+    assert exit_info.value.code == 2
+    assert "--in-process needs --duration" in capsys.readouterr().err
