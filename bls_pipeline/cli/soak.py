@@ -27,7 +27,14 @@ from pathlib import Path
 
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.client import DEFAULT_FORM, DEFAULT_IMAGES_PER_REQUEST, DEFAULT_PROTOCOL, FORMS, PROTOCOLS
-from bls_pipeline.devtools.soak import SoakOptions, SoakReport, build_samples, format_report, run_soak
+from bls_pipeline.devtools.soak import (
+    SoakOptions,
+    SoakReport,
+    build_samples,
+    corrupt_png_data,
+    format_report,
+    run_soak,
+)
 from bls_pipeline.errors import BlsPipelineError
 
 
@@ -54,8 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         metavar="REPOSITORY",
         help="no server: run this repository's DALI pipeline and network in this process on batches of every size "
-        "up to its max batch, from the soak's photographs, and watch this process's memory (tells their growth "
-        "from the server's; needs --duration)",
+        "up to its max batch, from the soak's photographs (--bad-fraction of them with a corrupt PNG, which fails "
+        "the batch and rebuilds the pipeline, as Triton's DALI backend does), and watch this process's memory "
+        "(tells their growth from the server's; needs --duration)",
     )
     parser.add_argument(
         "--server-pid",
@@ -124,10 +132,12 @@ def _in_process(args: argparse.Namespace, progress) -> SoakReport:
         warmup_s=args.warmup_seconds if args.warmup_seconds is not None else min(60.0, args.duration / 10),
         sample_interval_s=args.sample_interval,
         seed=args.seed,
+        bad_fraction=args.bad_fraction,
     )
     good, _ = build_samples(args.seed, args.form)
     images = [image for sample in good for image in sample.images]
-    return run_in_process_soak(args.in_process, images, options, progress=progress)
+    corrupt = corrupt_png_data(next(sample.images[0] for sample in good if sample.kind.endswith(".png")))
+    return run_in_process_soak(args.in_process, images, options, corrupt=corrupt, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:

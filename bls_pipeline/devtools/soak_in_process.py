@@ -4,7 +4,9 @@ When a served soak finds ``tritonserver``'s own memory growing, this tells DALI 
 network apart from the server around them: the same ``dali.py`` (or ``model.dali``) with its
 served settings and the same network runtime as the Python-backend models run them, in this
 process, on batches of every size up to the served max batch (as the classifier's merged and
-split executions give them), from the soak's photographs; this process's resident memory less
+split executions give them), from the soak's photographs, ``bad_fraction`` of them with one
+PNG whose pixel data is corrupt among them (DALI fails the batch, and the pipeline is rebuilt,
+as Triton's DALI backend rebuilds its own after every failed run); this process's resident memory less
 its shared pages, and on a GPU its GPU memory, read every sample interval. The report is a
 :class:`~bls_pipeline.devtools.soak.SoakReport` (each batch one "request"), so its growth
 verdicts are the soak's.
@@ -31,6 +33,7 @@ from bls_pipeline.devtools.soak import MemorySnapshot, SoakReport, gpu_memory_by
 from bls_pipeline.devtools.stats import percentile
 
 THIS_PROCESS = "this process"
+CORRUPT_KIND = "corrupt PNG data in the batch"
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,13 @@ class InProcessSoakOptions:
     sample_interval_s: float = 10.0
     max_batch_size: int | None = None
     seed: int = 0
+    bad_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or not 0 <= self.warmup_s < self.duration_s:
             raise ValueError("the in-process soak needs a positive --duration longer than its warm-up")
+        if not 0.0 <= self.bad_fraction <= 1.0:
+            raise ValueError(f"bad fraction must be in 0..1, got {self.bad_fraction}")
         if self.sample_interval_s <= 0 or (self.max_batch_size is not None and self.max_batch_size < 1):
             raise ValueError("the sample interval must be positive and the max batch size at least 1")
 
@@ -95,9 +101,14 @@ def run_in_process_soak(
     images: Sequence[bytes],
     options: InProcessSoakOptions,
     *,
+    corrupt: bytes | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SoakReport:
-    """Run batches of ``images`` through the repository in this process for ``options.duration_s``."""
+    """Run batches of ``images`` through the repository in this process for ``options.duration_s``;
+    ``options.bad_fraction`` of the batches carry ``corrupt`` (an image DALI fails to decode)
+    too, and must fail."""
+    if options.bad_fraction and corrupt is None:
+        raise ValueError("a bad fraction needs the corrupt image to send")
     from bls_pipeline.devtools.bench.run import served_max_batch_size
 
     max_batch = options.max_batch_size or served_max_batch_size(repository)
@@ -109,7 +120,7 @@ def run_in_process_soak(
     memory = {"start": own_memory(on_gpu)}
     trace: list[tuple[float, int, MemorySnapshot]] = []
     latencies: list[float] = []
-    state = {"batches": 0, "images": 0}
+    state = {"batches": 0, "images": 0, "failed": 0, "unexpected": 0}
     finished = threading.Event()
     started = clock()
 
@@ -130,11 +141,19 @@ def run_in_process_soak(
     try:
         while clock() - started < options.duration_s:
             size = rng.randint(1, max_batch)
+            batch = [rows[rng.randrange(len(rows))] for _ in range(size)]
+            bad = corrupt is not None and rng.random() < options.bad_fraction
+            if bad:
+                batch[rng.randrange(size)] = np.frombuffer(corrupt, np.uint8)
             begin = clock()
-            run([rows[rng.randrange(len(rows))] for _ in range(size)])
+            try:
+                run(batch)
+                state["unexpected"] += bad  # DALI decoded the corrupt image
+                state["images"] += size
+            except RuntimeError:
+                state["failed" if bad else "unexpected"] += 1
             latencies.append(clock() - begin)
             state["batches"] += 1
-            state["images"] += size
     finally:
         duration = clock() - started
         finished.set()
@@ -145,10 +164,10 @@ def run_in_process_soak(
     return SoakReport(
         requests=batches,
         concurrency=1,
-        ok=batches,
-        expected_errors={},
-        unexpected=0,
-        unexpected_by_kind={},
+        ok=batches - state["failed"] - state["unexpected"],
+        expected_errors={CORRUPT_KIND: state["failed"]} if state["failed"] else {},
+        unexpected=state["unexpected"],
+        unexpected_by_kind={"batches": state["unexpected"]} if state["unexpected"] else {},
         unexpected_examples=[],
         duration_s=duration,
         throughput_rps=batches / duration if duration > 0 else 0.0,
