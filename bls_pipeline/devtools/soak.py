@@ -64,6 +64,8 @@ SOAK_RETRY = RetryPolicy()
 # The peak keeps this many times the soak's concurrency in flight: the soak's own concurrency
 # is about one request per classifier instance, and merged executions need a queue.
 PEAK_IN_FLIGHT_FACTOR = 4
+# Readings whose median stands for the memory right after the warm-up and at the end.
+GROWTH_WINDOW = 5
 
 
 @dataclass(frozen=True)
@@ -391,12 +393,36 @@ class SoakReport:
     retried: int = 0
     # Requests of the warm-up's peak, included in ``requests`` and the outcomes.
     peak_requests: int = 0
+    # Seconds from the start to the "warm" reading (None: not recorded).
+    warm_at_s: float | None = None
 
     def _growth(self, value: Callable[[MemorySnapshot], float | None]) -> float | None:
+        """Growth after the warm-up: the median of the last readings against the median of the
+        first ones after the warm-up, where the trace holds enough of them (two single readings
+        of a server whose memory swings by 10-20 % under load say little); else the "warm" and
+        "end" readings."""
+        window = self._after_warm_up()
+        if len(window) >= 2 * GROWTH_WINDOW:
+            first = [value(m) for m in window[:GROWTH_WINDOW]]
+            last = [value(m) for m in window[-GROWTH_WINDOW:]]
+            if None not in first and None not in last:
+                return growth_percent(float(np.median(first)), float(np.median(last)))  # type: ignore[arg-type]
         if "warm" not in self.memory or "end" not in self.memory:
             return None
         warm, end = value(self.memory["warm"]), value(self.memory["end"])
         return None if warm is None or end is None else growth_percent(warm, end)
+
+    @property
+    def growth_basis(self) -> str:
+        """What the growth figures compare."""
+        if len(self._after_warm_up()) >= 2 * GROWTH_WINDOW:
+            return f"median of the last {GROWTH_WINDOW} readings against the first {GROWTH_WINDOW} after the warm-up"
+        return "the end reading against the warm-up reading"
+
+    def _after_warm_up(self) -> list[MemorySnapshot]:
+        if self.warm_at_s is None:
+            return []
+        return [snapshot for elapsed, _, snapshot in self.memory_trace if elapsed >= self.warm_at_s]
 
     @property
     def rss_growth_percent(self) -> float | None:
@@ -435,6 +461,7 @@ class SoakReport:
         data["shm_growth_percent"] = self.shm_growth_percent
         data["gpu_growth_percent"] = self.gpu_growth_percent
         data["total_growth_percent"] = self.total_growth_percent
+        data["growth_basis"] = self.growth_basis
         return data
 
 
@@ -513,10 +540,14 @@ def run_soak(
     def warm_reached(elapsed: float, done: int) -> bool:
         return elapsed >= options.warmup_seconds if timed else done >= options.peak_total + options.warmup_requests
 
+    warm_at: list[float] = []
+
     def take(name: str) -> None:
         if read_memory is not None:
             snapshot = read_memory()
             with lock:
+                if name not in memory and name == "warm":
+                    warm_at.append(clock() - started)
                 memory.setdefault(name, snapshot)
 
     def next_sample() -> Sample | None:
@@ -618,6 +649,7 @@ def run_soak(
         images_per_s=state["images"] / duration if duration > 0 else 0.0,
         retried=state["retried"],
         peak_requests=options.peak_total,
+        warm_at_s=warm_at[0] if warm_at else None,
     )
 
 
@@ -669,6 +701,7 @@ def format_report(report: SoakReport, max_growth: float | None = None) -> str:
             if after != before:
                 rows.append((f"  shm {name}", f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB"))
     if report.rss_growth_percent is not None:
+        rows.append(("growth", report.growth_basis))
         rows.append(("RSS growth after warm-up", f"{report.rss_growth_percent:+.2f} %"))
         rows.append(("RSS + shm growth after warm-up", f"{report.total_growth_percent:+.2f} %"))
     if max_growth is not None:

@@ -123,6 +123,7 @@ def run_in_process_soak(
     state = {"batches": 0, "images": 0, "failed": 0, "unexpected": 0}
     finished = threading.Event()
     started = clock()
+    warm_at: list[float] = []
 
     def sampler() -> None:
         while not finished.wait(options.sample_interval_s):
@@ -130,6 +131,7 @@ def run_in_process_soak(
             trace.append((elapsed, state["batches"], snapshot))
             if "warm" not in memory and elapsed >= options.warmup_s:
                 memory["warm"] = snapshot
+                warm_at.append(elapsed)
             if progress is not None:
                 progress(
                     f"{elapsed:.0f}/{options.duration_s:.0f} s, {state['batches']} batches, "
@@ -176,4 +178,5 @@ def run_in_process_soak(
         memory=memory,
         memory_trace=trace,
         images_per_s=state["images"] / duration if duration > 0 else 0.0,
+        warm_at_s=warm_at[0] if warm_at else None,
     )

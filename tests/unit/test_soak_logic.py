@@ -288,3 +288,28 @@ def test_the_warm_up_peak_sends_the_largest_photograph_with_a_queue_behind_each_
     assert options.peak_concurrency == 32 and options.peak_total == 64
     assert SoakOptions(url="x", concurrency=8, peak_requests=0).peak_total == 0
     assert SoakOptions(url="x", concurrency=8, peak_requests=5).peak_total == 5
+
+
+def test_growth_compares_medians_of_readings_when_the_trace_has_enough_after_the_warm_up():
+    def snap(mib: int) -> MemorySnapshot:
+        return MemorySnapshot(mib * 1024, 0, 1)
+
+    # A server that swings by 20 % without a trend: the single end reading (1200) against the
+    # warm one (1000) says +20 %; the medians of five readings each say it did not grow.
+    swinging = [1000, 1200, 900, 1100, 1000, 1100, 950, 1000, 900, 1200]
+    trace = [(10.0 * (i + 1), i, snap(mib)) for i, mib in enumerate(swinging)]
+    flat = report(warm=snap(1000), end=snap(1200))
+    flat.memory_trace, flat.warm_at_s = trace, 10.0
+    assert flat.rss_growth_percent == pytest.approx(0.0)
+    assert "median of the last 5 readings" in flat.growth_basis
+
+    # Steady growth shows as growth.
+    rising = report(warm=snap(1000), end=snap(1900))
+    rising.memory_trace = [(10.0 * (i + 1), i, snap(1000 + 100 * i)) for i in range(10)]
+    rising.warm_at_s = 10.0
+    assert rising.rss_growth_percent == pytest.approx((1700 - 1200) / 1200 * 100)
+
+    # Readings before the warm-up do not count; with too few after it, the two readings do.
+    rising.warm_at_s = 60.0
+    assert rising.rss_growth_percent == pytest.approx(90.0)
+    assert rising.growth_basis == "the end reading against the warm-up reading"
