@@ -32,6 +32,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bls_pipeline.server.allocator import with_allocator_defaults
+
 # The header that carries the key over HTTP (lower case: gRPC metadata keys must be). Over
 # gRPC, Triton 2.51 expects it with a prefix (its refusal says so): GRPC_ADMIN_HEADER.
 ADMIN_HEADER = "bls-admin-key"
@@ -113,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"admin: {', '.join(RESTRICTED_APIS)} APIs need the {ADMIN_HEADER} header (key from {source})", flush=True
         )
-    os.execvp(command[0], command)
-    return 0  # not reached: execvp replaces the process
+    # The allocator's defaults (bls_pipeline.server.allocator) as the local launcher sets them.
+    os.execvpe(command[0], command, with_allocator_defaults(os.environ))
+    return 0  # not reached: execvpe replaces the process
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 from bls_pipeline.backends import BACKENDS, native_backends_dir
 from bls_pipeline.builder.model_config import read_config
 from bls_pipeline.errors import ConfigError, ServerError
+from bls_pipeline.server.allocator import with_allocator_defaults
 
 # The platforms that Triton's own backends (tools/build_backends.py) serve.
 NATIVE_PLATFORMS = {"onnxruntime_onnx": "onnxruntime"}
@@ -73,8 +74,9 @@ def find_native_backends(repository: Path, given: Path | None) -> Path | None:
 
 
 def server_environment(root: Path) -> dict[str, str]:
-    """The environment of the ``tritonserver`` under ``root``: its libraries, this Python first on PATH."""
-    env = dict(os.environ)
+    """The environment of the ``tritonserver`` under ``root``: its libraries, this Python first
+    on PATH, and the allocator's defaults (:mod:`~bls_pipeline.server.allocator`)."""
+    env = with_allocator_defaults(os.environ)
     libs = [str(root.parent.parent / "nvidia_pytriton.libs"), str(sysconfig.get_config_var("LIBDIR"))]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
     # The stub embeds libpython, which finds its prefix (and so this virtual

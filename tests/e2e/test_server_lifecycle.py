@@ -27,8 +27,9 @@ import pytest
 
 from bls_pipeline.client import ClassifierClient
 from bls_pipeline.errors import ServerError
+from bls_pipeline.server.allocator import MALLOC_ARENA_MAX_ENV, SERVER_MALLOC_ARENAS
 from bls_pipeline.server.launcher import LocalTritonServer, ServerOptions
-from bls_pipeline.server.processes import SHM_DIR, SHM_PREFIX, shm_segments
+from bls_pipeline.server.processes import SHM_DIR, SHM_PREFIX, shm_segments, stub_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -244,6 +245,10 @@ def test_local_server_as_a_context_manager_leaves_nothing_behind(built_repositor
         assert server.is_ready()
         assert server.process is not None
         footprint = ServerFootprint.of(server.process.pid)
+        # The server, and the stubs it starts, run with the allocator's bounded arenas.
+        for pid in (server.process.pid, *(stub.pid for stub in stub_processes(server.process.pid))):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"{MALLOC_ARENA_MAX_ENV}={SERVER_MALLOC_ARENAS}".encode() in environ, pid
 
     assert server.process is None
     assert_gone(footprint, shm_before)

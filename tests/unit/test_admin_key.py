@@ -99,3 +99,32 @@ def test_the_entrypoint_refuses_a_bad_key_in_one_line_without_starting_anything(
 
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"admin: error: the admin key from {KEY_ENV} has 5 characters, needs at least 16\n"
+
+
+def test_the_entrypoint_starts_the_server_with_the_allocators_defaults_unless_set():
+    import subprocess
+    import sys
+
+    from bls_pipeline.server.allocator import MALLOC_ARENA_MAX_ENV, SERVER_MALLOC_ARENAS
+
+    def arenas(extra: dict[str, str]) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "bls_pipeline.server.admin", "sh", "-c", f"echo ${MALLOC_ARENA_MAX_ENV}"],
+            env={KEY_ENV: KEY, "PATH": "/usr/bin:/bin", **extra},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()[-1]
+
+    assert arenas({}) == str(SERVER_MALLOC_ARENAS)
+    assert arenas({MALLOC_ARENA_MAX_ENV: "16"}) == "16"  # the deployment's own value wins
+
+
+def test_allocator_defaults_fill_in_an_unset_or_empty_value_only():
+    from bls_pipeline.server.allocator import MALLOC_ARENA_MAX_ENV, with_allocator_defaults
+
+    assert with_allocator_defaults({"A": "1"}) == {"A": "1", MALLOC_ARENA_MAX_ENV: "2"}
+    assert with_allocator_defaults({MALLOC_ARENA_MAX_ENV: ""})[MALLOC_ARENA_MAX_ENV] == "2"
+    assert with_allocator_defaults({MALLOC_ARENA_MAX_ENV: "8"})[MALLOC_ARENA_MAX_ENV] == "8"
