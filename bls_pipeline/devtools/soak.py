@@ -395,6 +395,8 @@ class SoakReport:
     peak_requests: int = 0
     # Seconds from the start to the "warm" reading (None: not recorded).
     warm_at_s: float | None = None
+    # How the expected errors came back: the served soak's are refusals with INVALID_ARG.
+    expected_as: str = "INVALID_ARG"
 
     def _growth(self, value: Callable[[MemorySnapshot], float | None]) -> float | None:
         """Growth after the warm-up: the median of the last readings against the median of the
@@ -660,7 +662,7 @@ def format_report(report: SoakReport, max_growth: float | None = None) -> str:
         ("ok", str(report.ok)),
     ]
     for kind, n in report.expected_errors.items():
-        rows.append((f"  INVALID_ARG: {kind}", str(n)))
+        rows.append((f"  {report.expected_as}: {kind}", str(n)))
     rows.append(("expected errors", str(sum(report.expected_errors.values()))))
     rows.append(("UNEXPECTED", str(report.unexpected)))
     for kind, n in report.unexpected_by_kind.items():

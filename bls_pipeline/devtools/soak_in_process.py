@@ -33,7 +33,7 @@ from bls_pipeline.devtools.soak import MemorySnapshot, SoakReport, gpu_memory_by
 from bls_pipeline.devtools.stats import percentile
 
 THIS_PROCESS = "this process"
-CORRUPT_KIND = "corrupt PNG data in the batch"
+CORRUPT_KIND = "a corrupt PNG in the batch"
 
 
 @dataclass(frozen=True)
@@ -179,4 +179,5 @@ def run_in_process_soak(
         memory_trace=trace,
         images_per_s=state["images"] / duration if duration > 0 else 0.0,
         warm_at_s=warm_at[0] if warm_at else None,
+        expected_as="failed in DALI",
     )
