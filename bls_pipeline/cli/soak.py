@@ -28,10 +28,11 @@ from pathlib import Path
 from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, report_error
 from bls_pipeline.client import DEFAULT_FORM, DEFAULT_IMAGES_PER_REQUEST, DEFAULT_PROTOCOL, FORMS, PROTOCOLS
 from bls_pipeline.devtools.soak import (
+    CORRUPT_PNG_KIND,
     SoakOptions,
     SoakReport,
     build_samples,
-    corrupt_png_data,
+    default_warmup_seconds,
     format_report,
     run_soak,
 )
@@ -129,14 +130,14 @@ def _in_process(args: argparse.Namespace, progress) -> SoakReport:
 
     options = InProcessSoakOptions(
         duration_s=args.duration,
-        warmup_s=args.warmup_seconds if args.warmup_seconds is not None else min(60.0, args.duration / 10),
+        warmup_s=args.warmup_seconds if args.warmup_seconds is not None else default_warmup_seconds(args.duration),
         sample_interval_s=args.sample_interval,
         seed=args.seed,
         bad_fraction=args.bad_fraction,
     )
-    good, _ = build_samples(args.seed, args.form)
+    good, bad = build_samples(args.seed, args.form)
     images = [image for sample in good for image in sample.images]
-    corrupt = corrupt_png_data(next(sample.images[0] for sample in good if sample.kind.endswith(".png")))
+    corrupt = next(sample.images[0] for sample in bad if sample.kind == CORRUPT_PNG_KIND)
     return run_in_process_soak(args.in_process, images, options, corrupt=corrupt, progress=progress)
 
 

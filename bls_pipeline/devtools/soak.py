@@ -64,6 +64,8 @@ SOAK_RETRY = RetryPolicy()
 # The peak keeps this many times the soak's concurrency in flight: the soak's own concurrency
 # is about one request per classifier instance, and merged executions need a queue.
 PEAK_IN_FLIGHT_FACTOR = 4
+# The bad kind whose image passes the header checks and fails in DALI.
+CORRUPT_PNG_KIND = "corrupt PNG data"
 # Readings whose median stands for the memory right after the warm-up and at the end.
 GROWTH_WINDOW = 5
 
@@ -144,7 +146,7 @@ def build_samples(seed: int = 0, form: str = DEFAULT_FORM) -> tuple[list[Sample]
             "random bytes", (b"\x17" + rng.integers(0, 256, 4095, dtype=np.uint8).tobytes(),), "image 0: not an image"
         ),
         Sample("cut JPEG", (cut,), "image 0: truncated JPEG"),
-        Sample("corrupt PNG data", (corrupt,), "image 0: cannot be decoded"),
+        Sample(CORRUPT_PNG_KIND, (corrupt,), "image 0: cannot be decoded"),
         Sample("65000x65000 header", (huge_jpeg_header(),), "image 0: declares 65000x65000"),
         Sample("GIF", (encode_image(photos["chelsea"], "GIF"),), "image 0: GIF images are not accepted"),
         Sample("top_k 0", (jpeg,), "top_k must be an integer", top_k=0),
@@ -367,7 +369,7 @@ class SoakOptions:
     def warmup_seconds(self) -> float:
         """With ``duration_s``: seconds before the "warm" reading, 10% of it (at most 60 s) unless given."""
         assert self.duration_s is not None
-        return self.warmup_s if self.warmup_s is not None else min(60.0, self.duration_s / 10)
+        return self.warmup_s if self.warmup_s is not None else default_warmup_seconds(self.duration_s)
 
 
 @dataclass
@@ -479,6 +481,11 @@ def _draw(rng: random.Random, good: Sequence[Sample], bad: Sequence[Sample], bad
     if bad and rng.random() < bad_fraction:
         return bad[rng.randrange(len(bad))]
     return good[rng.randrange(len(good))]
+
+
+def default_warmup_seconds(duration_s: float) -> float:
+    """Seconds before a timed soak's "warm" reading when none is given: 10 % of it, at most 60 s."""
+    return min(60.0, duration_s / 10)
 
 
 def peak_sample(good: Sequence[Sample], images_per_request: int) -> Sample:

@@ -82,12 +82,11 @@ def repository_runners(repository: Path, max_batch_size: int) -> tuple[Callable[
         repository / mc.PREPROCESSING / "1", on_device=on_gpu, max_batch_size=max_batch_size
     )
     config = mc.read_config(repository / mc.NETWORK / "config.pbtxt")
-    parameters = {key: value.string_value for key, value in config.parameters.items()}
     network = load_network(
         repository / mc.NETWORK / "1",
         device=spec.device,
         max_batch_size=max_batch_size,
-        **network_options(parameters),
+        **network_options(mc.parameters_of(config)),
     )
 
     def run(rows: list[np.ndarray]) -> object:

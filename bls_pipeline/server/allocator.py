@@ -5,10 +5,10 @@ keeps the memory its threads free for reuse in that arena. ``tritonserver`` runs
 threads (8 per DALI instance on a GPU build), the frontends' and the backends' threads; on a
 host of many cores every one of them ends up with an arena, and freed buffers of changing
 sizes (images, batches) stay resident in each. Measured with the CPU soak
-(``tools/soak.py``, 8 DALI threads per instance, 16 images per request, seven minutes each,
+(``tools/soak.py``, 8 DALI threads per instance, 16 images per request, five soaks of seven minutes,
 2 cores; ``docs/measurements/2026-12-02-cpu-soak.md``): with glibc's default (16 arenas here) and with 128
 allowed (as on a 16-core host), ``tritonserver``'s own memory rose from 1.6-1.7 GiB to 2.2-2.8
-GiB; with 2 it stayed between 1.5 and 1.8 GiB, at the same throughput (61 images/s). On a GPU
+GiB; with 2 it stayed between 1.5 and 1.9 GiB, at the same throughput (54-62 images/s). On a GPU
 host, where it grew about 2 MiB/s in the GPU soak, the effect is not measured yet.
 
 The launcher (:func:`~bls_pipeline.server.staging.server_environment`) and the container's
