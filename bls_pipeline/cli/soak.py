@@ -13,8 +13,8 @@ Success means every good image was classified and every bad one refused with INV
 as expected (and RSS, /dev/shm and, where nvidia-smi is, the GPU memory of the server and
 each stub grew less than --max-growth percent after the warm-up, when given). RSS is each
 process's resident memory less its shared-memory pages, which count once, as /dev/shm. The
-warm-up starts with a peak of the largest photograph (--peak-requests), so that the pools
-that keep their high-water mark reach it before the 'warm' reading.
+warm-up starts with a peak of full batches of the largest photograph (--peak-requests), so
+that the pools that keep their high-water mark reach it before the 'warm' reading.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peak-requests",
         type=int,
-        help="requests of the warm-up's peak: the largest photograph, --images-per-request copies each, "
-        "4x --concurrency in flight, so that every classifier instance runs a full merged batch before the "
-        "'warm' reading (default: two rounds, 8x --concurrency; 0: no peak)",
+        help="requests of the warm-up's peak: the largest photograph, as many copies as the endpoint's "
+        "max batch size, 4x --concurrency in flight, so that every classifier instance runs a full batch "
+        "before the 'warm' reading (default: two rounds, 8x --concurrency; 0: no peak)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     parser.add_argument(

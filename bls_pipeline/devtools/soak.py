@@ -14,12 +14,16 @@ resident set of ``tritonserver`` and its Python-backend stubs less their shared-
 each shared page counts once), and on a GPU machine the GPU memory of each of those processes
 (``nvidia-smi --query-compute-apps``).
 
-The warm-up starts with a peak (:attr:`SoakOptions.peak_requests`): the largest good
-photograph, ``images_per_request`` copies a request, with more requests in flight than the
-classifier has instances, so that the dynamic batcher merges them into full executions. A
-Python-backend region grows to hold its largest execution once and never shrinks, as DALI's
-and the allocators' pools keep their high-water mark: the peak lets each reach it before the
-"warm" reading, so that growth after it is growth, not a first large batch.
+The warm-up starts with a peak (:attr:`SoakOptions.peak_requests`): requests of the
+endpoint's max batch size (read from the server), every image the largest good photograph,
+with more requests in flight than the classifier has instances. A Python-backend region grows
+to hold its largest execution once and never shrinks, as DALI's and the allocators' pools keep
+their high-water mark: the peak lets each reach it before the "warm" reading, so that growth
+after it is growth, not a first large batch. Each peak request is a full execution by itself:
+requests of the soak's own size reach the max batch only where the dynamic batcher merges
+them, which it does for some instances and not others (on an H200, 2 of 8 classifier regions
+grew in a peak of 64-image requests, a third 10 minutes later; with 128-image requests all 8
+grew in the peak and none after).
 
 Example::
 
@@ -328,8 +332,9 @@ class SoakOptions:
     protocol: str | None = None
     form: str = DEFAULT_FORM
     sample_interval_s: float = 10.0
-    # The warm-up's peak (see the module docstring): requests of the largest good photograph,
-    # PEAK_IN_FLIGHT_FACTOR times ``concurrency`` in flight; None: two rounds of that, 0: none.
+    # The warm-up's peak (see the module docstring): requests of the max batch size, all the
+    # largest good photograph, PEAK_IN_FLIGHT_FACTOR times ``concurrency`` in flight; None: two
+    # rounds of that, 0: none.
     peak_requests: int | None = None
 
     def __post_init__(self) -> None:
@@ -393,8 +398,10 @@ class SoakReport:
     images_per_s: float = 0.0
     # Requests the server shed at least once, then answered when the client sent them again.
     retried: int = 0
-    # Requests of the warm-up's peak, included in ``requests`` and the outcomes.
+    # Requests of the warm-up's peak, included in ``requests`` and the outcomes, and the
+    # images each carried (the endpoint's max batch size).
     peak_requests: int = 0
+    peak_images: int = 0
     # Seconds from the start to the "warm" reading (None: not recorded).
     warm_at_s: float | None = None
     # How the expected errors came back: the served soak's are refusals with INVALID_ARG.
@@ -488,11 +495,11 @@ def default_warmup_seconds(duration_s: float) -> float:
     return min(60.0, duration_s / 10)
 
 
-def peak_sample(good: Sequence[Sample], images_per_request: int) -> Sample:
-    """A good request of ``images_per_request`` copies of the largest good photograph: the
-    largest execution the soak's load can make, once the dynamic batcher merges such requests."""
+def peak_sample(good: Sequence[Sample], max_batch_size: int) -> Sample:
+    """A good request of ``max_batch_size`` copies of the largest good photograph: the largest
+    execution the soak's load can make, in one request (the batcher merges no more into it)."""
     largest = max((image for sample in good for image in sample.images), key=len)
-    return Sample(f"peak: {images_per_request} x {len(largest) // 1024} KB", (largest,) * images_per_request)
+    return Sample(f"peak: {max_batch_size} x {len(largest) // 1024} KB", (largest,) * max_batch_size)
 
 
 def photo_batches(good: Sequence[Sample], images_per_request: int) -> list[Sample]:
@@ -532,9 +539,8 @@ def run_soak(
     ``warmup_requests``, or ``warmup_seconds`` with a duration), over the run (about
     ``snapshots`` times, or every ``sample_interval_s`` with a duration) and at the end.
     """
-    good, bad = samples
-    peak = peak_sample(good, options.images_per_request)
-    good = photo_batches(good, options.images_per_request)
+    photos, bad = samples
+    good = photo_batches(photos, options.images_per_request)
     rng = random.Random(options.seed)
     timed = options.duration_s is not None
     tally = Tally()
@@ -621,11 +627,12 @@ def run_soak(
         return peak
 
     with target.client(options.concurrency) as client:
+        peak = peak_sample(photos, client.max_batch_size()) if options.peak_total else None
         started = clock()
         for thread in watchers:
             thread.start()
         try:
-            if options.peak_total:
+            if peak is not None:
                 if progress is not None:
                     progress(
                         f"warm-up peak: {options.peak_total} requests of {peak.kind}, {options.peak_concurrency} in flight"
@@ -658,6 +665,7 @@ def run_soak(
         images_per_s=state["images"] / duration if duration > 0 else 0.0,
         retried=state["retried"],
         peak_requests=options.peak_total,
+        peak_images=len(peak.images) if peak is not None else 0,
         warm_at_s=warm_at[0] if warm_at else None,
     )
 

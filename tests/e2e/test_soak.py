@@ -12,7 +12,7 @@ from tests.e2e._support import hosting_of, start_server
 pytestmark = pytest.mark.e2e
 
 
-def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys):
+def test_a_short_soak_has_no_unexpected_outcome(triton_server, max_batch_size, tmp_path, capsys):
     from bls_pipeline.cli.soak import main
 
     report_path = tmp_path / "soak.json"
@@ -37,8 +37,10 @@ def test_a_short_soak_has_no_unexpected_outcome(triton_server, tmp_path, capsys)
     report = json.loads(report_path.read_text())
     assert code == 0, capsys.readouterr().out
     assert report["unexpected"] == 0
-    # The warm-up's peak (16 requests in flight of the largest photograph) comes first, on top.
+    # The warm-up's peak (16 requests in flight, each a full batch of the largest photograph)
+    # comes first, on top.
     assert report["peak_requests"] == 2 * 4 * 4
+    assert report["peak_images"] == max_batch_size
     assert report["ok"] + sum(report["expected_errors"].values()) == 200 + report["peak_requests"]
     assert len(report["expected_errors"]) >= 5  # most bad kinds came up, each refused as expected
     assert {"start", "warm", "end"} <= set(report["memory"])

@@ -278,12 +278,13 @@ def test_a_timed_soak_warms_up_for_a_tenth_of_it_up_to_a_minute():
     assert SoakOptions(url="x", duration_s=100, warmup_s=5).warmup_seconds == 5.0
 
 
-def test_the_warm_up_peak_sends_the_largest_photograph_with_a_queue_behind_each_instance():
+def test_the_warm_up_peak_sends_full_batches_of_the_largest_photograph_with_a_queue_behind_each_instance():
     good = [Sample("small", (b"a" * 10,)), Sample("pair", (b"b" * 30, b"c" * 20))]
 
-    peak = peak_sample(good, images_per_request=64)
+    peak = peak_sample(good, max_batch_size=128)
 
-    assert peak.images == (b"b" * 30,) * 64 and not peak.bad
+    assert peak.images == (b"b" * 30,) * 128 and not peak.bad
+    assert peak.kind == "peak: 128 x 0 KB"
     options = SoakOptions(url="x", concurrency=8)
     assert options.peak_concurrency == 32 and options.peak_total == 64
     assert SoakOptions(url="x", concurrency=8, peak_requests=0).peak_total == 0
