@@ -21,6 +21,7 @@ from bls_pipeline.cli.common import (
     ExitCode,
     non_negative_float,
     positive_float,
+    positive_int,
     progress_bar,
     report_error,
 )
@@ -67,16 +68,6 @@ stderr when stderr is a terminal.
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (tests read its flags)."""
     parser = argparse.ArgumentParser(
@@ -112,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=positive_int,
         metavar="K",
         help="classes to show per image, best first (default: the server's default, 5)",
     )
@@ -131,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"images per request (default: {DEFAULT_IMAGES_PER_REQUEST}, the fastest on a GPU in "
         "docs/performance.md; at most the model's max_batch_size)",
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_REQUESTS_IN_FLIGHT,
         metavar="N",
         help="requests in flight at once (default: %(default)s)",
@@ -161,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-bytes",
-        type=_positive_int,
+        type=positive_int,
         # Larger files would be refused by the server's default limit: not worth sending.
         default=DEFAULT_MAX_IMAGE_BYTES,
         metavar="BYTES",

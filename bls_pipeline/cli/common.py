@@ -95,6 +95,17 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1, else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An ``argparse`` type: a number greater than 0, else a one-line usage error."""
     value = _number(text)

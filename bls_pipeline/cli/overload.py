@@ -3,12 +3,16 @@
     python tools/overload.py --model-repository build/model_repository --multiples 2 4 --duration 20
     python tools/overload.py --model-repository build/model_repository --max-queue-size 16 --queue-timeout-ms 500
     python tools/overload.py --url 127.0.0.1:8001 --rate 200 --duration 30 --json-out overload.json
+    python tools/overload.py --url 127.0.0.1:8001 --rate 2000 --max-in-flight 2048   # a GPU server (queue of 512)
 
 For each offered rate it prints how every request ended (classified, shed with UNAVAILABLE
 and why, failed otherwise, never answered) with latencies by outcome, then the capacity
 measured again right after the overload. --max-queue-size and --queue-timeout-ms serve a
 copy of the repository with the classifier's queue policy changed (to choose the defaults
-that tools/build_repo.py writes; docs/overload-and-security.md).
+that tools/build_repo.py writes; docs/overload-and-security.md). To overload a server, the
+open loop needs more senders (--max-in-flight) than the server holds requests (its queue and
+its executions); where it has fewer, the excess waits in this process, and the report's
+"late sends" and note say so.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bls_pipeline.builder.repository import change_queue_policy
-from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, positive_float, report_error
+from bls_pipeline.cli.common import EXIT_CODES_HELP, ExitCode, HelpFormatter, positive_float, positive_int, report_error
 from bls_pipeline.devtools.overload import closed_loop, format_report, open_loop
 from bls_pipeline.devtools.soak import PHOTOS, build_samples
 from bls_pipeline.errors import BlsPipelineError
@@ -56,7 +60,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--capacity-duration", type=positive_float, default=10.0, help="seconds of each closed-loop capacity run"
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="senders of the closed-loop capacity runs")
+    parser.add_argument("--concurrency", type=positive_int, default=8, help="senders of the closed-loop capacity runs")
+    parser.add_argument(
+        "--max-in-flight",
+        type=positive_int,
+        default=512,
+        help="sender threads of the open-loop runs: more than the server can hold (queue and executions), "
+        "or the excess waits here and the report says the generator fell behind",
+    )
     parser.add_argument("--json-out", type=Path, help="write every run's summary as JSON")
     args = parser.parse_args(argv)
     if args.url is None and args.model_repository is None:
@@ -74,7 +85,7 @@ def measure(url: str, args: argparse.Namespace, queue: dict) -> dict:
     rates = [args.rate] if args.rate else [m * capacity.throughput_rps for m in args.multiples]
     runs = []
     for rate in rates:
-        report = open_loop(url, requests, rate_rps=rate, duration_s=args.duration)
+        report = open_loop(url, requests, rate_rps=rate, duration_s=args.duration, max_in_flight=args.max_in_flight)
         print(
             format_report(report, f"\nopen loop at {rate / max(capacity.throughput_rps, 1e-9):.1f}x capacity"),
             flush=True,

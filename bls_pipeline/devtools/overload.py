@@ -31,6 +31,13 @@ from bls_pipeline.client import ClassifierClient
 from bls_pipeline.devtools.load import FAILED, NO_RETRY, OK, SHED, Answer, Request, Target, clock, drive, send
 from bls_pipeline.devtools.stats import percentile
 
+# A request that leaves the load generator this long after it was due means the generator fell
+# behind (its sleep loop, or every sender thread busy): the server saw less than the offered rate.
+LATE_SEND_S = 0.05
+# More than this share of late sends and the report says the run did not offer its rate (a
+# loaded machine makes a few sends late; a saturated generator makes most of them late).
+LATE_SHARE = 0.05
+
 
 @dataclass
 class LoadReport:
@@ -38,12 +45,14 @@ class LoadReport:
 
     rate_rps: float | None
     duration_s: float
+    # The open loop's sender threads (None: a closed loop).
+    max_in_flight: int | None = None
     sent: int = 0
     outcomes: Counter = field(default_factory=Counter)
     shed_reasons: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
     latencies_s: dict[str, list[float]] = field(default_factory=lambda: {OK: [], SHED: [], FAILED: []})
-    # Sends that left more than 50 ms after they were due (the load generator fell behind).
+    # Requests that left more than LATE_SEND_S after they were due (the load generator fell behind).
     late_sends: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -56,6 +65,17 @@ class LoadReport:
                 self.shed_reasons[answer.detail] += 1
             elif answer.outcome == FAILED:
                 self.failures[str(answer.error)[:120]] += 1
+
+    def count_late_send(self) -> None:
+        """Count one request that left the generator late (thread-safe)."""
+        with self._lock:
+            self.late_sends += 1
+
+    @property
+    def generator_fell_behind(self) -> bool:
+        """Whether more than :data:`LATE_SHARE` of an open loop's requests left late, so that the
+        server was offered less than ``rate_rps`` and the excess waited in the load generator."""
+        return self.rate_rps is not None and self.late_sends > LATE_SHARE * self.sent
 
     @property
     def answered(self) -> int:
@@ -88,6 +108,8 @@ class LoadReport:
             "failed": self.outcomes[FAILED],
             "lost": self.lost,
             "late_sends": self.late_sends,
+            "max_in_flight": self.max_in_flight,
+            "generator_fell_behind": self.generator_fell_behind,
             "shed_reasons": dict(self.shed_reasons),
             "failures": dict(self.failures),
             "throughput_rps": self.throughput_rps,
@@ -102,6 +124,10 @@ def _target(url: str, timeout_s: float) -> Target:
 
 
 def _classify_one(client: ClassifierClient, images: Sequence[bytes], due: float, report: LoadReport) -> None:
+    # Measured when a sender thread takes the request, not when it was queued for one: with
+    # every sender busy the excess waits in the generator, and the server never sees it.
+    if clock() - due > LATE_SEND_S:
+        report.count_late_send()
     report.record(send(client, Request(tuple(images)), sent_s=due))
 
 
@@ -119,10 +145,15 @@ def open_loop(
     Each request is handed at its due time to one of ``max_in_flight`` sender threads; a
     request still unanswered ``answer_timeout_s`` after it was due fails with the client's
     timeout, so the run ends and :attr:`LoadReport.lost` counts only requests never answered.
+    ``max_in_flight`` must exceed what the server can hold (its queue and its executions) for
+    the run to overload it; otherwise the excess waits here, and the report says so
+    (:attr:`LoadReport.generator_fell_behind`).
     """
     if rate_rps <= 0 or duration_s <= 0:
         raise ValueError(f"rate and duration must be positive, got {rate_rps} and {duration_s}")
-    report = LoadReport(rate_rps=rate_rps, duration_s=duration_s)
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    report = LoadReport(rate_rps=rate_rps, duration_s=duration_s, max_in_flight=max_in_flight)
     interval = 1.0 / rate_rps
     with (
         _target(url, answer_timeout_s).client() as client,
@@ -137,8 +168,6 @@ def open_loop(
             now = clock()
             if due > now:
                 time.sleep(due - now)
-            elif now - due > 0.05:
-                report.late_sends += 1
             pool.submit(_classify_one, client, requests[index % len(requests)], due, report)
             report.sent += 1
             index += 1
@@ -185,8 +214,18 @@ def format_report(report: LoadReport, title: str = "") -> str:
         ("failed otherwise", str(d["failed"])),
         *((f"  {message}", str(n)) for message, n in sorted(report.failures.items())),
         ("never answered", str(report.lost)),
-        ("late sends", str(report.late_sends)),
+        ("late sends", f"{report.late_sends} (left over {LATE_SEND_S * 1e3:.0f} ms after they were due)"),
     ]
+    if report.generator_fell_behind:
+        rows.append(
+            (
+                "note",
+                f"the load generator fell behind ({report.max_in_flight} senders; "
+                f"{report.late_sends / max(report.sent, 1):.0%} of the requests left late): the server "
+                "was offered less than the rate above, and much of the late requests' latency was spent "
+                "waiting here; raise --max-in-flight or send from more machines",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     lines = [title] if title else []
     return "\n".join(lines + [f"{name:<{width}}  {value}" for name, value in rows])

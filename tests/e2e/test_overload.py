@@ -78,6 +78,18 @@ def test_open_loop_overload_is_shed_cleanly_and_the_server_recovers_at_full_spee
     assert after.throughput_rps > 0.7 * before.throughput_rps
 
 
+def test_an_open_loop_with_too_few_senders_says_the_backlog_was_its_own(server):
+    # One sender against a rate the server cannot answer one at a time: the excess waits in
+    # the load generator, so the server sheds nothing and the report must say why.
+    requests = [sample.images for sample in build_samples()[0]]
+
+    report = open_loop(server.grpc_url, requests, rate_rps=50.0, duration_s=2.0, max_in_flight=1)
+
+    assert report.lost == 0 and report.outcomes[SHED] == 0 and report.outcomes[FAILED] == 0
+    assert report.generator_fell_behind, (report.late_sends, report.sent)
+    assert "the load generator fell behind (1 senders;" in format_report(report)
+
+
 @pytest.fixture(scope="module")
 def tiny_queue_server(native_repository, tmp_path_factory):
     """A server whose classifier queues one request: a few concurrent ones are enough to shed."""

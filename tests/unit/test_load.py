@@ -9,7 +9,7 @@ from tritonclient.utils import InferenceServerException
 
 from bls_pipeline.client import ClientError, Prediction, request_failure
 from bls_pipeline.devtools.load import FAILED, OK, SHED, Answer, Window, cyclic_groups, drive
-from bls_pipeline.devtools.overload import LoadReport
+from bls_pipeline.devtools.overload import LoadReport, format_report, open_loop
 from bls_pipeline.errors import EndpointFailure
 
 CAT = [Prediction(class_ids=[281], scores=[0.9], labels=["tabby"])]
@@ -105,3 +105,25 @@ def test_the_overload_tally_counts_every_answer_by_outcome_with_reasons():
 def test_the_driver_needs_a_request_in_flight():
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         drive(None, lambda: None, lambda request, answer: None, concurrency=0)  # type: ignore[arg-type]
+
+
+def test_the_overload_report_says_when_the_load_generator_fell_behind():
+    on_time = LoadReport(rate_rps=100.0, duration_s=1.0, max_in_flight=512)
+    on_time.sent, on_time.late_sends = 100, 5
+    behind = LoadReport(rate_rps=100.0, duration_s=1.0, max_in_flight=512)
+    behind.sent, behind.late_sends = 100, 6
+    closed = LoadReport(rate_rps=None, duration_s=1.0)
+    closed.sent, closed.late_sends = 100, 50
+
+    assert not on_time.generator_fell_behind and behind.generator_fell_behind
+    assert not closed.generator_fell_behind
+    assert "fell behind (512 senders; 6% of the requests left late)" in format_report(
+        behind
+    ) and "raise --max-in-flight" in format_report(behind)
+    assert "fell behind" not in format_report(on_time)
+    assert behind.to_dict()["generator_fell_behind"] is True and behind.to_dict()["max_in_flight"] == 512
+
+
+def test_an_open_loop_needs_a_sender():
+    with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
+        open_loop("127.0.0.1:1", [(b"x",)], rate_rps=1.0, duration_s=1.0, max_in_flight=0)
