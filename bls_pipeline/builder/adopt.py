@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -31,10 +32,10 @@ from bls_pipeline.builder import model_config as mc
 from bls_pipeline.builder.hosting import AUTO, BUILD_HINT, NATIVE, PYTHON
 from bls_pipeline.builder.network_file import ONNX, TENSORRT, check_fit, describe_tensor, read_network_file
 from bls_pipeline.builder.repository import TEMPLATE_DIR, prepare_output, write_classifier_files
-from bls_pipeline.builder.user_dali import load_user_pipeline
+from bls_pipeline.builder.user_dali import UserPipeline, load_user_pipeline
 from bls_pipeline.contract import TensorSpec
 from bls_pipeline.errors import ConfigError
-from bls_pipeline.layout import CONFIG_FILE, LABELS_FILE, MODEL_FILE, ONNX_FILE, PLAN_FILE, SERIALIZED_FILE
+from bls_pipeline.layout import CONFIG_FILE, DALI_FILE, LABELS_FILE, MODEL_FILE, ONNX_FILE, PLAN_FILE, SERIALIZED_FILE
 from bls_pipeline.request.submodels import SubModels
 from bls_pipeline.runtime.device import CPU, GPU, decoder_device, instance_kind
 
@@ -103,6 +104,23 @@ class FoundRepository:
             network_input_dims=tuple(self.network.input.dims),
             network_max_batch_size=self.network.max_batch_size,
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _user_pipeline_of(version_dir: Path, device: str, files: tuple[tuple[str, int, int], ...]) -> UserPipeline:
+    return load_user_pipeline(version_dir, decoder_device=decoder_device(device))
+
+
+def _user_pipeline(version_dir: Path, device: str) -> UserPipeline:
+    """The user's DALI model of ``version_dir`` for ``device``, loaded once while its files stay
+    as they are: importing ``dali.py`` runs the user's code, and reading, copying and verifying
+    a repository would otherwise run it three times."""
+    files = tuple(
+        (path.name, path.stat().st_mtime_ns, path.stat().st_size)
+        for path in (version_dir / SERIALIZED_FILE, version_dir / DALI_FILE)
+        if path.is_file()
+    )
+    return _user_pipeline_of(version_dir, device, files)
 
 
 def _latest_version(directory: Path) -> Path:
@@ -241,12 +259,12 @@ def _dali_model(directory: Path, config: mc.ModelConfig | None, device: str) -> 
             return FoundModel(name, directory, DALI, source, output, config.max_batch_size, CONFIG_FILE, config)
         # Unbatched (as this project builds it): Triton's DALI backend still takes a batch, the
         # first dimension of each tensor, up to the pipeline's own batch size.
-        pipeline = load_user_pipeline(_latest_version(directory), decoder_device=decoder_device(device))
+        pipeline = _user_pipeline(_latest_version(directory), device)
         source, output = _per_image(source, name), _per_image(output, name)
         where = f"{CONFIG_FILE}; max batch from {pipeline.source.name}"
         return FoundModel(name, directory, DALI, source, output, pipeline.max_batch_size, where, config)
     # No inputs and outputs in a config: Triton's DALI backend derives them from the pipeline, so do we.
-    pipeline = load_user_pipeline(_latest_version(directory), decoder_device=decoder_device(device))
+    pipeline = _user_pipeline(_latest_version(directory), device)
     if len(pipeline.input_names) != 1:
         raise ConfigError(
             f"{pipeline.source}: the classifier feeds one input, the pipeline has {list(pipeline.input_names) or 'none'}"
@@ -441,7 +459,7 @@ def _write_preprocessing(options: AdoptOptions, model: FoundModel, hosting: str)
     """The copy of the DALI model for the device and hosting (``model.dali``, a Python-backend config); returns what was done."""
     target = options.output / model.name
     version = target / model.version_dir.name
-    pipeline = load_user_pipeline(model.version_dir, decoder_device=decoder_device(options.device))
+    pipeline = _user_pipeline(model.version_dir, options.device)
     notes = []
     if not pipeline.unchanged or hosting == PYTHON:
         if pipeline.serialized is None:
@@ -522,7 +540,7 @@ def verify_adopted(
     version = repository / found.preprocessing.name / found.preprocessing.version_dir.name
     serialized_file = version / SERIALIZED_FILE
     if not serialized_file.is_file():
-        pipeline = load_user_pipeline(found.preprocessing.version_dir, decoder_device=decoder_device(device))
+        pipeline = _user_pipeline(found.preprocessing.version_dir, device)
         if pipeline.serialized is None:
             return [f"not verified here: {pipeline.source}: {pipeline.unserializable}"]
         serialized = pipeline.serialized

@@ -284,3 +284,26 @@ def test_flags_that_do_not_go_with_what_you_have_are_refused(arguments, message)
     parser = argparse.ArgumentParser()
     add_build_arguments(parser)
     assert options_from_args(parser.parse_args(arguments)).usage_error().startswith(message)
+
+
+def test_adopting_imports_the_users_dali_py_once(tutorial, tmp_path):
+    # Importing dali.py runs the user's code: reading, copying and verifying share one import.
+    from bls_pipeline.builder.adopt import AdoptOptions, adopt_repository
+
+    dali_py = tutorial / "preprocessing" / "1" / "dali.py"
+    imports = tmp_path / "imports.txt"
+    counter = f"with open({str(imports)!r}, 'a') as imports:\n    imports.write('imported\\n')\n"
+    dali_py.write_text(counter + dali_py.read_text())
+    (tutorial / "preprocessing" / "config.pbtxt").unlink()  # read_repository then reads the pipeline too
+
+    def adopt(output: str) -> None:
+        options = AdoptOptions(source=tutorial, output=tmp_path / output, target="triton", device="cpu")
+        adopt_repository(options, progress=lambda line: None)
+
+    adopt("adopted")
+    assert imports.read_text() == "imported\n"
+
+    # An edited file is imported again.
+    dali_py.write_text(dali_py.read_text() + "\n# edited\n")
+    adopt("adopted-again")
+    assert imports.read_text() == "imported\nimported\n"
