@@ -60,26 +60,48 @@ class ServerSizing:
 
     @classmethod
     def from_repository(cls, repository: Path, gpus: tuple[int, ...] | None = None) -> ServerSizing | None:
-        """Size for the build spec of ``repository`` (its ``bls_build.json``).
+        """Size for the models of ``repository``: from its build spec (``bls_build.json``), or,
+        in a repository adopted from the user's models (``build_repo.py --from-repository`` or
+        ``--network``, which write no spec), from the configs its classifier is wired to.
 
         ``gpus``: the devices to give a pool; default the ones the spec names, else every
         visible GPU (an instance group without ``gpus`` places its instances on each).
-        ``None`` when the repository has no build spec (a test's or a user's own models).
+        ``None`` when there is neither (a test's or a user's own models).
         """
         from bls_pipeline.builder import model_config as mc
         from bls_pipeline.builder.repository import read_build_spec
 
         spec = read_build_spec(repository)
-        if spec is None:
-            return None
-        configs = spec.configs()
+        if spec is not None:
+            configs = spec.configs()
+            preprocessing, network = configs[mc.PREPROCESSING], configs[mc.NETWORK]
+            max_batch, on_gpu, spec_gpus = None, None, spec.gpus
+        else:
+            wired = _wired_configs(repository)
+            if wired is None:
+                return None
+            preprocessing, network, max_batch, on_gpu = wired
+            spec_gpus = ()
         if gpus is None:
-            gpus = spec.gpus or tuple(range(max(visible_gpu_count(), 1)))
-        return cls.from_configs(configs[mc.PREPROCESSING], configs[mc.NETWORK], gpus)
+            gpus = spec_gpus or tuple(range(max(visible_gpu_count(), 1)))
+        return cls.from_configs(preprocessing, network, gpus, max_batch=max_batch, on_gpu=on_gpu)
 
     @classmethod
-    def from_configs(cls, preprocessing, network, gpus: tuple[int, ...] = (0,)) -> ServerSizing:
-        """Size for the ``preprocessing`` and network configs (``ModelConfig`` messages)."""
+    def from_configs(
+        cls,
+        preprocessing,
+        network,
+        gpus: tuple[int, ...] = (0,),
+        *,
+        max_batch: int | None = None,
+        on_gpu: bool | None = None,
+    ) -> ServerSizing:
+        """Size for the ``preprocessing`` and network configs (``ModelConfig`` messages).
+
+        ``max_batch``: the most images that cross between them at once (the classifier's
+        chunk); default the larger of the two configs' max batch sizes. ``on_gpu``: whether
+        the batch crosses in GPU memory; default whether either config has GPU instances.
+        """
         from bls_pipeline.builder import model_config as mc
 
         # The network's input is the preprocessed image with concrete dims (the DALI model's
@@ -88,11 +110,12 @@ class ServerSizing:
         per_image = BYTES_PER_ELEMENT.get(mc.model_config_pb2.DataType.Name(image.data_type), 4)
         for dim in image.dims:
             per_image *= max(int(dim), 1)
-        max_batch = max(preprocessing.max_batch_size, network.max_batch_size, 1)
+        max_batch = max_batch or max(preprocessing.max_batch_size, network.max_batch_size, 1)
         batch_bytes = per_image * max_batch
         # An instance group's count is per GPU: the pool of one GPU serves that many of each.
         instances = mc.instance_count(preprocessing) + mc.instance_count(network)
-        on_gpu = GPU in (mc.device_of(preprocessing), mc.device_of(network))
+        if on_gpu is None:
+            on_gpu = GPU in (mc.device_of(preprocessing), mc.device_of(network))
         in_flight = 2 * batch_bytes * instances
         return cls(
             cuda_pool_bytes=max(MIN_CUDA_POOL_BYTES, _round_up(in_flight)) if on_gpu else 0,
@@ -123,6 +146,30 @@ class ServerSizing:
             f"sized for a {self.batch_bytes / MIB:.1f} MiB preprocessed batch: {pool}; "
             f"Python-backend shared memory {self.shm_default_bytes // MIB} MiB (+{self.shm_growth_bytes // MIB} MiB steps)"
         )
+
+
+def _wired_configs(repository: Path) -> tuple[object, object, int, bool] | None:
+    """The preprocessing and network configs that ``repository``'s classifier calls (its
+    wiring parameters name them), the images it sends them at once, and whether the batch
+    crosses in GPU memory (a ``KIND_GPU`` classifier asks for it there: the user's configs
+    may leave their instances to Triton). ``None`` without a classifier, without either
+    config, or where the network's input dims are not declared."""
+    from bls_pipeline.builder import model_config as mc
+    from bls_pipeline.layout import CONFIG_FILE
+    from bls_pipeline.request.submodels import SubModels
+
+    classifier_file = Path(repository) / mc.CLASSIFIER / CONFIG_FILE
+    if not classifier_file.is_file():
+        return None
+    classifier = mc.read_config(classifier_file)
+    wiring = SubModels.from_parameters(mc.parameters_of(classifier))
+    files = [Path(repository) / name / CONFIG_FILE for name in (wiring.preprocessing_model, wiring.network_model)]
+    if not all(file.is_file() for file in files):
+        return None
+    preprocessing, network = (mc.read_config(file) for file in files)
+    if not network.input or not all(dim > 0 for dim in network.input[0].dims):
+        return None
+    return preprocessing, network, wiring.chunk_size(classifier.max_batch_size), mc.device_of(classifier) == GPU
 
 
 def _round_up(size: int, unit: int = MIB) -> int:

@@ -101,3 +101,26 @@ def test_every_gpu_the_configs_name_gets_its_own_pool(tmp_path):
     assert sizing.gpus == (1, 3)
     pools = [arg for arg in sizing.server_args() if arg.startswith("--cuda-memory-pool-byte-size=")]
     assert pools == [f"--cuda-memory-pool-byte-size={gpu}:{sizing.cuda_pool_bytes}" for gpu in (1, 3)]
+
+
+def test_an_adopted_repository_is_sized_from_the_models_its_classifier_calls(tmp_path):
+    # An adopted repository has no bls_build.json: its classifier's wiring names the models.
+    from bls_pipeline.builder.adopt import AdoptOptions, adopt_repository
+    from tests.fixtures.tutorial_repository import export_network, write_tutorial_repository
+
+    tutorial = write_tutorial_repository(tmp_path / "tutorial", network=export_network(tmp_path / "effnet.onnx"))
+    adopted = tmp_path / "adopted"
+    options = AdoptOptions(
+        source=tutorial, output=adopted, target="local", device="gpu", hosting="native", max_batch_size=64
+    )
+    adopt_repository(options, progress=lambda line: None, backends_built=True)
+
+    sizing = ServerSizing.from_repository(adopted, gpus=(0,))
+
+    # The classifier splits its batches of 64 into the tutorial models' 32.
+    assert sizing is not None and sizing.batch_bytes == 32 * IMAGE_BYTES
+    assert sizing.gpus == (0,) and sizing.cuda_pool_bytes >= MIN_CUDA_POOL_BYTES
+
+    # Without the network's config there is nothing to size from.
+    (adopted / "efficientnet-b0" / "config.pbtxt").unlink()
+    assert ServerSizing.from_repository(adopted) is None
