@@ -153,20 +153,27 @@ def _wired_configs(repository: Path) -> tuple[object, object, int, bool] | None:
     wiring parameters name them), the images it sends them at once, and whether the batch
     crosses in GPU memory (a ``KIND_GPU`` classifier asks for it there: the user's configs
     may leave their instances to Triton). ``None`` without a classifier, without either
-    config, or where the network's input dims are not declared."""
+    config, with a config that does not parse, or where the network's input dims are not
+    declared."""
     from bls_pipeline.builder import model_config as mc
+    from bls_pipeline.errors import ConfigError
     from bls_pipeline.layout import CONFIG_FILE
     from bls_pipeline.request.submodels import SubModels
 
     classifier_file = Path(repository) / mc.CLASSIFIER / CONFIG_FILE
     if not classifier_file.is_file():
         return None
-    classifier = mc.read_config(classifier_file)
-    wiring = SubModels.from_parameters(mc.parameters_of(classifier))
-    files = [Path(repository) / name / CONFIG_FILE for name in (wiring.preprocessing_model, wiring.network_model)]
-    if not all(file.is_file() for file in files):
+    try:
+        classifier = mc.read_config(classifier_file)
+        wiring = SubModels.from_parameters(mc.parameters_of(classifier))
+        files = [Path(repository) / name / CONFIG_FILE for name in (wiring.preprocessing_model, wiring.network_model)]
+        if not all(file.is_file() for file in files):
+            return None
+        preprocessing, network = (mc.read_config(file) for file in files)
+    except ConfigError:
+        # A config that does not parse is the server's to report, naming the model (the
+        # launcher shows its log); there is nothing to size from.
         return None
-    preprocessing, network = (mc.read_config(file) for file in files)
     if not network.input or not all(dim > 0 for dim in network.input[0].dims):
         return None
     return preprocessing, network, wiring.chunk_size(classifier.max_batch_size), mc.device_of(classifier) == GPU

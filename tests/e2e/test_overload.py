@@ -79,11 +79,12 @@ def test_open_loop_overload_is_shed_cleanly_and_the_server_recovers_at_full_spee
 
 
 def test_an_open_loop_with_too_few_senders_says_the_backlog_was_its_own(server):
-    # One sender against a rate the server cannot answer one at a time: the excess waits in
-    # the load generator, so the server sheds nothing and the report must say why.
+    # One sender at five times the rate it can send at one request at a time: the excess
+    # waits in the load generator, so the server sheds nothing and the report must say why.
     requests = [sample.images for sample in build_samples()[0]]
+    one_at_a_time = closed_loop(server.grpc_url, requests, concurrency=1, duration_s=2.0).throughput_rps
 
-    report = open_loop(server.grpc_url, requests, rate_rps=50.0, duration_s=2.0, max_in_flight=1)
+    report = open_loop(server.grpc_url, requests, rate_rps=5 * one_at_a_time, duration_s=1.0, max_in_flight=1)
 
     assert report.lost == 0 and report.outcomes[SHED] == 0 and report.outcomes[FAILED] == 0
     assert report.generator_fell_behind, (report.late_sends, report.sent)

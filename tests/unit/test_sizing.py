@@ -121,6 +121,13 @@ def test_an_adopted_repository_is_sized_from_the_models_its_classifier_calls(tmp
     assert sizing is not None and sizing.batch_bytes == 32 * IMAGE_BYTES
     assert sizing.gpus == (0,) and sizing.cuda_pool_bytes >= MIN_CUDA_POOL_BYTES
 
+    # A config that does not parse is left for the server to report, naming the model.
+    classifier_config = adopted / "classifier" / "config.pbtxt"
+    text = classifier_config.read_text()
+    classifier_config.write_text("this is not a model config\n")
+    assert ServerSizing.from_repository(adopted) is None
+    classifier_config.write_text(text)
+
     # Without the network's config there is nothing to size from.
     (adopted / "efficientnet-b0" / "config.pbtxt").unlink()
     assert ServerSizing.from_repository(adopted) is None
