@@ -116,9 +116,10 @@ def _user_pipeline(version_dir: Path, device: str) -> UserPipeline:
     as they are: importing ``dali.py`` runs the user's code, and reading, copying and verifying
     a repository would otherwise run it three times."""
     files = tuple(
-        (path.name, path.stat().st_mtime_ns, path.stat().st_size)
+        (path.name, stat.st_mtime_ns, stat.st_size)
         for path in (version_dir / SERIALIZED_FILE, version_dir / DALI_FILE)
         if path.is_file()
+        for stat in [path.stat()]
     )
     return _user_pipeline_of(version_dir, device, files)
 
